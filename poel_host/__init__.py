@@ -1,0 +1,49 @@
+"""Poel's host: a PostgreSQL job worker whose handlers come from installed plugins.
+
+Importing this package patches nothing and imports nothing heavy: the public names are
+loaded on first use, so a web application can ``from poel_host import Queue`` to enqueue
+without being monkey-patched, and the console script can patch before psycopg loads.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Job": "poel_host.jobs",
+    "JobContext": "poel_host.jobs",
+    "JobCancelled": "poel_host.jobs",
+    "hookimpl": "poel_host.hookspecs",
+    "hookspec": "poel_host.hookspecs",
+    "Migration": "poel_host.migrations",
+    "Queue": "poel_host.queue",
+    "JobRequest": "poel_host.queue",
+    "Settings": "poel_host.settings",
+    "load_settings": "poel_host.settings",
+    "PoelError": "poel_host.errors",
+    "InvalidPayload": "poel_host.errors",
+    "UnknownJobType": "poel_host.errors",
+    "DuplicateJob": "poel_host.errors",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+if TYPE_CHECKING:
+    from poel_host.errors import DuplicateJob, InvalidPayload, PoelError, UnknownJobType
+    from poel_host.hookspecs import hookimpl, hookspec
+    from poel_host.jobs import Job, JobCancelled, JobContext
+    from poel_host.migrations import Migration
+    from poel_host.queue import JobRequest, Queue
+    from poel_host.settings import Settings, load_settings
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'poel_host' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,237 @@
+"""The ``poel-host`` command line: serve, migrate, enqueue, plugins, jobs.
+
+Every error Poel knows about is printed as one line (``poel-host: error: ...``) with the
+exit code of its class; settings errors exit 2 and list every bad variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from poel_host import __version__
+from poel_host.errors import PoelError
+from poel_host.logs import configure_logging, get_logger
+from poel_host.settings import Settings, load_settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poel-host",
+        description="Poel: a PostgreSQL job worker whose handlers come from installed plugins. "
+        "Configured by environment variables (and .env); see the README.",
+    )
+    parser.add_argument("--version", action="version", version=f"poel-host {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    commands.add_parser(
+        "serve",
+        help="run the worker and the HTTP app (health, plugins)",
+        description="Claim and run jobs with a greenlet pool of WORKER_CONCURRENCY, and serve "
+        "GET /health and GET /plugins on HEALTH_CHECK_HOST:HEALTH_CHECK_PORT. SIGTERM or "
+        "SIGINT drains (POEL_SHUTDOWN_TIMEOUT_MS) and exits 0; a second signal exits at once.",
+    )
+    commands.add_parser(
+        "migrate",
+        help="create or upgrade Poel's schema and the plugins' tables",
+        description="Apply the host's and the loaded plugins' pending SQL migrations in one "
+        "transaction under an advisory lock (safe to run from many processes at once).",
+    )
+
+    enqueue = commands.add_parser(
+        "enqueue",
+        help="enqueue one job",
+        description="Enqueue a job of TYPE with a JSON object payload. When TYPE's plugin is "
+        "installed the payload is validated first. Prints the new job's id.",
+    )
+    enqueue.add_argument("type", metavar="TYPE", help="job type, e.g. process_new_record")
+    enqueue.add_argument("payload", metavar="JSON", nargs="?", default="{}",
+                         help='payload, a JSON object (default {}); "-" reads standard input')
+    when = enqueue.add_mutually_exclusive_group()
+    when.add_argument("--run-at", type=_timestamp, metavar="ISO8601",
+                      help="earliest start, e.g. 2026-12-01T09:00:00+00:00")
+    when.add_argument("--delay", type=float, metavar="SECONDS", help="start after this delay")
+    enqueue.add_argument("--priority", type=int, help="higher runs first (default: the job's)")
+    enqueue.add_argument("--queue", help="queue name (default: the job's)")
+    enqueue.add_argument("--max-attempts", type=int, help="attempts before failing (default 3)")
+    enqueue.add_argument("--unique-key", help="refuse if a live job of TYPE has this key")
+    enqueue.add_argument("--allow-unknown", action="store_true",
+                         help="enqueue a TYPE no installed plugin defines, unvalidated")
+
+    plugins = commands.add_parser(
+        "plugins",
+        help="list loaded plugins and their job types",
+        description="What GET /plugins returns: each loaded plugin with its job types, and any "
+        "plugin that failed to load.",
+    )
+    plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    jobs = commands.add_parser("jobs", help="inspect jobs", description="Inspect the jobs table.")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    listing = jobs_commands.add_parser("list", help="recent jobs, newest first")
+    listing.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    listing.add_argument("--type", dest="job_type")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--json", action="store_true")
+    show = jobs_commands.add_parser("show", help="one job with its error history")
+    show.add_argument("id", type=int)
+    jobs_commands.add_parser("stats", help="how many jobs are in each state")
+    return parser
+
+
+def _timestamp(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a time zone, e.g. +00:00")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(
+            environment=settings.env, log_format=settings.log_format, level=settings.log_level
+        )
+        return int(COMMANDS[args.command](settings, args) or 0)
+    except PoelError as exc:
+        print(f"poel-host: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from poel_host.serve import serve
+
+    return serve(settings)
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from poel_host import migrations
+    from poel_host.database import connection
+    from poel_host.serve import load_selected_plugins
+
+    plugins = load_selected_plugins(settings, get_logger())
+    with connection(settings.dsn, connect_timeout=settings.connect_timeout_s) as conn:
+        applied = migrations.migrate(conn, settings.schema_name, plugins.migrations())
+    if applied:
+        for name in applied:
+            print(f"applied {name}")
+    else:
+        print(f"schema {settings.schema_name!r} is up to date")
+    return 0
+
+
+def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    from poel_host.queue import Queue
+    from poel_host.serve import load_selected_plugins
+
+    payload = sys.stdin.read() if args.payload == "-" else args.payload
+    plugins = load_selected_plugins(settings, get_logger())
+    with Queue(
+        settings.dsn,
+        schema=settings.schema_name,
+        jobs=plugins.jobs,
+        max_payload_bytes=settings.max_payload_bytes,
+    ) as queue:
+        job_id = queue.enqueue(
+            args.type,
+            payload,
+            run_at=args.run_at,
+            delay=args.delay,
+            priority=args.priority,
+            queue=args.queue,
+            max_attempts=args.max_attempts,
+            unique_key=args.unique_key,
+            allow_unknown=args.allow_unknown,
+        )
+    print(job_id)
+    return 0
+
+
+def cmd_plugins(settings: Settings, args: argparse.Namespace) -> int:
+    from poel_host.serve import load_selected_plugins
+
+    description = load_selected_plugins(settings, get_logger()).describe()
+    if args.json:
+        print(json.dumps(description, indent=2))
+        return 0
+    rows = [("PLUGIN", "VERSION", "JOB TYPE", "QUEUE", "ATTEMPTS", "TIMEOUT", "SCHEDULE")]
+    for plugin in description["plugins"]:
+        for job in plugin["jobs"] or [{}]:
+            rows.append((
+                plugin["name"], plugin["version"] or "-", job.get("type", "-"),
+                job.get("queue", "-"), str(job.get("max_attempts", "-")),
+                _or_dash(job.get("timeout")), _schedule(job),
+            ))
+    print(_table(rows))
+    if not description["plugins"]:
+        print("(no plugins loaded: install one, e.g. pip install poel-records)")
+    for failed in description["failed"]:
+        print(f"FAILED {failed['name']} ({failed['distribution'] or '?'} "
+              f"{failed['version'] or ''}): {failed['error']}")
+    return 0
+
+
+def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from poel_host.database import connection
+    from poel_host.queries import Queries
+
+    queries = Queries(settings.schema_name)
+    with connection(settings.dsn, connect_timeout=settings.connect_timeout_s) as conn:
+        if args.jobs_command == "show":
+            row = conn.execute(queries["get_job"], {"id": args.id}).fetchone()
+            if row is None:
+                raise PoelError(f"no job with id {args.id}")
+            print(json.dumps(row, indent=2, default=str))
+        elif args.jobs_command == "stats":
+            for r in conn.execute(queries["count_by_state"]):
+                print(f"{r['state']:<10} {r['count']}")
+        else:
+            rows = conn.execute(
+                queries["list_jobs"],
+                {"state": args.state, "job_type": args.job_type, "limit": args.limit},
+            ).fetchall()
+            if args.json:
+                print(json.dumps(rows, indent=2, default=str))
+            else:
+                table = [("ID", "TYPE", "STATE", "ATTEMPTS", "RUN AT", "LAST ERROR")]
+                for r in rows:
+                    table.append((str(r["id"]), r["job_type"], r["state"],
+                                  f"{r['attempts']}/{r['max_attempts']}",
+                                  r["run_at"].isoformat(timespec="seconds"),
+                                  (r["last_error"] or "")[:60]))
+                print(_table(table))
+    return 0
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _schedule(job: dict[str, Any]) -> str:
+    if not job.get("schedule"):
+        return "-"
+    return f"{job['schedule']} (next {job['next_run']})"
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "migrate": cmd_migrate,
+    "enqueue": cmd_enqueue,
+    "plugins": cmd_plugins,
+    "jobs": cmd_jobs,
+}

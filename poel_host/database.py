@@ -1,0 +1,91 @@
+"""Connections to PostgreSQL: the only module that opens them.
+
+Driver errors met while connecting are translated into
+:class:`~poel_host.errors.DatabaseUnavailable` with the password masked, so the CLI can
+print them as one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from poel_host.errors import DatabaseUnavailable
+from poel_host.settings import redact_dsn
+
+APPLICATION_NAME = "poel-host"
+
+
+def connect(
+    dsn: str, *, autocommit: bool = True, connect_timeout: int = 5, **kwargs: Any
+) -> psycopg.Connection[dict[str, Any]]:
+    """One connection with dict rows; DatabaseUnavailable if PostgreSQL cannot be reached."""
+    try:
+        return psycopg.connect(
+            dsn,
+            autocommit=autocommit,
+            row_factory=dict_row,
+            connect_timeout=connect_timeout,
+            application_name=kwargs.pop("application_name", APPLICATION_NAME),
+            **kwargs,
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(describe_connect_error(dsn, exc)) from None
+
+
+def describe_connect_error(dsn: str, exc: BaseException) -> str:
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {redact_dsn(reason)}"
+
+
+@contextmanager
+def connection(dsn: str, **kwargs: Any) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """``with connection(dsn) as conn:`` -- a short-lived connection, closed afterwards."""
+    conn = connect(dsn, **kwargs)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def make_pool(
+    dsn: str,
+    *,
+    name: str,
+    min_size: int,
+    max_size: int,
+    connect_timeout: int = 5,
+    autocommit: bool = True,
+    options: str | None = None,
+) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+    """A connection pool whose connections return dict rows.
+
+    The pool is opened without waiting, so a worker can start (and report itself
+    unhealthy) while the database is still down.
+    """
+    kwargs: dict[str, Any] = {
+        "autocommit": autocommit,
+        "row_factory": dict_row,
+        "connect_timeout": connect_timeout,
+        "application_name": f"{APPLICATION_NAME}:{name}",
+    }
+    if options:
+        kwargs["options"] = options
+    pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs=kwargs,
+        name=f"poel-{name}",
+        open=False,
+        check=ConnectionPool.check_connection,
+        reconnect_timeout=0,
+        timeout=30,
+    )
+    pool.open(wait=False)
+    return pool

@@ -1,0 +1,70 @@
+"""Poel's own exceptions.
+
+Driver and validation errors are translated into these at the module that meets them, so
+that the CLI can print one clear line (the exception's message) instead of a traceback.
+Each class's docstring is its meaning; the message says what to do.
+"""
+
+from __future__ import annotations
+
+
+class PoelError(Exception):
+    """Base class: an error the CLI prints as one message and exits with ``exit_code``."""
+
+    exit_code = 1
+
+
+class SettingsError(PoelError):
+    """One or more settings are missing or invalid."""
+
+    exit_code = 2
+
+
+class PluginError(PoelError):
+    """A plugin could not be loaded or registers something invalid."""
+
+    exit_code = 3
+
+
+class GreenError(PoelError):
+    """psycopg would block the gevent hub: the process was not patched early enough."""
+
+    exit_code = 3
+
+
+class DatabaseUnavailable(PoelError):
+    """PostgreSQL could not be reached or the connection was lost."""
+
+    exit_code = 4
+
+
+class SchemaOutOfDate(PoelError):
+    """The database schema is missing or older than this version of Poel expects."""
+
+    exit_code = 5
+
+
+class UnknownJobType(PoelError):
+    """No installed plugin handles this job type."""
+
+
+class InvalidPayload(PoelError):
+    """The payload does not match the job type's model (or is not a JSON object)."""
+
+    def __init__(self, message: str, *, job_type: str) -> None:
+        super().__init__(message)
+        self.job_type = job_type
+
+
+class DuplicateJob(PoelError):
+    """A live (queued or running) job with the same type and unique key exists already."""
+
+    def __init__(self, job_type: str, unique_key: str, existing_id: int | None) -> None:
+        super().__init__(
+            f"a live {job_type!r} job with unique_key {unique_key!r} exists already"
+            + (f" (job {existing_id})" if existing_id is not None else "")
+            + "; it was not enqueued twice"
+        )
+        self.job_type = job_type
+        self.unique_key = unique_key
+        self.existing_id = existing_id

@@ -1,0 +1,69 @@
+"""The HTTP app (bottle), served by gevent's WSGI server inside ``poel-host serve``.
+
+Every endpoint is read-only: ``GET /health`` and ``GET /plugins``. Answers are JSON and
+never contain secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import bottle
+from gevent.pywsgi import WSGIServer
+
+from poel_host.errors import PoelError
+from poel_host.health import Health
+
+
+def make_app(health: Health, describe_plugins: Callable[[], dict[str, Any]]) -> bottle.Bottle:
+    app = bottle.Bottle()
+
+    @app.get("/health")  # type: ignore[untyped-decorator]
+    def get_health() -> dict[str, Any]:
+        status, body = health.report()
+        bottle.response.status = status
+        bottle.response.set_header("Cache-Control", "no-store")
+        return body
+
+    @app.get("/plugins")  # type: ignore[untyped-decorator]
+    def get_plugins() -> dict[str, Any]:
+        return describe_plugins()
+
+    def error_body(error: bottle.HTTPError) -> str:
+        bottle.response.content_type = "application/json"
+        import json
+
+        return json.dumps({"error": error.status_line, "status": error.status_code})
+
+    for code in (400, 404, 405, 500):
+        app.error(code)(error_body)
+    return app
+
+
+def start_server(app: bottle.Bottle, host: str, port: int, *, log: Any) -> WSGIServer:
+    """Start serving in the background; returns the server (``server.server_port``)."""
+    server = WSGIServer((host, port), app, log=None, error_log=_ErrorLog(log))
+    try:
+        server.start()
+    except OSError as exc:
+        raise PoelError(
+            f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}; "
+            "set HEALTH_CHECK_PORT (and HEALTH_CHECK_HOST) to a free address"
+        ) from None
+    log.info("http listening", host=host, port=server.server_port)
+    return server
+
+
+class _ErrorLog:
+    """gevent's error_log interface, forwarded to structlog."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            self.log.error("http error", detail=text.strip()[:2000])
+
+    def flush(self) -> None:
+        pass

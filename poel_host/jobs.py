@@ -1,0 +1,151 @@
+"""What a plugin declares (:class:`Job`) and what a handler receives (:class:`JobContext`).
+
+This module imports no database code at import time: a plugin module that imports ``Job``
+stays cheap to import and can be loaded by a producer that only validates payloads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from poel_host.settings import Settings
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+
+Backoff = float | Callable[[int], float]
+_JOB_TYPE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}$")
+
+
+class JobCancelled(Exception):
+    """Raised by :meth:`JobContext.check_cancelled` once the worker asked the job to stop."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job type a plugin handles.
+
+    :param type: the name producers enqueue (``"process_new_record"``); unique across plugins.
+    :param schema: the pydantic model the payload is validated into before the handler runs.
+    :param handler: ``handler(payload, ctx)``, a plain blocking-style function (its I/O
+        cooperates under gevent). Its return value is ignored.
+    :param queue: the queue new jobs of this type go to unless the producer says otherwise.
+    :param max_attempts: attempts before the job is ``failed`` (the dead letter).
+    :param timeout: seconds a run may take; overrides ``JOB_TIMEOUT_MS``.
+    :param backoff: base retry delay in seconds (doubled each attempt, with jitter), or a
+        function ``attempt -> seconds``; default ``POEL_RETRY_BACKOFF_MS``.
+    :param schedule: a cron expression: the host enqueues the job once per slot.
+    :param priority: default priority of new jobs (higher runs first).
+    """
+
+    type: str
+    schema: type[BaseModel]
+    handler: Callable[[Any, JobContext], object]
+    queue: str = "default"
+    max_attempts: int = 3
+    timeout: float | None = None
+    backoff: Backoff | None = None
+    schedule: str | None = None
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.type, str) or not _JOB_TYPE.match(self.type):
+            problems.append(
+                f"type {self.type!r} must be 1-200 characters of letters, digits and _ . : -"
+            )
+        if not (isinstance(self.schema, type) and issubclass(self.schema, BaseModel)):
+            problems.append(f"schema must be a pydantic BaseModel subclass, got {self.schema!r}")
+        if not callable(self.handler):
+            problems.append(f"handler must be callable, got {self.handler!r}")
+        if not isinstance(self.queue, str) or not self.queue:
+            problems.append("queue must be a non-empty string")
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            problems.append(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        if self.timeout is not None and not (
+            isinstance(self.timeout, int | float) and self.timeout > 0
+        ):
+            problems.append(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        if self.backoff is not None and not callable(self.backoff):
+            if not isinstance(self.backoff, int | float) or self.backoff < 0:
+                problems.append("backoff must be seconds >= 0 or a function attempt -> seconds")
+        if self.schedule is not None:
+            from poel_host.schedules import validate_cron
+
+            error = validate_cron(self.schedule)
+            if error:
+                problems.append(f"schedule {self.schedule!r} is not a valid cron expression: {error}")
+        if problems:
+            raise ValueError(f"invalid Job {self.type!r}: " + "; ".join(problems))
+
+    def timeout_seconds(self, default_ms: int) -> float:
+        return self.timeout if self.timeout is not None else default_ms / 1000
+
+    def json_schema(self) -> dict[str, Any]:
+        return self.schema.model_json_schema()
+
+
+@dataclass
+class JobContext:
+    """What a handler gets besides its payload.
+
+    ``log`` is a structlog logger bound to ``jobId``, ``jobType`` and ``attempt``.
+    ``connection()`` lends a pooled, green psycopg connection: the block is one
+    transaction, committed when it ends and rolled back on an exception. ``enqueue()``
+    queues a follow-up job (pass ``connection=conn`` to make it part of your transaction).
+    """
+
+    job_id: int
+    job_type: str
+    attempt: int
+    max_attempts: int
+    queue: str
+    enqueued_at: dt.datetime
+    log: Any
+    settings: Settings | None = None
+    _connection_factory: Callable[[], Any] | None = field(default=None, repr=False)
+    _enqueue: Callable[..., int] | None = field(default=None, repr=False)
+    _cancel_event: Any = field(default=None, repr=False)
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection for the duration of the block (one transaction)."""
+        if self._connection_factory is None:
+            raise RuntimeError("this JobContext has no database connection pool")
+        with self._connection_factory() as conn:
+            yield conn
+
+    def enqueue(self, job_type: str, payload: Any = None, **options: Any) -> int:
+        """Enqueue a follow-up job; same options as :meth:`poel_host.Queue.enqueue`."""
+        if self._enqueue is None:
+            raise RuntimeError("this JobContext cannot enqueue")
+        return self._enqueue(job_type, payload, **options)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the worker asked this job to stop (shutdown past its grace period)."""
+        return self._cancel_event is not None and self._cancel_event.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`JobCancelled` if the job was asked to stop; call it between steps."""
+        if self.cancelled:
+            raise JobCancelled(f"job {self.job_id} was cancelled by the worker")
+
+    def wait_cancelled(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds, waking early on cancellation; True if cancelled."""
+        if self._cancel_event is None:
+            import time
+
+            time.sleep(timeout)
+            return False
+        return bool(self._cancel_event.wait(timeout))

@@ -1,0 +1,59 @@
+"""Structured logging: one JSON object a line on stderr.
+
+Every line carries ``level``, ``ts``, ``msg``, ``service`` and ``environment``; a job's
+logger adds ``jobId``, ``jobType`` and ``attempt``. Events use a small stable vocabulary
+(``job started``, ``job succeeded``, ``job retry scheduled``, ...) that operators can match.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+SERVICE = "poel-worker"
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS["error"] = logging.ERROR
+
+
+def configure_logging(
+    *, environment: str, log_format: str = "json", level: str = "info"
+) -> None:
+    """Configure structlog for the whole process (called once by the CLI)."""
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        _add_service(environment),
+        structlog.processors.format_exc_info,
+    ]
+    if log_format == "console":
+        processors.append(structlog.dev.ConsoleRenderer(event_key="msg"))
+    else:
+        processors += [
+            structlog.processors.EventRenamer("msg"),
+            structlog.processors.JSONRenderer(),
+        ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _add_service(environment: str) -> Any:
+    def add(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("service", SERVICE)
+        event.setdefault("environment", environment)
+        return event
+
+    return add
+
+
+def get_logger(**bound: Any) -> Any:
+    """A structlog logger with ``bound`` context."""
+    return structlog.get_logger().bind(**bound)

@@ -1,0 +1,51 @@
+"""Named SQL blocks from ``sql/queries.sql``, with the configured schema filled in.
+
+Keeping SQL in ``.sql`` files means it is read, reviewed and EXPLAINed as SQL. The schema
+name comes from configuration, so it is inserted as a quoted identifier
+(``psycopg.sql.Identifier``), never formatted in as text; values are always parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+
+from psycopg import sql
+
+_BLOCK = re.compile(r"^-- (?P<name>[a-z_]+) --$", re.MULTILINE)
+
+
+def read_sql(name: str) -> str:
+    """The text of a file under ``poel_host/sql/``."""
+    return resources.files("poel_host").joinpath("sql", name).read_text(encoding="utf-8")
+
+
+def parse_blocks(text: str) -> dict[str, str]:
+    """Split a file of ``-- name --`` blocks into {name: sql}."""
+    parts = _BLOCK.split(text)
+    blocks = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        blocks[name] = body.strip()
+    return blocks
+
+
+def with_schema(text: str, schema: str) -> sql.Composed:
+    """Fill ``{schema}`` in a SQL text with the quoted schema identifier."""
+    return sql.SQL(text).format(schema=sql.Identifier(schema))  # type: ignore[arg-type]
+
+
+@functools.cache
+def _raw_queries() -> dict[str, str]:
+    return parse_blocks(read_sql("queries.sql"))
+
+
+class Queries:
+    """The queries for one schema, composed once."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self._composed = {name: with_schema(text, schema) for name, text in _raw_queries().items()}
+
+    def __getitem__(self, name: str) -> sql.Composed:
+        return self._composed[name]

@@ -1,0 +1,240 @@
+"""Enqueueing jobs from Python: :class:`Queue`.
+
+A web application imports ``poel_host.Queue`` to enqueue; this module patches nothing.
+Pass ``connection=`` to enqueue inside your own psycopg transaction (the job becomes
+visible when you commit, and disappears if you roll back).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from poel_host import payloads
+from poel_host.database import connect
+from poel_host.errors import DatabaseUnavailable, DuplicateJob, InvalidPayload, UnknownJobType
+from poel_host.jobs import Job
+from poel_host.queries import Queries
+
+
+@dataclass
+class JobRequest:
+    """One job to enqueue with :meth:`Queue.enqueue_many`."""
+
+    type: str
+    payload: Any = None
+    run_at: dt.datetime | None = None
+    delay: float | dt.timedelta | None = None
+    priority: int | None = None
+    queue: str | None = None
+    max_attempts: int | None = None
+    unique_key: str | None = None
+
+
+class Queue:
+    """Enqueue jobs into Poel's table.
+
+    :param dsn: the database URL (``DATABASE_URL``).
+    :param schema: Poel's schema (``POEL_SCHEMA``).
+    :param jobs: job types to validate payloads against; by default the installed plugins'
+        (loaded on first use). Pass ``{}`` to skip plugin loading.
+    :param allow_unknown: accept job types no local plugin defines (a producer that does
+        not install the handlers); their payloads are stored unvalidated.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "poel",
+        jobs: Mapping[str, Job] | None = None,
+        allow_unknown: bool = False,
+        max_payload_bytes: int = 1_000_000,
+    ) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.allow_unknown = allow_unknown
+        self.max_payload_bytes = max_payload_bytes
+        self._jobs = dict(jobs) if jobs is not None else None
+        self._queries = Queries(schema)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def jobs(self) -> dict[str, Job]:
+        if self._jobs is None:
+            from poel_host.plugins import load_plugins
+
+            self._jobs = load_plugins().jobs
+        return self._jobs
+
+    def enqueue(
+        self,
+        job_type: str,
+        payload: Any = None,
+        *,
+        run_at: dt.datetime | None = None,
+        delay: float | dt.timedelta | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        unique_key: str | None = None,
+        connection: psycopg.Connection[Any] | None = None,
+        allow_unknown: bool | None = None,
+    ) -> int:
+        """Store one job and return its id.
+
+        Raises InvalidPayload (with pydantic's message), UnknownJobType, or DuplicateJob
+        when a live job has the same ``unique_key``.
+        """
+        request = JobRequest(job_type, payload, run_at, delay, priority, queue, max_attempts,
+                             unique_key)
+        ids = self._insert([request], connection=connection, allow_unknown=allow_unknown)
+        if ids[0] is None:
+            existing = self._existing(job_type, unique_key or "", connection)
+            raise DuplicateJob(job_type, unique_key or "", existing)
+        return ids[0]
+
+    def enqueue_many(
+        self,
+        requests: Iterable[JobRequest],
+        *,
+        connection: psycopg.Connection[Any] | None = None,
+        allow_unknown: bool | None = None,
+    ) -> list[int | None]:
+        """Store many jobs in one statement. Returns their ids in order; ``None`` for a job
+        skipped because a live job holds its ``unique_key``. Nothing is stored if any payload
+        is invalid."""
+        return self._insert(list(requests), connection=connection, allow_unknown=allow_unknown)
+
+    def _insert(
+        self,
+        requests: Sequence[JobRequest],
+        *,
+        connection: psycopg.Connection[Any] | None,
+        allow_unknown: bool | None,
+    ) -> list[int | None]:
+        if not requests:
+            return []
+        params = self._params(requests, self.allow_unknown if allow_unknown is None else allow_unknown)
+        query = self._queries["enqueue_jobs"]
+        if connection is not None:
+            rows = connection.execute(query, params).fetchall()
+        else:
+            rows = self._run(lambda conn: conn.execute(query, params).fetchall())
+        return _match_ids(requests, rows)
+
+    def _params(self, requests: Sequence[JobRequest], allow_unknown: bool) -> dict[str, list[Any]]:
+        columns: dict[str, list[Any]] = {
+            key: []
+            for key in ("job_types", "payloads", "run_ats", "delays_ms", "priorities", "queues",
+                        "max_attempts", "unique_keys")
+        }
+        for request in requests:
+            job = self._job(request.type, allow_unknown)
+            body = payloads.to_object(request.type, request.payload)
+            if job is not None:
+                payloads.validate(job, body)
+            columns["job_types"].append(request.type)
+            columns["payloads"].append(
+                payloads.encode(request.type, body, max_bytes=self.max_payload_bytes)
+            )
+            columns["run_ats"].append(request.run_at)
+            columns["delays_ms"].append(_delay_ms(request.delay))
+            columns["priorities"].append(
+                request.priority if request.priority is not None else (job.priority if job else 0)
+            )
+            columns["queues"].append(request.queue or (job.queue if job else "default"))
+            attempts = request.max_attempts or (job.max_attempts if job else 3)
+            if attempts < 1:
+                raise InvalidPayload("max_attempts must be at least 1", job_type=request.type)
+            columns["max_attempts"].append(attempts)
+            columns["unique_keys"].append(request.unique_key)
+        return columns
+
+    def _job(self, job_type: str, allow_unknown: bool) -> Job | None:
+        job = self.jobs.get(job_type)
+        if job is None and not allow_unknown:
+            known = ", ".join(sorted(self.jobs)) or "none"
+            raise UnknownJobType(
+                f"no installed plugin handles job type {job_type!r} (known: {known}); install "
+                "its plugin, or pass allow_unknown=True (CLI: --allow-unknown) to enqueue it "
+                "without validation"
+            )
+        return job
+
+    def _existing(
+        self, job_type: str, unique_key: str, connection: psycopg.Connection[Any] | None
+    ) -> int | None:
+        query = self._queries["find_live_unique"]
+        params = {"job_type": job_type, "unique_key": unique_key}
+        if connection is not None:
+            row = connection.execute(query, params).fetchone()
+        else:
+            row = self._run(lambda conn: conn.execute(query, params).fetchone())
+        if row is None:
+            return None
+        return int(row["id"] if isinstance(row, dict) else row[0])
+
+    def _run(self, work: Any) -> Any:
+        """Run ``work(conn)`` on this Queue's own connection, reconnecting once if it broke."""
+        with self._lock:
+            for attempt in (1, 2):
+                if self._conn is None or self._conn.closed:
+                    self._conn = connect(self.dsn)
+                try:
+                    return work(self._conn)
+                except psycopg.OperationalError as exc:
+                    self._conn.close()
+                    self._conn = None
+                    if attempt == 2:
+                        raise DatabaseUnavailable(f"enqueue failed: {exc}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _delay_ms(delay: float | dt.timedelta | None) -> int:
+    if delay is None:
+        return 0
+    seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
+    if seconds < 0:
+        raise ValueError("delay must not be negative")
+    return int(seconds * 1000)
+
+
+def _match_ids(requests: Sequence[JobRequest], rows: list[Any]) -> list[int | None]:
+    """Map returned rows back to requests: PostgreSQL returns inserted rows in input order,
+    skipping those that hit a live unique key."""
+    ids: list[int | None] = []
+    it = iter(rows)
+    pending = next(it, None)
+    for request in requests:
+        row = _as_dict(pending)
+        if row is not None and row["job_type"] == request.type and row["unique_key"] == request.unique_key:
+            ids.append(int(row["id"]))
+            pending = next(it, None)
+        else:
+            ids.append(None)
+    return ids
+
+
+def _as_dict(row: Any) -> dict[str, Any] | None:
+    if row is None or isinstance(row, dict):
+        return row
+    return {"id": row[0], "job_type": row[1], "unique_key": row[2]}

@@ -1,0 +1,78 @@
+"""``poel-host serve``: the worker and the HTTP app in one gevent process.
+
+Signals: the first SIGTERM or SIGINT stops claiming and drains (running jobs get
+``POEL_SHUTDOWN_TIMEOUT_MS`` to finish; the rest are handed back to the queue); a second
+one exits at once (its jobs come back when their leases expire).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import gevent
+
+from poel_host import migrations
+from poel_host.database import connection
+from poel_host.green import check_green
+from poel_host.httpapp import make_app, start_server
+from poel_host.logs import get_logger
+from poel_host.plugins import Plugins, load_plugins
+from poel_host.settings import Settings
+from poel_host.worker import Worker
+
+
+def load_selected_plugins(settings: Settings, log: Any) -> Plugins:
+    plugins = load_plugins(settings.plugins_to_load, settings.plugins_disabled)
+    for failed in plugins.failed:
+        log.error(
+            "plugin failed to load",
+            plugin=failed.name,
+            distribution=failed.distribution,
+            version=failed.version,
+            error=failed.error,
+        )
+    return plugins
+
+
+def prepare_schema(settings: Settings, plugins: Plugins, log: Any) -> None:
+    """Migrate (POEL_AUTO_MIGRATE) or refuse to start on an out-of-date schema."""
+    with connection(settings.dsn, autocommit=True, connect_timeout=settings.connect_timeout_s) as conn:
+        if settings.should_auto_migrate:
+            applied = migrations.migrate(conn, settings.schema_name, plugins.migrations())
+            if applied:
+                log.info("migrations applied", migrations=applied)
+        else:
+            migrations.check_up_to_date(conn, settings.schema_name, plugins.migrations())
+
+
+def serve(settings: Settings) -> int:
+    log = get_logger()
+    check_green()
+    plugins = load_selected_plugins(settings, log)
+    prepare_schema(settings, plugins, log)
+    worker = Worker(settings, plugins, log=log)
+    server = start_server(
+        make_app(worker.health, plugins.describe),
+        settings.health_check_host,
+        settings.health_check_port,
+        log=log,
+    )
+    signals_seen: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals_seen.append(signum)
+        if len(signals_seen) > 1:
+            log.warning("second signal: exiting now", signal=signal.Signals(signum).name)
+            os._exit(128 + signum)
+        log.info("signal received: draining", signal=signal.Signals(signum).name)
+        worker.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, on_signal, signum)
+    try:
+        worker.run()
+    finally:
+        server.stop(timeout=2)
+    return 0

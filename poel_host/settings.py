@@ -1,0 +1,176 @@
+"""Settings, read from the environment and a ``.env`` file and checked at start-up.
+
+Every bad variable is collected into one :class:`~poel_host.errors.SettingsError` naming
+each of them, so an operator fixes a deployment in one go. Values of secret settings are
+never repeated in messages, logs or HTTP answers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from poel_host.errors import SettingsError
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_SECRET_FIELDS = {"database_url", "supabase_service_role_key"}
+
+
+class Settings(BaseSettings):
+    """Everything the host can be told. Field aliases are the environment variable names."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    database_url: SecretStr = Field(
+        default=SecretStr(DEFAULT_DATABASE_URL), validation_alias="DATABASE_URL"
+    )
+    supabase_url: str | None = Field(default=None, validation_alias="SUPABASE_URL")
+    supabase_service_role_key: SecretStr | None = Field(
+        default=None, validation_alias="SUPABASE_SERVICE_ROLE_KEY"
+    )
+    env: Literal["development", "production"] = Field(
+        default="development", validation_alias="POEL_ENV"
+    )
+    worker_concurrency: int = Field(
+        default=10, ge=1, le=10_000, validation_alias="WORKER_CONCURRENCY"
+    )
+    job_timeout_ms: int = Field(default=300_000, ge=1, validation_alias="JOB_TIMEOUT_MS")
+    health_check_port: int = Field(
+        default=8080, ge=0, le=65_535, validation_alias="HEALTH_CHECK_PORT"
+    )
+    health_check_host: str = Field(default="127.0.0.1", validation_alias="HEALTH_CHECK_HOST")
+    schema_name: str = Field(default="poel", validation_alias="POEL_SCHEMA")
+    load_plugins: str | None = Field(default=None, validation_alias="POEL_LOAD_PLUGINS")
+    disabled_plugins: str = Field(default="", validation_alias="POEL_DISABLED_PLUGINS")
+    queues: str | None = Field(default=None, validation_alias="POEL_QUEUES")
+    log_format: Literal["json", "console"] = Field(
+        default="json", validation_alias="POEL_LOG_FORMAT"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", validation_alias="POEL_LOG_LEVEL"
+    )
+    poll_interval_ms: int = Field(default=1_000, ge=10, validation_alias="POEL_POLL_INTERVAL_MS")
+    lease_ms: int = Field(default=30_000, ge=1_000, validation_alias="POEL_LEASE_MS")
+    shutdown_timeout_ms: int = Field(
+        default=30_000, ge=0, validation_alias="POEL_SHUTDOWN_TIMEOUT_MS"
+    )
+    retry_backoff_ms: int = Field(default=1_000, ge=0, validation_alias="POEL_RETRY_BACKOFF_MS")
+    retry_backoff_max_ms: int = Field(
+        default=3_600_000, ge=0, validation_alias="POEL_RETRY_BACKOFF_MAX_MS"
+    )
+    db_pool_size: int = Field(default=10, ge=1, le=1_000, validation_alias="POEL_DB_POOL_SIZE")
+    connect_timeout_s: int = Field(default=5, ge=1, validation_alias="POEL_CONNECT_TIMEOUT_S")
+    auto_migrate: bool | None = Field(default=None, validation_alias="POEL_AUTO_MIGRATE")
+    max_payload_bytes: int = Field(
+        default=1_000_000, ge=2, validation_alias="POEL_MAX_PAYLOAD_BYTES"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if not url.startswith(("postgresql://", "postgres://")) and "=" not in url:
+            raise ValueError("must be a postgresql:// URL or a libpq key=value string")
+        return value
+
+    @field_validator("schema_name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(
+                "must be a plain SQL identifier: letters, digits and underscores, "
+                "not starting with a digit, at most 63 characters"
+            )
+        return value
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    # Derived values -------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        return self.database_url.get_secret_value()
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.env == "development" if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def plugins_to_load(self) -> list[str] | None:
+        """``None`` loads every installed plugin; an empty list loads none."""
+        return None if self.load_plugins is None else _split(self.load_plugins)
+
+    @property
+    def plugins_disabled(self) -> list[str]:
+        return _split(self.disabled_plugins)
+
+    @property
+    def queue_names(self) -> list[str] | None:
+        """``None`` means every queue."""
+        return None if self.queues is None else _split(self.queues)
+
+    def public(self) -> dict[str, Any]:
+        """The settings with secrets masked: safe for logs and HTTP answers."""
+        data = self.model_dump()
+        for name in _SECRET_FIELDS:
+            if data.get(name) is not None:
+                data[name] = "********"
+        data["database_url"] = redact_dsn(self.dsn)
+        return data
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced, for messages."""
+    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1********@", dsn)
+    return re.sub(r"(password\s*=\s*)(\S+)", r"\1********", dsn)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, or raise one SettingsError that names every bad variable."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(format_errors(exc)) from None
+    problems = []
+    if settings.env == "production" and "DATABASE_URL" not in _provided(settings):
+        problems.append("  DATABASE_URL: must be set when POEL_ENV=production")
+    if problems:
+        raise SettingsError("invalid configuration:\n" + "\n".join(problems))
+    return settings
+
+
+def _provided(settings: Settings) -> set[str]:
+    return {
+        str(Settings.model_fields[name].validation_alias) for name in settings.model_fields_set
+    }
+
+
+def format_errors(exc: ValidationError) -> str:
+    """One line per bad variable, named as the operator wrote it, secrets not echoed."""
+    lines = []
+    aliases = {
+        str(field.validation_alias): name for name, field in Settings.model_fields.items()
+    }
+    for error in exc.errors():
+        variable = str(error["loc"][0]) if error["loc"] else "?"
+        field_name = aliases.get(variable, variable)
+        message = error["msg"].removeprefix("Value error, ")
+        if field_name not in _SECRET_FIELDS and error["type"] != "missing":
+            message += f" (got {error.get('input')!r})"
+        lines.append(f"  {variable}: {message}")
+    return "invalid configuration:\n" + "\n".join(lines)

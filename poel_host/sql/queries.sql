@@ -1,0 +1,134 @@
+-- Every query Poel runs, as named blocks: "-- name --", a comment saying what it is for,
+-- then the SQL. {schema} is the configured schema (quoted identifier); %(x)s are
+-- parameters. Loaded by poel_host.queries.
+
+-- enqueue_jobs --
+-- Insert jobs in one statement. A job whose (job_type, unique_key) matches a live job is
+-- skipped; the caller finds out which by the ids returned.
+INSERT INTO {schema}.jobs AS j
+    (job_type, payload, run_at, priority, queue, max_attempts, unique_key)
+SELECT t.job_type, t.payload,
+       coalesce(t.run_at, now() + t.delay_ms * interval '1 millisecond'),
+       t.priority, t.queue, t.max_attempts, t.unique_key
+FROM unnest(%(job_types)s::text[], %(payloads)s::jsonb[], %(run_ats)s::timestamptz[],
+            %(delays_ms)s::bigint[], %(priorities)s::integer[], %(queues)s::text[],
+            %(max_attempts)s::integer[], %(unique_keys)s::text[])
+     AS t(job_type, payload, run_at, delay_ms, priority, queue, max_attempts, unique_key)
+ON CONFLICT (job_type, unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+DO NOTHING
+RETURNING j.id, j.job_type, j.unique_key
+
+-- find_live_unique --
+-- The live job holding a unique key, to name it in the duplicate error.
+SELECT id FROM {schema}.jobs
+WHERE job_type = %(job_type)s AND unique_key = %(unique_key)s AND state IN ('queued', 'running')
+
+-- claim_jobs --
+-- Take up to `limit` due jobs of the types this worker handles, highest priority first,
+-- skipping rows other workers are claiming; each gets a lease owned by this worker.
+WITH due AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = 'queued'
+      AND job_type = ANY(%(job_types)s::text[])
+      AND run_at <= now()
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET state = 'running', attempts = j.attempts + 1, lease_owner = %(owner)s,
+    lease_expires_at = now() + %(lease_ms)s * interval '1 millisecond',
+    started_at = now(), updated_at = now()
+FROM due
+WHERE j.id = due.id
+RETURNING j.id, j.queue, j.job_type, j.payload, j.attempts, j.max_attempts, j.created_at
+
+-- finish_jobs --
+-- Record outcomes in one statement: succeeded, failed, or queued again with a delay for
+-- a retry. Only rows this worker still leases are touched, so a worker that lost a
+-- lease never overwrites the new owner's outcome. Returns the ids written.
+UPDATE {schema}.jobs AS j
+SET state = o.state::{schema}.job_state,
+    run_at = CASE WHEN o.state = 'queued'
+                  THEN now() + o.delay_ms * interval '1 millisecond' ELSE j.run_at END,
+    last_error = coalesce(o.error, j.last_error),
+    errors = CASE WHEN o.error IS NULL THEN j.errors
+                  ELSE j.errors || jsonb_build_array(jsonb_build_object(
+                      'attempt', j.attempts, 'error', o.error, 'at', now(),
+                      'retry_at', CASE WHEN o.state = 'queued'
+                                       THEN now() + o.delay_ms * interval '1 millisecond' END))
+             END,
+    finished_at = CASE WHEN o.state IN ('succeeded', 'failed') THEN now() END,
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(errors)s::text[], %(delays_ms)s::bigint[])
+     AS o(id, state, error, delay_ms)
+WHERE j.id = o.id AND j.lease_owner = %(owner)s AND j.state = 'running'
+RETURNING j.id
+
+-- release_jobs --
+-- Hand running jobs back to the queue at shutdown: the attempt does not count.
+UPDATE {schema}.jobs
+SET state = 'queued', attempts = greatest(attempts - 1, 0), run_at = now(),
+    lease_owner = NULL, lease_expires_at = NULL, started_at = NULL, updated_at = now()
+WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s AND state = 'running'
+RETURNING id
+
+-- renew_leases --
+-- Extend the leases of every job this worker runs; the ids not returned were lost.
+UPDATE {schema}.jobs
+SET lease_expires_at = now() + %(lease_ms)s * interval '1 millisecond'
+WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s AND state = 'running'
+RETURNING id
+
+-- recover_expired --
+-- Jobs whose worker stopped renewing its lease (killed, frozen, cut off): queue them
+-- again, or fail them if that was their last attempt. The lost attempt is recorded.
+WITH expired AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET state = CASE WHEN j.attempts >= j.max_attempts
+                 THEN 'failed'::{schema}.job_state ELSE 'queued'::{schema}.job_state END,
+    last_error = 'worker lost: lease held by ' || coalesce(j.lease_owner, '?') || ' expired',
+    errors = j.errors || jsonb_build_array(jsonb_build_object(
+        'attempt', j.attempts, 'at', now(),
+        'error', 'worker lost: lease held by ' || coalesce(j.lease_owner, '?') || ' expired')),
+    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+    run_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+FROM expired
+WHERE j.id = expired.id
+RETURNING j.id, j.state::text AS state
+
+-- get_job --
+-- One job by id.
+SELECT id, queue, job_type, payload, state::text AS state, priority, run_at, attempts,
+       max_attempts, last_error, errors, unique_key, lease_owner, lease_expires_at,
+       created_at, started_at, finished_at
+FROM {schema}.jobs WHERE id = %(id)s
+
+-- list_jobs --
+-- Recent jobs, newest first, optionally of one state and/or type.
+SELECT id, queue, job_type, state::text AS state, priority, run_at, attempts, max_attempts,
+       last_error, created_at, finished_at
+FROM {schema}.jobs
+WHERE (%(state)s::text IS NULL OR state::text = %(state)s)
+  AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- count_by_state --
+-- Job counts per state, for `poel-host jobs` and metrics.
+SELECT state::text AS state, count(*) AS count FROM {schema}.jobs GROUP BY state ORDER BY state
+
+-- ping --
+-- The health check: is the database answering?
+SELECT 1
+
+-- set_statement_timeout --
+-- Bound every query a handler runs by the time its job has left (milliseconds as text).
+SELECT set_config('statement_timeout', %(ms)s, false)

@@ -1,0 +1,500 @@
+"""The worker: claims jobs, runs them in a greenlet pool, records their outcomes.
+
+Greenlets, each with one job:
+
+- the claim loop takes up to the number of free slots in one statement, then waits for a
+  slot, a NOTIFY, or the poll interval;
+- the listener keeps a LISTEN connection (re-established when it drops) and wakes the claim
+  loop when jobs are inserted;
+- the lease keeper renews the leases of every job this worker holds in one statement and
+  requeues jobs whose worker died (their lease expired);
+- the completer writes outcomes in batches, retrying through database outages: an outcome
+  not yet written is still protected by the job's lease, so nothing is lost.
+
+The queue's own traffic has its own small pool, so handlers saturating the job pool never
+stall claiming or lease renewal.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.pool
+import gevent.queue
+import psycopg
+import psycopg_pool
+from psycopg.pq import TransactionStatus
+
+from poel_host import backoff, payloads
+from poel_host.database import make_pool
+from poel_host.errors import DatabaseUnavailable, InvalidPayload
+from poel_host.health import Health
+from poel_host.jobs import Job, JobContext
+from poel_host.plugins import Plugins
+from poel_host.queries import Queries
+from poel_host.queue import Queue
+from poel_host.settings import Settings
+
+NOTIFY_CHANNEL = "poel_jobs"
+_DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
+_BATCH = 1000
+
+
+@dataclass
+class Outcome:
+    job_id: int
+    state: str  # succeeded | failed | queued (retry)
+    error: str | None = None
+    delay_ms: int = 0
+
+
+@dataclass
+class Active:
+    """A job this worker holds: running, or finished with its outcome not yet written."""
+
+    row: dict[str, Any]
+    ctx: JobContext
+    cancel: gevent.event.Event = field(default_factory=gevent.event.Event)
+    lost: bool = False
+    released: bool = False
+    deadline: float = 0.0  # time.monotonic() by which the handler must be done
+
+
+class Worker:
+    """One process's worker. ``run()`` blocks until ``stop()`` and the drain finish."""
+
+    def __init__(self, settings: Settings, plugins: Plugins, *, log: Any) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.jobs: dict[str, Job] = plugins.jobs
+        self.log = log
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.queries = Queries(settings.schema_name)
+        self.health = Health(settings)
+        self.slots = gevent.pool.Pool(settings.worker_concurrency)
+        self.active: dict[int, Active] = {}
+        self.wake = gevent.event.Event()
+        self.stopping = gevent.event.Event()
+        self.outcomes: gevent.queue.Queue[Outcome | None] = gevent.queue.Queue()
+        self.completer_idle = gevent.event.Event()
+        self.completer_idle.set()
+        self.queue_pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self.job_pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self._services: list[gevent.Greenlet] = []
+        self._enqueuer: Queue | None = None
+
+    # Life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        self.queue_pool = make_pool(
+            s.dsn, name="queue", min_size=2, max_size=4, connect_timeout=s.connect_timeout_s
+        )
+        self.job_pool = make_pool(
+            s.dsn,
+            name="jobs",
+            min_size=0,
+            max_size=s.db_pool_size,
+            connect_timeout=s.connect_timeout_s,
+            autocommit=False,
+        )
+        self._enqueuer = Queue(
+            s.dsn, schema=s.schema_name, jobs=self.jobs, max_payload_bytes=s.max_payload_bytes
+        )
+        self._services = [
+            gevent.spawn(self._listen),
+            gevent.spawn(self._keep_leases),
+            gevent.spawn(self._complete),
+        ]
+        self.plugins.call("startup", self.log, settings=s)
+        self.log.info(
+            "worker started",
+            owner=self.owner,
+            concurrency=s.worker_concurrency,
+            job_types=sorted(self.jobs),
+            queues=s.queue_names,
+        )
+
+    def stop(self) -> None:
+        """Stop claiming; ``run()`` then drains and returns."""
+        if not self.stopping.is_set():
+            self.log.info("worker stopping", running=len(self.slots))
+        self.health.draining = True
+        self.stopping.set()
+        self.wake.set()
+
+    def run(self) -> None:
+        self.start()
+        try:
+            self._claim_loop()
+        finally:
+            self._drain()
+
+    # Claiming ---------------------------------------------------------------------------
+
+    def _claim_loop(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            free = self.slots.free_count()
+            if free == 0:
+                self.slots.wait_available(timeout=1.0)
+                continue
+            self.wake.clear()
+            try:
+                rows = self._claim(free)
+                failures = 0
+            except _DB_ERRORS as exc:
+                failures += 1
+                self.log.warning("claim failed", error=_one_line(exc), retry_in=_pause(failures))
+                self.stopping.wait(_pause(failures))
+                continue
+            for row in rows:
+                self._spawn(row)
+            if len(rows) < free:
+                self.wake.wait(self.settings.poll_interval_ms / 1000)
+
+    def _claim(self, limit: int) -> list[dict[str, Any]]:
+        if not self.jobs:
+            return []
+        assert self.queue_pool is not None
+        with self.queue_pool.connection(timeout=5) as conn:
+            rows = conn.execute(
+                self.queries["claim_jobs"],
+                {
+                    "job_types": list(self.jobs),
+                    "queues": self.settings.queue_names,
+                    "limit": limit,
+                    "owner": self.owner,
+                    "lease_ms": self.settings.lease_ms,
+                },
+            ).fetchall()
+        return list(rows)
+
+    def _spawn(self, row: dict[str, Any]) -> None:
+        cancel = gevent.event.Event()
+        holder: list[Active] = []
+        ctx = JobContext(
+            job_id=row["id"],
+            job_type=row["job_type"],
+            attempt=row["attempts"],
+            max_attempts=row["max_attempts"],
+            queue=row["queue"],
+            enqueued_at=row["created_at"],
+            log=self.log.bind(jobId=row["id"], jobType=row["job_type"], attempt=row["attempts"]),
+            settings=self.settings,
+            _connection_factory=lambda: self._job_connection(holder[0]),
+            _enqueue=self._enqueue,
+            _cancel_event=cancel,
+        )
+        entry = Active(row=row, ctx=ctx, cancel=cancel)
+        holder.append(entry)
+        self.active[row["id"]] = entry
+        self.slots.spawn(self._run_job, entry)
+
+    # Running ----------------------------------------------------------------------------
+
+    def _run_job(self, entry: Active) -> None:
+        row, ctx = entry.row, entry.ctx
+        job = self.jobs[row["job_type"]]
+        self.plugins.call("job_started", ctx.log, ctx=ctx)
+        ctx.log.info("job started")
+        started = time.monotonic()
+        try:
+            outcome = self._execute(job, entry)
+        except gevent.GreenletExit:
+            entry.released = True
+            duration = time.monotonic() - started
+            ctx.log.warning("job interrupted by shutdown", duration=round(duration, 3))
+            self.plugins.call(
+                "job_finished", ctx.log, ctx=ctx, outcome="released", duration=duration, error=None
+            )
+            return
+        duration = round(time.monotonic() - started, 6)
+        label = {"succeeded": "succeeded", "failed": "failed", "queued": "retry"}[outcome.state]
+        if outcome.state == "succeeded":
+            ctx.log.info("job succeeded", duration=duration)
+        elif outcome.state == "queued":
+            ctx.log.warning(
+                "job retry scheduled", duration=duration, error=outcome.error,
+                retry_in_ms=outcome.delay_ms,
+            )
+        else:
+            ctx.log.error("job failed", duration=duration, error=outcome.error)
+        self.plugins.call(
+            "job_finished", ctx.log, ctx=ctx, outcome=label, duration=duration, error=outcome.error
+        )
+        if entry.lost:
+            ctx.log.warning("job outcome not recorded: lease lost to another worker")
+            self.active.pop(row["id"], None)
+            return
+        self.outcomes.put(outcome)
+
+    def _execute(self, job: Job, entry: Active) -> Outcome:
+        row, ctx = entry.row, entry.ctx
+        try:
+            payload = payloads.validate(job, row["payload"])
+        except InvalidPayload as exc:
+            return Outcome(row["id"], "failed", str(exc))
+        seconds = job.timeout_seconds(self.settings.job_timeout_ms)
+        timer = gevent.Timeout(seconds)
+        entry.deadline = time.monotonic() + seconds
+        timer.start()
+        try:
+            result = job.handler(payload, ctx)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                error = f"Timeout: {exc}"
+            else:
+                error = f"timed out after {seconds:g}s"
+        except gevent.GreenletExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit etc. must not end the worker
+            error = f"{type(exc).__name__}: {_one_line(exc)}" if str(exc) else type(exc).__name__
+            ctx.log.debug("handler raised", exc_info=exc)
+        else:
+            if result is not None:
+                ctx.log.debug("handler returned a value; it is ignored", value=repr(result)[:200])
+            return Outcome(row["id"], "succeeded")
+        finally:
+            timer.close()
+        if row["attempts"] >= row["max_attempts"]:
+            return Outcome(row["id"], "failed", error)
+        delay = backoff.retry_delay_ms(
+            job,
+            row["attempts"],
+            base_ms=self.settings.retry_backoff_ms,
+            max_ms=self.settings.retry_backoff_max_ms,
+        )
+        return Outcome(row["id"], "queued", error, delay)
+
+    @contextmanager
+    def _job_connection(self, entry: Active) -> Iterator[psycopg.Connection[Any]]:
+        """A job-pool connection whose statements end before the job's deadline.
+
+        A gevent.Timeout that interrupts a query leaves the connection busy and the query
+        running on the server: it is cancelled and the connection discarded.
+        """
+        assert self.job_pool is not None
+        conn = self.job_pool.getconn()
+        try:
+            remaining = max(1, int((entry.deadline - time.monotonic()) * 1000))
+            conn.autocommit = True
+            conn.execute(self.queries["set_statement_timeout"], {"ms": str(remaining)})
+            conn.autocommit = False
+            try:
+                yield conn
+            except BaseException:
+                _abandon(conn)
+                raise
+            conn.commit()
+        finally:
+            self.job_pool.putconn(conn)
+
+    def _enqueue(self, job_type: str, payload: Any = None, **options: Any) -> int:
+        assert self._enqueuer is not None
+        return self._enqueuer.enqueue(job_type, payload, **options)
+
+    # Completing -------------------------------------------------------------------------
+
+    def _complete(self) -> None:
+        while True:
+            first = self.outcomes.get()
+            if first is None:
+                return
+            self.completer_idle.clear()
+            batch = [first]
+            while len(batch) < _BATCH:
+                try:
+                    item = self.outcomes.get_nowait()
+                except gevent.queue.Empty:
+                    break
+                if item is None:
+                    self.outcomes.put(None)
+                    break
+                batch.append(item)
+            self._write(batch)
+            if self.outcomes.empty():
+                self.completer_idle.set()
+
+    def _write(self, batch: list[Outcome]) -> None:
+        params = {
+            "ids": [o.job_id for o in batch],
+            "states": [o.state for o in batch],
+            "errors": [o.error for o in batch],
+            "delays_ms": [o.delay_ms for o in batch],
+            "owner": self.owner,
+        }
+        failures = 0
+        while True:
+            try:
+                assert self.queue_pool is not None
+                with self.queue_pool.connection(timeout=5) as conn:
+                    written = {r["id"] for r in conn.execute(self.queries["finish_jobs"], params)}
+                break
+            except _DB_ERRORS as exc:
+                failures += 1
+                self.log.warning(
+                    "recording outcomes failed; will retry",
+                    jobs=len(batch), error=_one_line(exc), retry_in=_pause(failures),
+                )
+                gevent.sleep(_pause(failures))
+        for outcome in batch:
+            self.active.pop(outcome.job_id, None)
+            if outcome.job_id not in written:
+                self.log.warning(
+                    "job outcome not recorded: lease lost or already recorded",
+                    jobId=outcome.job_id, outcome=outcome.state,
+                )
+
+    # Leases -----------------------------------------------------------------------------
+
+    def _keep_leases(self) -> None:
+        interval = self.settings.lease_ms / 3000
+        while True:
+            gevent.sleep(interval)
+            try:
+                self._renew()
+                self._recover()
+            except _DB_ERRORS as exc:
+                self.log.warning("lease renewal failed", error=_one_line(exc))
+
+    def _renew(self) -> None:
+        ids = list(self.active)
+        if not ids:
+            return
+        assert self.queue_pool is not None
+        with self.queue_pool.connection(timeout=5) as conn:
+            kept = {
+                r["id"]
+                for r in conn.execute(
+                    self.queries["renew_leases"],
+                    {"ids": ids, "owner": self.owner, "lease_ms": self.settings.lease_ms},
+                )
+            }
+        for job_id in ids:
+            entry = self.active.get(job_id)
+            if job_id not in kept and entry is not None and not entry.lost:
+                entry.lost = True
+                entry.ctx.log.warning("job lease lost; its outcome will not be recorded")
+
+    def _recover(self) -> None:
+        assert self.queue_pool is not None
+        with self.queue_pool.connection(timeout=5) as conn:
+            rows = conn.execute(self.queries["recover_expired"]).fetchall()
+        for row in rows:
+            self.log.warning("job lease expired; worker lost", jobId=row["id"], state=row["state"])
+        if rows:
+            self.wake.set()
+
+    # Listening --------------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        failures = 0
+        while True:
+            conn: psycopg.Connection[Any] | None = None
+            try:
+                conn = psycopg.connect(
+                    self.settings.dsn,
+                    autocommit=True,
+                    connect_timeout=self.settings.connect_timeout_s,
+                    application_name="poel-host:listen",
+                )
+                conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                if failures:
+                    self.log.info("listening again for new jobs")
+                failures = 0
+                self.wake.set()  # notifications may have been missed while disconnected
+                while True:
+                    for notify in conn.notifies(timeout=5.0):
+                        if notify.payload == self.settings.schema_name:
+                            self.wake.set()
+                    conn.execute("SELECT 1")  # a LISTEN connection can die silently
+            except (psycopg.Error, DatabaseUnavailable) as exc:
+                failures += 1
+                self.log.warning(
+                    "listen connection lost; polling until it is back",
+                    error=_one_line(exc), retry_in=_pause(failures),
+                )
+                gevent.sleep(_pause(failures))
+            finally:
+                if conn is not None:
+                    conn.close()
+
+    # Draining ---------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        grace = self.settings.shutdown_timeout_ms / 1000
+        self.log.info("worker draining", running=len(self.slots), grace_seconds=grace)
+        self.slots.join(timeout=grace)
+        if len(self.slots):
+            for entry in self.active.values():
+                entry.cancel.set()
+            self.slots.join(timeout=min(1.0, grace) if grace else 0)
+            self.slots.kill(timeout=5)
+        released = [job_id for job_id, e in self.active.items() if e.released]
+        if released:
+            self._release(released)
+        self.outcomes.put(None)
+        gevent.joinall(self._services[2:], timeout=30)
+        gevent.killall(self._services[:2], timeout=5)
+        self.plugins.call("shutdown", self.log, settings=self.settings)
+        for pool in (self.job_pool, self.queue_pool):
+            if pool is not None:
+                pool.close(timeout=5)
+        if self._enqueuer is not None:
+            self._enqueuer.close()
+        self.health.close()
+        self.log.info("worker stopped", handed_back=len(released))
+
+    def _release(self, ids: list[int]) -> None:
+        for attempt in range(1, 6):
+            try:
+                assert self.queue_pool is not None
+                with self.queue_pool.connection(timeout=5) as conn:
+                    rows = conn.execute(
+                        self.queries["release_jobs"], {"ids": ids, "owner": self.owner}
+                    ).fetchall()
+                self.log.info("jobs handed back to the queue", jobs=[r["id"] for r in rows])
+                for job_id in ids:
+                    self.active.pop(job_id, None)
+                return
+            except _DB_ERRORS as exc:
+                self.log.warning("handing jobs back failed", error=_one_line(exc), attempt=attempt)
+                gevent.sleep(_pause(attempt))
+        self.log.error("could not hand jobs back; they return when their lease expires", jobs=ids)
+
+
+def _abandon(conn: psycopg.Connection[Any]) -> None:
+    """Make a connection interrupted mid-query safe to hand back (it is closed if busy)."""
+    if conn.closed:
+        return
+    if conn.info.transaction_status == TransactionStatus.ACTIVE:
+        try:
+            conn.cancel_safe(timeout=3)
+        except Exception:  # noqa: BLE001 - the connection is closed next anyway
+            pass
+        conn.close()
+        return
+    try:
+        conn.rollback()
+    except psycopg.Error:
+        conn.close()
+
+
+def _pause(failures: int) -> float:
+    """Seconds to wait after ``failures`` consecutive database errors (0.1 s up to 5 s)."""
+    return float(min(5.0, 0.1 * 2 ** min(failures, 10)))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+

@@ -1,0 +1,1 @@
+"""Job types used by poel-host's tests; installed as a real distribution by tox."""
