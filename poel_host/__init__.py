@@ -29,7 +29,23 @@ _EXPORTS = {
     "DuplicateJob": "poel_host.errors",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [
+    "DuplicateJob",
+    "InvalidPayload",
+    "Job",
+    "JobCancelled",
+    "JobContext",
+    "JobRequest",
+    "Migration",
+    "PoelError",
+    "Queue",
+    "Settings",
+    "UnknownJobType",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+    "load_settings",
+]
 
 if TYPE_CHECKING:
     from poel_host.errors import DuplicateJob, InvalidPayload, PoelError, UnknownJobType

@@ -49,18 +49,30 @@ def build_parser() -> argparse.ArgumentParser:
         "installed the payload is validated first. Prints the new job's id.",
     )
     enqueue.add_argument("type", metavar="TYPE", help="job type, e.g. process_new_record")
-    enqueue.add_argument("payload", metavar="JSON", nargs="?", default="{}",
-                         help='payload, a JSON object (default {}); "-" reads standard input')
+    enqueue.add_argument(
+        "payload",
+        metavar="JSON",
+        nargs="?",
+        default="{}",
+        help='payload, a JSON object (default {}); "-" reads standard input',
+    )
     when = enqueue.add_mutually_exclusive_group()
-    when.add_argument("--run-at", type=_timestamp, metavar="ISO8601",
-                      help="earliest start, e.g. 2026-12-01T09:00:00+00:00")
+    when.add_argument(
+        "--run-at",
+        type=_timestamp,
+        metavar="ISO8601",
+        help="earliest start, e.g. 2026-12-01T09:00:00+00:00",
+    )
     when.add_argument("--delay", type=float, metavar="SECONDS", help="start after this delay")
     enqueue.add_argument("--priority", type=int, help="higher runs first (default: the job's)")
     enqueue.add_argument("--queue", help="queue name (default: the job's)")
     enqueue.add_argument("--max-attempts", type=int, help="attempts before failing (default 3)")
     enqueue.add_argument("--unique-key", help="refuse if a live job of TYPE has this key")
-    enqueue.add_argument("--allow-unknown", action="store_true",
-                         help="enqueue a TYPE no installed plugin defines, unvalidated")
+    enqueue.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="enqueue a TYPE no installed plugin defines, unvalidated",
+    )
 
     plugins = commands.add_parser(
         "plugins",
@@ -73,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = commands.add_parser("jobs", help="inspect jobs", description="Inspect the jobs table.")
     jobs_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
     listing = jobs_commands.add_parser("list", help="recent jobs, newest first")
-    listing.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    listing.add_argument(
+        "--state", choices=["queued", "running", "succeeded", "failed", "cancelled"]
+    )
     listing.add_argument("--type", dest="job_type")
     listing.add_argument("--limit", type=int, default=20)
     listing.add_argument("--json", action="store_true")
@@ -164,17 +178,25 @@ def cmd_plugins(settings: Settings, args: argparse.Namespace) -> int:
     rows = [("PLUGIN", "VERSION", "JOB TYPE", "QUEUE", "ATTEMPTS", "TIMEOUT", "SCHEDULE")]
     for plugin in description["plugins"]:
         for job in plugin["jobs"] or [{}]:
-            rows.append((
-                plugin["name"], plugin["version"] or "-", job.get("type", "-"),
-                job.get("queue", "-"), str(job.get("max_attempts", "-")),
-                _or_dash(job.get("timeout")), _schedule(job),
-            ))
+            rows.append(
+                (
+                    plugin["name"],
+                    plugin["version"] or "-",
+                    job.get("type", "-"),
+                    job.get("queue", "-"),
+                    str(job.get("max_attempts", "-")),
+                    _or_dash(job.get("timeout")),
+                    _schedule(job),
+                )
+            )
     print(_table(rows))
     if not description["plugins"]:
         print("(no plugins loaded: install one, e.g. pip install poel-records)")
     for failed in description["failed"]:
-        print(f"FAILED {failed['name']} ({failed['distribution'] or '?'} "
-              f"{failed['version'] or ''}): {failed['error']}")
+        print(
+            f"FAILED {failed['name']} ({failed['distribution'] or '?'} "
+            f"{failed['version'] or ''}): {failed['error']}"
+        )
     return 0
 
 
@@ -202,10 +224,16 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 table = [("ID", "TYPE", "STATE", "ATTEMPTS", "RUN AT", "LAST ERROR")]
                 for r in rows:
-                    table.append((str(r["id"]), r["job_type"], r["state"],
-                                  f"{r['attempts']}/{r['max_attempts']}",
-                                  r["run_at"].isoformat(timespec="seconds"),
-                                  (r["last_error"] or "")[:60]))
+                    table.append(
+                        (
+                            str(r["id"]),
+                            r["job_type"],
+                            r["state"],
+                            f"{r['attempts']}/{r['max_attempts']}",
+                            r["run_at"].isoformat(timespec="seconds"),
+                            (r["last_error"] or "")[:60],
+                        )
+                    )
                 print(_table(table))
     return 0
 
@@ -220,7 +248,7 @@ def _schedule(job: dict[str, Any]) -> str:
     return f"{job['schedule']} (next {job['next_run']})"
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

@@ -34,7 +34,9 @@ class Health:
                 with gevent.Timeout(CHECK_TIMEOUT_S):
                     if self._conn is None or self._conn.closed:
                         self._conn = connect(
-                            self.settings.dsn, connect_timeout=2, application_name="poel-host:health"
+                            self.settings.dsn,
+                            connect_timeout=2,
+                            application_name="poel-host:health",
                         )
                     self._conn.execute("SELECT 1")
                 return None

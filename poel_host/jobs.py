@@ -6,6 +6,7 @@ stays cheap to import and can be loaded by a producer that only validates payloa
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import re
 from collections.abc import Callable, Iterator
@@ -49,7 +50,7 @@ class Job:
     """
 
     type: str
-    schema: type[BaseModel]
+    schema: builtins.type[BaseModel]
     handler: Callable[[Any, JobContext], object]
     queue: str = "default"
     max_attempts: int = 3
@@ -76,15 +77,20 @@ class Job:
             isinstance(self.timeout, int | float) and self.timeout > 0
         ):
             problems.append(f"timeout must be a positive number of seconds, got {self.timeout!r}")
-        if self.backoff is not None and not callable(self.backoff):
-            if not isinstance(self.backoff, int | float) or self.backoff < 0:
-                problems.append("backoff must be seconds >= 0 or a function attempt -> seconds")
+        if (
+            self.backoff is not None
+            and not callable(self.backoff)
+            and (not isinstance(self.backoff, int | float) or self.backoff < 0)
+        ):
+            problems.append("backoff must be seconds >= 0 or a function attempt -> seconds")
         if self.schedule is not None:
             from poel_host.schedules import validate_cron
 
             error = validate_cron(self.schedule)
             if error:
-                problems.append(f"schedule {self.schedule!r} is not a valid cron expression: {error}")
+                problems.append(
+                    f"schedule {self.schedule!r} is not a valid cron expression: {error}"
+                )
         if problems:
             raise ValueError(f"invalid Job {self.type!r}: " + "; ".join(problems))
 
@@ -92,7 +98,8 @@ class Job:
         return self.timeout if self.timeout is not None else default_ms / 1000
 
     def json_schema(self) -> dict[str, Any]:
-        return self.schema.model_json_schema()
+        schema: dict[str, Any] = self.schema.model_json_schema()
+        return schema
 
 
 @dataclass

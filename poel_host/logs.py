@@ -19,9 +19,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _LEVELS["error"] = logging.ERROR
 
 
-def configure_logging(
-    *, environment: str, log_format: str = "json", level: str = "info"
-) -> None:
+def configure_logging(*, environment: str, log_format: str = "json", level: str = "info") -> None:
     """Configure structlog for the whole process (called once by the CLI)."""
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -37,12 +35,29 @@ def configure_logging(
             structlog.processors.EventRenamer("msg"),
             structlog.processors.JSONRenderer(),
         ]
+    _route_stdlib_logging(processors[:-1], processors[-1], _LEVELS[level])
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def _route_stdlib_logging(pre: list[Any], renderer: Any, level: int) -> None:
+    """Send libraries' standard-library logs (psycopg_pool, gevent) through the same
+    renderer, so every line on stderr is one JSON object."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *pre],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(level, logging.INFO))
+    logging.getLogger("psycopg.pool").setLevel(max(level, logging.WARNING))
 
 
 def _add_service(environment: str) -> Any:

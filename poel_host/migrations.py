@@ -39,7 +39,7 @@ class Migration:
 
 
 def host_migrations() -> list[Migration]:
-    folder = resources.files("poel_host").joinpath("sql", "migrations")
+    folder = resources.files("poel_host").joinpath("sql").joinpath("migrations")
     found = []
     for entry in folder.iterdir():
         match = _FILE.match(entry.name)
@@ -61,7 +61,7 @@ def _applied(conn: psycopg.Connection[Any], schema: str) -> set[tuple[str, int]]
     if not row or not (row["ok"] if isinstance(row, dict) else row[0]):
         return set()
     query = sql.SQL("SELECT plugin, version FROM {}.migrations").format(sql.Identifier(schema))
-    return {(r["plugin"], r["version"]) for r in conn.execute(query)}  # type: ignore[call-overload]
+    return {(r["plugin"], r["version"]) for r in conn.execute(query)}
 
 
 def pending(
@@ -89,7 +89,7 @@ def migrate(
             conn.execute(with_schema(read_sql("schema.sql"), schema))
             for owner, migration in pending(conn, schema, plugin_migrations):
                 text = migration.sql
-                statement = with_schema(text, schema) if owner == HOST else sql.SQL(text)  # type: ignore[arg-type]
+                statement = with_schema(text, schema) if owner == HOST else sql.SQL(text)
                 try:
                     conn.execute(statement)
                 except psycopg.Error as exc:

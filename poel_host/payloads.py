@@ -104,7 +104,8 @@ def _check_text(job_type: str, text: str) -> None:
 def validate(job: Job, payload: dict[str, Any]) -> BaseModel:
     """The payload validated into the job's model, or InvalidPayload with pydantic's message."""
     try:
-        return job.schema.model_validate(payload)
+        model: BaseModel = job.schema.model_validate(payload)
+        return model
     except ValidationError as exc:
         raise InvalidPayload(describe(job.type, exc), job_type=job.type) from None
 

@@ -78,8 +78,12 @@ class Plugins:
                 impl.function(**{name: kwargs[name] for name in impl.argnames})
             except Exception as exc:  # noqa: BLE001 - a plugin's hook must not stop the worker
                 if log is not None:
-                    log.error("plugin hook failed", plugin=impl.plugin_name, hook=hook,
-                              error=f"{type(exc).__name__}: {exc}")
+                    log.error(
+                        "plugin hook failed",
+                        plugin=impl.plugin_name,
+                        hook=hook,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
 
     def describe(self) -> dict[str, Any]:
         """The single description used by ``GET /plugins`` and ``poel-host plugins``."""
@@ -161,9 +165,7 @@ def load_plugins(
                 f" (installed: {', '.join(sorted(names)) or 'none'})"
             )
     selected = [
-        ep
-        for ep in available
-        if (load is None or ep.name in load) and ep.name not in disabled
+        ep for ep in available if (load is None or ep.name in load) and ep.name not in disabled
     ]
     loaded: list[LoadedPlugin] = []
     failed: list[FailedPlugin] = []
@@ -244,7 +246,9 @@ def _check_duplicates(loaded: list[LoadedPlugin]) -> None:
     owners: dict[str, str] = {}
     for plugin in loaded:
         for job in plugin.jobs:
-            label = plugin.name + (f" (distribution {plugin.distribution})" if plugin.distribution else "")
+            label = plugin.name + (
+                f" (distribution {plugin.distribution})" if plugin.distribution else ""
+            )
             if job.type in owners:
                 raise PluginError(
                     f"job type {job.type!r} is registered by two plugins: {owners[job.type]} "
@@ -263,4 +267,3 @@ def _dist(ep: md.EntryPoint) -> tuple[str | None, str | None]:
 def _err(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-

@@ -18,7 +18,7 @@ _BLOCK = re.compile(r"^-- (?P<name>[a-z_]+) --$", re.MULTILINE)
 
 def read_sql(name: str) -> str:
     """The text of a file under ``poel_host/sql/``."""
-    return resources.files("poel_host").joinpath("sql", name).read_text(encoding="utf-8")
+    return resources.files("poel_host").joinpath("sql").joinpath(name).read_text(encoding="utf-8")
 
 
 def parse_blocks(text: str) -> dict[str, str]:
@@ -32,7 +32,7 @@ def parse_blocks(text: str) -> dict[str, str]:
 
 def with_schema(text: str, schema: str) -> sql.Composed:
     """Fill ``{schema}`` in a SQL text with the quoted schema identifier."""
-    return sql.SQL(text).format(schema=sql.Identifier(schema))  # type: ignore[arg-type]
+    return sql.SQL(text).format(schema=sql.Identifier(schema))
 
 
 @functools.cache

@@ -92,8 +92,9 @@ class Queue:
         Raises InvalidPayload (with pydantic's message), UnknownJobType, or DuplicateJob
         when a live job has the same ``unique_key``.
         """
-        request = JobRequest(job_type, payload, run_at, delay, priority, queue, max_attempts,
-                             unique_key)
+        request = JobRequest(
+            job_type, payload, run_at, delay, priority, queue, max_attempts, unique_key
+        )
         ids = self._insert([request], connection=connection, allow_unknown=allow_unknown)
         if ids[0] is None:
             existing = self._existing(job_type, unique_key or "", connection)
@@ -121,7 +122,9 @@ class Queue:
     ) -> list[int | None]:
         if not requests:
             return []
-        params = self._params(requests, self.allow_unknown if allow_unknown is None else allow_unknown)
+        params = self._params(
+            requests, self.allow_unknown if allow_unknown is None else allow_unknown
+        )
         query = self._queries["enqueue_jobs"]
         if connection is not None:
             rows = connection.execute(query, params).fetchall()
@@ -132,8 +135,16 @@ class Queue:
     def _params(self, requests: Sequence[JobRequest], allow_unknown: bool) -> dict[str, list[Any]]:
         columns: dict[str, list[Any]] = {
             key: []
-            for key in ("job_types", "payloads", "run_ats", "delays_ms", "priorities", "queues",
-                        "max_attempts", "unique_keys")
+            for key in (
+                "job_types",
+                "payloads",
+                "run_ats",
+                "delays_ms",
+                "priorities",
+                "queues",
+                "max_attempts",
+                "unique_keys",
+            )
         }
         for request in requests:
             job = self._job(request.type, allow_unknown)
@@ -226,7 +237,11 @@ def _match_ids(requests: Sequence[JobRequest], rows: list[Any]) -> list[int | No
     pending = next(it, None)
     for request in requests:
         row = _as_dict(pending)
-        if row is not None and row["job_type"] == request.type and row["unique_key"] == request.unique_key:
+        if (
+            row is not None
+            and row["job_type"] == request.type
+            and row["unique_key"] == request.unique_key
+        ):
             ids.append(int(row["id"]))
             pending = next(it, None)
         else:

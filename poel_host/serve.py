@@ -38,7 +38,9 @@ def load_selected_plugins(settings: Settings, log: Any) -> Plugins:
 
 def prepare_schema(settings: Settings, plugins: Plugins, log: Any) -> None:
     """Migrate (POEL_AUTO_MIGRATE) or refuse to start on an out-of-date schema."""
-    with connection(settings.dsn, autocommit=True, connect_timeout=settings.connect_timeout_s) as conn:
+    with connection(
+        settings.dsn, autocommit=True, connect_timeout=settings.connect_timeout_s
+    ) as conn:
         if settings.should_auto_migrate:
             applied = migrations.migrate(conn, settings.schema_name, plugins.migrations())
             if applied:

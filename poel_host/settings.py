@@ -155,17 +155,13 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def _provided(settings: Settings) -> set[str]:
-    return {
-        str(Settings.model_fields[name].validation_alias) for name in settings.model_fields_set
-    }
+    return {str(Settings.model_fields[name].validation_alias) for name in settings.model_fields_set}
 
 
 def format_errors(exc: ValidationError) -> str:
     """One line per bad variable, named as the operator wrote it, secrets not echoed."""
     lines = []
-    aliases = {
-        str(field.validation_alias): name for name, field in Settings.model_fields.items()
-    }
+    aliases = {str(field.validation_alias): name for name, field in Settings.model_fields.items()}
     for error in exc.errors():
         variable = str(error["loc"][0]) if error["loc"] else "?"
         field_name = aliases.get(variable, variable)

@@ -17,6 +17,7 @@ stall claiming or lease renewal.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -94,7 +95,10 @@ class Worker:
 
     # Life cycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def open(self) -> None:
+        """Open the connection pools (no greenlets started)."""
+        if self.queue_pool is not None:
+            return
         s = self.settings
         self.queue_pool = make_pool(
             s.dsn, name="queue", min_size=2, max_size=4, connect_timeout=s.connect_timeout_s
@@ -110,6 +114,11 @@ class Worker:
         self._enqueuer = Queue(
             s.dsn, schema=s.schema_name, jobs=self.jobs, max_payload_bytes=s.max_payload_bytes
         )
+
+    def start(self) -> None:
+        """Open the pools and start the listener, lease keeper and completer."""
+        s = self.settings
+        self.open()
         self._services = [
             gevent.spawn(self._listen),
             gevent.spawn(self._keep_leases),
@@ -138,6 +147,35 @@ class Worker:
             self._claim_loop()
         finally:
             self._drain()
+
+    def run_once(self, limit: int | None = None) -> list[int]:
+        """Claim the jobs due now (up to ``limit``), run them, and record their outcomes.
+
+        For tests and scripts: no listener, no lease keeper, no signals. Returns the ids run.
+        """
+        self.open()
+        rows = self._claim(limit or self.settings.worker_concurrency)
+        for row in rows:
+            self._spawn(row)
+        self.slots.join()
+        batch = []
+        while not self.outcomes.empty():
+            item = self.outcomes.get_nowait()
+            if item is not None:
+                batch.append(item)
+        if batch:
+            self._write(batch)
+        return [row["id"] for row in rows]
+
+    def close(self) -> None:
+        """Close the pools opened by ``open()``."""
+        for pool in (self.job_pool, self.queue_pool):
+            if pool is not None:
+                pool.close(timeout=5)
+        self.job_pool = self.queue_pool = None
+        if self._enqueuer is not None:
+            self._enqueuer.close()
+        self.health.close()
 
     # Claiming ---------------------------------------------------------------------------
 
@@ -224,7 +262,9 @@ class Worker:
             ctx.log.info("job succeeded", duration=duration)
         elif outcome.state == "queued":
             ctx.log.warning(
-                "job retry scheduled", duration=duration, error=outcome.error,
+                "job retry scheduled",
+                duration=duration,
+                error=outcome.error,
                 retry_in_ms=outcome.delay_ms,
             )
         else:
@@ -251,13 +291,10 @@ class Worker:
         try:
             result = job.handler(payload, ctx)
         except gevent.Timeout as exc:
-            if exc is not timer:
-                error = f"Timeout: {exc}"
-            else:
-                error = f"timed out after {seconds:g}s"
+            error = f"timed out after {seconds:g}s" if exc is timer else f"Timeout: {exc}"
         except gevent.GreenletExit:
             raise
-        except BaseException as exc:  # noqa: BLE001 - SystemExit etc. must not end the worker
+        except BaseException as exc:
             error = f"{type(exc).__name__}: {_one_line(exc)}" if str(exc) else type(exc).__name__
             ctx.log.debug("handler raised", exc_info=exc)
         else:
@@ -344,7 +381,9 @@ class Worker:
                 failures += 1
                 self.log.warning(
                     "recording outcomes failed; will retry",
-                    jobs=len(batch), error=_one_line(exc), retry_in=_pause(failures),
+                    jobs=len(batch),
+                    error=_one_line(exc),
+                    retry_in=_pause(failures),
                 )
                 gevent.sleep(_pause(failures))
         for outcome in batch:
@@ -352,7 +391,8 @@ class Worker:
             if outcome.job_id not in written:
                 self.log.warning(
                     "job outcome not recorded: lease lost or already recorded",
-                    jobId=outcome.job_id, outcome=outcome.state,
+                    jobId=outcome.job_id,
+                    outcome=outcome.state,
                 )
 
     # Leases -----------------------------------------------------------------------------
@@ -422,7 +462,8 @@ class Worker:
                 failures += 1
                 self.log.warning(
                     "listen connection lost; polling until it is back",
-                    error=_one_line(exc), retry_in=_pause(failures),
+                    error=_one_line(exc),
+                    retry_in=_pause(failures),
                 )
                 gevent.sleep(_pause(failures))
             finally:
@@ -447,12 +488,7 @@ class Worker:
         gevent.joinall(self._services[2:], timeout=30)
         gevent.killall(self._services[:2], timeout=5)
         self.plugins.call("shutdown", self.log, settings=self.settings)
-        for pool in (self.job_pool, self.queue_pool):
-            if pool is not None:
-                pool.close(timeout=5)
-        if self._enqueuer is not None:
-            self._enqueuer.close()
-        self.health.close()
+        self.close()
         self.log.info("worker stopped", handed_back=len(released))
 
     def _release(self, ids: list[int]) -> None:
@@ -478,10 +514,8 @@ def _abandon(conn: psycopg.Connection[Any]) -> None:
     if conn.closed:
         return
     if conn.info.transaction_status == TransactionStatus.ACTIVE:
-        try:
+        with contextlib.suppress(Exception):  # the connection is closed next anyway
             conn.cancel_safe(timeout=3)
-        except Exception:  # noqa: BLE001 - the connection is closed next anyway
-            pass
         conn.close()
         return
     try:
@@ -497,4 +531,3 @@ def _pause(failures: int) -> float:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
-

@@ -132,3 +132,12 @@ SELECT 1
 -- set_statement_timeout --
 -- Bound every query a handler runs by the time its job has left (milliseconds as text).
 SELECT set_config('statement_timeout', %(ms)s, false)
+
+-- find_jobs --
+-- Jobs oldest first, optionally of one type and/or state (poel_host.testing's `enqueued`).
+SELECT id, job_type, payload, state::text AS state, run_at, priority, queue, attempts,
+       max_attempts, unique_key, last_error, errors
+FROM {schema}.jobs
+WHERE (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
+  AND (%(state)s::text IS NULL OR state::text = %(state)s)
+ORDER BY id

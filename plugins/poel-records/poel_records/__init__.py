@@ -1,0 +1,3 @@
+"""Poel plugin: ``process_new_record``."""
+
+__version__ = "0.1.0"
