@@ -91,8 +91,20 @@ class Job:
                 problems.append(
                     f"schedule {self.schedule!r} is not a valid cron expression: {error}"
                 )
+            elif refusal := self._accepts_empty_payload():
+                problems.append(refusal)
         if problems:
             raise ValueError(f"invalid Job {self.type!r}: " + "; ".join(problems))
+
+    def _accepts_empty_payload(self) -> str | None:
+        """Scheduled jobs are enqueued with ``{}``: their model must accept it."""
+        if not (isinstance(self.schema, type) and issubclass(self.schema, BaseModel)):
+            return None
+        try:
+            self.schema.model_validate({})
+        except ValueError as exc:
+            return f"a scheduled job's payload model must accept {{}} ({exc.__class__.__name__})"
+        return None
 
     def timeout_seconds(self, default_ms: int) -> float:
         return self.timeout if self.timeout is not None else default_ms / 1000

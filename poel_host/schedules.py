@@ -30,7 +30,6 @@ def latest_slot(expression: str, at: dt.datetime) -> dt.datetime:
     """The latest slot at or before ``at``."""
     from croniter import croniter
 
-    if croniter.match(expression, at):
-        return at.replace(microsecond=0) if at.microsecond else at
-    result: dt.datetime = croniter(expression, at).get_prev(dt.datetime)
+    probe = at.replace(microsecond=0) + dt.timedelta(seconds=1)
+    result: dt.datetime = croniter(expression, probe).get_prev(dt.datetime)
     return result

@@ -43,6 +43,7 @@ from poel_host.jobs import Job, JobContext
 from poel_host.plugins import Plugins
 from poel_host.queries import Queries
 from poel_host.queue import Queue
+from poel_host.scheduler import Scheduler
 from poel_host.settings import Settings
 
 NOTIFY_CHANNEL = "poel_jobs"
@@ -90,7 +91,8 @@ class Worker:
         self.completer_idle.set()
         self.queue_pool: psycopg_pool.ConnectionPool[Any] | None = None
         self.job_pool: psycopg_pool.ConnectionPool[Any] | None = None
-        self._services: list[gevent.Greenlet] = []
+        self._background: list[gevent.Greenlet] = []  # killed at shutdown
+        self._completer: gevent.Greenlet | None = None  # joined at shutdown
         self._enqueuer: Queue | None = None
 
     # Life cycle -------------------------------------------------------------------------
@@ -119,11 +121,14 @@ class Worker:
         """Open the pools and start the listener, lease keeper and completer."""
         s = self.settings
         self.open()
-        self._services = [
+        assert self.queue_pool is not None
+        scheduler = Scheduler(list(self.jobs.values()), self.queue_pool, self.queries, log=self.log)
+        self._background = [
             gevent.spawn(self._listen),
             gevent.spawn(self._keep_leases),
-            gevent.spawn(self._complete),
+            gevent.spawn(scheduler.run),
         ]
+        self._completer = gevent.spawn(self._complete)
         self.plugins.call("startup", self.log, settings=s)
         self.log.info(
             "worker started",
@@ -485,8 +490,9 @@ class Worker:
         if released:
             self._release(released)
         self.outcomes.put(None)
-        gevent.joinall(self._services[2:], timeout=30)
-        gevent.killall(self._services[:2], timeout=5)
+        if self._completer is not None:
+            self._completer.join(timeout=30)
+        gevent.killall(self._background, timeout=5)
         self.plugins.call("shutdown", self.log, settings=self.settings)
         self.close()
         self.log.info("worker stopped", handed_back=len(released))

@@ -141,3 +141,24 @@ FROM {schema}.jobs
 WHERE (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
   AND (%(state)s::text IS NULL OR state::text = %(state)s)
 ORDER BY id
+
+-- enqueue_slot --
+-- Enqueue a periodic job for one cron slot, unless some worker already did: the slot row
+-- gates the job in the same statement. Returns the job id, or nothing if the slot was taken.
+WITH taken AS (
+    INSERT INTO {schema}.schedule_slots (job_type, slot)
+    VALUES (%(job_type)s, %(slot)s)
+    ON CONFLICT (job_type, slot) DO NOTHING
+    RETURNING job_type, slot
+)
+INSERT INTO {schema}.jobs (job_type, payload, run_at, priority, queue, max_attempts)
+SELECT taken.job_type, '{{}}'::jsonb, taken.slot, %(priority)s, %(queue)s, %(max_attempts)s
+FROM taken
+RETURNING id
+
+-- prune_slots --
+-- Forget slots older than a week, keeping each job type's latest (it stops a worker that was
+-- down from enqueueing that slot again).
+DELETE FROM {schema}.schedule_slots AS s
+WHERE s.slot < now() - interval '7 days'
+  AND s.slot < (SELECT max(slot) FROM {schema}.schedule_slots WHERE job_type = s.job_type)

@@ -69,7 +69,10 @@ def slow_query(payload: Sleep, ctx: JobContext) -> None:
 
 @hookimpl
 def register_jobs() -> list[Job]:
-    return [
+    # A periodic job only when a test asks for one, so other tests see no scheduled jobs.
+    tick = os.environ.get("POEL_TEST_TICK_SCHEDULE")
+    scheduled = [Job(type="test.tick", schema=Keyed, handler=run_record, schedule=tick)]
+    return (scheduled if tick else []) + [
         Job(type="test.noop", schema=Keyed, handler=noop),
         Job(type="test.record", schema=Keyed, handler=run_record),
         Job(type="test.flaky", schema=Flaky, handler=flaky, backoff=0.2),
