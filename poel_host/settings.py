@@ -142,20 +142,30 @@ def redact_dsn(dsn: str) -> str:
 
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, or raise one SettingsError that names every bad variable."""
+    # Checked on its own so that it is reported beside the other bad variables.
+    problems = []
+    if _production_without_database_url(overrides):
+        problems.append("  DATABASE_URL: must be set when POEL_ENV=production")
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        raise SettingsError(format_errors(exc)) from None
-    problems = []
-    if settings.env == "production" and "DATABASE_URL" not in _provided(settings):
-        problems.append("  DATABASE_URL: must be set when POEL_ENV=production")
+        raise SettingsError("\n".join([format_errors(exc), *problems])) from None
     if problems:
         raise SettingsError("invalid configuration:\n" + "\n".join(problems))
     return settings
 
 
-def _provided(settings: Settings) -> set[str]:
-    return {str(Settings.model_fields[name].validation_alias) for name in settings.model_fields_set}
+class _Production(BaseSettings):
+    """Just POEL_ENV and whether DATABASE_URL is given, read from the same sources."""
+
+    model_config = Settings.model_config
+    env: Any = Field(default=None, validation_alias="POEL_ENV")
+    database_url: Any = Field(default=None, validation_alias="DATABASE_URL")
+
+
+def _production_without_database_url(overrides: dict[str, Any]) -> bool:
+    probe = _Production(**overrides)
+    return probe.env == "production" and probe.database_url is None
 
 
 def format_errors(exc: ValidationError) -> str:
