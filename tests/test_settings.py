@@ -8,31 +8,7 @@ import pytest
 from poel_host.errors import SettingsError
 from poel_host.settings import DEFAULT_DATABASE_URL, Settings, load_settings, redact_dsn
 
-VARIABLES = [
-    "DATABASE_URL",
-    "SUPABASE_URL",
-    "SUPABASE_SERVICE_ROLE_KEY",
-    "POEL_ENV",
-    "WORKER_CONCURRENCY",
-    "JOB_TIMEOUT_MS",
-    "HEALTH_CHECK_PORT",
-    "HEALTH_CHECK_HOST",
-    "POEL_SCHEMA",
-    "POEL_LOAD_PLUGINS",
-    "POEL_DISABLED_PLUGINS",
-    "POEL_QUEUES",
-    "POEL_LOG_FORMAT",
-    "POEL_LOG_LEVEL",
-    "POEL_POLL_INTERVAL_MS",
-    "POEL_LEASE_MS",
-    "POEL_SHUTDOWN_TIMEOUT_MS",
-    "POEL_RETRY_BACKOFF_MS",
-    "POEL_RETRY_BACKOFF_MAX_MS",
-    "POEL_DB_POOL_SIZE",
-    "POEL_CONNECT_TIMEOUT_S",
-    "POEL_AUTO_MIGRATE",
-    "POEL_MAX_PAYLOAD_BYTES",
-]
+VARIABLES = [str(field.validation_alias) for field in Settings.model_fields.values()]
 
 
 @pytest.fixture(autouse=True)
