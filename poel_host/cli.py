@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     show = jobs_commands.add_parser("show", help="one job with its error history")
     show.add_argument("id", type=int)
     jobs_commands.add_parser("stats", help="how many jobs are in each state")
+    cancel = jobs_commands.add_parser("cancel", help="cancel a queued job")
+    cancel.add_argument("id", type=int)
+    retry = jobs_commands.add_parser(
+        "retry", help="queue a failed or cancelled job again with fresh attempts"
+    )
+    retry.add_argument("id", type=int)
     return parser
 
 
@@ -204,6 +210,8 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     from poel_host.database import connection
     from poel_host.queries import Queries
 
+    if args.jobs_command in ("cancel", "retry"):
+        return _change_job(settings, args.jobs_command, args.id)
     queries = Queries(settings.schema_name)
     with connection(settings.dsn, connect_timeout=settings.connect_timeout_s) as conn:
         if args.jobs_command == "show":
@@ -235,6 +243,18 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
                         )
                     )
                 print(_table(table))
+    return 0
+
+
+def _change_job(settings: Settings, action: str, job_id: int) -> int:
+    from poel_host.queue import Queue
+
+    with Queue(settings.dsn, schema=settings.schema_name, jobs={}) as queue:
+        changed = queue.cancel(job_id) if action == "cancel" else queue.retry(job_id)
+    if not changed:
+        wanted = "queued" if action == "cancel" else "failed or cancelled"
+        raise PoelError(f"job {job_id} was not changed: it does not exist or is not {wanted}")
+    print(f"job {job_id} {'cancelled' if action == 'cancel' else 'queued again'}")
     return 0
 
 

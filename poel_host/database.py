@@ -62,6 +62,7 @@ def make_pool(
     connect_timeout: int = 5,
     autocommit: bool = True,
     options: str | None = None,
+    prepare: bool = True,
 ) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
     """A connection pool whose connections return dict rows.
 
@@ -76,6 +77,10 @@ def make_pool(
     }
     if options:
         kwargs["options"] = options
+    if not prepare:
+        # A transaction pooler (PgBouncer, Supabase's) hands each transaction to any
+        # server connection: server-side prepared statements would not be found there.
+        kwargs["prepare_threshold"] = None
     pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
         dsn,
         min_size=min_size,
@@ -84,7 +89,6 @@ def make_pool(
         name=f"poel-{name}",
         open=False,
         check=ConnectionPool.check_connection,
-        reconnect_timeout=0,
         timeout=30,
     )
     pool.open(wait=False)

@@ -17,7 +17,13 @@ import psycopg
 
 from poel_host import payloads
 from poel_host.database import connect
-from poel_host.errors import DatabaseUnavailable, DuplicateJob, InvalidPayload, UnknownJobType
+from poel_host.errors import (
+    DatabaseUnavailable,
+    DuplicateJob,
+    InvalidPayload,
+    PoelError,
+    UnknownJobType,
+)
 from poel_host.jobs import Job
 from poel_host.queries import Queries
 
@@ -191,6 +197,24 @@ class Queue:
         if row is None:
             return None
         return int(row["id"] if isinstance(row, dict) else row[0])
+
+    def cancel(self, job_id: int) -> bool:
+        """Cancel a queued job; False if it is not queued (running, finished or unknown)."""
+        return self._update_one("cancel_job", job_id)
+
+    def retry(self, job_id: int) -> bool:
+        """Queue a failed or cancelled job again with fresh attempts; False if it is not."""
+        try:
+            return self._update_one("retry_job", job_id)
+        except psycopg.errors.UniqueViolation:
+            raise PoelError(
+                f"job {job_id} cannot be retried: a live job of its type holds its unique_key"
+            ) from None
+
+    def _update_one(self, query: str, job_id: int) -> bool:
+        statement = self._queries[query]
+        row = self._run(lambda conn: conn.execute(statement, {"id": job_id}).fetchone())
+        return row is not None
 
     def _run(self, work: Any) -> Any:
         """Run ``work(conn)`` on this Queue's own connection, reconnecting once if it broke."""

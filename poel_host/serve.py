@@ -20,6 +20,7 @@ from poel_host.httpapp import make_app, start_server
 from poel_host.logs import get_logger
 from poel_host.plugins import Plugins, load_plugins
 from poel_host.settings import Settings
+from poel_host.watchdog import HubWatchdog
 from poel_host.worker import Worker
 
 
@@ -52,6 +53,8 @@ def prepare_schema(settings: Settings, plugins: Plugins, log: Any) -> None:
 def serve(settings: Settings) -> int:
     log = get_logger()
     check_green()
+    if settings.blocking_warn_ms:
+        HubWatchdog(settings.blocking_warn_ms / 1000, log=log).start()
     plugins = load_selected_plugins(settings, log)
     prepare_schema(settings, plugins, log)
     worker = Worker(settings, plugins, log=log)

@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=1_000, validation_alias="POEL_DB_POOL_SIZE")
     connect_timeout_s: int = Field(default=5, ge=1, validation_alias="POEL_CONNECT_TIMEOUT_S")
     auto_migrate: bool | None = Field(default=None, validation_alias="POEL_AUTO_MIGRATE")
+    pooler: Literal["none", "transaction"] = Field(default="none", validation_alias="POEL_POOLER")
+    blocking_warn_ms: int = Field(default=1_000, ge=0, validation_alias="POEL_BLOCKING_WARN_MS")
+    retain_succeeded_hours: float = Field(
+        default=168, ge=0, validation_alias="POEL_RETAIN_SUCCEEDED_HOURS"
+    )
+    retain_failed_hours: float | None = Field(
+        default=None, ge=0, validation_alias="POEL_RETAIN_FAILED_HOURS"
+    )
     max_payload_bytes: int = Field(
         default=1_000_000, ge=2, validation_alias="POEL_MAX_PAYLOAD_BYTES"
     )

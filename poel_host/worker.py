@@ -49,6 +49,7 @@ from poel_host.settings import Settings
 NOTIFY_CHANNEL = "poel_jobs"
 _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
 _BATCH = 1000
+PRUNE_INTERVAL_S = 300.0
 
 
 @dataclass
@@ -102,8 +103,14 @@ class Worker:
         if self.queue_pool is not None:
             return
         s = self.settings
+        prepare = s.pooler == "none"
         self.queue_pool = make_pool(
-            s.dsn, name="queue", min_size=2, max_size=4, connect_timeout=s.connect_timeout_s
+            s.dsn,
+            name="queue",
+            min_size=2,
+            max_size=4,
+            connect_timeout=s.connect_timeout_s,
+            prepare=prepare,
         )
         self.job_pool = make_pool(
             s.dsn,
@@ -112,6 +119,7 @@ class Worker:
             max_size=s.db_pool_size,
             connect_timeout=s.connect_timeout_s,
             autocommit=False,
+            prepare=prepare,
         )
         self._enqueuer = Queue(
             s.dsn, schema=s.schema_name, jobs=self.jobs, max_payload_bytes=s.max_payload_bytes
@@ -124,7 +132,7 @@ class Worker:
         assert self.queue_pool is not None
         scheduler = Scheduler(list(self.jobs.values()), self.queue_pool, self.queries, log=self.log)
         self._background = [
-            gevent.spawn(self._listen),
+            gevent.spawn(self._listen if s.pooler == "none" else self._poll_only),
             gevent.spawn(self._keep_leases),
             gevent.spawn(scheduler.run),
         ]
@@ -404,6 +412,7 @@ class Worker:
 
     def _keep_leases(self) -> None:
         interval = self.settings.lease_ms / 3000
+        next_prune = time.monotonic() + min(PRUNE_INTERVAL_S, 10 * interval)
         while True:
             gevent.sleep(interval)
             try:
@@ -411,6 +420,10 @@ class Worker:
                 self._recover()
             except _DB_ERRORS as exc:
                 self.log.warning("lease renewal failed", error=_one_line(exc))
+                continue
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_INTERVAL_S
+                self._prune()
 
     def _renew(self) -> None:
         ids = list(self.active)
@@ -431,6 +444,31 @@ class Worker:
                 entry.lost = True
                 entry.ctx.log.warning("job lease lost; its outcome will not be recorded")
 
+    def _prune(self) -> None:
+        """Delete finished jobs past their retention, in batches (POEL_RETAIN_*_HOURS)."""
+        s = self.settings
+        deleted = 0
+        try:
+            assert self.queue_pool is not None
+            with self.queue_pool.connection(timeout=5) as conn:
+                while True:
+                    rows = conn.execute(
+                        self.queries["prune_finished"],
+                        {
+                            "succeeded_hours": s.retain_succeeded_hours,
+                            "failed_hours": s.retain_failed_hours,
+                            "batch": 1000,
+                        },
+                    ).fetchall()
+                    deleted += len(rows)
+                    if len(rows) < 1000:
+                        break
+                    gevent.sleep(0)
+        except _DB_ERRORS as exc:
+            self.log.warning("pruning finished jobs failed", error=_one_line(exc))
+        if deleted:
+            self.log.info("finished jobs pruned", jobs=deleted)
+
     def _recover(self) -> None:
         assert self.queue_pool is not None
         with self.queue_pool.connection(timeout=5) as conn:
@@ -439,6 +477,10 @@ class Worker:
             self.log.warning("job lease expired; worker lost", jobId=row["id"], state=row["state"])
         if rows:
             self.wake.set()
+
+    def _poll_only(self) -> None:
+        """Behind a transaction pooler LISTEN cannot work: the claim loop polls instead."""
+        self.log.info("LISTEN disabled (POEL_POOLER=transaction): polling for new jobs")
 
     # Listening --------------------------------------------------------------------------
 

@@ -162,3 +162,33 @@ RETURNING id
 DELETE FROM {schema}.schedule_slots AS s
 WHERE s.slot < now() - interval '7 days'
   AND s.slot < (SELECT max(slot) FROM {schema}.schedule_slots WHERE job_type = s.job_type)
+
+-- prune_finished --
+-- Delete up to `batch` finished jobs older than their retention: succeeded and cancelled
+-- after succeeded_hours, failed (the dead letter) after failed_hours (NULL keeps them).
+DELETE FROM {schema}.jobs
+WHERE id IN (
+    SELECT id FROM {schema}.jobs
+    WHERE (state IN ('succeeded', 'cancelled')
+           AND finished_at < now() - %(succeeded_hours)s * interval '1 hour')
+       OR (state = 'failed' AND %(failed_hours)s::float8 IS NOT NULL
+           AND finished_at < now() - %(failed_hours)s::float8 * interval '1 hour')
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id
+
+-- cancel_job --
+-- Cancel a job that has not started. Running jobs cannot be cancelled from outside.
+UPDATE {schema}.jobs
+SET state = 'cancelled', finished_at = now(), updated_at = now()
+WHERE id = %(id)s AND state = 'queued'
+RETURNING id
+
+-- retry_job --
+-- Put a failed (dead-lettered) or cancelled job back in the queue with fresh attempts; its
+-- error history is kept.
+UPDATE {schema}.jobs
+SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL, updated_at = now()
+WHERE id = %(id)s AND state IN ('failed', 'cancelled')
+RETURNING id

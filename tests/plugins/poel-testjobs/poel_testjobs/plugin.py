@@ -67,6 +67,14 @@ def slow_query(payload: Sleep, ctx: JobContext) -> None:
         conn.execute("SELECT pg_sleep(%s)", [payload.seconds])
 
 
+def block(payload: Sleep, ctx: JobContext) -> None:
+    """Burns CPU without yielding: blocks the gevent hub (misbehaving handler)."""
+    end = time.perf_counter() + payload.seconds
+    while time.perf_counter() < end:
+        pass
+    record(ctx, payload.key)
+
+
 @hookimpl
 def register_jobs() -> list[Job]:
     # A periodic job only when a test asks for one, so other tests see no scheduled jobs.
@@ -78,6 +86,7 @@ def register_jobs() -> list[Job]:
         Job(type="test.flaky", schema=Flaky, handler=flaky, backoff=0.2),
         Job(type="test.fail", schema=Keyed, handler=always_fails, backoff=0.05),
         Job(type="test.sleep", schema=Sleep, handler=sleep),
+        Job(type="test.block", schema=Sleep, handler=block),
         Job(type="test.slow_query", schema=Sleep, handler=slow_query, timeout=1, max_attempts=1),
     ]
 
