@@ -162,12 +162,14 @@ class Queue:
                 payloads.encode(request.type, body, max_bytes=self.max_payload_bytes)
             )
             columns["run_ats"].append(request.run_at)
-            columns["delays_ms"].append(_delay_ms(request.delay))
+            columns["delays_ms"].append(_delay_ms(request.type, request.delay))
             columns["priorities"].append(
                 request.priority if request.priority is not None else (job.priority if job else 0)
             )
             columns["queues"].append(request.queue or (job.queue if job else "default"))
-            attempts = request.max_attempts or (job.max_attempts if job else 3)
+            attempts = request.max_attempts
+            if attempts is None:
+                attempts = job.max_attempts if job else 3
             if attempts < 1:
                 raise InvalidPayload("max_attempts must be at least 1", job_type=request.type)
             columns["max_attempts"].append(attempts)
@@ -244,12 +246,12 @@ class Queue:
         self.close()
 
 
-def _delay_ms(delay: float | dt.timedelta | None) -> int:
+def _delay_ms(job_type: str, delay: float | dt.timedelta | None) -> int:
     if delay is None:
         return 0
     seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
     if seconds < 0:
-        raise ValueError("delay must not be negative")
+        raise InvalidPayload(f"delay must not be negative, got {seconds:g}s", job_type=job_type)
     return int(seconds * 1000)
 
 

@@ -3,6 +3,307 @@
 The database fixtures (``poel_dsn``, ``poel_queue``, ``run_job``...) come from
 ``poel_host.testing``, the pytest plugin Poel ships for plugin authors; this file adds
 what only the host's tests need: running ``poel-host`` as a real subprocess.
+
+- ``serve(**env)`` starts ``python -m poel_host serve`` on the test's database with a
+  clean environment, waits until it listens and its worker has started, and stops it at
+  teardown (SIGTERM, then SIGKILL if it does not exit).
+- ``poel_cli(*args, **env)`` runs one ``python -m poel_host`` command to completion.
+- ``wait_for(predicate)`` polls until ``predicate()`` is truthy, with a deadline;
+  ``wait_sql(query)`` does the same for the first column of a query's first row.
+
+The test process is patched by gevent (``poel_host.testing``), so the reader "threads"
+below are greenlets and the pipes are cooperative: any wait here yields to them.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from poel_host.database import connection
+
+# Variables the host reads: never inherited from the environment the tests run in.
+_HOST_VARIABLES = {
+    "DATABASE_URL",
+    "SUPABASE_URL",
+    "SUPABASE_SERVICE_ROLE_KEY",
+    "WORKER_CONCURRENCY",
+    "JOB_TIMEOUT_MS",
+    "HEALTH_CHECK_PORT",
+    "HEALTH_CHECK_HOST",
+}
+
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 15.0
+
+
+def wait_until(
+    predicate: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; return that, or fail the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what or predicate!r}")
+        time.sleep(interval)
+
+
+def clean_env(**overrides: Any) -> dict[str, str]:
+    """The current environment without anything Poel reads, plus ``overrides``.
+
+    An override of ``None`` leaves the variable unset.
+    """
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in _HOST_VARIABLES and not key.startswith("POEL_")
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            env[key] = str(value)
+    return env
+
+
+@dataclass
+class HttpAnswer:
+    status: int
+    body: Any
+    text: str
+
+
+@dataclass
+class ServeProcess:
+    """A running ``poel-host serve``: its process, its log lines and its HTTP port."""
+
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    lines: list[str] = field(default_factory=list)  # every stderr line, raw
+    stdout: list[str] = field(default_factory=list)
+    port: int | None = None
+    _readers: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        """The stderr lines that parse as JSON objects."""
+        parsed = []
+        for line in list(self.lines):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                parsed.append(value)
+        return parsed
+
+    def find_log(self, msg: str, **fields: Any) -> dict[str, Any] | None:
+        for entry in self.logs:
+            if entry.get("msg") == msg and all(entry.get(k) == v for k, v in fields.items()):
+                return entry
+        return None
+
+    def wait_log(self, msg: str, *, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            entry = self.find_log(msg, **fields)
+            if entry is None and self.proc.poll() is not None:
+                pytest.fail(
+                    f"poel-host serve exited ({self.proc.returncode}) before logging {msg!r}:\n"
+                    + self.output()
+                )
+            return entry
+
+        return wait_until(found, timeout=timeout, what=f"log line {msg!r} {fields or ''}")  # type: ignore[no-any-return]
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def url(self, path: str) -> str:
+        assert self.port is not None, "the HTTP server has not started"
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def http(self, path: str, *, method: str = "GET", timeout: float = 10.0) -> HttpAnswer:
+        request = urllib.request.Request(self.url(path), method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        text = raw.decode("utf-8", "replace")
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        return HttpAnswer(status, body, text)
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def wait_exit(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"poel-host serve did not exit within {timeout:g}s:\n{self.output()}")
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return code
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM and wait for the exit code."""
+        self.signal(signal.SIGTERM)
+        return self.wait_exit(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        for reader in self._readers:
+            reader.join(timeout=5)
+
+
+def _read_lines(stream: Any, sink: list[str]) -> None:
+    for raw in iter(stream.readline, b""):
+        sink.append(raw.decode("utf-8", "replace").rstrip("\n"))
+    stream.close()
+
+
+def spawn_host(args: list[str], env: dict[str, str], cwd: Path) -> ServeProcess:
+    """Start ``python -m poel_host ARGS`` with stderr (and stdout) read in the background."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "poel_host", *args],
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    handle = ServeProcess(proc, env)
+    for stream, sink in ((proc.stderr, handle.lines), (proc.stdout, handle.stdout)):
+        reader = threading.Thread(target=_read_lines, args=(stream, sink), daemon=True)
+        reader.start()
+        handle._readers.append(reader)
+    return handle
+
+
+@pytest.fixture
+def serve(
+    poel_dsn: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., ServeProcess]]:
+    """``serve(wait=True, **env)``: start ``poel-host serve`` on the test's database.
+
+    The environment is clean (nothing Poel reads is inherited) with quick polling and
+    retries, an ephemeral HTTP port and only the test plugin loaded; ``env`` overrides any
+    of it (``None`` unsets). With ``wait`` it returns once the "http listening" and "worker
+    started" lines are logged. Every process still running at teardown gets SIGTERM, then
+    SIGKILL if it has not exited in time.
+    """
+    started: list[ServeProcess] = []
+    cwd = tmp_path_factory.mktemp("serve")  # no stray .env file
+
+    def start(*, wait: bool = True, **overrides: Any) -> ServeProcess:
+        env = clean_env(
+            **{
+                "DATABASE_URL": poel_dsn,
+                "HEALTH_CHECK_PORT": 0,
+                "POEL_POLL_INTERVAL_MS": 50,
+                "POEL_RETRY_BACKOFF_MS": 10,
+                "POEL_LOAD_PLUGINS": "poel-testjobs",
+                "POEL_SHUTDOWN_TIMEOUT_MS": 10_000,
+                **overrides,
+            }
+        )
+        handle = spawn_host(["serve"], env, cwd)
+        started.append(handle)
+        if wait:
+            listening = handle.wait_log("http listening", timeout=START_TIMEOUT_S)
+            handle.port = int(listening["port"])
+            handle.wait_log("worker started", timeout=START_TIMEOUT_S)
+        return handle
+
+    yield start
+
+    for handle in started:
+        handle.signal(signal.SIGTERM)
+    for handle in started:
+        try:
+            handle.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            handle.kill()
+        for reader in handle._readers:
+            reader.join(timeout=5)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def poel_cli(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., CliResult]:
+    """``poel_cli(*args, timeout=60, **env)``: run ``python -m poel_host ARGS`` to completion
+    with a clean environment (nothing Poel reads is inherited) plus ``env``."""
+    cwd = tmp_path_factory.mktemp("cli")
+
+    def run(*args: str, timeout: float = 60.0, **overrides: Any) -> CliResult:
+        done = subprocess.run(
+            [sys.executable, "-m", "poel_host", *args],
+            env=clean_env(**overrides),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+        return CliResult(
+            done.returncode,
+            done.stdout.decode("utf-8", "replace"),
+            done.stderr.decode("utf-8", "replace"),
+        )
+
+    return run
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., Any]:
+    """``wait_for(predicate, timeout=10, what="...")``: poll until truthy (see wait_until)."""
+    return wait_until
+
+
+@pytest.fixture
+def wait_sql(poel_dsn: str) -> Callable[..., Any]:
+    """``wait_sql(query, params=None, timeout=10)``: poll the test's database until the first
+    column of the query's first row is truthy; return that row (a dict).
+
+    Each poll uses a fresh connection, so it survives the database being cut off meanwhile.
+    """
+
+    def wait(query: str, params: Any = None, *, timeout: float = 10.0) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            with connection(poel_dsn) as conn:
+                row = conn.execute(query, params).fetchone()
+            return row if row and next(iter(row.values())) else None
+
+        return wait_until(check, timeout=timeout, what=f"SQL condition: {query}")  # type: ignore[no-any-return]
+
+    return wait
