@@ -25,16 +25,34 @@ WHERE job_type = %(job_type)s AND unique_key = %(unique_key)s AND state IN ('que
 
 -- claim_jobs --
 -- Take up to `limit` due jobs of the types this worker handles, highest priority first,
--- skipping rows other workers are claiming; each gets a lease owned by this worker.
-WITH due AS (
-    SELECT id FROM {schema}.jobs
-    WHERE state = 'queued'
-      AND job_type = ANY(%(job_types)s::text[])
-      AND run_at <= now()
-      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-    ORDER BY priority DESC, run_at, id
+-- then oldest run_at, skipping rows other workers are claiming; each gets a lease owned by
+-- this worker. The recursive part walks the distinct priorities of queued jobs (a loose
+-- index scan), so that for each priority only due rows are read from the claim index:
+-- the cost does not grow with future-scheduled or finished rows.
+WITH RECURSIVE priorities AS (
+    (SELECT priority FROM {schema}.jobs WHERE state = 'queued' ORDER BY priority DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.priority FROM {schema}.jobs AS j
+            WHERE j.state = 'queued' AND j.priority < p.priority
+            ORDER BY j.priority DESC LIMIT 1)
+    FROM priorities AS p
+    WHERE p.priority IS NOT NULL
+), due AS (
+    SELECT d.id, d.priority, d.run_at
+    FROM priorities AS p
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM {schema}.jobs
+        WHERE state = 'queued'
+          AND priority = p.priority
+          AND run_at <= now()
+          AND job_type = ANY(%(job_types)s::text[])
+          AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+        ORDER BY run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS d
+    ORDER BY d.priority DESC, d.run_at, d.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempts = j.attempts + 1, lease_owner = %(owner)s,
