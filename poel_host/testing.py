@@ -7,6 +7,12 @@ author's tests just use the fixtures::
         result = run_job("process_new_record", {"record_id": 1})
         assert result.state == "succeeded"
 
+Fixtures: ``poel_dsn`` (a fresh migrated database), ``poel_settings``, ``poel_queue``,
+``poel_conn`` (autocommit, dict rows), ``run_job`` (enqueue and run through the worker;
+``run_job.retry(job_id)`` runs a retry's next attempt at once), ``poel_context`` (a
+:class:`CapturedContext` to call a handler directly, its logs captured), ``enqueued``
+and ``assert_enqueued`` (what is in the jobs table), ``poel_plugins``.
+
 The server is found through ``POEL_TEST_DATABASE_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``). A template database is migrated once
 per test session (host and loaded plugins' migrations); each test that asks for
@@ -23,14 +29,19 @@ from poel_host.green import patch
 
 patch()
 
-import itertools  # noqa: E402 - patching must come first
+import dataclasses  # noqa: E402 - patching must come first
+import datetime as dt  # noqa: E402
+import functools  # noqa: E402
+import itertools  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 from urllib.parse import urlsplit, urlunsplit  # noqa: E402
 
+import gevent.event  # noqa: E402
 import psycopg  # noqa: E402
 import pytest  # noqa: E402
 import structlog  # noqa: E402
@@ -38,7 +49,9 @@ from psycopg import sql  # noqa: E402
 
 from poel_host import migrations  # noqa: E402
 from poel_host.database import connection  # noqa: E402
+from poel_host.jobs import JobContext  # noqa: E402
 from poel_host.plugins import Plugins, load_plugins  # noqa: E402
+from poel_host.queries import parse_blocks, read_sql, with_schema  # noqa: E402
 from poel_host.queue import Queue  # noqa: E402
 from poel_host.settings import Settings  # noqa: E402
 
@@ -148,33 +161,155 @@ class JobResult:
         return self.row["last_error"]  # type: ignore[no-any-return]
 
 
-@pytest.fixture
-def run_job(
-    poel_settings: Settings, poel_plugins: Plugins, poel_queue: Queue
-) -> Iterator[Callable[..., JobResult]]:
-    """``run_job(type, payload, **enqueue_options)``: enqueue one job and run it once
-    through the real claim, validate, run and complete path of the worker. Retries are not
-    run (call ``run_due()`` after the delay, or pass ``max_attempts=1``)."""
-    from poel_host.logs import get_logger
-    from poel_host.queries import Queries
-    from poel_host.worker import Worker
+@functools.cache
+def _testing_sql() -> dict[str, str]:
+    return parse_blocks(read_sql("testing.sql"))
 
-    worker = Worker(poel_settings, poel_plugins, log=get_logger())
-    queries = Queries(poel_settings.schema_name)
 
-    def run(job_type: str, payload: Any = None, **options: Any) -> JobResult:
-        job_id = poel_queue.enqueue(job_type, payload, **options)
+class JobRunner:
+    """What the ``run_job`` fixture returns: runs jobs through the real worker, once each.
+
+    ``run_job(type, payload, **enqueue_options)`` enqueues one job (options as for
+    :meth:`poel_host.Queue.enqueue`, e.g. ``max_attempts=1``) and runs what is due once
+    through the worker's claim, validate, run and complete path. A retry is queued with a
+    backoff and not run; ``run_job.retry(job_id)`` makes it due now and runs its next
+    attempt, so a test walks a job through its attempts without sleeping.
+    """
+
+    def __init__(self, worker: Any, queue: Queue, settings: Settings) -> None:
+        self.worker = worker
+        self.queue = queue
+        self.settings = settings
+
+    def __call__(self, job_type: str, payload: Any = None, **options: Any) -> JobResult:
+        job_id = self.queue.enqueue(job_type, payload, **options)
+        return self._run(job_id)
+
+    def retry(self, job_id: int) -> JobResult:
+        """Run the next attempt of a job waiting to be retried (state ``queued``)."""
+        statement = with_schema(_testing_sql()["make_due"], self.settings.schema_name)
+        with connection(self.settings.dsn) as conn:
+            made_due = conn.execute(statement, {"id": job_id}).fetchone()
+        assert made_due is not None, f"job {job_id} is not queued, so it has no next attempt"
+        return self._run(job_id)
+
+    def _run(self, job_id: int) -> JobResult:
+        from poel_host.queries import Queries
+
         with structlog.testing.capture_logs() as logs:
-            ran = worker.run_once()
+            ran = self.worker.run_once()
         assert job_id in ran, f"job {job_id} was not claimed (is it due? is its plugin loaded?)"
-        with connection(poel_settings.dsn) as conn:
-            row = conn.execute(queries["get_job"], {"id": job_id}).fetchone()
+        with connection(self.settings.dsn) as conn:
+            query = Queries(self.settings.schema_name)["get_job"]
+            row = conn.execute(query, {"id": job_id}).fetchone()
         assert row is not None
         own = [dict(entry) for entry in logs if entry.get("jobId") == job_id]
         return JobResult(job_id, row, own)
 
-    yield run
+
+@pytest.fixture
+def run_job(
+    poel_settings: Settings, poel_plugins: Plugins, poel_queue: Queue
+) -> Iterator[JobRunner]:
+    """``run_job(type, payload, **enqueue_options)``: enqueue one job and run it once
+    through the real claim, validate, run and complete path of the worker; returns a
+    :class:`JobResult` (the job's row and its logs). ``run_job.retry(job_id)`` runs the
+    next attempt of a job queued for a retry, without waiting for its backoff."""
+    from poel_host.logs import get_logger
+    from poel_host.worker import Worker
+
+    worker = Worker(poel_settings, poel_plugins, log=get_logger())
+    yield JobRunner(worker, poel_queue, poel_settings)
     worker.close()
+
+
+@dataclass
+class CapturedContext(JobContext):
+    """A :class:`~poel_host.JobContext` for calling a handler directly in a test.
+
+    Its ``log`` writes to ``logs`` (structlog event dicts: ``event``, ``log_level`` and the
+    fields) instead of stderr; ``connection()`` is one transaction on the test's database,
+    committed at the end of the block and rolled back on an exception, as in the worker;
+    ``enqueue()`` goes through the test's :class:`~poel_host.Queue` (payloads validated);
+    ``cancel()`` asks the handler to stop, as a worker shutting down does.
+    """
+
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def events(self) -> list[str]:
+        """The log messages, in order: ``assert "record processed" in ctx.events``."""
+        return [str(entry.get("event")) for entry in self.logs]
+
+    def cancel(self) -> None:
+        """Set the cancellation flag that ``cancelled`` and ``check_cancelled()`` read."""
+        self._cancel_event.set()
+
+    def replace(self, **changes: Any) -> CapturedContext:
+        """A copy with some fields changed (``ctx.replace(attempt=3, max_attempts=3)`` to
+        test a last attempt); it logs to the same ``logs``, bound to the new values."""
+        bound = {
+            key: changes[name]
+            for name, key in (("job_id", "jobId"), ("job_type", "jobType"), ("attempt", "attempt"))
+            if name in changes
+        }
+        if bound and "log" not in changes:
+            changes["log"] = self.log.bind(**bound)
+        return dataclasses.replace(self, **changes)
+
+
+def make_context(
+    dsn: str,
+    *,
+    queue: Queue | None = None,
+    settings: Settings | None = None,
+    job_id: int = 1,
+    job_type: str = "test",
+    attempt: int = 1,
+    max_attempts: int = 3,
+    queue_name: str = "default",
+) -> CapturedContext:
+    """A :class:`CapturedContext` on the database ``dsn`` (what ``poel_context`` returns)."""
+    capture = structlog.testing.LogCapture()
+    log = structlog.wrap_logger(
+        None, processors=[capture], wrapper_class=structlog.BoundLogger
+    ).bind(jobId=job_id, jobType=job_type, attempt=attempt)
+
+    @contextmanager
+    def transaction() -> Iterator[psycopg.Connection[Any]]:
+        with connection(dsn, autocommit=False) as conn:
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    return CapturedContext(
+        job_id=job_id,
+        job_type=job_type,
+        attempt=attempt,
+        max_attempts=max_attempts,
+        queue=queue_name,
+        enqueued_at=dt.datetime.now(dt.timezone.utc),
+        log=log,
+        settings=settings,
+        _connection_factory=transaction,
+        _enqueue=queue.enqueue if queue is not None else None,
+        _cancel_event=gevent.event.Event(),
+        logs=capture.entries,  # type: ignore[arg-type]  # structlog's event dicts
+    )
+
+
+@pytest.fixture
+def poel_context(poel_settings: Settings, poel_queue: Queue) -> CapturedContext:
+    """A :class:`CapturedContext` on the fresh database, to call a handler directly::
+
+    def test_handler(poel_context):
+        process(NewRecord(record_id=1), poel_context)
+        assert "record processed" in poel_context.events
+    """
+    return make_context(poel_settings.dsn, queue=poel_queue, settings=poel_settings)
 
 
 @pytest.fixture
@@ -190,3 +325,45 @@ def enqueued(poel_settings: Settings) -> Callable[..., list[dict[str, Any]]]:
             return conn.execute(query, {"job_type": job_type, "state": state}).fetchall()
 
     return jobs
+
+
+@pytest.fixture
+def assert_enqueued(
+    enqueued: Callable[..., list[dict[str, Any]]],
+) -> Callable[..., list[dict[str, Any]]]:
+    """``assert_enqueued(job_type, payload=None, *, count=None, state=None)``: assert that
+    jobs of ``job_type`` are in the table whose payload contains ``payload``'s keys with
+    the same values (any payload if None): exactly ``count`` of them when given (``0``
+    asserts there are none), at least one otherwise. Returns the matching rows. The failure
+    message lists the jobs that are there, so a wrong payload is plain to see."""
+
+    def check(
+        job_type: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        count: int | None = None,
+        state: str | None = None,
+    ) -> list[dict[str, Any]]:
+        rows = enqueued(job_type, state)
+        wanted = payload or {}
+        matching = [
+            row
+            for row in rows
+            if all(key in row["payload"] and row["payload"][key] == v for key, v in wanted.items())
+        ]
+        ok = len(matching) == count if count is not None else bool(matching)
+        if not ok:
+            expected = f"exactly {count}" if count is not None else "at least one"
+            seen = "\n".join(
+                f"  job {row['id']} ({row['state']}): {row['payload']}" for row in rows
+            )
+            raise AssertionError(
+                f"expected {expected} {job_type!r} job(s)"
+                + (f" with payload including {wanted}" if wanted else "")
+                + (f" in state {state!r}" if state else "")
+                + f", found {len(matching)}; {job_type!r} jobs enqueued:\n"
+                + (seen or "  (none)")
+            )
+        return matching
+
+    return check
