@@ -88,7 +88,6 @@ def make_pool(
         kwargs=kwargs,
         name=f"poel-{name}",
         open=False,
-        check=ConnectionPool.check_connection,
         timeout=30,
     )
     pool.open(wait=False)

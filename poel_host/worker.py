@@ -18,13 +18,14 @@ stall claiming or lease renewal.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -66,7 +67,7 @@ class Active:
 
     row: dict[str, Any]
     ctx: JobContext
-    cancel: gevent.event.Event = field(default_factory=gevent.event.Event)
+    cancel: gevent.event.Event  # the worker's: set when running jobs are asked to stop
     lost: bool = False
     released: bool = False
     deadline: float = 0.0  # time.monotonic() by which the handler must be done
@@ -85,8 +86,12 @@ class Worker:
         self.health = Health(settings)
         self.slots = gevent.pool.Pool(settings.worker_concurrency)
         self.active: dict[int, Active] = {}
+        # Per-job hooks cost a call per job even when no plugin implements them.
+        self._hooked_started = bool(plugins.manager.hook.job_started.get_hookimpls())
+        self._hooked_finished = bool(plugins.manager.hook.job_finished.get_hookimpls())
         self.wake = gevent.event.Event()
         self.stopping = gevent.event.Event()
+        self.cancelling = gevent.event.Event()  # running jobs asked to stop (shutdown)
         self.outcomes: gevent.queue.Queue[Outcome | None] = gevent.queue.Queue()
         self.completer_idle = gevent.event.Event()
         self.completer_idle.set()
@@ -231,9 +236,8 @@ class Worker:
         return list(rows)
 
     def _spawn(self, row: dict[str, Any]) -> None:
-        cancel = gevent.event.Event()
-        holder: list[Active] = []
-        ctx = JobContext(
+        entry = Active(row=row, ctx=None, cancel=self.cancelling)  # type: ignore[arg-type]
+        entry.ctx = JobContext(
             job_id=row["id"],
             job_type=row["job_type"],
             attempt=row["attempts"],
@@ -242,12 +246,10 @@ class Worker:
             enqueued_at=row["created_at"],
             log=self.log.bind(jobId=row["id"], jobType=row["job_type"], attempt=row["attempts"]),
             settings=self.settings,
-            _connection_factory=lambda: self._job_connection(holder[0]),
+            _connection_factory=functools.partial(self._job_connection, entry),
             _enqueue=self._enqueue,
-            _cancel_event=cancel,
+            _cancel_event=self.cancelling,
         )
-        entry = Active(row=row, ctx=ctx, cancel=cancel)
-        holder.append(entry)
         self.active[row["id"]] = entry
         self.slots.spawn(self._run_job, entry)
 
@@ -256,8 +258,9 @@ class Worker:
     def _run_job(self, entry: Active) -> None:
         row, ctx = entry.row, entry.ctx
         job = self.jobs[row["job_type"]]
-        self.plugins.call("job_started", ctx.log, ctx=ctx)
-        ctx.log.info("job started")
+        if self._hooked_started:
+            self.plugins.call("job_started", ctx.log, ctx=ctx)
+        ctx.log.debug("job started")
         started = time.monotonic()
         try:
             outcome = self._execute(job, entry)
@@ -282,9 +285,15 @@ class Worker:
             )
         else:
             ctx.log.error("job failed", duration=duration, error=outcome.error)
-        self.plugins.call(
-            "job_finished", ctx.log, ctx=ctx, outcome=label, duration=duration, error=outcome.error
-        )
+        if self._hooked_finished:
+            self.plugins.call(
+                "job_finished",
+                ctx.log,
+                ctx=ctx,
+                outcome=label,
+                duration=duration,
+                error=outcome.error,
+            )
         if entry.lost:
             ctx.log.warning("job outcome not recorded: lease lost to another worker")
             self.active.pop(row["id"], None)
@@ -524,8 +533,7 @@ class Worker:
         self.log.info("worker draining", running=len(self.slots), grace_seconds=grace)
         self.slots.join(timeout=grace)
         if len(self.slots):
-            for entry in self.active.values():
-                entry.cancel.set()
+            self.cancelling.set()
             self.slots.join(timeout=min(1.0, grace) if grace else 0)
             self.slots.kill(timeout=5)
         released = [job_id for job_id, e in self.active.items() if e.released]

@@ -15,7 +15,8 @@ JOB_EVENTS = {"job started", "job succeeded", "job retry scheduled", "job failed
 
 
 def test_every_line_is_json_and_job_lines_carry_the_job(serve, poel_queue, poel_conn, wait_sql):
-    worker = serve(POEL_ENV="production", POEL_AUTO_MIGRATE="true")
+    # debug: "job started" is logged at debug level (one info line per job is the default)
+    worker = serve(POEL_ENV="production", POEL_AUTO_MIGRATE="true", POEL_LOG_LEVEL="debug")
     ok = poel_queue.enqueue("test.record", {"key": "ok"})
     failing = poel_queue.enqueue("test.fail", {"key": "bad"}, max_attempts=2)
     invalid = poel_conn.execute(
