@@ -101,7 +101,9 @@ RETURNING id
 
 -- recover_expired --
 -- Jobs whose worker stopped renewing its lease (killed, frozen, cut off): queue them
--- again, or fail them if that was their last attempt. The lost attempt is recorded.
+-- again, or fail them if that was their last attempt. The lost attempt is recorded. A
+-- requeued job keeps its run_at, so it is claimed again next instead of waiting behind
+-- every job that became due while it was held.
 WITH expired AS (
     SELECT id FROM {schema}.jobs
     WHERE state = 'running' AND lease_expires_at < now()
@@ -117,7 +119,7 @@ SET state = CASE WHEN j.attempts >= j.max_attempts
         'attempt', j.attempts, 'at', now(),
         'error', 'worker lost: lease held by ' || coalesce(j.lease_owner, '?') || ' expired')),
     finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
-    run_at = now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
 FROM expired
 WHERE j.id = expired.id
 RETURNING j.id, j.state::text AS state
