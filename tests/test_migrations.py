@@ -1,7 +1,14 @@
 """Schema and migrations: versioned SQL applied in one transaction under an advisory lock,
-plugin migrations beside the host's, and a clear error when the schema is behind."""
+plugin migrations beside the host's, and a clear error when the schema is behind.
+
+The tests share one database (cloning one per test is slow on a busy server): each works in
+its own schema, or with its own plugin and table names, and leaves ``poel`` as migrated.
+"""
 
 from __future__ import annotations
+
+import os
+import uuid
 
 import gevent
 import pytest
@@ -11,6 +18,21 @@ from poel_host import Migration, migrations
 from poel_host.database import connection
 from poel_host.errors import PoelError, SchemaOutOfDate
 from poel_host.queries import Queries
+from poel_host.testing import create_database, drop_database, dsn_for
+
+
+@pytest.fixture(scope="module")
+def module_database(poel_template):
+    name = f"poel_m_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    create_database(name, template=poel_template)
+    yield dsn_for(name)
+    drop_database(name)
+
+
+@pytest.fixture
+def poel_dsn(module_database):
+    """Overrides poel_host.testing's ``poel_dsn`` with this module's database."""
+    return module_database
 
 
 def schema_exists(conn, schema: str) -> bool:
@@ -95,23 +117,23 @@ def test_plugin_sql_is_run_as_written(poel_conn):
 
 def test_failing_migration_rolls_back_everything_and_names_itself(poel_conn):
     plugin = [
-        ("poel-widgets", Migration(1, "widgets", "CREATE TABLE public.widgets (id int)")),
-        ("poel-widgets", Migration(2, "broken", "ALTER TABLE public.nope ADD COLUMN x int")),
+        ("poel-fail", Migration(1, "fail_widgets", "CREATE TABLE public.fail_widgets (id int)")),
+        ("poel-fail", Migration(2, "broken", "ALTER TABLE public.nope ADD COLUMN x int")),
     ]
     with pytest.raises(PoelError) as info:
         migrations.migrate(poel_conn, "fresh", plugin)
     message = str(info.value)
-    assert message.startswith("migration poel-widgets 0002_broken failed: ")
+    assert message.startswith("migration poel-fail 0002_broken failed: ")
     assert 'relation "public.nope" does not exist' in message
     assert "\n" not in message
     # nothing of the transaction is left: not the host's schema, not the first migration
     assert not schema_exists(poel_conn, "fresh")
-    assert not table_exists(poel_conn, "public.widgets")
+    assert not table_exists(poel_conn, "public.fail_widgets")
     assert poel_conn.info.transaction_status.name == "IDLE"
     # and the fixed migration applies cleanly afterwards
-    fixed = [plugin[0], ("poel-widgets", Migration(2, "fixed", "SELECT 1"))]
+    fixed = [plugin[0], ("poel-fail", Migration(2, "fixed", "SELECT 1"))]
     applied = migrations.migrate(poel_conn, "fresh", fixed)
-    assert applied == [*host_names(), "poel-widgets:0001_widgets", "poel-widgets:0002_fixed"]
+    assert applied == [*host_names(), "poel-fail:0001_fail_widgets", "poel-fail:0002_fixed"]
 
 
 def test_check_up_to_date_tells_to_migrate(poel_conn):
@@ -125,15 +147,16 @@ def test_check_up_to_date_tells_to_migrate(poel_conn):
     assert info.value.exit_code == 5
 
     # a schema one migration behind names just that migration
-    poel_conn.execute("DELETE FROM poel.migrations WHERE plugin = 'poel-host' AND version = 1")
+    migrations.migrate(poel_conn, "behind")
+    poel_conn.execute("DELETE FROM behind.migrations WHERE plugin = 'poel-host' AND version = 1")
     with pytest.raises(SchemaOutOfDate, match=r"pending: poel-host:0001_jobs\)"):
-        migrations.check_up_to_date(poel_conn, "poel")
+        migrations.check_up_to_date(poel_conn, "behind")
 
 
 def test_concurrent_migrations_apply_once(poel_dsn):
     """Several processes may run ``poel-host migrate`` at once: one applies, the others
     wait on the advisory lock and find nothing to do."""
-    plugin = [("poel-widgets", Migration(1, "widgets", "CREATE TABLE public.widgets (id int)"))]
+    plugin = [("poel-many", Migration(1, "many", "CREATE TABLE public.many_widgets (id int)"))]
 
     def run() -> list[str]:
         with connection(poel_dsn) as conn:
@@ -143,7 +166,7 @@ def test_concurrent_migrations_apply_once(poel_dsn):
     gevent.joinall(greenlets, timeout=30, raise_error=True)
     results = sorted((g.value for g in greenlets), key=len)
     assert results[:3] == [[], [], []]
-    assert results[3] == [*host_names(), "poel-widgets:0001_widgets"]
+    assert results[3] == [*host_names(), "poel-many:0001_many"]
 
 
 def test_claim_query_uses_the_partial_index(poel_conn):
