@@ -385,19 +385,29 @@ class Worker:
                 self.completer_idle.set()
 
     def _write(self, batch: list[Outcome]) -> None:
-        params = {
-            "ids": [o.job_id for o in batch],
-            "states": [o.state for o in batch],
-            "errors": [o.error for o in batch],
-            "delays_ms": [o.delay_ms for o in batch],
-            "owner": self.owner,
-        }
+        # Successes, the common case, go through a statement with one array parameter.
+        succeeded = [o.job_id for o in batch if o.state == "succeeded"]
+        others = [o for o in batch if o.state != "succeeded"]
         failures = 0
         while True:
             try:
                 assert self.queue_pool is not None
+                written: set[int] = set()
                 with self.queue_pool.connection(timeout=5) as conn:
-                    written = {r["id"] for r in conn.execute(self.queries["finish_jobs"], params)}
+                    if succeeded:
+                        params = {"ids": succeeded, "owner": self.owner}
+                        cursor = conn.execute(self.queries["finish_succeeded"], params)
+                        written.update(r["id"] for r in cursor)
+                    if others:
+                        params = {
+                            "ids": [o.job_id for o in others],
+                            "states": [o.state for o in others],
+                            "errors": [o.error for o in others],
+                            "delays_ms": [o.delay_ms for o in others],
+                            "owner": self.owner,
+                        }
+                        cursor = conn.execute(self.queries["finish_jobs"], params)
+                        written.update(r["id"] for r in cursor)
                 break
             except _DB_ERRORS as exc:
                 failures += 1

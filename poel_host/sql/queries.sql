@@ -84,6 +84,14 @@ FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(errors)s::text[], %(delays_
 WHERE j.id = o.id AND j.lease_owner = %(owner)s AND j.state = 'running'
 RETURNING j.id
 
+-- finish_succeeded --
+-- The common case of finish_jobs, cheaper to send: jobs that succeeded.
+UPDATE {schema}.jobs
+SET state = 'succeeded', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s AND state = 'running'
+RETURNING id
+
 -- release_jobs --
 -- Hand running jobs back to the queue at shutdown: the attempt does not count.
 UPDATE {schema}.jobs
