@@ -337,6 +337,64 @@ def test_installed_distribution_is_found_through_its_entry_point():
     assert entry["version"] == md.version("poel-testjobs")
 
 
+@pytest.fixture
+def make_distribution(tmp_path, monkeypatch):
+    """``make_distribution(dist, version, plugin, source)``: a distribution "installed" as
+    metadata on sys.path (a ``.dist-info`` folder with its entry point), as pip leaves it."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    modules = []
+
+    def make(dist: str, version: str, plugin: str, source: str) -> None:
+        module = f"poel_fake_{uuid.uuid4().hex[:10]}"
+        (site / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8"
+        )
+        (info / "entry_points.txt").write_text(
+            f"[{ENTRY_POINT_GROUP}]\n{plugin} = {module}\n", encoding="utf-8"
+        )
+        importlib.invalidate_caches()
+        modules.append(module)
+
+    yield make
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+def test_failures_name_the_plugin_and_its_distribution(make_distribution):
+    make_distribution("poel-broken-dist", "2.0.1", "poel-broken", "import poel_no_such_xyz\n")
+    make_distribution("poel-good-dist", "1.0.0", "poel-good", GOOD.format(job_type="good.job"))
+    plugins = load_plugins(["poel-broken", "poel-good"])
+    [good_plugin] = plugins.loaded
+    assert (good_plugin.name, good_plugin.distribution, good_plugin.version) == (
+        "poel-good",
+        "poel-good-dist",
+        "1.0.0",
+    )
+    [failed] = plugins.failed
+    assert (failed.distribution, failed.version) == ("poel-broken-dist", "2.0.1")
+    assert failed.message().startswith(
+        "plugin 'poel-broken' (distribution poel-broken-dist 2.0.1) failed to load: "
+        "import failed: ModuleNotFoundError"
+    )
+    [described] = plugins.describe()["failed"]
+    assert (described["distribution"], described["version"]) == ("poel-broken-dist", "2.0.1")
+
+
+def test_duplicate_job_type_names_both_distributions(make_distribution):
+    make_distribution("poel-one-dist", "1.0", "poel-one", GOOD.format(job_type="same.job"))
+    make_distribution("poel-two-dist", "1.0", "poel-two", GOOD.format(job_type="same.job"))
+    with pytest.raises(PluginError) as info:
+        load_plugins(["poel-one", "poel-two"])
+    message = str(info.value)
+    assert "poel-one (distribution poel-one-dist)" in message
+    assert "poel-two (distribution poel-two-dist)" in message
+
+
 # Job's own checks -----------------------------------------------------------------------
 
 
