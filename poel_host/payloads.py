@@ -32,6 +32,11 @@ def to_object(job_type: str, payload: Any) -> dict[str, Any]:
             raise InvalidPayload(
                 f"payload for {job_type!r} is not valid JSON: {exc}", job_type=job_type
             ) from None
+        except RecursionError:
+            raise InvalidPayload(
+                f"payload for {job_type!r} is nested deeper than {MAX_DEPTH} levels",
+                job_type=job_type,
+            ) from None
     if not isinstance(payload, dict):
         raise InvalidPayload(
             f"payload for {job_type!r} must be a JSON object, got {type(payload).__name__}",

@@ -374,6 +374,10 @@ def nested(depth: int) -> dict:
         ({1: "int key"}, "non-string key"),
         ({"k": object()}, "not JSON-serialisable"),
         (nested(100), "nested deeper than 64 levels"),
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than 64 levels"),
+        ('{"a":' * 100_000 + "1" + "}" * 100_000, "nested deeper than 64 levels"),
+        ('{"a":' * 65 + "1" + "}" * 65, "nested deeper than 64 levels"),
+        (b"\xff\xfe", "is not valid JSON"),
     ],
 )
 def test_payload_edge_cases(payload, expected):
