@@ -35,7 +35,7 @@ def started(job_id):
 
 def test_sigterm_lets_a_running_job_finish(serve, poel_queue, poel_conn, wait_sql, wait_for):
     worker = serve(POEL_SHUTDOWN_TIMEOUT_MS=10_000)
-    job_id = poel_queue.enqueue("test.sleep", {"key": "s", "seconds": 2})
+    job_id = poel_queue.enqueue("test.sleep", {"key": "s", "seconds": 2.5})
     wait_sql(*started(job_id))
 
     worker.signal(signal.SIGTERM)
