@@ -113,6 +113,12 @@ def validate(job: Job, payload: dict[str, Any]) -> BaseModel:
         return model
     except ValidationError as exc:
         raise InvalidPayload(describe(job.type, exc), job_type=job.type) from None
+    except Exception as exc:  # noqa: BLE001 - a validator's own bug (TypeError, KeyError...)
+        text = " ".join(str(exc).split())
+        raise InvalidPayload(
+            f"invalid payload for {job.type!r}: validation raised {type(exc).__name__}: {text}",
+            job_type=job.type,
+        ) from None
 
 
 def describe(job_type: str, exc: ValidationError) -> str:

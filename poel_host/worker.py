@@ -272,6 +272,11 @@ class Worker:
                 "job_finished", ctx.log, ctx=ctx, outcome="released", duration=duration, error=None
             )
             return
+        except Exception as exc:  # a bug on the job's path must not strand the job
+            # (e.g. a plugin's backoff function raising): without an outcome the job would
+            # stay running, its lease renewed for as long as this worker lives.
+            ctx.log.exception("job path failed")
+            outcome = Outcome(row["id"], "failed", f"worker error: {_error_text(exc)}")
         duration = round(time.monotonic() - started, 6)
         label = {"succeeded": "succeeded", "failed": "failed", "queued": "retry"}[outcome.state]
         if outcome.state == "succeeded":
@@ -317,7 +322,7 @@ class Worker:
         except gevent.GreenletExit:
             raise
         except BaseException as exc:
-            error = f"{type(exc).__name__}: {_one_line(exc)}" if str(exc) else type(exc).__name__
+            error = _error_text(exc)
             ctx.log.debug("handler raised", exc_info=exc)
         else:
             if result is not None:
@@ -597,3 +602,12 @@ def _pause(failures: int) -> float:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: message`` (or just ``Type``), even for an exception whose str() fails."""
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:  # noqa: BLE001 - the error is still recorded, by its type
+        text = ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -12,10 +12,11 @@ import gevent
 import psycopg
 import pytest
 from psycopg import sql
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from poel_host import Job, JobContext, JobRequest, Queue, hookimpl
 from poel_host.database import connection
+from poel_host.errors import InvalidPayload
 from poel_host.logs import get_logger
 from poel_host.plugins import load_plugins
 from poel_host.testing import create_database, drop_database, dsn_for
@@ -174,6 +175,27 @@ def follow_up_invalid(payload: Payload, ctx: JobContext) -> None:
     ctx.enqueue("test.flaky", {"fail_times": "many"})
 
 
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception fails")
+
+
+def raise_unprintable(payload: Payload, ctx: JobContext) -> None:
+    raise Unprintable
+
+
+class Fussy(BaseModel):
+    """A model whose validator has a bug: it raises AttributeError, which pydantic does not
+    turn into a ValidationError."""
+
+    name: object = None
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower()  # type: ignore[attr-defined]
+
+
 class Fake:
     """A plugin object: job types for these tests and recording lifecycle hooks."""
 
@@ -191,6 +213,8 @@ class Fake:
             Job(type="fake.follow_up", schema=Payload, handler=follow_up),
             Job(type="fake.follow_up_fail", schema=Payload, handler=follow_up_then_fail),
             Job(type="fake.follow_up_invalid", schema=Payload, handler=follow_up_invalid),
+            Job(type="fake.unprintable", schema=Payload, handler=raise_unprintable),
+            Job(type="fake.fussy", schema=Fussy, handler=capture),
         ]
 
     @hookimpl
@@ -274,6 +298,7 @@ def test_broken_hooks_do_not_affect_jobs(poel_settings, poel_conn):
         ("fake.exit", "SystemExit: 3"),
         ("fake.interrupt", "KeyboardInterrupt"),
         ("fake.slow", "timed out after 0.2s"),
+        ("fake.unprintable", "Unprintable"),
     ],
 )
 def test_misbehaving_handler_is_retried_and_the_worker_survives(
@@ -361,3 +386,20 @@ def test_many_jobs_run_concurrently_in_one_claim(harness, poel_conn):
     # one claim, one greenlet each: every job started before any of them ended
     notes = poel_conn.execute("SELECT note, at FROM poel_test_runs ORDER BY at").fetchall()
     assert [n["note"] for n in notes] == ["start"] * 5 + ["end"] * 5
+
+
+def test_validator_bug_fails_the_job_at_once(harness, poel_conn):
+    # stored unvalidated (from SQL), then the model's validator raises AttributeError
+    job_id = poel_conn.execute(
+        "SELECT poel.enqueue('fake.fussy', '{\"name\": 5}') AS id"
+    ).fetchone()["id"]
+    assert harness.worker.run_once() == [job_id]
+    row = get_row(poel_conn, job_id)
+    assert (row["state"], row["attempts"]) == ("failed", 1)
+    assert row["last_error"].startswith("invalid payload for 'fake.fussy'")
+    assert "AttributeError" in row["last_error"]
+    assert harness.finished(job_id)[2] == "failed"
+    # and a producer gets InvalidPayload, not the validator's AttributeError
+    with pytest.raises(InvalidPayload, match="AttributeError"):
+        harness.queue.enqueue("fake.fussy", {"name": 5})
+    assert harness.run("fake.fussy", {"name": "OK"}) > job_id
