@@ -184,6 +184,10 @@ def raise_unprintable(payload: Payload, ctx: JobContext) -> None:
     raise Unprintable
 
 
+def broken_backoff(attempt: int) -> float:
+    raise ZeroDivisionError("a plugin's backoff function has a bug")
+
+
 class Fussy(BaseModel):
     """A model whose validator has a bug: it raises AttributeError, which pydantic does not
     turn into a ValidationError."""
@@ -215,6 +219,12 @@ class Fake:
             Job(type="fake.follow_up_invalid", schema=Payload, handler=follow_up_invalid),
             Job(type="fake.unprintable", schema=Payload, handler=raise_unprintable),
             Job(type="fake.fussy", schema=Fussy, handler=capture),
+            Job(
+                type="fake.bad_backoff",
+                schema=Payload,
+                handler=raise_unprintable,
+                backoff=broken_backoff,
+            ),
         ]
 
     @hookimpl
@@ -403,3 +413,16 @@ def test_validator_bug_fails_the_job_at_once(harness, poel_conn):
     with pytest.raises(InvalidPayload, match="AttributeError"):
         harness.queue.enqueue("fake.fussy", {"name": 5})
     assert harness.run("fake.fussy", {"name": "OK"}) > job_id
+
+
+def test_a_bug_on_the_job_path_does_not_strand_the_job(harness, poel_conn):
+    job_id = harness.run("fake.bad_backoff")
+    row = get_row(poel_conn, job_id)
+    assert row["state"] == "failed"  # not left running with its lease renewed forever
+    assert row["lease_owner"] is None
+    assert (
+        row["last_error"]
+        == "worker error: ZeroDivisionError: a plugin's backoff function has a bug"
+    )
+    assert harness.worker.active == {}
+    assert get_row(poel_conn, harness.run("test.record", {"key": "next"}))["state"] == "succeeded"
