@@ -10,7 +10,7 @@ from poel_host import Job, JobContext, Migration, hookimpl
 class MakeThumbnail(BaseModel):
     """Payload of ``thumbnails.make``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid")  # a misspelled field is an error, not ignored
 
     image_id: PositiveInt
     width: int = Field(default=128, ge=16, le=2048)
