@@ -442,3 +442,26 @@ def test_valid_job():
     )
     assert job.timeout_seconds(300_000) == 1
     assert Job(type="j", schema=Payload, handler=noop).timeout_seconds(1500) == 1.5
+
+
+def test_serve_selects_plugins_from_settings(make_plugin, monkeypatch, tmp_path):
+    """POEL_LOAD_PLUGINS / POEL_DISABLED_PLUGINS reach the plugin manager as written."""
+    monkeypatch.chdir(tmp_path)  # no .env
+    monkeypatch.delenv("POEL_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv("POEL_DISABLED_PLUGINS", raising=False)
+    from poel_host import plugins as plugin_module
+    from poel_host.serve import load_selected_plugins
+    from poel_host.settings import Settings
+
+    eps = [good(make_plugin, "alpha", "a.job"), good(make_plugin, "beta", "b.job")]
+    monkeypatch.setattr(plugin_module, "discover", lambda: eps)
+
+    def selected(**env):
+        return names(load_selected_plugins(Settings(**env), FakeLog()))
+
+    assert selected() == ["alpha", "beta"]
+    assert selected(POEL_LOAD_PLUGINS="") == []
+    assert selected(POEL_LOAD_PLUGINS=" beta ") == ["beta"]
+    assert selected(POEL_DISABLED_PLUGINS="alpha,beta") == []
+    with pytest.raises(PluginError, match="gamma"):
+        selected(POEL_LOAD_PLUGINS="alpha,gamma")
