@@ -1,0 +1,91 @@
+"""Poel: a real ``poel-host serve`` process with the ``poel-bench`` plugin loaded.
+
+Measured exactly as users run it (console script, gevent patched first, JSON logs on
+stderr), with the log level as a parameter so the cost of per-job logs shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from adapters import System
+
+POEL_HOST = str(Path(sys.executable).with_name("poel-host"))
+TYPES = {"noop": "bench.noop", "stamp": "bench.stamp", "http": "bench.http"}
+
+
+def _env(url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": url,
+        "POEL_LOAD_PLUGINS": "poel-bench",
+        "POEL_ENV": "development",
+        "HEALTH_CHECK_PORT": "0",
+    }
+
+
+class Poel(System):
+    name = "poel"
+    family = "poel"
+
+    def __init__(self, concurrency: int = 10, log: str = "info") -> None:
+        super().__init__(concurrency)
+        self.log = log
+
+    @property
+    def config(self) -> str:
+        return f"c={self.concurrency} log={self.log}"
+
+    def install(self, url: str) -> None:
+        subprocess.run([POEL_HOST, "migrate"], env={**os.environ, **_env(url)}, check=True)
+
+    def fill(self, conn: psycopg.Connection[Any], finished: int, future: int) -> None:
+        conn.execute(
+            "INSERT INTO poel.jobs (job_type, state, attempts, created_at, started_at,"
+            " finished_at, run_at, updated_at)"
+            " SELECT 'bench.noop', 'succeeded', 1, t, t, t, t, t"
+            " FROM generate_series(1, %s), LATERAL (SELECT now() - interval '1 hour' AS t) x",
+            [finished],
+        )
+        conn.execute(
+            "INSERT INTO poel.jobs (job_type, run_at)"
+            " SELECT 'bench.noop', now() + interval '1 day' FROM generate_series(1, %s)",
+            [future],
+        )
+
+    def insert(self, conn: psycopg.Connection[Any], n: int, kind: str) -> None:
+        conn.execute(
+            "INSERT INTO poel.jobs (job_type) SELECT %s FROM generate_series(1, %s)",
+            [TYPES[kind], n],
+        )
+
+    def enqueue_stamp(self, conn: psycopg.Connection[Any], t: float) -> None:
+        conn.execute("SELECT poel.enqueue('bench.stamp', %s::jsonb)", [json.dumps({"t": t})])
+
+    def command(self, url: str, kind: str) -> tuple[list[str], dict[str, str]]:
+        env = _env(url) | {
+            "WORKER_CONCURRENCY": str(self.concurrency),
+            "POEL_LOG_LEVEL": self.log,
+        }
+        return [POEL_HOST, "serve"], env
+
+    def done(self, conn: psycopg.Connection[Any], since: Any) -> int:
+        row = conn.execute(
+            "SELECT count(*) FROM poel.jobs WHERE state = 'succeeded' AND finished_at >= %s",
+            [since],
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def window(self, conn: psycopg.Connection[Any], since: Any) -> float:
+        row = conn.execute(
+            "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM poel.jobs"
+            " WHERE state = 'succeeded' AND finished_at >= %s",
+            [since],
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else float("nan")

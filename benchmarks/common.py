@@ -1,0 +1,289 @@
+"""What every benchmark shares: databases, worker processes, timing, medians, output.
+
+Every system is measured the same way: a fresh database cloned from that system's
+template (schema installed, background rows already there), jobs inserted before the
+worker starts, the worker run as its own process, and the elapsed time read from the
+timestamps the system itself writes in the database (first start to last finish), so
+that start-up, imports and shutdown are not counted for anyone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+BENCH_DIR = Path(__file__).resolve().parent
+SERVER = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432")
+PREFIX = "poel_bench_"
+
+
+def dsn(database: str) -> str:
+    """The URL of ``database`` on the benchmark server."""
+    return f"{SERVER.rstrip('/')}/{database}"
+
+
+def admin() -> psycopg.Connection[Any]:
+    """An autocommit connection to the maintenance database, for CREATE/DROP DATABASE."""
+    return psycopg.connect(dsn("postgres"), autocommit=True)
+
+
+def create_database(name: str, template: str | None = None) -> str:
+    """Create ``name`` (a clone of ``template`` if given) and return its URL.
+
+    Cloning a template copies files instead of replaying a million inserts, so every run
+    starts from the same table without paying for it again.
+    """
+    assert name.startswith(PREFIX), name
+    with admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        clause = f' TEMPLATE "{template}"' if template else ""
+        conn.execute(f'CREATE DATABASE "{name}"{clause}')
+        commit = os.environ.get("BENCH_SYNCHRONOUS_COMMIT", "on")
+        conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = {commit}')
+    return dsn(name)
+
+
+def drop_database(name: str) -> None:
+    """Drop a benchmark database (only ours: the prefix is checked)."""
+    assert name.startswith(PREFIX), name
+    with admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def database_exists(name: str) -> bool:
+    with admin() as conn:
+        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+    return row is not None
+
+
+def scratch_name(label: str) -> str:
+    """A unique database name for one run."""
+    return f"{PREFIX}{label}_{uuid.uuid4().hex[:8]}"
+
+
+def query_one(url: str, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the first row (one short-lived connection)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+    return None if row is None else row[0]
+
+
+# Worker processes -----------------------------------------------------------------------
+
+
+@dataclass
+class Monitor:
+    """Samples a worker process while it runs: peak RSS and database connections.
+
+    VmHWM is the kernel's own high-water mark, so sampling cannot miss the peak; the
+    connection count is sampled (every 50 ms) from pg_stat_activity.
+    """
+
+    pid: int
+    database: str
+    max_connections: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Monitor:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with psycopg.connect(dsn("postgres"), autocommit=True) as conn:
+            while not self._stop.wait(0.05):
+                count = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()"
+                    " AND backend_type = 'client backend'",
+                    [self.database],
+                ).fetchone()
+                self.max_connections = max(self.max_connections, count[0] if count else 0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def peak_rss_mb(self) -> float | None:
+        """VmHWM of the process, in MiB (None once it has exited)."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return None
+
+
+def start_process(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a worker with its output in ``log`` (a pipe nobody reads would block it)."""
+    out = log.open("wb")
+    return subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=out)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL if it does not exit in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for(
+    predicate: Any, timeout: float, what: str, proc: Any = None, interval: float = 0.05
+) -> None:
+    """Poll ``predicate()`` every ``interval`` seconds; fail loudly on timeout or a dead
+    worker (a crashed worker would otherwise look like a slow one)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"worker exited ({proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# Statistics and output ------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile by linear interpolation (as numpy's default does)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def emit(record: dict[str, Any]) -> None:
+    """One JSON line per result on stdout, flushed so a long run can be followed."""
+    print(json.dumps(record, default=str), flush=True)
+
+
+def note(message: str) -> None:
+    """Progress for humans, on stderr so stdout stays JSON lines and the table."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Results:
+    """Every run's measurements, grouped by (system, config) for medians."""
+
+    bench: str
+    metrics: list[str]
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+
+    def add(self, system: str, config: str, run: int, values: dict[str, Any]) -> None:
+        self.rows.setdefault((system, config), []).append(values)
+        emit({"bench": self.bench, "system": system, "config": config, "run": run, **values})
+
+    def medians(self) -> dict[tuple[str, str], dict[str, float | None]]:
+        return {
+            key: {m: median(r.get(m) for r in runs) for m in self.metrics}
+            for key, runs in self.rows.items()
+        }
+
+    def summarize(self, headline: str, higher_is_better: bool = True) -> str:
+        """Emit one JSON summary line per (system, config) and return the markdown tables.
+
+        The second table divides each Poel configuration's median by each peer's, the
+        figure the issue's targets are stated in.
+        """
+        medians = self.medians()
+        for (system, config), values in medians.items():
+            runs = len(self.rows[(system, config)])
+            emit(
+                {"bench": self.bench, "summary": "median", "system": system, "config": config}
+                | {"runs": runs}
+                | values
+            )
+        lines = [
+            f"### {self.bench}",
+            "",
+            "| system | config | runs | " + " | ".join(self.metrics) + " |",
+            "|---|---|---:|" + "---:|" * len(self.metrics),
+        ]
+        for (system, config), values in medians.items():
+            cells = [_fmt(values[m]) for m in self.metrics]
+            runs = len(self.rows[(system, config)])
+            lines.append(f"| {system} | {config} | {runs} | " + " | ".join(cells) + " |")
+        poel = [k for k in medians if k[0].startswith("poel")]
+        peers = [k for k in medians if not k[0].startswith("poel")]
+        if poel and peers:
+            better = "higher" if higher_is_better else "lower"
+            lines += [
+                "",
+                f"Poel ÷ peer, median `{headline}` ({better} is better for Poel):",
+                "",
+                "| peer | " + " | ".join(f"{s} {c}" for s, c in poel) + " |",
+                "|---|" + "---:|" * len(poel),
+            ]
+            for peer in peers:
+                cells = [_ratio(medians[p][headline], medians[peer][headline]) for p in poel]
+                lines.append(f"| {peer[0]} {peer[1]} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or not b:
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def write_stamp(enqueued: float) -> None:
+    """Record that a job enqueued at wall-clock ``enqueued`` starts now.
+
+    Peers' handlers call this; Poel's plugin has its own copy (it is an installed
+    distribution and cannot import this module). One line per job, appended.
+    """
+    started = time.time()
+    with open(os.environ["BENCH_STAMP_FILE"], "a") as out:
+        out.write(f"{enqueued!r} {started!r}\n")
+
+
+async def http_get(url: str) -> None:
+    """A minimal HTTP/1.0 GET on asyncio streams, for the asyncio peers' I/O job (no
+    client library to install, and no connection pool limiting the concurrency)."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(f"GET {parts.path or '/'} HTTP/1.0\r\nHost: {parts.hostname}\r\n\r\n".encode())
+    await writer.drain()
+    await reader.read()
+    writer.close()
+    await writer.wait_closed()

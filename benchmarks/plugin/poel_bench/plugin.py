@@ -1,0 +1,52 @@
+"""Benchmark job types: the same three jobs every system in the suite runs.
+
+- ``bench.noop`` does nothing: drain throughput measures the queue, not the handler.
+- ``bench.stamp`` appends "enqueued started" wall-clock seconds to ``$BENCH_STAMP_FILE``
+  the moment it starts: enqueue-to-start latency as a user sees it (the enqueuer writes
+  the payload's ``t`` just before its INSERT), not as the database's ``now()`` says.
+- ``bench.http`` waits on a local HTTP server that answers after a second
+  (``$BENCH_HTTP_URL``): I/O-bound concurrency without holding a database connection
+  per job, which a thousand ``pg_sleep`` calls would need.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+
+from pydantic import BaseModel
+
+from poel_host import Job, JobContext, hookimpl
+
+
+class Empty(BaseModel):
+    pass
+
+
+class Stamp(BaseModel):
+    t: float
+
+
+def noop(payload: Empty, ctx: JobContext) -> None:
+    pass
+
+
+def stamp(payload: Stamp, ctx: JobContext) -> None:
+    started = time.time()
+    with open(os.environ["BENCH_STAMP_FILE"], "a") as out:
+        out.write(f"{payload.t!r} {started!r}\n")
+
+
+def http(payload: Empty, ctx: JobContext) -> None:
+    with urllib.request.urlopen(os.environ["BENCH_HTTP_URL"], timeout=30) as response:
+        response.read()
+
+
+@hookimpl
+def register_jobs() -> list[Job]:
+    return [
+        Job(type="bench.noop", schema=Empty, handler=noop),
+        Job(type="bench.stamp", schema=Stamp, handler=stamp),
+        Job(type="bench.http", schema=Empty, handler=http),
+    ]

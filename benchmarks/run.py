@@ -1,0 +1,463 @@
+"""Poel against its peers, on one database server, in one run.
+
+    python benchmarks/run.py drain   [--n 20000] [--concurrency 10,100] [--runs 3]
+    python benchmarks/run.py latency [--count 200] [--rate 20]
+    python benchmarks/run.py io      [--jobs 1000] [--concurrency 1000]
+    python benchmarks/run.py scale   [--n 20000] [--background 10000,1000000]
+    python benchmarks/run.py rss     [--n 20000] [--concurrency 1000]
+    python benchmarks/run.py all     (each of the above with its defaults, then a table)
+
+Runs are interleaved (run 1 of every system, then run 2 ...) so that a noisy neighbour
+on a shared machine hurts every system alike, and medians are reported. Each result is
+one JSON line on stdout; the markdown tables follow at the end. See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from adapters import System
+from adapters.pgqueuer_peer import PgQueuer
+from adapters.poel import Poel
+from adapters.procrastinate_peer import Procrastinate
+from adapters.reference import Reference
+from common import (
+    BENCH_DIR,
+    PREFIX,
+    Monitor,
+    Results,
+    create_database,
+    drop_database,
+    dsn,
+    note,
+    percentile,
+    scratch_name,
+    start_process,
+    stop_process,
+    wait_for,
+)
+
+LOGS = Path(tempfile.gettempdir()) / "poel-bench-logs"
+SLOW_N = 2000  # --slow-n
+
+
+# Template databases ---------------------------------------------------------------------
+
+
+class Templates:
+    """One migrated (and optionally pre-filled) database per system family and background
+    size, cloned for every run and dropped at the end."""
+
+    def __init__(self) -> None:
+        self.made: dict[tuple[str, int], str] = {}
+
+    def get(self, system: System, background: int = 0) -> str:
+        key = (system.family, background)
+        if key not in self.made:
+            name = f"{PREFIX}tpl_{system.family}_{background}"
+            note(f"building template {name}")
+            url = create_database(name)
+            system.install(url)
+            if background:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    system.fill(conn, background // 2, background - background // 2)
+                    conn.execute("VACUUM ANALYZE")
+            self.made[key] = name
+        return self.made[key]
+
+    def drop(self) -> None:
+        for name in self.made.values():
+            drop_database(name)
+        self.made.clear()
+
+
+# Measurements ---------------------------------------------------------------------------
+
+
+def run_worker(
+    system: System,
+    template: str,
+    prepare: Callable[[psycopg.Connection[Any]], None],
+    body: Callable[[psycopg.Connection[Any], Any, subprocess.Popen[bytes]], dict[str, Any]],
+    env: dict[str, str] | None = None,
+    kind: str = "noop",
+) -> dict[str, Any]:
+    """Clone a database, ``prepare`` it, start the worker, run ``body``, clean up.
+
+    Adds the worker's peak RSS and the most connections it held to ``body``'s figures.
+    """
+    name = scratch_name(system.family)
+    url = create_database(name, template)
+    LOGS.mkdir(exist_ok=True)
+    log = LOGS / f"{system.name}.log"
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            since = system.mark(conn)
+            prepare(conn)
+            argv, worker_env = system.command(url, kind)
+            proc = start_process(argv, {**worker_env, **(env or {})}, log)
+            monitor = Monitor(proc.pid, name).start()
+            try:
+                figures = body(conn, since, proc)
+                figures["peak_rss_mb"] = monitor.peak_rss_mb()
+            except BaseException:
+                note(f"worker log {log} (last lines):\n" + _tail(log))
+                raise
+            finally:
+                monitor.stop()
+                stop_process(proc)
+            figures["max_connections"] = monitor.max_connections
+        return figures
+    finally:
+        drop_database(name)
+
+
+def drain(
+    system: System,
+    template: str,
+    n: int,
+    kind: str = "noop",
+    env: dict[str, str] | None = None,
+    slow_n: int = SLOW_N,
+) -> dict[str, Any]:
+    """Time a worker draining ``n`` jobs inserted before it started (``slow_n`` for a
+    slow system)."""
+    if system.slow and kind == "noop":
+        n = min(n, slow_n)
+
+    def body(conn: psycopg.Connection[Any], since: Any, proc: Any) -> dict[str, Any]:
+        started = time.monotonic()
+        wait_for(
+            lambda: system.done(conn, since) >= n,
+            timeout=120 + n / 50,
+            what=f"{n} jobs done",
+            proc=proc,
+            interval=0.25,
+        )
+        seconds = system.window(conn, since)
+        return {
+            "jobs": n,
+            "seconds": round(seconds, 3),
+            "jobs_per_s": round(n / seconds, 1),
+            "wall_s": round(time.monotonic() - started, 2),
+        }
+
+    return run_worker(system, template, lambda c: system.insert(c, n, kind), body, env, kind)
+
+
+def latency(system: System, template: str, count: int, rate: float) -> dict[str, Any]:
+    """Enqueue ``count`` jobs one at a time, ``rate`` a second, to an idle worker; each
+    job's handler records when it started. Warm-up jobs first, until the worker answers."""
+    stamps = Path(tempfile.mkstemp(prefix="poel-bench-stamps-")[1])
+
+    def lines() -> list[str]:
+        return stamps.read_text().splitlines()
+
+    def body(conn: psycopg.Connection[Any], since: Any, proc: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while not lines():  # the worker is up once a job has run
+            system.enqueue_stamp(conn, time.time())
+            try:
+                wait_for(lambda: bool(lines()), 2, "warm-up", proc)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+        for _ in range(5):
+            system.enqueue_stamp(conn, time.time())
+            time.sleep(1 / rate)
+        time.sleep(1)
+        stamps.write_text("")
+        tick = time.monotonic()
+        for _ in range(count):
+            system.enqueue_stamp(conn, time.time())
+            tick += 1 / rate
+            time.sleep(max(0.0, tick - time.monotonic()))
+        wait_for(lambda: len(lines()) >= count, 30, f"{count} stamps", proc)
+        ms = [(float(b) - float(a)) * 1000 for a, b in (line.split() for line in lines())]
+        return {
+            "jobs": len(ms),
+            "p50_ms": round(percentile(ms, 50), 2),
+            "p95_ms": round(percentile(ms, 95), 2),
+            "p99_ms": round(percentile(ms, 99), 2),
+            "max_ms": round(max(ms), 2),
+        }
+
+    try:
+        return run_worker(
+            system, template, lambda c: None, body, {"BENCH_STAMP_FILE": str(stamps)}, "stamp"
+        )
+    finally:
+        stamps.unlink(missing_ok=True)
+
+
+# Benchmarks -----------------------------------------------------------------------------
+
+
+def interleave(
+    results: Results,
+    systems: Sequence[tuple[System, str]],
+    runs: int,
+    measure: Callable[[System, str], dict[str, Any]],
+    label: Callable[[System, str], str] = lambda s, extra: s.config,
+) -> None:
+    """Run 1 of every system, then run 2 ...; a failed run is reported and skipped."""
+    for run in range(1, runs + 1):
+        for system, extra in systems:
+            note(f"[{results.bench}] run {run}/{runs}: {system.name} {label(system, extra)}")
+            try:
+                figures = measure(system, extra)
+            except (RuntimeError, TimeoutError, psycopg.Error) as exc:
+                note(f"  failed: {exc}")
+                results.rows.setdefault((system.name, label(system, extra)), [])
+                continue
+            results.add(system.name, label(system, extra), run, figures)
+
+
+def bench_drain(args: argparse.Namespace, templates: Templates) -> str:
+    results = Results("drain", ["jobs_per_s", "seconds", "peak_rss_mb", "max_connections"])
+    systems: list[System] = []
+    for c in args.concurrency:
+        systems += [Poel(c, "warning"), Poel(c, "info"), Procrastinate(c)]
+    systems += [Reference(100), Reference(1), PgQueuer(0), PgQueuer(10)]
+    chosen = [(s, "") for s in select(systems, args.systems)]
+    interleave(
+        results,
+        chosen,
+        args.runs,
+        lambda s, _: drain(s, templates.get(s), args.n, slow_n=args.slow_n),
+    )
+    return results.summarize("jobs_per_s")
+
+
+def bench_latency(args: argparse.Namespace, templates: Templates) -> str:
+    results = Results("latency", ["p50_ms", "p95_ms", "p99_ms", "max_ms"])
+    systems: list[System] = [Poel(10, "info"), Poel(10, "warning")]
+    systems += [Reference(100), Reference(1), PgQueuer(0), PgQueuer(10), Procrastinate(10)]
+    chosen = [(s, "") for s in select(systems, args.systems)]
+    interleave(
+        results,
+        chosen,
+        args.runs,
+        lambda s, _: latency(s, templates.get(s), args.count, args.rate),
+    )
+    return results.summarize("p50_ms", higher_is_better=False)
+
+
+def bench_io(args: argparse.Namespace, templates: Templates) -> str:
+    """A thousand jobs each waiting a second on a local HTTP server, at concurrency 1000.
+
+    The reference loops run jobs one after another and pgqueuer's limit-10 variant ten
+    at a time: by construction they would take 1000 s and 100 s, so they are left out.
+    """
+    results = Results("io", ["seconds", "peak_rss_mb", "max_connections", "wall_s"])
+    c = args.concurrency[0]
+    systems = select([Poel(c, "info"), PgQueuer(0), Procrastinate(c)], args.systems)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, str(BENCH_DIR / "slowhttp.py"), str(port), "1"])
+    env = {"BENCH_HTTP_URL": f"http://127.0.0.1:{port}/"}
+    try:
+        time.sleep(0.5)
+        interleave(
+            results,
+            [(s, "") for s in systems],
+            args.runs,
+            lambda s, _: drain(s, templates.get(s), args.jobs, "http", env),
+        )
+    finally:
+        stop_process(server)
+    return results.summarize("seconds", higher_is_better=False)
+
+
+def bench_scale(args: argparse.Namespace, templates: Templates) -> str:
+    """Drain throughput with finished and future-scheduled rows already in the table."""
+    results = Results("scale", ["jobs_per_s", "seconds"])
+    c = args.concurrency[-1]
+    systems = [Poel(c, "info"), Reference(100), Reference(1), PgQueuer(0), PgQueuer(10)]
+    systems.append(Procrastinate(c))
+    chosen = [(s, str(b)) for b in args.background for s in select(systems, args.systems)]
+
+    def label(s: System, background: str) -> str:
+        return f"{s.config} rows={_human(int(background))}"
+
+    interleave(
+        results,
+        chosen,
+        args.runs,
+        lambda s, b: drain(s, templates.get(s, int(b)), args.n, slow_n=args.slow_n),
+        label,
+    )
+    table = results.summarize("jobs_per_s")
+    medians = results.medians()
+    small, large = _human(args.background[0]), _human(args.background[-1])
+    lines = ["", f"Throughput at {large} rows ÷ at {small} rows (same system):", ""]
+    lines += ["| system | config | ratio |", "|---|---|---:|"]
+    for (system, config), values in medians.items():
+        if config.endswith(f"rows={small}"):
+            other = medians.get((system, config.replace(f"rows={small}", f"rows={large}")))
+            if other and other["jobs_per_s"] and values["jobs_per_s"]:
+                ratio = other["jobs_per_s"] / values["jobs_per_s"]
+                lines.append(f"| {system} | {config.rsplit(' ', 1)[0]} | {ratio:.2f}x |")
+    return table + "\n".join(lines) + "\n"
+
+
+def bench_rss(args: argparse.Namespace, templates: Templates) -> str:
+    """Peak RSS draining no-op jobs at concurrency 1000 (every slot in use)."""
+    results = Results("rss", ["peak_rss_mb", "jobs_per_s", "max_connections"])
+    c = args.concurrency[0]
+    systems = select([Poel(c, "info"), PgQueuer(0), Procrastinate(c), Reference(100)], args.systems)
+    interleave(
+        results,
+        [(s, "") for s in systems],
+        args.runs,
+        lambda s, _: drain(s, templates.get(s), args.n, slow_n=args.slow_n),
+    )
+    return results.summarize("peak_rss_mb", higher_is_better=False)
+
+
+# Machine description --------------------------------------------------------------------
+
+
+def machine() -> str:
+    """The facts a reader needs to compare these figures with theirs."""
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    with psycopg.connect(dsn("postgres"), autocommit=True) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+        settings = conn.execute(
+            "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings"
+            " WHERE name IN ('synchronous_commit', 'shared_buffers', 'max_connections', 'fsync')"
+        ).fetchone()
+    packages = [
+        "poel-host",
+        "pgqueuer",
+        "asyncpg",
+        "procrastinate",
+        "psycopg",
+        "psycopg-pool",
+        "gevent",
+    ]
+    versions = ", ".join(f"{p} {_version(p)}" for p in packages)
+    return "\n".join(
+        [
+            f"- CPU: {os.cpu_count()} x {cpu} (`nproc` = {len(os.sched_getaffinity(0))})",
+            f"- memory: {mem_kb / 1024 / 1024:.1f} GiB; {platform.platform()}",
+            f"- PostgreSQL {version[0] if version else '?'} on the same machine"
+            f" ({settings[0] if settings else ''})",
+            f"- Python {platform.python_version()}; {versions}",
+        ]
+    )
+
+
+# Command line ---------------------------------------------------------------------------
+
+BENCHES: dict[str, Callable[[argparse.Namespace, Templates], str]] = {
+    "drain": bench_drain,
+    "latency": bench_latency,
+    "io": bench_io,
+    "scale": bench_scale,
+    "rss": bench_rss,
+}
+DEFAULT_CONCURRENCY = {"drain": [10, 100], "scale": [100], "io": [1000], "rss": [1000]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bench", choices=[*BENCHES, "all", "machine"])
+    parser.add_argument("--runs", type=int, default=3, help="interleaved runs (median)")
+    parser.add_argument("--n", type=int, default=20_000, help="jobs to drain")
+    parser.add_argument("--concurrency", type=_ints, help="e.g. 10,100")
+    parser.add_argument("--count", type=int, default=200, help="latency: jobs measured")
+    parser.add_argument("--rate", type=float, default=20, help="latency: jobs a second")
+    parser.add_argument("--jobs", type=int, default=1000, help="io: one-second jobs")
+    parser.add_argument("--background", type=_ints, default=[10_000, 1_000_000])
+    parser.add_argument("--slow-n", type=int, default=SLOW_N, help="jobs for slow systems")
+    parser.add_argument("--systems", help="only these, e.g. poel,pgqueuer (prefix match)")
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=["on", "off"],
+        default="on",
+        help="off shows CPU cost where a slow disk's fsync would hide it",
+    )
+    args = parser.parse_args(argv)
+    os.environ["BENCH_SYNCHRONOUS_COMMIT"] = args.synchronous_commit
+    if args.bench == "machine":
+        print(machine())
+        return 0
+    names = list(BENCHES) if args.bench == "all" else [args.bench]
+    templates = Templates()
+    tables = []
+    try:
+        for name in names:
+            ns = argparse.Namespace(**vars(args))
+            if args.concurrency is None:
+                ns.concurrency = DEFAULT_CONCURRENCY.get(name, [10])
+            tables.append(BENCHES[name](ns, templates))
+    finally:
+        templates.drop()
+    print()
+    print(machine())
+    print()
+    print("\n".join(tables))
+    return 0
+
+
+def select(systems: list[System], wanted: str | None) -> list[System]:
+    if not wanted:
+        return systems
+    prefixes = wanted.split(",")
+    return [s for s in systems if any(s.name.startswith(p) for p in prefixes)]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
+
+
+def _human(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k"
+    return str(n)
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
