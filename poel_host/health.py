@@ -13,7 +13,7 @@ import gevent
 import psycopg
 from gevent.lock import Semaphore
 
-from poel_host.database import connect, describe_connect_error
+from poel_host.database import connect
 from poel_host.errors import DatabaseUnavailable
 from poel_host.settings import Settings, redact_dsn
 
@@ -48,7 +48,8 @@ class Health:
                 return f"database unreachable: {exc}"
             except psycopg.Error as exc:
                 self._discard()
-                return "database unreachable: " + describe_connect_error(self.settings.dsn, exc)
+                detail = " ".join(str(exc).split()) or type(exc).__name__
+                return f"database unreachable: {redact_dsn(detail)}"
 
     def _discard(self) -> None:
         if self._conn is not None:

@@ -319,6 +319,13 @@ class Worker:
             result = job.handler(payload, ctx)
         except gevent.Timeout as exc:
             error = f"timed out after {seconds:g}s" if exc is timer else f"Timeout: {exc}"
+        except psycopg.errors.QueryCanceled as exc:
+            # The handler connection's statement_timeout is the job's remaining time: when
+            # the server cancels first, it is the same timeout, reported the same way.
+            if time.monotonic() >= entry.deadline - 0.05:
+                error = f"timed out after {seconds:g}s"
+            else:
+                error = f"QueryCanceled: {_one_line(exc)}"
         except gevent.GreenletExit:
             raise
         except BaseException as exc:
