@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -53,6 +54,40 @@ def connection(dsn: str, **kwargs: Any) -> Iterator[psycopg.Connection[dict[str,
         conn.close()
 
 
+def check_alive(conn: psycopg.Connection[Any]) -> None:
+    """Raise if the server ended ``conn`` while it sat idle, without a round trip.
+
+    A connection the server ended (terminated, restarted) has its farewell and EOF waiting
+    in the socket: reading them raises. libpq's socket is non-blocking, so nothing waits
+    here. (The first read takes the server's FATAL message, the second the EOF.)
+    """
+    conn.pgconn.consume_input()
+    conn.pgconn.consume_input()
+    if conn.pgconn.status != pq.ConnStatus.OK:
+        raise psycopg.OperationalError("connection closed while idle in the pool")
+
+
+class Pool(ConnectionPool[psycopg.Connection[dict[str, Any]]]):
+    """A pool that never lends a connection the server ended while it sat idle.
+
+    After ``pg_terminate_backend`` or a server restart every idle connection is dead; lent
+    out, each would fail its caller's first statement. psycopg_pool's own ``check`` costs a
+    round trip per checkout and sleeps a second or more after each dead connection it
+    finds; this check reads the socket instead and takes the next connection at once.
+    """
+
+    def getconn(self, timeout: float | None = None) -> psycopg.Connection[dict[str, Any]]:
+        for _ in range(self.max_size):
+            conn = super().getconn(timeout)
+            try:
+                check_alive(conn)
+            except psycopg.Error:
+                self.putconn(conn)  # closed: the pool discards it and opens another
+                continue
+            return conn
+        return super().getconn(timeout)
+
+
 def make_pool(
     dsn: str,
     *,
@@ -63,7 +98,7 @@ def make_pool(
     autocommit: bool = True,
     options: str | None = None,
     prepare: bool = True,
-) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+) -> Pool:
     """A connection pool whose connections return dict rows.
 
     The pool is opened without waiting, so a worker can start (and report itself
@@ -81,7 +116,7 @@ def make_pool(
         # A transaction pooler (PgBouncer, Supabase's) hands each transaction to any
         # server connection: server-side prepared statements would not be found there.
         kwargs["prepare_threshold"] = None
-    pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
+    pool = Pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
