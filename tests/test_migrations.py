@@ -7,9 +7,6 @@ its own schema, or with its own plugin and table names, and leaves ``poel`` as m
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import gevent
 import pytest
 from psycopg import sql
@@ -18,21 +15,6 @@ from poel_host import Migration, migrations
 from poel_host.database import connection
 from poel_host.errors import PoelError, SchemaOutOfDate
 from poel_host.queries import Queries
-from poel_host.testing import create_database, drop_database, dsn_for
-
-
-@pytest.fixture(scope="module")
-def module_database(poel_template):
-    name = f"poel_m_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    create_database(name, template=poel_template)
-    yield dsn_for(name)
-    drop_database(name)
-
-
-@pytest.fixture
-def poel_dsn(module_database):
-    """Overrides poel_host.testing's ``poel_dsn`` with this module's database."""
-    return module_database
 
 
 def schema_exists(conn, schema: str) -> bool:
@@ -180,6 +162,7 @@ def test_claim_query_uses_the_partial_index(poel_conn):
             "limit": 10,
             "owner": "explain",
             "lease_ms": 1000,
+            "held": [],
         },
     ).fetchall()
     text = "\n".join(row["QUERY PLAN"] for row in plan)

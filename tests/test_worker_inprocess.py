@@ -4,62 +4,17 @@ retries, hooks, what a handler gets, and handlers that misbehave."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
-import uuid
 
 import gevent
-import psycopg
 import pytest
-from psycopg import sql
 from pydantic import BaseModel, field_validator
 
 from poel_host import Job, JobContext, JobRequest, Queue, hookimpl
-from poel_host.database import connection
 from poel_host.errors import InvalidPayload
 from poel_host.logs import get_logger
 from poel_host.plugins import load_plugins
-from poel_host.testing import create_database, drop_database, dsn_for
 from poel_host.worker import Worker
-
-# One database per module, emptied before each test: cloning a database per test costs a
-# second or more on a busy server, emptying one a few milliseconds.
-
-
-@pytest.fixture(scope="module")
-def module_database(poel_template):
-    name = f"poel_m_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    create_database(name, template=poel_template)
-    yield dsn_for(name)
-    drop_database(name)
-
-
-@pytest.fixture
-def poel_dsn(module_database):
-    """Overrides poel_host.testing's ``poel_dsn``: this module's database, as fresh as a
-    clone of the template (other sessions ended, every table but the migrations emptied,
-    sequences restarted)."""
-    with connection(module_database) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        tables = conn.execute(
-            "SELECT schemaname, tablename FROM pg_tables WHERE tablename <> 'migrations'"
-            " AND schemaname NOT IN ('pg_catalog', 'information_schema')"
-        ).fetchall()
-        names = [sql.Identifier(t["schemaname"], t["tablename"]) for t in tables]
-        try:
-            with conn.transaction():  # DELETE: far cheaper than TRUNCATE on tiny tables
-                for name in names:
-                    conn.execute(sql.SQL("DELETE FROM {}").format(name))
-        except psycopg.errors.ForeignKeyViolation:
-            conn.execute(sql.SQL("TRUNCATE {} CASCADE").format(sql.SQL(", ").join(names)))
-        conn.execute(
-            "SELECT setval(format('%I.%I', schemaname, sequencename), 1, false)"
-            " FROM pg_sequences WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
-        )
-    return module_database
 
 
 def run_until_claimed(worker: Worker, job_id: int, timeout: float = 10.0) -> None:
