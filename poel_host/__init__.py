@@ -19,6 +19,7 @@ _EXPORTS = {
     "hookimpl": "poel_host.hookspecs",
     "hookspec": "poel_host.hookspecs",
     "Migration": "poel_host.migrations",
+    "PackageSql": "poel_host.queries",
     "Queue": "poel_host.queue",
     "JobRequest": "poel_host.queue",
     "Settings": "poel_host.settings",
@@ -37,6 +38,7 @@ __all__ = [
     "JobContext",
     "JobRequest",
     "Migration",
+    "PackageSql",
     "PoelError",
     "Queue",
     "Settings",
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from poel_host.hookspecs import hookimpl, hookspec
     from poel_host.jobs import Job, JobCancelled, JobContext
     from poel_host.migrations import Migration
+    from poel_host.queries import PackageSql
     from poel_host.queue import JobRequest, Queue
     from poel_host.settings import Settings, load_settings
 

@@ -10,8 +10,12 @@ from __future__ import annotations
 import functools
 import re
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from psycopg import sql
+
+if TYPE_CHECKING:
+    from poel_host.migrations import Migration
 
 _BLOCK = re.compile(r"^-- (?P<name>[a-z_]+) --$", re.MULTILINE)
 
@@ -38,6 +42,43 @@ def with_schema(text: str, schema: str) -> sql.Composed:
 @functools.cache
 def _raw_queries() -> dict[str, str]:
     return parse_blocks(read_sql("queries.sql"))
+
+
+class PackageSql:
+    """SQL shipped inside a package: named blocks and migration files, for plugins.
+
+    ``PackageSql("poel_records")`` reads ``poel_records/sql/queries.sql`` (blocks in the same
+    ``-- name --`` format as the host's) and ``poel_records/sql/migrations/*.sql``.
+    Placeholders such as ``{table}`` are filled with quoted identifiers, never as text.
+    """
+
+    def __init__(self, package: str, folder: str = "sql") -> None:
+        self.package = package
+        self.folder = folder
+
+    def read(self, *parts: str) -> str:
+        entry = resources.files(self.package).joinpath(self.folder)
+        for part in parts:
+            entry = entry.joinpath(part)
+        return entry.read_text(encoding="utf-8")
+
+    @functools.cached_property
+    def blocks(self) -> dict[str, str]:
+        return parse_blocks(self.read("queries.sql"))
+
+    def query(self, name: str, **identifiers: str | tuple[str, ...]) -> sql.Composed:
+        """Block ``name`` with each ``{placeholder}`` filled by a quoted (qualified) identifier."""
+        names = {
+            key: sql.Identifier(*value) if isinstance(value, tuple) else sql.Identifier(value)
+            for key, value in identifiers.items()
+        }
+        return sql.SQL(self.blocks[name]).format(**names)
+
+    def migration(self, version: int, name: str) -> Migration:
+        """``Migration(version, name, <sql/migrations/NNNN_name.sql>)``."""
+        from poel_host.migrations import Migration
+
+        return Migration(version, name, self.read("migrations", f"{version:04d}_{name}.sql"))
 
 
 class Queries:

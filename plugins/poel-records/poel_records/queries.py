@@ -1,45 +1,24 @@
-"""The plugin's SQL: named blocks from ``sql/queries.sql`` and versioned migrations.
-
-The blocks use the host's format (``-- name --``) and its parser, so the SQL is read,
-reviewed and EXPLAINed as SQL. psycopg is imported when a query is composed, not when the
-plugin loads, so that loading it (a producer validating payloads) stays cheap.
-"""
+"""The plugin's SQL: named blocks in ``sql/queries.sql`` and versioned migrations in
+``sql/migrations/``, read through the host's :class:`poel_host.PackageSql` so the SQL is
+read, reviewed and EXPLAINed as SQL and the table name is always a quoted identifier."""
 
 from __future__ import annotations
 
-import functools
-from importlib import resources
 from typing import TYPE_CHECKING
 
-from poel_host import Migration
-from poel_host.queries import parse_blocks
+from poel_host import Migration, PackageSql
 
 if TYPE_CHECKING:
     from psycopg import sql
 
-
-def read_sql(*parts: str) -> str:
-    """The text of a file under ``poel_records/sql/`` (shipped in the wheel)."""
-    entry = resources.files("poel_records").joinpath("sql")
-    for part in parts:
-        entry = entry.joinpath(part)
-    return entry.read_text(encoding="utf-8")
-
-
-@functools.cache
-def _blocks() -> dict[str, str]:
-    return parse_blocks(read_sql("queries.sql"))
+SQL = PackageSql("poel_records")
 
 
 def query(name: str, table: tuple[str, ...]) -> sql.Composed:
     """The block ``name`` with ``{table}`` filled in as a quoted (qualified) identifier."""
-    from psycopg import sql
-
-    return sql.SQL(_blocks()[name]).format(table=sql.Identifier(*table))
+    return SQL.query(name, table=table)
 
 
 def migrations() -> list[Migration]:
     """The plugin's migrations, applied by ``poel-host migrate`` under ``poel-records``."""
-    return [
-        Migration(1, "records_table", read_sql("migrations", "0001_records_table.sql")),
-    ]
+    return [SQL.migration(1, "records_table")]
