@@ -231,6 +231,10 @@ class Worker:
                     "limit": limit,
                     "owner": self.owner,
                     "lease_ms": self.settings.lease_ms,
+                    # A retry becomes due while its last attempt's outcome is still being
+                    # written (or retried through an outage): this worker must not claim it
+                    # again until that attempt has left self.active.
+                    "held": list(self.active),
                 },
             ).fetchall()
         return list(rows)
@@ -457,9 +461,10 @@ class Worker:
                 self._prune()
 
     def _renew(self) -> None:
-        ids = list(self.active)
-        if not ids:
+        held = list(self.active.items())
+        if not held:
             return
+        ids = [job_id for job_id, _ in held]
         assert self.queue_pool is not None
         with self.queue_pool.connection(timeout=5) as conn:
             kept = {
@@ -469,9 +474,9 @@ class Worker:
                     {"ids": ids, "owner": self.owner, "lease_ms": self.settings.lease_ms},
                 )
             }
-        for job_id in ids:
-            entry = self.active.get(job_id)
-            if job_id not in kept and entry is not None and not entry.lost:
+        for job_id, entry in held:
+            # Only the attempt asked about: its job may have been claimed again meanwhile.
+            if job_id not in kept and not entry.lost and self.active.get(job_id) is entry:
                 entry.lost = True
                 entry.ctx.log.warning("job lease lost; its outcome will not be recorded")
 

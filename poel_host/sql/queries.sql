@@ -25,10 +25,11 @@ WHERE job_type = %(job_type)s AND unique_key = %(unique_key)s AND state IN ('que
 
 -- claim_jobs --
 -- Take up to `limit` due jobs of the types this worker handles, highest priority first,
--- then oldest run_at, skipping rows other workers are claiming; each gets a lease owned by
--- this worker. The recursive part walks the distinct priorities of queued jobs (a loose
--- index scan), so that for each priority only due rows are read from the claim index:
--- the cost does not grow with future-scheduled or finished rows.
+-- then oldest run_at, skipping rows other workers are claiming and jobs this worker still
+-- holds (`held`: a retry due before its last outcome was confirmed); each gets a lease
+-- owned by this worker. The recursive part walks the distinct priorities of queued jobs
+-- (a loose index scan), so that for each priority only due rows are read from the claim
+-- index: the cost does not grow with future-scheduled or finished rows.
 WITH RECURSIVE priorities AS (
     (SELECT priority FROM {schema}.jobs WHERE state = 'queued' ORDER BY priority DESC LIMIT 1)
     UNION ALL
@@ -47,6 +48,7 @@ WITH RECURSIVE priorities AS (
           AND run_at <= now()
           AND job_type = ANY(%(job_types)s::text[])
           AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+          AND id <> ALL(%(held)s::bigint[])
         ORDER BY run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
