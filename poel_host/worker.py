@@ -359,12 +359,9 @@ class Worker:
         running on the server: it is cancelled and the connection discarded.
         """
         assert self.job_pool is not None
-        conn = self.job_pool.getconn()
+        remaining = max(1, int((entry.deadline - time.monotonic()) * 1000))
+        conn = self._lend(remaining)
         try:
-            remaining = max(1, int((entry.deadline - time.monotonic()) * 1000))
-            conn.autocommit = True
-            conn.execute(self.queries["set_statement_timeout"], {"ms": str(remaining)})
-            conn.autocommit = False
             try:
                 yield conn
             except BaseException:
@@ -373,6 +370,24 @@ class Worker:
             conn.commit()
         finally:
             self.job_pool.putconn(conn)
+
+    def _lend(self, timeout_ms: int) -> psycopg.Connection[Any]:
+        """A job-pool connection with its statement_timeout set. One that the server ended
+        before it could be used (terminated as it was lent) is replaced: the handler has run
+        nothing on it yet, so a lost connection does not cost the job an attempt."""
+        assert self.job_pool is not None
+        for attempt in range(1, 4):
+            conn: psycopg.Connection[Any] = self.job_pool.getconn()
+            try:
+                conn.autocommit = True
+                conn.execute(self.queries["set_statement_timeout"], {"ms": str(timeout_ms)})
+                conn.autocommit = False
+                return conn
+            except BaseException as exc:
+                self.job_pool.putconn(conn)
+                if attempt == 3 or not (isinstance(exc, psycopg.OperationalError) and conn.closed):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _enqueue(self, job_type: str, payload: Any = None, **options: Any) -> int:
         assert self._enqueuer is not None
