@@ -463,12 +463,16 @@ class Worker:
     def _keep_leases(self) -> None:
         interval = self.settings.lease_ms / 3000
         next_prune = time.monotonic() + min(PRUNE_INTERVAL_S, 10 * interval)
+        failures = 0
         while True:
-            gevent.sleep(interval)
+            # After a failure, try again soon: two more missed intervals lose every lease.
+            gevent.sleep(min(interval, _pause(failures)) if failures else interval)
             try:
                 self._renew()
                 self._recover()
+                failures = 0
             except _DB_ERRORS as exc:
+                failures += 1
                 self.log.warning("lease renewal failed", error=_one_line(exc))
                 continue
             if time.monotonic() >= next_prune:
