@@ -71,6 +71,7 @@ class Active:
     lost: bool = False
     released: bool = False
     deadline: float = 0.0  # time.monotonic() by which the handler must be done
+    done: bool = False  # its outcome is with the completer, which reports a lost lease
 
 
 class Worker:
@@ -307,6 +308,7 @@ class Worker:
             ctx.log.warning("job outcome not recorded: lease lost to another worker")
             self.active.pop(row["id"], None)
             return
+        entry.done = True
         self.outcomes.put(outcome)
 
     def _execute(self, job: Job, entry: Active) -> Outcome:
@@ -495,7 +497,13 @@ class Worker:
             }
         for job_id, entry in held:
             # Only the attempt asked about: its job may have been claimed again meanwhile.
-            if job_id not in kept and not entry.lost and self.active.get(job_id) is entry:
+            # A finished attempt is skipped: its outcome may be committed already with the
+            # completer not yet told, and if the lease is lost the completer says so.
+            if (
+                job_id not in kept
+                and not (entry.lost or entry.done)
+                and self.active.get(job_id) is entry
+            ):
                 entry.lost = True
                 entry.ctx.log.warning("job lease lost; its outcome will not be recorded")
 
