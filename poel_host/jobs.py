@@ -25,7 +25,7 @@ JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 
 Backoff = float | Callable[[int], float]
-_JOB_TYPE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}$")
+JOB_TYPE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}")  # fullmatch: a job type name
 
 
 class JobCancelled(Exception):
@@ -61,7 +61,7 @@ class Job:
 
     def __post_init__(self) -> None:
         problems = []
-        if not isinstance(self.type, str) or not _JOB_TYPE.match(self.type):
+        if not isinstance(self.type, str) or not JOB_TYPE.fullmatch(self.type):
             problems.append(
                 f"type {self.type!r} must be 1-200 characters of letters, digits and _ . : -"
             )

@@ -8,6 +8,7 @@ visible when you commit, and disappears if you roll back).
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from poel_host.errors import (
     PoelError,
     UnknownJobType,
 )
-from poel_host.jobs import Job
+from poel_host.jobs import JOB_TYPE, Job
 from poel_host.queries import Queries
 
 
@@ -153,6 +154,7 @@ class Queue:
             )
         }
         for request in requests:
+            _check_request(request)
             job = self._job(request.type, allow_unknown)
             body = payloads.to_object(request.type, request.payload)
             if job is not None:
@@ -170,8 +172,6 @@ class Queue:
             attempts = request.max_attempts
             if attempts is None:
                 attempts = job.max_attempts if job else 3
-            if attempts < 1:
-                raise InvalidPayload("max_attempts must be at least 1", job_type=request.type)
             columns["max_attempts"].append(attempts)
             columns["unique_keys"].append(request.unique_key)
         return columns
@@ -253,6 +253,72 @@ def _delay_ms(job_type: str, delay: float | dt.timedelta | None) -> int:
     if seconds < 0:
         raise InvalidPayload(f"delay must not be negative, got {seconds:g}s", job_type=job_type)
     return int(seconds * 1000)
+
+
+_INT4_MAX = 2**31 - 1
+MAX_DELAY_S = 100 * 366 * 86400
+MAX_NAME_CHARS = 200
+MAX_UNIQUE_KEY_CHARS = 1000  # the live-unique index holds it: btree rows stop near 2.7 kB
+
+
+def _check_request(request: JobRequest) -> None:
+    """Refuse arguments PostgreSQL would reject with a driver error (a NUL byte, a number
+    out of range) or quietly reinterpret (a run_at of 'tomorrow', a priority of True),
+    before anything is sent. Each refusal is an InvalidPayload naming the argument."""
+    job_type = request.type
+    if not isinstance(job_type, str) or not JOB_TYPE.fullmatch(job_type):
+        raise InvalidPayload(
+            f"job type {_show(job_type)} is not a valid name: 1-{MAX_NAME_CHARS} letters, "
+            "digits and _ . : - (not starting with . : -)",
+            job_type=_show(job_type),
+        )
+
+    def refuse(problem: str) -> InvalidPayload:
+        return InvalidPayload(f"cannot enqueue {job_type!r}: {problem}", job_type=job_type)
+
+    for name, value, low in (
+        ("priority", request.priority, -_INT4_MAX - 1),
+        ("max_attempts", request.max_attempts, 1),
+    ):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise refuse(f"{name} must be an integer, got {_show(value)}")
+        if value < low:
+            raise refuse(f"{name} must be at least {low}")
+        if value > _INT4_MAX:
+            raise refuse(f"{name} must be at most {_INT4_MAX}")
+    for name, text, limit in (
+        ("queue", request.queue, MAX_NAME_CHARS),
+        ("unique_key", request.unique_key, MAX_UNIQUE_KEY_CHARS),
+    ):
+        if text is None:
+            continue
+        if not isinstance(text, str):
+            raise refuse(f"{name} must be a string, got {_show(text)}")
+        if len(text) > limit:
+            raise refuse(f"{name} is {len(text)} characters, over the limit of {limit}")
+        if "\x00" in text:
+            raise refuse(f"{name} contains a NUL character, which PostgreSQL cannot store")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise refuse(f"{name} contains a lone surrogate, which is not valid UTF-8") from None
+    if request.run_at is not None and not isinstance(request.run_at, dt.datetime):
+        raise refuse(f"run_at must be a datetime, got {_show(request.run_at)}")
+    delay = request.delay
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, int | float | dt.timedelta):
+            raise refuse(f"delay must be seconds or a timedelta, got {_show(delay)}")
+        seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
+        if not math.isfinite(seconds) or seconds > MAX_DELAY_S:
+            raise refuse(f"delay must be at most 100 years, got {_show(delay)}")
+
+
+def _show(value: Any) -> str:
+    """A value for an error message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _match_ids(requests: Sequence[JobRequest], rows: list[Any]) -> list[int | None]:
