@@ -314,7 +314,8 @@ class Worker:
     def _execute(self, job: Job, entry: Active) -> Outcome:
         row, ctx = entry.row, entry.ctx
         try:
-            payload = payloads.validate(job, row["payload"])
+            # text from the claim (see claim_jobs): parsed here, one job at a time
+            payload = payloads.validate(job, payloads.to_object(job.type, row["payload"]))
         except InvalidPayload as exc:
             return Outcome(row["id"], "failed", str(exc))
         seconds = job.timeout_seconds(self.settings.job_timeout_ms)

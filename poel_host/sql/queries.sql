@@ -27,9 +27,12 @@ WHERE job_type = %(job_type)s AND unique_key = %(unique_key)s AND state IN ('que
 -- Take up to `limit` due jobs of the types this worker handles, highest priority first,
 -- then oldest run_at, skipping rows other workers are claiming and jobs this worker still
 -- holds (`held`: a retry due before its last outcome was confirmed); each gets a lease
--- owned by this worker. The recursive part walks the distinct priorities of queued jobs
--- (a loose index scan), so that for each priority only due rows are read from the claim
--- index: the cost does not grow with future-scheduled or finished rows.
+-- owned by this worker. The payload comes back as text, parsed by the worker for each job:
+-- one that Python cannot parse (nested thousands deep, a 5,000-digit number) then fails
+-- that job alone instead of the whole claim. The recursive part walks the distinct
+-- priorities of queued jobs (a loose index scan), so that for each priority only due rows
+-- are read from the claim index: the cost does not grow with future-scheduled or finished
+-- rows.
 WITH RECURSIVE priorities AS (
     (SELECT priority FROM {schema}.jobs WHERE state = 'queued' ORDER BY priority DESC LIMIT 1)
     UNION ALL
@@ -62,7 +65,8 @@ SET state = 'running', attempts = j.attempts + 1, lease_owner = %(owner)s,
     started_at = now(), updated_at = now()
 FROM due
 WHERE j.id = due.id
-RETURNING j.id, j.queue, j.job_type, j.payload, j.attempts, j.max_attempts, j.created_at
+RETURNING j.id, j.queue, j.job_type, j.payload::text AS payload, j.attempts, j.max_attempts,
+          j.created_at
 
 -- finish_jobs --
 -- Record outcomes in one statement: succeeded, failed, or queued again with a delay for
