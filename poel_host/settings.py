@@ -18,6 +18,15 @@ from poel_host.errors import SettingsError
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _SECRET_FIELDS = {"database_url", "supabase_service_role_key"}
+# Upper bounds: each number ends up in SQL (intervals, statement_timeout) or a timer, where
+# a larger one fails at run time ("interval out of range", "Value exceeds integer range")
+# instead of at start-up.
+_INT4_MAX = 2**31 - 1  # statement_timeout's limit in milliseconds (24.8 days)
+_HOUR_MS = 3_600_000
+_DAY_MS = 24 * _HOUR_MS
+_YEAR_MS = 366 * _DAY_MS
+_CENTURY_H = 100 * 366 * 24
+_JSONB_MAX_BYTES = 255 * 1024 * 1024  # jsonb's own limit
 
 
 class Settings(BaseSettings):
@@ -40,7 +49,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         default=10, ge=1, le=10_000, validation_alias="WORKER_CONCURRENCY"
     )
-    job_timeout_ms: int = Field(default=300_000, ge=1, validation_alias="JOB_TIMEOUT_MS")
+    job_timeout_ms: int = Field(
+        default=300_000, ge=1, le=_INT4_MAX, validation_alias="JOB_TIMEOUT_MS"
+    )
     health_check_port: int = Field(
         default=8080, ge=0, le=65_535, validation_alias="HEALTH_CHECK_PORT"
     )
@@ -55,28 +66,44 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", validation_alias="POEL_LOG_LEVEL"
     )
-    poll_interval_ms: int = Field(default=1_000, ge=10, validation_alias="POEL_POLL_INTERVAL_MS")
-    lease_ms: int = Field(default=30_000, ge=1_000, validation_alias="POEL_LEASE_MS")
-    shutdown_timeout_ms: int = Field(
-        default=30_000, ge=0, validation_alias="POEL_SHUTDOWN_TIMEOUT_MS"
+    poll_interval_ms: int = Field(
+        default=1_000, ge=10, le=_HOUR_MS, validation_alias="POEL_POLL_INTERVAL_MS"
     )
-    retry_backoff_ms: int = Field(default=1_000, ge=0, validation_alias="POEL_RETRY_BACKOFF_MS")
+    lease_ms: int = Field(default=30_000, ge=1_000, le=_DAY_MS, validation_alias="POEL_LEASE_MS")
+    shutdown_timeout_ms: int = Field(
+        default=30_000, ge=0, le=_DAY_MS, validation_alias="POEL_SHUTDOWN_TIMEOUT_MS"
+    )
+    retry_backoff_ms: int = Field(
+        default=1_000, ge=0, le=_YEAR_MS, validation_alias="POEL_RETRY_BACKOFF_MS"
+    )
     retry_backoff_max_ms: int = Field(
-        default=3_600_000, ge=0, validation_alias="POEL_RETRY_BACKOFF_MAX_MS"
+        default=3_600_000, ge=0, le=_YEAR_MS, validation_alias="POEL_RETRY_BACKOFF_MAX_MS"
     )
     db_pool_size: int = Field(default=10, ge=1, le=1_000, validation_alias="POEL_DB_POOL_SIZE")
-    connect_timeout_s: int = Field(default=5, ge=1, validation_alias="POEL_CONNECT_TIMEOUT_S")
+    connect_timeout_s: int = Field(
+        default=5, ge=1, le=3_600, validation_alias="POEL_CONNECT_TIMEOUT_S"
+    )
     auto_migrate: bool | None = Field(default=None, validation_alias="POEL_AUTO_MIGRATE")
     pooler: Literal["none", "transaction"] = Field(default="none", validation_alias="POEL_POOLER")
-    blocking_warn_ms: int = Field(default=1_000, ge=0, validation_alias="POEL_BLOCKING_WARN_MS")
+    blocking_warn_ms: int = Field(
+        default=1_000, ge=0, le=_HOUR_MS, validation_alias="POEL_BLOCKING_WARN_MS"
+    )
     retain_succeeded_hours: float = Field(
-        default=168, ge=0, validation_alias="POEL_RETAIN_SUCCEEDED_HOURS"
+        default=168,
+        ge=0,
+        le=_CENTURY_H,
+        allow_inf_nan=False,
+        validation_alias="POEL_RETAIN_SUCCEEDED_HOURS",
     )
     retain_failed_hours: float | None = Field(
-        default=None, ge=0, validation_alias="POEL_RETAIN_FAILED_HOURS"
+        default=None,
+        ge=0,
+        le=_CENTURY_H,
+        allow_inf_nan=False,
+        validation_alias="POEL_RETAIN_FAILED_HOURS",
     )
     max_payload_bytes: int = Field(
-        default=1_000_000, ge=2, validation_alias="POEL_MAX_PAYLOAD_BYTES"
+        default=1_000_000, ge=2, le=_JSONB_MAX_BYTES, validation_alias="POEL_MAX_PAYLOAD_BYTES"
     )
 
     @field_validator("database_url")
