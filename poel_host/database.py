@@ -59,8 +59,12 @@ def check_alive(conn: psycopg.Connection[Any]) -> None:
 
     A connection the server ended (terminated, restarted) has its farewell and EOF waiting
     in the socket: reading them raises. libpq's socket is non-blocking, so nothing waits
-    here. (The first read takes the server's FATAL message, the second the EOF.)
+    here. (The first read takes the server's FATAL message, the second the EOF.) A
+    connection with a command in flight is left alone: its input is its reader's (only a
+    handler misusing a connection outside its block leaves one so in the pool).
     """
+    if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+        return
     conn.pgconn.consume_input()
     conn.pgconn.consume_input()
     if conn.pgconn.status != pq.ConnStatus.OK:
