@@ -333,8 +333,10 @@ class Worker:
                 error = f"timed out after {seconds:g}s"
             else:
                 error = f"QueryCanceled: {_one_line(exc)}"
-        except gevent.GreenletExit:
-            raise
+        except gevent.GreenletExit as exc:
+            if self.stopping.is_set():
+                raise  # the drain stopping it: the job is handed back
+            error = _error_text(exc)  # raised by the handler itself
         except BaseException as exc:
             error = _error_text(exc)
             ctx.log.debug("handler raised", exc_info=exc)
