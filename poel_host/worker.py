@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -72,6 +72,8 @@ class Active:
     released: bool = False
     deadline: float = 0.0  # time.monotonic() by which the handler must be done
     done: bool = False  # its outcome is with the completer, which reports a lost lease
+    lent: list[Any] = field(default_factory=list)  # connections its handler has now
+    used: list[Any] = field(default_factory=list)  # connections its handler gave back
 
 
 class Worker:
@@ -87,6 +89,7 @@ class Worker:
         self.health = Health(settings)
         self.slots = gevent.pool.Pool(settings.worker_concurrency)
         self.active: dict[int, Active] = {}
+        self._borrowed: set[int] = set()  # id() of the job-pool connections lent out
         # Per-job hooks cost a call per job even when no plugin implements them.
         self._hooked_started = bool(plugins.manager.hook.job_started.get_hookimpls())
         self._hooked_finished = bool(plugins.manager.hook.job_finished.get_hookimpls())
@@ -322,6 +325,7 @@ class Worker:
         timer = gevent.Timeout(seconds)
         entry.deadline = time.monotonic() + seconds
         timer.start()
+        error: str | None = None
         try:
             result = job.handler(payload, ctx)
         except gevent.Timeout as exc:
@@ -340,12 +344,14 @@ class Worker:
         except BaseException as exc:
             error = _error_text(exc)
             ctx.log.debug("handler raised", exc_info=exc)
-        else:
+        finally:
+            timer.close()
+            misuse = self._reclaim(entry)
+        error = error or misuse
+        if error is None:
             if result is not None:
                 ctx.log.debug("handler returned a value; it is ignored", value=repr(result)[:200])
             return Outcome(row["id"], "succeeded")
-        finally:
-            timer.close()
         if row["attempts"] >= row["max_attempts"]:
             return Outcome(row["id"], "failed", error)
         delay = backoff.retry_delay_ms(
@@ -366,15 +372,57 @@ class Worker:
         assert self.job_pool is not None
         remaining = max(1, int((entry.deadline - time.monotonic()) * 1000))
         conn = self._lend(remaining)
+        entry.lent.append(conn)
         try:
             try:
                 yield conn
             except BaseException:
-                _abandon(conn)
+                if conn in entry.lent:  # not taken back already (see _reclaim)
+                    _abandon(conn)
                 raise
             conn.commit()
         finally:
-            self.job_pool.putconn(conn)
+            self._give_back(entry, conn)
+
+    def _give_back(self, entry: Active, conn: psycopg.Connection[Any]) -> None:
+        if conn not in entry.lent:  # taken back already when its handler ended
+            return
+        assert self.job_pool is not None
+        entry.lent.remove(conn)
+        entry.used.append(conn)
+        self._borrowed.discard(id(conn))
+        self.job_pool.putconn(conn)
+
+    def _reclaim(self, entry: Active) -> str | None:
+        """Take back what a finished handler did not give back properly, and return the
+        misuse (it fails the attempt: that work is lost). A connection whose block it never
+        left is closed (a reference the handler kept is then useless) and replaced. One it
+        used again after its block sits in the pool in a transaction: that is rolled back
+        (not closed: another greenlet may be waiting on it; the rollback waits for the
+        connection's lock)."""
+        problem = None
+        for conn in list(entry.lent):
+            problem = (
+                "the handler left a `with ctx.connection()` block open; its work was rolled back"
+            )
+            conn.close()
+            self._give_back(entry, conn)
+        for conn in entry.used:
+            if (
+                id(conn) not in self._borrowed
+                and not conn.closed
+                and conn.info.transaction_status != TransactionStatus.IDLE
+            ):
+                problem = (
+                    "the handler used its connection after its `with ctx.connection()` block; "
+                    "that work was rolled back"
+                )
+                with contextlib.suppress(psycopg.Error):  # a broken one the pool replaces
+                    conn.rollback()
+        entry.used.clear()
+        if problem:
+            entry.ctx.log.warning("handler misused a database connection", error=problem)
+        return problem
 
     def _lend(self, timeout_ms: int) -> psycopg.Connection[Any]:
         """A job-pool connection with its statement_timeout set. One that the server ended
@@ -384,9 +432,16 @@ class Worker:
         for attempt in range(1, 4):
             conn: psycopg.Connection[Any] = self.job_pool.getconn()
             try:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    # A handler used it after its block. Not closed under that handler (a
+                    # greenlet may be waiting on its socket): the rollback waits for the
+                    # connection's lock, so for any statement in flight, then cleans it.
+                    self.log.warning("a pooled connection was used outside its block; rolled back")
+                    conn.rollback()
                 conn.autocommit = True
                 conn.execute(self.queries["set_statement_timeout"], {"ms": str(timeout_ms)})
                 conn.autocommit = False
+                self._borrowed.add(id(conn))
                 return conn
             except BaseException as exc:
                 self.job_pool.putconn(conn)
