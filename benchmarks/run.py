@@ -222,9 +222,12 @@ def interleave(
     runs: int,
     measure: Callable[[System, str], dict[str, Any]],
     label: Callable[[System, str], str] = lambda s, extra: s.config,
+    before_run: Callable[[int], None] | None = None,
 ) -> None:
     """Run 1 of every system, then run 2 ...; a failed run is reported and skipped."""
     for run in range(1, runs + 1):
+        if before_run is not None:
+            before_run(run)
         for system, extra in systems:
             note(f"[{results.bench}] run {run}/{runs}: {system.name} {label(system, extra)}")
             try:
@@ -274,17 +277,28 @@ def bench_io(args: argparse.Namespace, templates: Templates) -> str:
     """
     results = Results("io", ["seconds", "peak_rss_mb", "max_connections", "wall_s"])
     c = args.concurrency[0]
-    systems = select([Poel(c, "info"), PgQueuer(0), Procrastinate(c)], args.systems)
+    systems = [Poel(c, "info"), Poel(c, "warning"), PgQueuer(0), Procrastinate(c)]
+    systems = select(systems, args.systems)
     port = _free_port()
     server = subprocess.Popen([sys.executable, str(BENCH_DIR / "slowhttp.py"), str(port), "1"])
     env = {"BENCH_HTTP_URL": f"http://127.0.0.1:{port}/"}
     try:
         time.sleep(0.5)
+
+        def floor(run: int) -> None:
+            # No queue at all: the same GETs from bare greenlets, what the server and the
+            # client stack cost on this machine. Every system's figure includes it.
+            argv = [sys.executable, str(BENCH_DIR / "slowhttp.py"), "floor"]
+            argv += [env["BENCH_HTTP_URL"], str(args.jobs)]
+            out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+            results.add("floor", f"{args.jobs} gevent GETs, no queue", run, {"seconds": float(out)})
+
         interleave(
             results,
             [(s, "") for s in systems],
             args.runs,
             lambda s, _: drain(s, templates.get(s), args.jobs, "http", env),
+            before_run=floor,
         )
     finally:
         stop_process(server)

@@ -5,6 +5,10 @@ waits on an API, without holding a database connection. asyncio serves a thousan
 sleeping requests at once in one process, so the server is never the bottleneck.
 
 Run: ``python benchmarks/slowhttp.py PORT [DELAY_S]``.
+
+``python benchmarks/slowhttp.py floor URL N`` measures the floor of the I/O benchmark on
+this machine: N concurrent GETs from a bare gevent process with urllib (what Poel's
+``bench.http`` handler does), no queue at all; it prints the seconds they took.
 """
 
 from __future__ import annotations
@@ -28,5 +32,27 @@ async def serve(port: int, delay: float) -> None:
         await server.serve_forever()
 
 
+def floor(url: str, n: int) -> float:
+    """Seconds for ``n`` concurrent GETs of ``url`` from greenlets (patched first)."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    import time
+    import urllib.request
+
+    import gevent
+
+    def get() -> None:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            response.read()
+
+    started = time.perf_counter()
+    gevent.joinall([gevent.spawn(get) for _ in range(n)], raise_error=True)
+    return time.perf_counter() - started
+
+
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 1.0))
+    if sys.argv[1] == "floor":
+        print(f"{floor(sys.argv[2], int(sys.argv[3])):.3f}")
+    else:
+        asyncio.run(serve(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 1.0))
