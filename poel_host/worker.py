@@ -23,6 +23,7 @@ import os
 import socket
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ from poel_host.scheduler import Scheduler
 from poel_host.settings import Settings
 
 NOTIFY_CHANNEL = "poel_jobs"
+_USED_AFTER_BLOCK = (
+    "the handler used its connection after its `with ctx.connection()` block; "
+    "that work was rolled back"
+)
 _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
 _BATCH = 1000
 PRUNE_INTERVAL_S = 300.0
@@ -74,6 +79,7 @@ class Active:
     done: bool = False  # its outcome is with the completer, which reports a lost lease
     lent: list[Any] = field(default_factory=list)  # connections its handler has now
     used: list[Any] = field(default_factory=list)  # connections its handler gave back
+    misuse: str | None = None  # found by another job lent a connection it gave back
 
 
 class Worker:
@@ -90,6 +96,10 @@ class Worker:
         self.slots = gevent.pool.Pool(settings.worker_concurrency)
         self.active: dict[int, Active] = {}
         self._borrowed: set[int] = set()  # id() of the job-pool connections lent out
+        # id() of a job-pool connection -> the job that last gave it back (while it lives)
+        self._given_back_by: weakref.WeakValueDictionary[int, Active] = (
+            weakref.WeakValueDictionary()
+        )
         # Per-job hooks cost a call per job even when no plugin implements them.
         self._hooked_started = bool(plugins.manager.hook.job_started.get_hookimpls())
         self._hooked_finished = bool(plugins.manager.hook.job_finished.get_hookimpls())
@@ -391,6 +401,7 @@ class Worker:
         entry.lent.remove(conn)
         entry.used.append(conn)
         self._borrowed.discard(id(conn))
+        self._given_back_by[id(conn)] = entry
         self.job_pool.putconn(conn)
 
     def _reclaim(self, entry: Active) -> str | None:
@@ -400,7 +411,7 @@ class Worker:
         used again after its block sits in the pool in a transaction: that is rolled back
         (not closed: another greenlet may be waiting on it; the rollback waits for the
         connection's lock)."""
-        problem = None
+        problem = entry.misuse
         for conn in list(entry.lent):
             problem = (
                 "the handler left a `with ctx.connection()` block open; its work was rolled back"
@@ -413,10 +424,7 @@ class Worker:
                 and not conn.closed
                 and conn.info.transaction_status != TransactionStatus.IDLE
             ):
-                problem = (
-                    "the handler used its connection after its `with ctx.connection()` block; "
-                    "that work was rolled back"
-                )
+                problem = _USED_AFTER_BLOCK
                 with contextlib.suppress(psycopg.Error):  # a broken one the pool replaces
                     conn.rollback()
         entry.used.clear()
@@ -431,19 +439,24 @@ class Worker:
         assert self.job_pool is not None
         for attempt in range(1, 4):
             conn: psycopg.Connection[Any] = self.job_pool.getconn()
+            self._borrowed.add(id(conn))  # before it is used: see _reclaim
+            last = self._given_back_by.pop(id(conn), None)
             try:
                 if conn.info.transaction_status != TransactionStatus.IDLE:
-                    # A handler used it after its block. Not closed under that handler (a
-                    # greenlet may be waiting on its socket): the rollback waits for the
-                    # connection's lock, so for any statement in flight, then cleans it.
+                    # The last job to give it back used it after its block: that attempt
+                    # fails (see _reclaim). Not closed under that handler (a greenlet may be
+                    # waiting on its socket): the rollback waits for the connection's lock,
+                    # so for any statement in flight, then cleans it.
+                    if last is not None:
+                        last.misuse = _USED_AFTER_BLOCK
                     self.log.warning("a pooled connection was used outside its block; rolled back")
                     conn.rollback()
                 conn.autocommit = True
                 conn.execute(self.queries["set_statement_timeout"], {"ms": str(timeout_ms)})
                 conn.autocommit = False
-                self._borrowed.add(id(conn))
                 return conn
             except BaseException as exc:
+                self._borrowed.discard(id(conn))
                 self.job_pool.putconn(conn)
                 if attempt == 3 or not (isinstance(exc, psycopg.OperationalError) and conn.closed):
                     raise
