@@ -4,8 +4,11 @@ count executions exactly (a job run twice shows up twice)."""
 from __future__ import annotations
 
 import os
+import sys
 import time
+from typing import Any, Literal
 
+import gevent
 from pydantic import BaseModel, Field
 
 from poel_host import Job, JobContext, Migration, hookimpl
@@ -75,6 +78,73 @@ def block(payload: Sleep, ctx: JobContext) -> None:
     record(ctx, payload.key)
 
 
+def work(payload: Sleep, ctx: JobContext) -> None:
+    """Records the run as it starts, then sleeps cooperatively: a kill lands mid-job."""
+    record(ctx, payload.key, "start")
+    time.sleep(payload.seconds)
+
+
+def stall(payload: Sleep, ctx: JobContext) -> None:
+    """The first attempt records, sleeps, then fails; later attempts record and succeed.
+
+    A first attempt whose late failure got recorded would leave the job queued or failed.
+    """
+    record(ctx, payload.key, "start")
+    if ctx.attempt == 1:
+        time.sleep(payload.seconds)
+        raise RuntimeError("first attempt's late failure")
+
+
+class Misbehave(BaseModel):
+    key: str = ""
+    how: Literal[
+        "base_exception",
+        "sys_exit",
+        "greenlet_exit",
+        "keep_connection",
+        "hold_connection",
+        "return_value",
+    ]
+
+
+class HandlerEscape(BaseException):
+    """Not an Exception: escapes ``except Exception`` in careless code."""
+
+
+# Connections (or their context managers) that misbehaving handlers keep, so that nothing
+# closes them behind the worker's back.
+KEPT: list[Any] = []
+
+
+def misbehave(payload: Misbehave, ctx: JobContext) -> Any:
+    """Misbehaves as asked, after recording its run."""
+    record(ctx, payload.key, payload.how)
+    if payload.how == "base_exception":
+        raise HandlerEscape("a BaseException subclass")
+    if payload.how == "sys_exit":
+        sys.exit(7)
+    if payload.how == "greenlet_exit":
+        raise gevent.GreenletExit("raised by the handler, not a shutdown")
+    if payload.how == "keep_connection":
+        with ctx.connection() as conn:
+            pass
+        KEPT.append(conn)
+        # Used after its block ended: the connection is the pool's again.
+        conn.execute(
+            "INSERT INTO public.poel_test_runs (job_id, job_type, key, attempt, pid, note)"
+            " VALUES (%s, %s, %s, %s, %s, 'after block')",
+            [ctx.job_id, ctx.job_type, payload.key, ctx.attempt, os.getpid()],
+        )
+    if payload.how == "hold_connection":
+        block = ctx.connection()
+        conn = block.__enter__()  # never exited: the connection is not given back
+        conn.execute("SELECT 1")
+        KEPT.append(block)
+    if payload.how == "return_value":
+        return {"a": "value nobody asked for"}
+    return None
+
+
 @hookimpl
 def register_jobs() -> list[Job]:
     # A periodic job only when a test asks for one, so other tests see no scheduled jobs.
@@ -87,6 +157,9 @@ def register_jobs() -> list[Job]:
         Job(type="test.fail", schema=Keyed, handler=always_fails, backoff=0.05),
         Job(type="test.sleep", schema=Sleep, handler=sleep),
         Job(type="test.block", schema=Sleep, handler=block),
+        Job(type="test.work", schema=Sleep, handler=work),
+        Job(type="test.stall", schema=Sleep, handler=stall),
+        Job(type="test.misbehave", schema=Misbehave, handler=misbehave),
         Job(type="test.slow_query", schema=Sleep, handler=slow_query, timeout=1, max_attempts=1),
     ]
 
