@@ -30,15 +30,18 @@ class Health:
     def check_database(self) -> str | None:
         """None when PostgreSQL answers a query, else the reason (no secrets)."""
         with self._lock:
+            kept = self._conn is not None and not self._conn.closed
             try:
                 with gevent.Timeout(CHECK_TIMEOUT_S):
-                    if self._conn is None or self._conn.closed:
-                        self._conn = connect(
-                            self.settings.dsn,
-                            connect_timeout=2,
-                            application_name="poel-host:health",
-                        )
-                    self._conn.execute("SELECT 1")
+                    try:
+                        self._select_1()
+                    except psycopg.OperationalError:
+                        if not kept:
+                            raise
+                        # The connection kept from the last check was ended meanwhile
+                        # (terminated, server restarted): that says nothing about now.
+                        self._discard()
+                        self._select_1()
                 return None
             except gevent.Timeout:
                 self._discard()
@@ -50,6 +53,13 @@ class Health:
                 self._discard()
                 detail = " ".join(str(exc).split()) or type(exc).__name__
                 return f"database unreachable: {redact_dsn(detail)}"
+
+    def _select_1(self) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(
+                self.settings.dsn, connect_timeout=2, application_name="poel-host:health"
+            )
+        self._conn.execute("SELECT 1")
 
     def _discard(self) -> None:
         if self._conn is not None:
