@@ -125,6 +125,9 @@ def test_connections_terminated_repeatedly_during_5000_jobs(
             if unfinished(observer):
                 ended += cut.terminate(database_name, keep=keep)
                 terminations += 1
+                # the database is up, only connections were cut: healthy at once
+                answer = workers[terminations % 2].http("/health")
+                assert answer.status == 200, answer.body
         drained_s = time.monotonic() - started
         counts = check_runs(observer, ids)
 
