@@ -172,7 +172,7 @@ def test_worker_leaves_jobs_of_plugins_it_has_not_loaded(serve, poel_queue, poel
     foreign = poel_conn.execute(
         "SELECT poel.enqueue('process_new_record', '{\"record_id\": 1}'::jsonb) AS id"
     ).fetchone()["id"]
-    worker = serve(POEL_LOAD_PLUGINS="poel-testjobs")
+    worker = serve(POEL_LOAD_PLUGINS="poel-testjobs", POEL_LOG_LEVEL="debug")
     own = [poel_queue.enqueue("test.record", {"key": str(i)}) for i in range(3)]
 
     wait_sql("SELECT count(*) = 3 FROM poel.jobs WHERE id = ANY(%s) AND state = 'succeeded'", [own])
