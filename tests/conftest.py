@@ -26,14 +26,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from psycopg import sql
 
 from poel_host.database import connection
+from poel_host.testing import server_dsn
 
 # Variables the host reads: never inherited from the environment the tests run in.
 _HOST_VARIABLES = {
@@ -307,3 +310,50 @@ def wait_sql(poel_dsn: str) -> Callable[..., Any]:
         return wait_until(check, timeout=timeout, what=f"SQL condition: {query}")  # type: ignore[no-any-return]
 
     return wait
+
+
+# Cutting the test database off (outages) ---------------------------------------------
+
+
+@pytest.fixture
+def database_name(poel_dsn: str) -> Iterator[str]:
+    """The test database's name; it is opened to connections again at teardown."""
+    name = urlsplit(poel_dsn).path.lstrip("/")
+    yield name
+    set_connections(name, allowed=True)
+
+
+def terminate_backends(database: str, *, keep: Iterable[int] = ()) -> int:
+    """End every connection to ``database`` (and only that database) but our own and the
+    backends in ``keep``; return how many were ended."""
+    with connection(server_dsn()) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) AS ended FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid() AND pid <> ALL(%s)",
+            [database, list(keep)],
+        ).fetchall()
+    return sum(1 for r in rows if r["ended"])
+
+
+def set_connections(database: str, *, allowed: bool) -> None:
+    """Open or close ``database`` to new connections; closing also ends the current ones."""
+    with connection(server_dsn()) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(database), sql.SQL("true" if allowed else "false")
+            )
+        )
+    if not allowed:
+        terminate_backends(database)
+
+
+@pytest.fixture
+def cut() -> Callable[..., Any]:
+    """``cut.terminate(db)`` ends the database's connections; ``cut.allow(db, bool)``
+    opens or closes it to new ones."""
+
+    class Cut:
+        terminate = staticmethod(terminate_backends)
+        allow = staticmethod(lambda database, allowed: set_connections(database, allowed=allowed))
+
+    return Cut()

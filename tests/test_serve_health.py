@@ -7,10 +7,6 @@ import datetime as dt
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from psycopg import sql
-
-from poel_host.database import connection
-from poel_host.testing import server_dsn
 
 pytestmark = pytest.mark.process
 
@@ -24,31 +20,8 @@ def with_password(dsn: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def set_connections(database: str, *, allowed: bool) -> None:
-    """Open or close ``database`` to new connections; closing also ends the current ones."""
-    with connection(server_dsn()) as conn:
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
-                sql.Identifier(database), sql.SQL("true" if allowed else "false")
-            )
-        )
-        if not allowed:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = %s AND pid <> pg_backend_pid()",
-                [database],
-            )
-
-
-@pytest.fixture
-def database_name(poel_dsn: str):
-    name = urlsplit(poel_dsn).path.lstrip("/")
-    yield name
-    set_connections(name, allowed=True)  # whatever the test did, so the drop succeeds
-
-
 def test_health_reports_a_database_outage_and_the_recovery(
-    serve, poel_dsn, database_name, wait_for, poel_queue, wait_sql
+    serve, poel_dsn, database_name, cut, wait_for, poel_queue, wait_sql
 ):
     worker = serve(DATABASE_URL=with_password(poel_dsn, PASSWORD))
 
@@ -61,7 +34,7 @@ def test_health_reports_a_database_outage_and_the_recovery(
     stamp = dt.datetime.fromisoformat(healthy.body["timestamp"])
     assert abs((dt.datetime.now(dt.timezone.utc) - stamp).total_seconds()) < 60
 
-    set_connections(database_name, allowed=False)
+    cut.allow(database_name, False)
     down = wait_for(
         lambda: (answer := worker.http("/health")).status == 503 and answer,
         timeout=10,
@@ -73,7 +46,7 @@ def test_health_reports_a_database_outage_and_the_recovery(
 
     assert set(down.body) == {"status", "timestamp", "service", "environment", "reason"}
 
-    set_connections(database_name, allowed=True)
+    cut.allow(database_name, True)
     up = wait_for(
         lambda: (answer := worker.http("/health")).status == 200 and answer,
         timeout=15,
