@@ -458,9 +458,15 @@ class Worker:
                         last.misuse = _USED_AFTER_BLOCK
                     self.log.warning("a pooled connection was used outside its block; rolled back")
                     conn.rollback()
-                conn.autocommit = True
-                conn.execute(self.queries["set_statement_timeout"], {"ms": str(timeout_ms)})
-                conn.autocommit = False
+                if self.settings.pooler == "transaction":
+                    # Opens the handler's transaction, with the timeout local to it.
+                    params = {"ms": str(timeout_ms), "local": True}
+                    conn.execute(self.queries["set_statement_timeout"], params)
+                else:
+                    conn.autocommit = True
+                    params = {"ms": str(timeout_ms), "local": False}
+                    conn.execute(self.queries["set_statement_timeout"], params)
+                    conn.autocommit = False
                 return conn
             except BaseException as exc:
                 self._borrowed.discard(id(conn))

@@ -165,7 +165,10 @@ SELECT 1
 
 -- set_statement_timeout --
 -- Bound every query a handler runs by the time its job has left (milliseconds as text).
-SELECT set_config('statement_timeout', %(ms)s, false)
+-- `local` is true behind a transaction pooler, where a session setting would stay on a
+-- server connection that other clients get next: there it binds the handler's first
+-- transaction only (the worker's own timer still bounds the whole job).
+SELECT set_config('statement_timeout', %(ms)s, %(local)s)
 
 -- find_jobs --
 -- Jobs oldest first, optionally of one type and/or state (poel_host.testing's `enqueued`).
