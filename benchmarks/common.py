@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,13 +72,6 @@ def database_exists(name: str) -> bool:
 def scratch_name(label: str) -> str:
     """A unique database name for one run."""
     return f"{PREFIX}{label}_{uuid.uuid4().hex[:8]}"
-
-
-def query_one(url: str, sql: str, params: Sequence[Any] = ()) -> Any:
-    """The first column of the first row (one short-lived connection)."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
-    return None if row is None else row[0]
 
 
 # Worker processes -----------------------------------------------------------------------
@@ -208,11 +201,17 @@ class Results:
             for key, runs in self.rows.items()
         }
 
-    def summarize(self, headline: str, higher_is_better: bool = True) -> str:
+    def summarize(
+        self,
+        headline: str,
+        higher_is_better: bool = True,
+        group: Callable[[str], str] = lambda config: "",
+    ) -> str:
         """Emit one JSON summary line per (system, config) and return the markdown tables.
 
         The second table divides each Poel configuration's median by each peer's, the
-        figure the issue's targets are stated in.
+        figure the issue's targets are stated in; only configurations in the same
+        ``group`` (e.g. the same table size) are compared.
         """
         medians = self.medians()
         for (system, config), values in medians.items():
@@ -244,7 +243,12 @@ class Results:
                 "|---|" + "---:|" * len(poel),
             ]
             for peer in peers:
-                cells = [_ratio(medians[p][headline], medians[peer][headline]) for p in poel]
+                cells = [
+                    _ratio(medians[p][headline], medians[peer][headline])
+                    if group(p[1]) == group(peer[1])
+                    else ""
+                    for p in poel
+                ]
                 lines.append(f"| {peer[0]} {peer[1]} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 

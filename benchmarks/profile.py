@@ -81,6 +81,7 @@ def main() -> int:
                 time.sleep(0.5)  # past start-up
                 record = ["record", "--pid", str(proc.pid), "--duration", str(args.duration)]
                 sampling = ["--rate", str(args.rate), "--format", "raw", "-o", str(args.out)]
+                sampling += ["--gil"]  # only the thread running Python: waits are not CPU
                 subprocess.run(
                     [PY_SPY, *record, *sampling],
                     check=True,

@@ -323,7 +323,7 @@ def bench_scale(args: argparse.Namespace, templates: Templates) -> str:
         lambda s, b: drain(s, templates.get(s, int(b)), args.n, slow_n=args.slow_n),
         label,
     )
-    table = results.summarize("jobs_per_s")
+    table = results.summarize("jobs_per_s", group=lambda config: config.rsplit("rows=")[-1])
     medians = results.medians()
     small, large = _human(args.background[0]), _human(args.background[-1])
     lines = ["", f"Throughput at {large} rows ÷ at {small} rows (same system):", ""]

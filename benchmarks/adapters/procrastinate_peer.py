@@ -14,11 +14,14 @@ import asyncio
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from adapters import System, peer_command
+
+if TYPE_CHECKING:
+    from procrastinate import App
 
 INSERT = (
     "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status, scheduled_at)"
@@ -26,7 +29,7 @@ INSERT = (
 )
 
 
-def make_app(url: str) -> Any:
+def make_app(url: str) -> App:
     from procrastinate import App, PsycopgConnector
 
     return App(connector=PsycopgConnector(conninfo=url))
