@@ -18,15 +18,10 @@ stall claiming or lease renewal.
 from __future__ import annotations
 
 import collections
-import contextlib
-import functools
 import os
 import socket
 import time
 import uuid
-import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +31,12 @@ import gevent.pool
 import gevent.queue
 import psycopg
 import psycopg_pool
-from psycopg.pq import TransactionStatus
 
 from poel_host import backoff, payloads
 from poel_host.database import make_pool
 from poel_host.errors import DatabaseUnavailable, InvalidPayload
 from poel_host.health import Health
+from poel_host.job_connections import JobConnections, Loans
 from poel_host.jobs import Job, JobContext
 from poel_host.plugins import Plugins
 from poel_host.queries import Queries
@@ -50,10 +45,6 @@ from poel_host.scheduler import Scheduler
 from poel_host.settings import Settings
 
 NOTIFY_CHANNEL = "poel_jobs"
-_USED_AFTER_BLOCK = (
-    "the handler used its connection after its `with ctx.connection()` block; "
-    "that work was rolled back"
-)
 _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
 _BATCH = 1000
 PRUNE_INTERVAL_S = 300.0
@@ -79,9 +70,7 @@ class Active:
     released: bool = False
     deadline: float = 0.0  # time.monotonic() by which the handler must be done
     done: bool = False  # its outcome is with the completer, which reports a lost lease
-    lent: list[Any] = field(default_factory=list)  # connections its handler has now
-    used: list[Any] = field(default_factory=list)  # connections its handler gave back
-    misuse: str | None = None  # found by another job lent a connection it gave back
+    loans: Loans = field(default_factory=Loans)  # its handler's job-pool connections
 
 
 class Worker:
@@ -98,11 +87,6 @@ class Worker:
         self.slots = gevent.pool.Pool(settings.worker_concurrency)
         self.active: dict[int, Active] = {}
         self.finished: collections.Counter[str] = collections.Counter()  # runs by outcome
-        self._borrowed: set[int] = set()  # id() of the job-pool connections lent out
-        # id() of a job-pool connection -> the job that last gave it back (while it lives)
-        self._given_back_by: weakref.WeakValueDictionary[int, Active] = (
-            weakref.WeakValueDictionary()
-        )
         # Per-job hooks cost a call per job even when no plugin implements them.
         self._hooked_started = bool(plugins.manager.hook.job_started.get_hookimpls())
         self._hooked_finished = bool(plugins.manager.hook.job_finished.get_hookimpls())
@@ -114,6 +98,7 @@ class Worker:
         self.completer_idle.set()
         self.queue_pool: psycopg_pool.ConnectionPool[Any] | None = None
         self.job_pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self.job_connections: JobConnections | None = None
         self._background: list[gevent.Greenlet] = []  # killed at shutdown
         self._completer: gevent.Greenlet | None = None  # joined at shutdown
         self._enqueuer: Queue | None = None
@@ -142,6 +127,12 @@ class Worker:
             connect_timeout=s.connect_timeout_s,
             autocommit=False,
             prepare=prepare,
+        )
+        self.job_connections = JobConnections(
+            self.job_pool,
+            self.queries,
+            transaction_pooler=s.pooler == "transaction",
+            log=self.log,
         )
         self._enqueuer = Queue(
             s.dsn, schema=s.schema_name, jobs=self.jobs, max_payload_bytes=s.max_payload_bytes
@@ -268,7 +259,7 @@ class Worker:
             enqueued_at=row["created_at"],
             log=self.log.bind(jobId=row["id"], jobType=row["job_type"], attempt=row["attempts"]),
             settings=self.settings,
-            _connection_factory=functools.partial(self._job_connection, entry),
+            _connection_factory=lambda: self._connections().borrow(entry.loans, entry.deadline),
             _enqueue=self._enqueue,
             _cancel_event=self.cancelling,
         )
@@ -363,7 +354,7 @@ class Worker:
             ctx.log.debug("handler raised", exc_info=exc)
         finally:
             timer.close()
-            misuse = self._reclaim(entry)
+            misuse = self._connections().reclaim(entry.loans, ctx.log)
         error = error or misuse
         if error is None:
             if result is not None:
@@ -379,101 +370,9 @@ class Worker:
         )
         return Outcome(row["id"], "queued", error, delay)
 
-    @contextmanager
-    def _job_connection(self, entry: Active) -> Iterator[psycopg.Connection[Any]]:
-        """A job-pool connection whose statements end before the job's deadline.
-
-        A gevent.Timeout that interrupts a query leaves the connection busy and the query
-        running on the server: it is cancelled and the connection discarded.
-        """
-        assert self.job_pool is not None
-        remaining = max(1, int((entry.deadline - time.monotonic()) * 1000))
-        conn = self._lend(remaining)
-        entry.lent.append(conn)
-        try:
-            try:
-                yield conn
-            except BaseException:
-                if conn in entry.lent:  # not taken back already (see _reclaim)
-                    _abandon(conn)
-                raise
-            conn.commit()
-        finally:
-            self._give_back(entry, conn)
-
-    def _give_back(self, entry: Active, conn: psycopg.Connection[Any]) -> None:
-        if conn not in entry.lent:  # taken back already when its handler ended
-            return
-        assert self.job_pool is not None
-        entry.lent.remove(conn)
-        entry.used.append(conn)
-        self._borrowed.discard(id(conn))
-        self._given_back_by[id(conn)] = entry
-        self.job_pool.putconn(conn)
-
-    def _reclaim(self, entry: Active) -> str | None:
-        """Take back what a finished handler did not give back properly, and return the
-        misuse (it fails the attempt: that work is lost). A connection whose block it never
-        left is closed (a reference the handler kept is then useless) and replaced. One it
-        used again after its block sits in the pool in a transaction: that is rolled back
-        (not closed: another greenlet may be waiting on it; the rollback waits for the
-        connection's lock)."""
-        problem = entry.misuse
-        for conn in list(entry.lent):
-            problem = (
-                "the handler left a `with ctx.connection()` block open; its work was rolled back"
-            )
-            conn.close()
-            self._give_back(entry, conn)
-        for conn in entry.used:
-            if (
-                id(conn) not in self._borrowed
-                and not conn.closed
-                and conn.info.transaction_status != TransactionStatus.IDLE
-            ):
-                problem = _USED_AFTER_BLOCK
-                with contextlib.suppress(psycopg.Error):  # a broken one the pool replaces
-                    conn.rollback()
-        entry.used.clear()
-        if problem:
-            entry.ctx.log.warning("handler misused a database connection", error=problem)
-        return problem
-
-    def _lend(self, timeout_ms: int) -> psycopg.Connection[Any]:
-        """A job-pool connection with its statement_timeout set. One that the server ended
-        before it could be used (terminated as it was lent) is replaced: the handler has run
-        nothing on it yet, so a lost connection does not cost the job an attempt."""
-        assert self.job_pool is not None
-        for attempt in range(1, 4):
-            conn: psycopg.Connection[Any] = self.job_pool.getconn()
-            self._borrowed.add(id(conn))  # before it is used: see _reclaim
-            last = self._given_back_by.pop(id(conn), None)
-            try:
-                if conn.info.transaction_status != TransactionStatus.IDLE:
-                    # The last job to give it back used it after its block: that attempt
-                    # fails (see _reclaim). Not closed under that handler (a greenlet may be
-                    # waiting on its socket): the rollback waits for the connection's lock,
-                    # so for any statement in flight, then cleans it.
-                    if last is not None:
-                        last.misuse = _USED_AFTER_BLOCK
-                    self.log.warning("a pooled connection was used outside its block; rolled back")
-                    conn.rollback()
-                if self.settings.pooler == "transaction":
-                    # Opens the handler's transaction, with the timeout local to it.
-                    params = {"ms": str(timeout_ms), "local": True}
-                    conn.execute(self.queries["set_statement_timeout"], params)
-                else:
-                    conn.autocommit = True
-                    params = {"ms": str(timeout_ms), "local": False}
-                    conn.execute(self.queries["set_statement_timeout"], params)
-                    conn.autocommit = False
-                return conn
-            except BaseException as exc:
-                self._borrowed.discard(id(conn))
-                self.job_pool.putconn(conn)
-                if attempt == 3 or not (isinstance(exc, psycopg.OperationalError) and conn.closed):
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _connections(self) -> JobConnections:
+        assert self.job_connections is not None, "open() the worker first"
+        return self.job_connections
 
     def _enqueue(self, job_type: str, payload: Any = None, **options: Any) -> int:
         assert self._enqueuer is not None
@@ -713,21 +612,6 @@ class Worker:
                 self.log.warning("handing jobs back failed", error=_one_line(exc), attempt=attempt)
                 gevent.sleep(_pause(attempt))
         self.log.error("could not hand jobs back; they return when their lease expires", jobs=ids)
-
-
-def _abandon(conn: psycopg.Connection[Any]) -> None:
-    """Make a connection interrupted mid-query safe to hand back (it is closed if busy)."""
-    if conn.closed:
-        return
-    if conn.info.transaction_status == TransactionStatus.ACTIVE:
-        with contextlib.suppress(Exception):  # the connection is closed next anyway
-            conn.cancel_safe(timeout=3)
-        conn.close()
-        return
-    try:
-        conn.rollback()
-    except psycopg.Error:
-        conn.close()
 
 
 def _pause(failures: int) -> float:
