@@ -1,7 +1,7 @@
 """The HTTP app (bottle), served by gevent's WSGI server inside ``poel-host serve``.
 
-Every endpoint is read-only: ``GET /health`` and ``GET /plugins``. Answers are JSON and
-never contain secrets.
+Every endpoint is read-only: ``GET /health`` and ``GET /plugins`` (JSON), ``GET /metrics``
+(Prometheus text format). Answers never contain secrets.
 """
 
 from __future__ import annotations
@@ -16,7 +16,11 @@ from poel_host.errors import PoelError
 from poel_host.health import Health
 
 
-def make_app(health: Health, describe_plugins: Callable[[], dict[str, Any]]) -> bottle.Bottle:
+def make_app(
+    health: Health,
+    describe_plugins: Callable[[], dict[str, Any]],
+    metrics: Callable[[], str] = lambda: "",
+) -> bottle.Bottle:
     app = bottle.Bottle()
 
     @app.get("/health")  # type: ignore[untyped-decorator]
@@ -29,6 +33,11 @@ def make_app(health: Health, describe_plugins: Callable[[], dict[str, Any]]) -> 
     @app.get("/plugins")  # type: ignore[untyped-decorator]
     def get_plugins() -> dict[str, Any]:
         return describe_plugins()
+
+    @app.get("/metrics")  # type: ignore[untyped-decorator]
+    def get_metrics() -> str:
+        bottle.response.content_type = "text/plain; version=0.0.4; charset=utf-8"
+        return metrics()
 
     def error_body(error: bottle.HTTPError) -> str:
         bottle.response.content_type = "application/json"

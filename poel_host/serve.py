@@ -59,7 +59,7 @@ def serve(settings: Settings) -> int:
     prepare_schema(settings, plugins, log)
     worker = Worker(settings, plugins, log=log)
     server = start_server(
-        make_app(worker.health, plugins.describe),
+        make_app(worker.health, plugins.describe, worker.metrics),
         settings.health_check_host,
         settings.health_check_port,
         log=log,

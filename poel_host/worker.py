@@ -464,6 +464,28 @@ class Worker:
                 next_prune = time.monotonic() + PRUNE_INTERVAL_S
                 self._prune()
 
+    def metrics(self) -> str:
+        """This worker's counters in Prometheus' text format (``GET /metrics``). Only what
+        the process knows: queue depths are the database's (``poel-host jobs stats``), and
+        counting them on every scrape would cost a scan of a large table."""
+        lines = [
+            "# HELP poel_jobs_finished_total Job runs this worker finished, by outcome.",
+            "# TYPE poel_jobs_finished_total counter",
+        ]
+        for outcome in ("succeeded", "retry", "failed"):
+            lines.append(
+                f'poel_jobs_finished_total{{outcome="{outcome}"}} {self.finished[outcome]}'
+            )
+        gauges = {
+            "poel_jobs_running": ("Jobs running now.", len(self.slots)),
+            "poel_jobs_held": ("Jobs holding a lease of this worker.", len(self.active)),
+            "poel_worker_concurrency": ("WORKER_CONCURRENCY.", self.settings.worker_concurrency),
+            "poel_worker_draining": ("1 while shutting down.", int(self.stopping.is_set())),
+        }
+        for name, (text, value) in gauges.items():
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {value}"]
+        return "\n".join(lines) + "\n"
+
     def _summarise(self) -> None:
         """Log how many jobs finished, by outcome, every SUMMARY_INTERVAL_S (if any did)."""
         reported: collections.Counter[str] = collections.Counter()
