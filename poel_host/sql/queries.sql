@@ -79,9 +79,9 @@ SET state = o.state::{schema}.job_state,
     last_error = coalesce(o.error, j.last_error),
     errors = CASE WHEN o.error IS NULL THEN j.errors
                   ELSE j.errors || jsonb_build_array(jsonb_build_object(
-                      'attempt', j.attempts, 'error', o.error, 'at', now(),
-                      'retry_at', CASE WHEN o.state = 'queued'
-                                       THEN now() + o.delay_ms * interval '1 millisecond' END))
+                      'attempt', j.attempts, 'error', o.error, 'at', {schema}.iso_utc(now()),
+                      'retry_at', CASE WHEN o.state = 'queued' THEN {schema}.iso_utc(
+                                      now() + o.delay_ms * interval '1 millisecond') END))
              END,
     finished_at = CASE WHEN o.state IN ('succeeded', 'failed') THEN now() END,
     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
@@ -130,7 +130,7 @@ SET state = CASE WHEN j.attempts >= j.max_attempts
                  THEN 'failed'::{schema}.job_state ELSE 'queued'::{schema}.job_state END,
     last_error = 'worker lost: lease held by ' || coalesce(j.lease_owner, '?') || ' expired',
     errors = j.errors || jsonb_build_array(jsonb_build_object(
-        'attempt', j.attempts, 'at', now(),
+        'attempt', j.attempts, 'at', {schema}.iso_utc(now()),
         'error', 'worker lost: lease held by ' || coalesce(j.lease_owner, '?') || ' expired')),
     finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
