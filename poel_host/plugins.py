@@ -76,7 +76,9 @@ class Plugins:
         for impl in caller.get_hookimpls():
             try:
                 impl.function(**{name: kwargs[name] for name in impl.argnames})
-            except Exception as exc:  # noqa: BLE001 - a plugin's hook must not stop the worker
+            # SystemExit and KeyboardInterrupt too: a hook runs on a job's path, and one that
+            # escaped would leave that job running forever, its lease renewed.
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001
                 if log is not None:
                     log.error(
                         "plugin hook failed",

@@ -211,6 +211,18 @@ class Broken:
         raise RuntimeError("observability plugin is broken")
 
 
+class Exiting:
+    """An observability plugin whose hooks raise what ``except Exception`` does not catch."""
+
+    @hookimpl
+    def job_started(self):
+        raise SystemExit(1)
+
+    @hookimpl
+    def job_finished(self):
+        raise KeyboardInterrupt
+
+
 class Harness:
     def __init__(self, settings, extra):
         self.fake = Fake()
@@ -263,6 +275,17 @@ def test_broken_hooks_do_not_affect_jobs(poel_settings, poel_conn):
         job_id = h.run("test.record", {"key": "a"})
         assert get_row(poel_conn, job_id)["state"] == "succeeded"
         assert h.finished(job_id)[2] == "succeeded"  # the other plugin still got its call
+    finally:
+        h.close()
+
+
+def test_hooks_raising_system_exit_do_not_strand_jobs(poel_settings, poel_conn):
+    h = Harness(poel_settings, [("exiting", Exiting())])
+    try:
+        job_id = h.run("test.record", {"key": "a"})
+        assert get_row(poel_conn, job_id)["state"] == "succeeded"
+        assert h.finished(job_id)[2] == "succeeded"
+        assert h.worker.active == {}  # nothing left holding a lease
     finally:
         h.close()
 
