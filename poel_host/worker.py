@@ -65,7 +65,6 @@ class Active:
 
     row: dict[str, Any]
     ctx: JobContext
-    cancel: gevent.event.Event  # the worker's: set when running jobs are asked to stop
     lost: bool = False
     released: bool = False
     deadline: float = 0.0  # time.monotonic() by which the handler must be done
@@ -94,8 +93,6 @@ class Worker:
         self.stopping = gevent.event.Event()
         self.cancelling = gevent.event.Event()  # running jobs asked to stop (shutdown)
         self.outcomes: gevent.queue.Queue[Outcome | None] = gevent.queue.Queue()
-        self.completer_idle = gevent.event.Event()
-        self.completer_idle.set()
         self.queue_pool: psycopg_pool.ConnectionPool[Any] | None = None
         self.job_pool: psycopg_pool.ConnectionPool[Any] | None = None
         self.job_connections: JobConnections | None = None
@@ -249,8 +246,7 @@ class Worker:
         return list(rows)
 
     def _spawn(self, row: dict[str, Any]) -> None:
-        entry = Active(row=row, ctx=None, cancel=self.cancelling)  # type: ignore[arg-type]
-        entry.ctx = JobContext(
+        ctx = JobContext(
             job_id=row["id"],
             job_type=row["job_type"],
             attempt=row["attempts"],
@@ -263,6 +259,8 @@ class Worker:
             _enqueue=self._enqueue,
             _cancel_event=self.cancelling,
         )
+        # The connection factory above reads `entry` only when a handler calls it.
+        entry = Active(row=row, ctx=ctx)
         self.active[row["id"]] = entry
         self.slots.spawn(self._run_job, entry)
 
@@ -385,7 +383,6 @@ class Worker:
             first = self.outcomes.get()
             if first is None:
                 return
-            self.completer_idle.clear()
             batch = [first]
             while len(batch) < _BATCH:
                 try:
@@ -397,8 +394,6 @@ class Worker:
                     break
                 batch.append(item)
             self._write(batch)
-            if self.outcomes.empty():
-                self.completer_idle.set()
 
     def _write(self, batch: list[Outcome]) -> None:
         # Successes, the common case, go through a statement with one array parameter.
