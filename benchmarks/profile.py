@@ -12,6 +12,7 @@ The raw stacks are kept (``--out``) for a flame graph (``py-spy``'s folded forma
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -56,6 +57,12 @@ def aggregate(folded: Path, top: int) -> str:
     return "\n".join(out)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=40_000)
@@ -79,6 +86,7 @@ def main() -> int:
             try:
                 wait_for(lambda: poel.done(conn, since) > 0, 60, "the first job", proc)
                 time.sleep(0.5)  # past start-up
+                done_before, cpu_before = poel.done(conn, since), cpu_seconds(proc.pid)
                 record = ["record", "--pid", str(proc.pid), "--duration", str(args.duration)]
                 sampling = ["--rate", str(args.rate), "--format", "raw", "-o", str(args.out)]
                 sampling += ["--gil"]  # only the thread running Python: waits are not CPU
@@ -87,10 +95,12 @@ def main() -> int:
                     check=True,
                     capture_output=True,
                 )
-                done = poel.done(conn, since)
+                done = poel.done(conn, since) - done_before
+                cpu = cpu_seconds(proc.pid) - cpu_before
             finally:
                 stop_process(proc)
         print(f"serve c={args.concurrency} log={args.log}: {done} jobs done while sampling")
+        print(f"serve's CPU time: {1e6 * cpu / max(done, 1):.0f} µs a job (sampling included)")
         print(aggregate(args.out, args.top))
     finally:
         drop_database(name)

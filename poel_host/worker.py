@@ -2,8 +2,10 @@
 
 Greenlets, each with one job:
 
-- the claim loop takes up to the number of free slots in one statement, then waits for a
-  slot, a NOTIFY, or the poll interval;
+- the claim loop takes up to the number of free slots in one statement (at most half the
+  concurrency, so that the next claim's round trip overlaps the last claim's jobs), then
+  waits for a slot, a NOTIFY, or the poll interval; runner greenlets (``runners.py``) run
+  the claimed jobs;
 - the listener keeps a LISTEN connection (re-established when it drops) and wakes the claim
   loop when jobs are inserted;
 - the lease keeper renews the leases of every job this worker holds in one statement and
@@ -27,7 +29,6 @@ from typing import Any
 
 import gevent
 import gevent.event
-import gevent.pool
 import gevent.queue
 import psycopg
 import psycopg_pool
@@ -41,6 +42,7 @@ from poel_host.jobs import Job, JobContext
 from poel_host.plugins import Plugins
 from poel_host.queries import Queries
 from poel_host.queue import Queue
+from poel_host.runners import Runners
 from poel_host.scheduler import Scheduler
 from poel_host.settings import Settings
 
@@ -83,7 +85,8 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.queries = Queries(settings.schema_name)
         self.health = Health(settings)
-        self.slots = gevent.pool.Pool(settings.worker_concurrency)
+        self.slots: Runners[Active] = Runners(settings.worker_concurrency, self._run_job)
+        self._claim_batch = max(1, (settings.worker_concurrency + 1) // 2)
         self.active: dict[int, Active] = {}
         self.finished: collections.Counter[str] = collections.Counter()  # runs by outcome
         # Per-job hooks cost a call per job even when no plugin implements them.
@@ -211,8 +214,11 @@ class Worker:
                 self.slots.wait_available(timeout=1.0)
                 continue
             self.wake.clear()
+            # At most half the pool a claim: the next claim's round trip and commit then
+            # overlap the jobs of the last one instead of following them.
+            limit = min(free, self._claim_batch)
             try:
-                rows = self._claim(free)
+                rows = self._claim(limit)
                 failures = 0
             except _DB_ERRORS as exc:
                 failures += 1
@@ -221,7 +227,7 @@ class Worker:
                 continue
             for row in rows:
                 self._spawn(row)
-            if len(rows) < free:
+            if len(rows) < limit:
                 self.wake.wait(self.settings.poll_interval_ms / 1000)
 
     def _claim(self, limit: int) -> list[dict[str, Any]]:
@@ -262,7 +268,7 @@ class Worker:
         # The connection factory above reads `entry` only when a handler calls it.
         entry = Active(row=row, ctx=ctx)
         self.active[row["id"]] = entry
-        self.slots.spawn(self._run_job, entry)
+        self.slots.submit(entry)
 
     # Running ----------------------------------------------------------------------------
 
@@ -601,7 +607,8 @@ class Worker:
         if len(self.slots):
             self.cancelling.set()
             self.slots.join(timeout=min(1.0, grace) if grace else 0)
-            self.slots.kill(timeout=5)
+            for entry in self.slots.kill(timeout=5):
+                entry.released = True
         released = [job_id for job_id, e in self.active.items() if e.released]
         if released:
             self._release(released)

@@ -1,0 +1,78 @@
+"""The runner greenlets that run claimed jobs (``poel_host.runners``), without a database."""
+
+from __future__ import annotations
+
+import gevent
+import gevent.event
+
+from poel_host.runners import Runners
+
+
+def test_short_items_run_in_order_on_one_greenlet_without_spawning_per_item():
+    seen: list[tuple[int, object]] = []
+    runners: Runners[int] = Runners(10, lambda i: seen.append((i, gevent.getcurrent())))
+    for round_ in range(3):
+        for i in range(10):
+            runners.submit(round_ * 10 + i)
+        assert runners.join(timeout=5)
+    assert [i for i, _ in seen] == list(range(30))
+    # Items that never wait run back to back on the runner that took a round's first one,
+    # and runners outlive their items: 30 items, at most 10 greenlets ever.
+    for round_ in range(3):
+        assert len({id(g) for _, g in seen[round_ * 10 : round_ * 10 + 10]}) == 1
+    assert len({id(g) for _, g in seen}) <= 10
+    assert len(runners) == 0 and runners.free_count() == 10
+
+
+def test_at_most_size_items_run_at_once_and_waiting_items_use_other_runners():
+    release = gevent.event.Event()
+    running: list[int] = []
+    peak = 0
+
+    def run(i: int) -> None:
+        nonlocal peak
+        running.append(i)
+        peak = max(peak, len(running))
+        release.wait()
+        running.remove(i)
+
+    runners: Runners[int] = Runners(3, run)
+    for i in range(5):
+        runners.submit(i)
+    assert runners.free_count() == -2  # the claim loop only claims when this is positive
+    gevent.sleep(0.05)
+    assert sorted(running) == [0, 1, 2]  # three wait on I/O at once; two queue behind them
+    assert not runners.join(timeout=0.01)
+    release.set()
+    assert runners.join(timeout=5)
+    assert peak == 3 and runners.free_count() == 3
+
+
+def test_wait_available_returns_when_an_item_finishes():
+    release = gevent.event.Event()
+    runners: Runners[int] = Runners(1, lambda _: release.wait())
+    runners.submit(1)
+    assert runners.free_count() == 0
+    gevent.spawn_later(0.05, release.set)
+    with gevent.Timeout(5):
+        runners.wait_available()
+    assert runners.free_count() == 1
+
+
+def test_kill_interrupts_running_items_and_returns_those_never_started():
+    interrupted: list[int] = []
+
+    def run(i: int) -> None:
+        try:
+            gevent.sleep(30)
+        except gevent.GreenletExit:
+            interrupted.append(i)  # the worker's job path catches it and returns, like this
+
+    runners: Runners[int] = Runners(2, run)
+    for i in range(4):
+        runners.submit(i)
+    gevent.sleep(0.05)
+    with gevent.Timeout(5):
+        unstarted = runners.kill(timeout=5)
+    assert sorted(interrupted) == [0, 1]
+    assert unstarted == [2, 3]
