@@ -7,7 +7,7 @@ sleeping requests at once in one process, so the server is never the bottleneck.
 Run: ``python benchmarks/slowhttp.py PORT [DELAY_S]``.
 
 ``python benchmarks/slowhttp.py floor URL N`` measures the floor of the I/O benchmark on
-this machine: N concurrent GETs from a bare gevent process with urllib (what Poel's
+this machine: N concurrent GETs from a bare gevent process with http.client (what Poel's
 ``bench.http`` handler does), no queue at all; it prints the seconds they took.
 """
 
@@ -37,14 +37,21 @@ def floor(url: str, n: int) -> float:
     from gevent import monkey
 
     monkey.patch_all()
+    import http.client
     import time
-    import urllib.request
+    import urllib.parse
 
     import gevent
 
+    parts = urllib.parse.urlsplit(url)
+
     def get() -> None:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            response.read()
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+        try:
+            conn.request("GET", parts.path or "/")
+            conn.getresponse().read()
+        finally:
+            conn.close()
 
     started = time.perf_counter()
     gevent.joinall([gevent.spawn(get) for _ in range(n)], raise_error=True)

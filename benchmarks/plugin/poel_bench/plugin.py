@@ -6,14 +6,17 @@
   the payload's ``t`` just before its INSERT), not as the database's ``now()`` says.
 - ``bench.http`` waits on a local HTTP server that answers after a second
   (``$BENCH_HTTP_URL``): I/O-bound concurrency without holding a database connection
-  per job, which a thousand ``pg_sleep`` calls would need.
+  per job, which a thousand ``pg_sleep`` calls would need. It uses ``http.client``, the
+  standard library's own client: ``urllib.request`` costs about 40 µs more a request in
+  building its opener and request objects, which is the client's cost, not the queue's.
 """
 
 from __future__ import annotations
 
 import os
 import time
-import urllib.request
+import urllib.parse
+from http.client import HTTPConnection
 
 from pydantic import BaseModel
 
@@ -39,8 +42,13 @@ def stamp(payload: Stamp, ctx: JobContext) -> None:
 
 
 def http(payload: Empty, ctx: JobContext) -> None:
-    with urllib.request.urlopen(os.environ["BENCH_HTTP_URL"], timeout=30) as response:
-        response.read()
+    url = urllib.parse.urlsplit(os.environ["BENCH_HTTP_URL"])
+    conn = HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+    try:
+        conn.request("GET", url.path or "/")
+        conn.getresponse().read()
+    finally:
+        conn.close()
 
 
 @hookimpl
