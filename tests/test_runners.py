@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+
 import gevent
 import gevent.event
 
@@ -76,3 +78,19 @@ def test_kill_interrupts_running_items_and_returns_those_never_started():
         unstarted = runners.kill(timeout=5)
     assert sorted(interrupted) == [0, 1]
     assert unstarted == [2, 3]
+
+
+def test_each_item_starts_with_empty_context_variables_even_on_the_same_runner():
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[tuple[str, object]] = []
+
+    def run(i: int) -> None:
+        seen.append((var.get(), gevent.getcurrent()))
+        var.set(f"set by item {i}")
+
+    runners: Runners[int] = Runners(4, run)
+    for i in range(3):
+        runners.submit(i)
+    assert runners.join(timeout=5)
+    assert len({id(g) for _, g in seen}) == 1  # one runner ran all three
+    assert [value for value, _ in seen] == ["unset"] * 3
