@@ -79,7 +79,12 @@ class Runners(Generic[T]):
     def _loop(self) -> None:
         try:
             while not self._closing:
-                item = self._todo.get()
+                try:
+                    item = self._todo.get()
+                except gevent.Timeout:
+                    # A timer a finished job started and never cancelled, firing into the
+                    # greenlet that ran it: that job is over, and this runner is idle.
+                    continue
                 self._running += 1
                 try:
                     contextvars.Context().run(self._run, item)

@@ -94,3 +94,26 @@ def test_each_item_starts_with_empty_context_variables_even_on_the_same_runner()
     assert runners.join(timeout=5)
     assert len({id(g) for _, g in seen}) == 1  # one runner ran all three
     assert [value for value, _ in seen] == ["unset"] * 3
+
+
+def test_a_timer_left_running_by_a_finished_item_does_not_kill_its_idle_runner():
+    ran: list[int] = []
+    timers: list[gevent.Timeout] = []
+
+    def run(i: int) -> None:
+        if i == 0:
+            timers.append(gevent.Timeout(0.05))
+            timers[0].start()  # started and never cancelled: a handler's bug
+        ran.append(i)
+
+    runners: Runners[int] = Runners(1, run)
+    runners.submit(0)
+    assert runners.join(timeout=5)
+    (runner,) = runners._greenlets
+    with gevent.Timeout(5):
+        while timers[0].pending:  # until the timer has fired into the idle runner
+            gevent.sleep(0.01)
+    runners.submit(1)
+    assert runners.join(timeout=5)
+    assert ran == [0, 1]
+    assert runners._greenlets == {runner}  # the same runner lived on
