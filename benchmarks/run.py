@@ -137,12 +137,25 @@ def drain(
     if system.slow and kind == "noop":
         n = min(n, slow_n)
 
+    progress = [-1]
+
+    def finished(conn: psycopg.Connection[Any], since: Any) -> bool:
+        done = system.done(conn, since)
+        if done == progress[0]:
+            # Stalled since the last poll: look for a failed job (a query that may scan
+            # the table, so not on every poll of a drain that is moving).
+            error = system.first_error(conn, since)
+            if error is not None:
+                raise RuntimeError(f"a {kind} job failed, so the run is void: {error}")
+        progress[0] = done
+        return done >= n
+
     def body(conn: psycopg.Connection[Any], since: Any, proc: Any) -> dict[str, Any]:
         started = time.monotonic()
         partial = False
         try:
             wait_for(
-                lambda: system.done(conn, since) >= n,
+                lambda: finished(conn, since),
                 timeout=120 + n / 50,
                 what=f"{n} jobs done",
                 proc=proc,

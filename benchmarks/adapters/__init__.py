@@ -66,6 +66,12 @@ class System(ABC):
     def done(self, conn: psycopg.Connection[Any], since: Any) -> int:
         """How many jobs finished successfully at or after the mark ``since``."""
 
+    def first_error(self, conn: psycopg.Connection[Any], since: Any) -> str | None:
+        """An error a job past ``since`` recorded, if any: the benchmark's jobs never fail,
+        so one that did means a broken setup, reported at once instead of after the
+        drain's timeout. None where the adapter does not look (the default)."""
+        return None
+
     @abstractmethod
     def window(self, conn: psycopg.Connection[Any], since: Any) -> float:
         """Seconds from the first job start to the last job finish, past ``since``."""

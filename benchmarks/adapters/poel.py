@@ -82,6 +82,14 @@ class Poel(System):
         ).fetchone()
         return int(row[0]) if row else 0
 
+    def first_error(self, conn: psycopg.Connection[Any], since: Any) -> str | None:
+        row = conn.execute(
+            "SELECT last_error FROM poel.jobs WHERE last_error IS NOT NULL AND updated_at >= %s"
+            " LIMIT 1",
+            [since],
+        ).fetchone()
+        return str(row[0]) if row else None
+
     def window(self, conn: psycopg.Connection[Any], since: Any) -> float:
         row = conn.execute(
             "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM poel.jobs"
