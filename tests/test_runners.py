@@ -117,3 +117,25 @@ def test_a_timer_left_running_by_a_finished_item_does_not_kill_its_idle_runner()
     assert runners.join(timeout=5)
     assert ran == [0, 1]
     assert runners._greenlets == {runner}  # the same runner lived on
+
+
+def test_idle_runners_end_after_idle_timeout_and_new_ones_start_when_needed():
+    release = gevent.event.Event()
+    done: list[int] = []
+
+    def run(i: int) -> None:
+        release.wait()
+        done.append(i)
+
+    runners: Runners[int] = Runners(5, run, idle_timeout=0.05)
+    for i in range(5):
+        runners.submit(i)
+    assert len(runners._greenlets) == 5
+    release.set()
+    assert runners.join(timeout=5)
+    with gevent.Timeout(5):
+        while runners._greenlets:  # a burst's runners go once idle
+            gevent.sleep(0.01)
+    runners.submit(7)
+    assert runners.join(timeout=5)
+    assert sorted(done) == [0, 1, 2, 3, 4, 7]
