@@ -53,12 +53,24 @@ class Runners(Generic[T]):
     def wait_available(self, timeout: float | None = None) -> None:
         self._space.wait(timeout)
 
-    def submit(self, item: T) -> None:
-        """Queue ``item`` for the next free runner, starting one if none is free."""
-        self._busy += 1
+    def reserve(self, n: int) -> None:
+        """Hold ``n`` slots for items about to be submitted (a claim in flight), so that
+        ``free_count()`` counts them as taken; ``unreserve()`` gives them back."""
+        self._busy += n
         self._empty.clear()
         if self._busy >= self.size:
             self._space.clear()
+
+    def unreserve(self, n: int) -> None:
+        self._busy -= n
+        if self._busy < self.size:
+            self._space.set()
+        if not self._busy:
+            self._empty.set()
+
+    def submit(self, item: T) -> None:
+        """Queue ``item`` for the next free runner, starting one if none is free."""
+        self.reserve(1)
         self._todo.put(item)
         idle = len(self._greenlets) - self._running
         if self._todo.qsize() > idle and len(self._greenlets) < self.size:
@@ -96,9 +108,6 @@ class Runners(Generic[T]):
                     contextvars.Context().run(self._run, item)
                 finally:
                     self._running -= 1
-                    self._busy -= 1
-                    self._space.set()
-                    if not self._busy:
-                        self._empty.set()
+                    self.unreserve(1)
         finally:
             self._greenlets.discard(gevent.getcurrent())

@@ -2,10 +2,10 @@
 
 Greenlets, each with one job:
 
-- the claim loop takes up to the number of free slots in one statement (at most half the
-  concurrency, so that the next claim's round trip overlaps the last claim's jobs), then
-  waits for a slot, a NOTIFY, or the poll interval; runner greenlets (``runners.py``) run
-  the claimed jobs;
+- two claim loops each take up to the number of free slots in one statement (at most half
+  the concurrency, or 25 jobs, whichever is more), so that one claim's round trip overlaps
+  the other's jobs, then wait for a slot, a NOTIFY, or the poll interval; runner greenlets
+  (``runners.py``) run the claimed jobs;
 - the listener keeps a LISTEN connection (re-established when it drops) and wakes the claim
   loop when jobs are inserted;
 - the lease keeper renews the leases of every job this worker holds in one statement and
@@ -51,6 +51,8 @@ _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.Poo
 _BATCH = 1000
 PRUNE_INTERVAL_S = 300.0
 SUMMARY_INTERVAL_S = 10.0
+CLAIM_MIN = 25
+CLAIMERS = 2  # claim loops per worker, so that one claim's round trip overlaps another's
 
 
 @dataclass
@@ -86,7 +88,12 @@ class Worker:
         self.queries = Queries(settings.schema_name)
         self.health = Health(settings)
         self.slots: Runners[Active] = Runners(settings.worker_concurrency, self._run_job)
-        self._claim_batch = max(1, (settings.worker_concurrency + 1) // 2)
+        # Claim size: half the pool, so that a claim's round trip overlaps the last
+        # claim's jobs, but no fewer than CLAIM_MIN (or the whole pool when it is
+        # smaller): a claim costs about a millisecond however many rows it takes, which
+        # a small batch would not pay back.
+        c = settings.worker_concurrency
+        self._claim_batch = max((c + 1) // 2, min(c, CLAIM_MIN))
         self.active: dict[int, Active] = {}
         self.finished: collections.Counter[str] = collections.Counter()  # runs by outcome
         # Per-job hooks cost a call per job even when no plugin implements them.
@@ -170,9 +177,12 @@ class Worker:
 
     def run(self) -> None:
         self.start()
+        claimers = [gevent.spawn(self._claim_loop) for _ in range(CLAIMERS - 1)]
         try:
             self._claim_loop()
         finally:
+            self.stopping.set()
+            gevent.joinall(claimers)  # no claim in flight while draining
             self._drain()
 
     def run_once(self, limit: int | None = None) -> list[int]:
@@ -207,16 +217,19 @@ class Worker:
     # Claiming ---------------------------------------------------------------------------
 
     def _claim_loop(self) -> None:
+        """One of ``CLAIMERS`` greenlets taking turns: while one waits for its claim's
+        round trip and commit, the other's jobs run or its claim is on its way too."""
         failures = 0
         while not self.stopping.is_set():
             free = self.slots.free_count()
-            if free == 0:
+            if free <= 0:
                 self.slots.wait_available(timeout=1.0)
                 continue
             self.wake.clear()
-            # At most half the pool a claim: the next claim's round trip and commit then
-            # overlap the jobs of the last one instead of following them.
+            # Slots are held while the claim is in flight, so claims never take more jobs
+            # than the pool can start at once.
             limit = min(free, self._claim_batch)
+            self.slots.reserve(limit)
             try:
                 rows = self._claim(limit)
                 failures = 0
@@ -225,6 +238,8 @@ class Worker:
                 self.log.warning("claim failed", error=_one_line(exc), retry_in=_pause(failures))
                 self.stopping.wait(_pause(failures))
                 continue
+            finally:
+                self.slots.unreserve(limit)
             for row in rows:
                 self._spawn(row)
             if len(rows) < limit:

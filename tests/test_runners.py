@@ -139,3 +139,16 @@ def test_idle_runners_end_after_idle_timeout_and_new_ones_start_when_needed():
     runners.submit(7)
     assert runners.join(timeout=5)
     assert sorted(done) == [0, 1, 2, 3, 4, 7]
+
+
+def test_reserved_slots_count_as_taken_until_unreserved():
+    runners: Runners[int] = Runners(4, lambda _: None)
+    runners.reserve(4)  # a claim of four in flight
+    assert runners.free_count() == 0
+    assert not runners.join(timeout=0.01)
+    gevent.spawn_later(0.05, runners.unreserve, 3)  # it came back with one job
+    with gevent.Timeout(5):
+        runners.wait_available()
+    assert runners.free_count() == 3
+    runners.unreserve(1)
+    assert runners.join(timeout=5)
