@@ -100,6 +100,7 @@ class Worker:
         self._hooked_started = bool(plugins.manager.hook.job_started.get_hookimpls())
         self._hooked_finished = bool(plugins.manager.hook.job_finished.get_hookimpls())
         self.wake = gevent.event.Event()
+        self.backlog = gevent.event.Event()  # the last claim came back full
         self.stopping = gevent.event.Event()
         self.cancelling = gevent.event.Event()  # running jobs asked to stop (shutdown)
         self.outcomes: gevent.queue.Queue[Outcome | None] = gevent.queue.Queue()
@@ -174,15 +175,17 @@ class Worker:
         self.health.draining = True
         self.stopping.set()
         self.wake.set()
+        self.backlog.set()
 
     def run(self) -> None:
         self.start()
-        claimers = [gevent.spawn(self._claim_loop) for _ in range(CLAIMERS - 1)]
+        helpers = [gevent.spawn(self._claim_loop, helper=True) for _ in range(CLAIMERS - 1)]
         try:
             self._claim_loop()
         finally:
             self.stopping.set()
-            gevent.joinall(claimers)  # no claim in flight while draining
+            self.backlog.set()
+            gevent.joinall(helpers)  # no claim in flight while draining
             self._drain()
 
     def run_once(self, limit: int | None = None) -> list[int]:
@@ -216,11 +219,15 @@ class Worker:
 
     # Claiming ---------------------------------------------------------------------------
 
-    def _claim_loop(self) -> None:
-        """One of ``CLAIMERS`` greenlets taking turns: while one waits for its claim's
-        round trip and commit, the other's jobs run or its claim is on its way too."""
+    def _claim_loop(self, helper: bool = False) -> None:
+        """Claim jobs until stopped. ``CLAIMERS - 1`` helper loops claim only while
+        claims come back full (a backlog): while one loop waits for its claim's round trip
+        and commit, the other's jobs run; an idle worker makes one claim per wake-up."""
         failures = 0
         while not self.stopping.is_set():
+            if helper and not self.backlog.is_set():
+                self.backlog.wait(timeout=1.0)
+                continue
             free = self.slots.free_count()
             if free <= 0:
                 self.slots.wait_available(timeout=1.0)
@@ -242,7 +249,11 @@ class Worker:
                 self.slots.unreserve(limit)
             for row in rows:
                 self._spawn(row)
-            if len(rows) < limit:
+            if len(rows) == limit:
+                self.backlog.set()
+                continue
+            self.backlog.clear()
+            if not helper:
                 self.wake.wait(self.settings.poll_interval_ms / 1000)
 
     def _claim(self, limit: int) -> list[dict[str, Any]]:
