@@ -16,7 +16,7 @@ from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from poel_host.errors import DatabaseUnavailable
+from poel_host.errors import DatabaseUnavailable, one_line
 from poel_host.settings import redact_dsn
 
 APPLICATION_NAME = "poel-host"
@@ -40,8 +40,8 @@ def connect(
 
 
 def describe_connect_error(dsn: str, exc: BaseException) -> str:
-    reason = " ".join(str(exc).split()) or type(exc).__name__
-    return f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {redact_dsn(reason)}"
+    reason = redact_dsn(one_line(exc))
+    return f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {reason}"
 
 
 @contextmanager

@@ -8,6 +8,25 @@ Each class's docstring is its meaning; the message says what to do.
 from __future__ import annotations
 
 
+def message(exc: BaseException) -> str:
+    """The exception's message on one line; empty when it has none or its str() fails."""
+    try:
+        return " ".join(str(exc).split())
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the error itself
+        return ""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message on one line, or the exception's type when it has none: for log fields."""
+    return message(exc) or type(exc).__name__
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` (or just ``Type``): how a job's or a plugin's error is recorded."""
+    text = message(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class PoelError(Exception):
     """Base class: an error the CLI prints as one message and exits with ``exit_code``."""
 

@@ -14,7 +14,7 @@ import psycopg
 from gevent.lock import Semaphore
 
 from poel_host.database import connect
-from poel_host.errors import DatabaseUnavailable
+from poel_host.errors import DatabaseUnavailable, one_line
 from poel_host.settings import Settings, redact_dsn
 
 CHECK_TIMEOUT_S = 3.0
@@ -51,8 +51,7 @@ class Health:
                 return f"database unreachable: {exc}"
             except psycopg.Error as exc:
                 self._discard()
-                detail = " ".join(str(exc).split()) or type(exc).__name__
-                return f"database unreachable: {redact_dsn(detail)}"
+                return f"database unreachable: {redact_dsn(one_line(exc))}"
 
     def _select_1(self) -> None:
         if self._conn is None or self._conn.closed:

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from poel_host.errors import DatabaseUnavailable, PoelError, SchemaOutOfDate
+from poel_host.errors import DatabaseUnavailable, PoelError, SchemaOutOfDate, one_line
 from poel_host.queries import read_sql, with_schema
 
 HOST = "poel-host"
@@ -95,7 +95,7 @@ def migrate(
                 except psycopg.Error as exc:
                     raise PoelError(
                         f"migration {owner} {migration.version:04d}_{migration.name} failed: "
-                        f"{' '.join(str(exc).split())}"
+                        f"{one_line(exc)}"
                     ) from None
                 conn.execute(
                     sql.SQL(

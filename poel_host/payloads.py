@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from poel_host.errors import InvalidPayload
+from poel_host.errors import InvalidPayload, error_text
 from poel_host.jobs import Job
 
 MAX_DEPTH = 64
@@ -114,9 +114,8 @@ def validate(job: Job, payload: dict[str, Any]) -> BaseModel:
     except ValidationError as exc:
         raise InvalidPayload(describe(job.type, exc), job_type=job.type) from None
     except Exception as exc:  # noqa: BLE001 - a validator's own bug (TypeError, KeyError...)
-        text = " ".join(str(exc).split())
         raise InvalidPayload(
-            f"invalid payload for {job.type!r}: validation raised {type(exc).__name__}: {text}",
+            f"invalid payload for {job.type!r}: validation raised {error_text(exc)}",
             job_type=job.type,
         ) from None
 

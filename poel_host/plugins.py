@@ -20,7 +20,7 @@ from typing import Any
 import pluggy
 
 from poel_host import hookspecs
-from poel_host.errors import PluginError
+from poel_host.errors import PluginError, error_text
 from poel_host.jobs import Job
 from poel_host.migrations import Migration
 
@@ -176,7 +176,9 @@ def load_plugins(
         try:
             module = ep.load()
         except Exception as exc:  # noqa: BLE001 - any import error makes the plugin fail to load
-            failed.append(FailedPlugin(ep.name, dist_name, version, f"import failed: {_err(exc)}"))
+            failed.append(
+                FailedPlugin(ep.name, dist_name, version, f"import failed: {error_text(exc)}")
+            )
             continue
         _add(manager, ep.name, module, dist_name, version, loaded, failed)
     for name, obj in extra:
@@ -198,7 +200,7 @@ def _add(
     try:
         manager.register(obj, name=name)
     except (ValueError, pluggy.PluginValidationError) as exc:
-        failed.append(FailedPlugin(name, dist_name, version, _err(exc)))
+        failed.append(FailedPlugin(name, dist_name, version, error_text(exc)))
         return
     try:
         hooks = _check_hooks(manager, name, obj)
@@ -236,7 +238,7 @@ def _collect(manager: pluggy.PluginManager, obj: object, hook: str, kind: type) 
         try:
             result = impl.function()
         except Exception as exc:  # noqa: BLE001 - reported as this plugin failing to load
-            raise PluginError(f"{hook}() raised {_err(exc)}") from None
+            raise PluginError(f"{hook}() raised {error_text(exc)}") from None
         for item in result or []:
             if not isinstance(item, kind):
                 raise PluginError(f"{hook}() returned {item!r}, not a {kind.__name__}")
@@ -264,8 +266,3 @@ def _dist(ep: md.EntryPoint) -> tuple[str | None, str | None]:
     if dist is None:
         return None, None
     return dist.metadata["Name"], dist.version
-
-
-def _err(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -16,6 +16,7 @@ import gevent
 import psycopg
 import psycopg_pool
 
+from poel_host.errors import one_line
 from poel_host.jobs import Job
 from poel_host.queries import Queries
 from poel_host.schedules import latest_slot, next_slot
@@ -48,7 +49,7 @@ class Scheduler:
             try:
                 self.tick(now())
             except _DB_ERRORS as exc:
-                self.log.warning("scheduling failed; will retry", error=" ".join(str(exc).split()))
+                self.log.warning("scheduling failed; will retry", error=one_line(exc))
                 gevent.sleep(1.0)
                 continue
             gevent.sleep(self.seconds_to_next(now()))
@@ -92,7 +93,7 @@ class Scheduler:
             with self.pool.connection(timeout=5) as conn:
                 conn.execute(self.queries["prune_slots"])
         except _DB_ERRORS as exc:
-            self.log.warning("pruning schedule slots failed", error=" ".join(str(exc).split()))
+            self.log.warning("pruning schedule slots failed", error=one_line(exc))
 
 
 def now() -> dt.datetime:

@@ -35,7 +35,7 @@ import psycopg_pool
 
 from poel_host import backoff, payloads
 from poel_host.database import make_pool
-from poel_host.errors import DatabaseUnavailable, InvalidPayload
+from poel_host.errors import DatabaseUnavailable, InvalidPayload, error_text, one_line
 from poel_host.health import Health
 from poel_host.job_connections import JobConnections, Loans
 from poel_host.jobs import Job, JobContext
@@ -242,7 +242,7 @@ class Worker:
                 failures = 0
             except _DB_ERRORS as exc:
                 failures += 1
-                self.log.warning("claim failed", error=_one_line(exc), retry_in=_pause(failures))
+                self.log.warning("claim failed", error=one_line(exc), retry_in=_pause(failures))
                 self.stopping.wait(_pause(failures))
                 continue
             finally:
@@ -319,7 +319,7 @@ class Worker:
             # (e.g. a plugin's backoff function raising): without an outcome the job would
             # stay running, its lease renewed for as long as this worker lives.
             ctx.log.exception("job path failed")
-            outcome = Outcome(row["id"], "failed", f"worker error: {_error_text(exc)}")
+            outcome = Outcome(row["id"], "failed", f"worker error: {error_text(exc)}")
         duration = round(time.monotonic() - started, 6)
         label = {"succeeded": "succeeded", "failed": "failed", "queued": "retry"}[outcome.state]
         self.finished[label] += 1
@@ -374,13 +374,13 @@ class Worker:
             if time.monotonic() >= entry.deadline - 0.05:
                 error = f"timed out after {seconds:g}s"
             else:
-                error = f"QueryCanceled: {_one_line(exc)}"
+                error = f"QueryCanceled: {one_line(exc)}"
         except gevent.GreenletExit as exc:
             if self.stopping.is_set():
                 raise  # the drain stopping it: the job is handed back
-            error = _error_text(exc)  # raised by the handler itself
+            error = error_text(exc)  # raised by the handler itself
         except BaseException as exc:
-            error = _error_text(exc)
+            error = error_text(exc)
             ctx.log.debug("handler raised", exc_info=exc)
         finally:
             timer.close()
@@ -457,7 +457,7 @@ class Worker:
                 self.log.warning(
                     "recording outcomes failed; will retry",
                     jobs=len(batch),
-                    error=_one_line(exc),
+                    error=one_line(exc),
                     retry_in=_pause(failures),
                 )
                 gevent.sleep(_pause(failures))
@@ -485,7 +485,7 @@ class Worker:
                 failures = 0
             except _DB_ERRORS as exc:
                 failures += 1
-                self.log.warning("lease renewal failed", error=_one_line(exc))
+                self.log.warning("lease renewal failed", error=one_line(exc))
                 continue
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_INTERVAL_S
@@ -572,7 +572,7 @@ class Worker:
                         break
                     gevent.sleep(0)
         except _DB_ERRORS as exc:
-            self.log.warning("pruning finished jobs failed", error=_one_line(exc))
+            self.log.warning("pruning finished jobs failed", error=one_line(exc))
         if deleted:
             self.log.info("finished jobs pruned", jobs=deleted)
 
@@ -616,7 +616,7 @@ class Worker:
                 failures += 1
                 self.log.warning(
                     "listen connection lost; polling until it is back",
-                    error=_one_line(exc),
+                    error=one_line(exc),
                     retry_in=_pause(failures),
                 )
                 gevent.sleep(_pause(failures))
@@ -659,7 +659,7 @@ class Worker:
                     self.active.pop(job_id, None)
                 return
             except _DB_ERRORS as exc:
-                self.log.warning("handing jobs back failed", error=_one_line(exc), attempt=attempt)
+                self.log.warning("handing jobs back failed", error=one_line(exc), attempt=attempt)
                 gevent.sleep(_pause(attempt))
         self.log.error("could not hand jobs back; they return when their lease expires", jobs=ids)
 
@@ -667,16 +667,3 @@ class Worker:
 def _pause(failures: int) -> float:
     """Seconds to wait after ``failures`` consecutive database errors (0.1 s up to 5 s)."""
     return float(min(5.0, 0.1 * 2 ** min(failures, 10)))
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _error_text(exc: BaseException) -> str:
-    """``Type: message`` (or just ``Type``), even for an exception whose str() fails."""
-    try:
-        text = " ".join(str(exc).split())
-    except Exception:  # noqa: BLE001 - the error is still recorded, by its type
-        text = ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
