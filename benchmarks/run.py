@@ -137,17 +137,18 @@ def drain(
     if system.slow and kind == "noop":
         n = min(n, slow_n)
 
-    progress = [-1]
+    last_done = -1
 
     def finished(conn: psycopg.Connection[Any], since: Any) -> bool:
+        nonlocal last_done
         done = system.done(conn, since)
-        if done == progress[0]:
+        if done == last_done:
             # Stalled since the last poll: look for a failed job (a query that may scan
             # the table, so not on every poll of a drain that is moving).
             error = system.first_error(conn, since)
             if error is not None:
                 raise RuntimeError(f"a {kind} job failed, so the run is void: {error}")
-        progress[0] = done
+        last_done = done
         return done >= n
 
     def body(conn: psycopg.Connection[Any], since: Any, proc: Any) -> dict[str, Any]:

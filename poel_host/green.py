@@ -18,7 +18,8 @@ def patch() -> None:
     from gevent import monkey
 
     # gevent records every greenlet's spawning stack by default (for debugging output);
-    # with one greenlet per job that is a quarter of the worker's CPU time.
+    # with a greenlet per job (as before runners.py, and still in plugins that spawn their
+    # own) py-spy put it at a quarter of the worker's CPU time.
     gevent.config.track_greenlet_tree = False
     if not monkey.is_module_patched("socket"):
         monkey.patch_all()

@@ -86,7 +86,7 @@ class Runners(Generic[T]):
         unstarted: list[T] = []
         while not self._todo.empty():
             unstarted.append(self._todo.get_nowait())
-        self._busy -= len(unstarted)
+        self.unreserve(len(unstarted))
         gevent.killall(list(self._greenlets), timeout=timeout)
         return unstarted
 

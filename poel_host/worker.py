@@ -48,7 +48,9 @@ from poel_host.settings import Settings
 
 NOTIFY_CHANNEL = "poel_jobs"
 _DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
-_BATCH = 1000
+_BATCH = 1000  # outcomes a completion statement writes, and finished jobs a prune deletes
+# What a run's outcome is counted as (metrics, summaries, the job_finished hook).
+_LABELS = {"succeeded": "succeeded", "failed": "failed", "queued": "retry"}
 PRUNE_INTERVAL_S = 300.0
 SUMMARY_INTERVAL_S = 10.0
 CLAIM_MIN = 25
@@ -321,7 +323,7 @@ class Worker:
             ctx.log.exception("job path failed")
             outcome = Outcome(row["id"], "failed", f"worker error: {error_text(exc)}")
         duration = round(time.monotonic() - started, 6)
-        label = {"succeeded": "succeeded", "failed": "failed", "queued": "retry"}[outcome.state]
+        label = _LABELS[outcome.state]
         self.finished[label] += 1
         if outcome.state == "succeeded":
             # Debug: at info a JSON line per job costs as much CPU as the rest of a no-op
@@ -564,11 +566,11 @@ class Worker:
                         {
                             "succeeded_hours": s.retain_succeeded_hours,
                             "failed_hours": s.retain_failed_hours,
-                            "batch": 1000,
+                            "batch": _BATCH,
                         },
                     ).fetchall()
                     deleted += len(rows)
-                    if len(rows) < 1000:
+                    if len(rows) < _BATCH:
                         break
                     gevent.sleep(0)
         except _DB_ERRORS as exc:
