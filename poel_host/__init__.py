@@ -18,8 +18,8 @@ _EXPORTS = {
     "JobCancelled": "poel_host.jobs",
     "hookimpl": "poel_host.hookspecs",
     "hookspec": "poel_host.hookspecs",
-    "Migration": "poel_host.migrations",
-    "PackageSql": "poel_host.queries",
+    "Migration": "poel_host.sqlfiles",
+    "PackageSql": "poel_host.sqlfiles",
     "Queue": "poel_host.queue",
     "JobRequest": "poel_host.queue",
     "Settings": "poel_host.settings",
@@ -53,10 +53,9 @@ if TYPE_CHECKING:
     from poel_host.errors import DuplicateJob, InvalidPayload, PoelError, UnknownJobType
     from poel_host.hookspecs import hookimpl, hookspec
     from poel_host.jobs import Job, JobCancelled, JobContext
-    from poel_host.migrations import Migration
-    from poel_host.queries import PackageSql
     from poel_host.queue import JobRequest, Queue
     from poel_host.settings import Settings, load_settings
+    from poel_host.sqlfiles import Migration, PackageSql
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,5 @@
-"""Retry delays: exponential backoff with jitter."""
+"""Delays: a job's retry backoff (exponential, with jitter), and a service's pause after
+consecutive errors."""
 
 from __future__ import annotations
 
@@ -19,3 +20,8 @@ def retry_delay_ms(job: Job, attempt: int, *, base_ms: int, max_ms: int) -> int:
     base = base_ms if job.backoff is None else job.backoff * 1000
     delay = min(max_ms, base * 2 ** max(0, attempt - 1))
     return int(delay * random.uniform(0.75, 1.25))
+
+
+def pause(failures: int) -> float:
+    """Seconds a service waits after ``failures`` consecutive errors (0.2 s up to 5 s)."""
+    return float(min(5.0, 0.1 * 2 ** min(failures, 10)))

@@ -15,6 +15,7 @@ from typing import Any
 
 from poel_host import __version__
 from poel_host.errors import PoelError
+from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, JOB_STATES
 from poel_host.logs import configure_logging, get_logger
 from poel_host.settings import Settings, load_settings
 
@@ -66,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--delay", type=float, metavar="SECONDS", help="start after this delay")
     enqueue.add_argument("--priority", type=int, help="higher runs first (default: the job's)")
     enqueue.add_argument("--queue", help="queue name (default: the job's)")
-    enqueue.add_argument("--max-attempts", type=int, help="attempts before failing (default 3)")
+    enqueue.add_argument(
+        "--max-attempts",
+        type=int,
+        help=f"attempts before failing (default: the job's, else {DEFAULT_MAX_ATTEMPTS})",
+    )
     enqueue.add_argument("--unique-key", help="refuse if a live job of TYPE has this key")
     enqueue.add_argument(
         "--allow-unknown",
@@ -85,9 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = commands.add_parser("jobs", help="inspect jobs", description="Inspect the jobs table.")
     jobs_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
     listing = jobs_commands.add_parser("list", help="recent jobs, newest first")
-    listing.add_argument(
-        "--state", choices=["queued", "running", "succeeded", "failed", "cancelled"]
-    )
+    listing.add_argument("--state", choices=JOB_STATES)
     listing.add_argument("--type", dest="job_type")
     listing.add_argument("--limit", type=int, default=20)
     listing.add_argument("--json", action="store_true")
@@ -137,7 +140,12 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from poel_host.serve import load_selected_plugins
 
     plugins = load_selected_plugins(settings, get_logger())
-    with connection(settings.dsn, connect_timeout=settings.connect_timeout_s) as conn:
+    with connection(
+        settings.dsn,
+        name="migrate",
+        pooler=settings.pooler,
+        connect_timeout=settings.connect_timeout_s,
+    ) as conn:
         applied = migrations.migrate(conn, settings.schema_name, plugins.migrations())
     if applied:
         for name in applied:
@@ -158,6 +166,7 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
         schema=settings.schema_name,
         jobs=plugins.jobs,
         max_payload_bytes=settings.max_payload_bytes,
+        pooler=settings.pooler,
     ) as queue:
         job_id = queue.enqueue(
             args.type,
@@ -207,54 +216,57 @@ def cmd_plugins(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    from poel_host.database import connection
-    from poel_host.queries import Queries
+    from poel_host.database import KeptConnection
+    from poel_host.store import Store
 
-    if args.jobs_command in ("cancel", "retry"):
-        return _change_job(settings, args.jobs_command, args.id)
-    queries = Queries(settings.schema_name)
-    with connection(settings.dsn, connect_timeout=settings.connect_timeout_s) as conn:
-        if args.jobs_command == "show":
-            row = conn.execute(queries["get_job"], {"id": args.id}).fetchone()
-            if row is None:
-                raise PoelError(f"no job with id {args.id}")
-            print(json.dumps(row, indent=2, default=str))
-        elif args.jobs_command == "stats":
-            for r in conn.execute(queries["count_by_state"]):
-                print(f"{r['state']:<10} {r['count']}")
+    conn = KeptConnection(
+        settings.dsn, name="cli", pooler=settings.pooler, connect_timeout=settings.connect_timeout_s
+    )
+    store = Store(settings.schema_name, conn)
+    try:
+        return _jobs(store, args)
+    finally:
+        conn.close()
+
+
+def _jobs(store: Any, args: argparse.Namespace) -> int:
+    if args.jobs_command == "cancel":
+        return _changed(store.cancel_job(args.id), args.id, "cancelled", "queued")
+    if args.jobs_command == "retry":
+        return _changed(store.retry_job(args.id), args.id, "queued again", "failed or cancelled")
+    if args.jobs_command == "show":
+        row = store.get_job(args.id)
+        if row is None:
+            raise PoelError(f"no job with id {args.id}")
+        print(json.dumps(row, indent=2, default=str))
+    elif args.jobs_command == "stats":
+        for state, count in store.count_by_state().items():
+            print(f"{state:<10} {count}")
+    else:
+        rows = store.list_jobs(state=args.state, job_type=args.job_type, limit=args.limit)
+        if args.json:
+            print(json.dumps(rows, indent=2, default=str))
         else:
-            rows = conn.execute(
-                queries["list_jobs"],
-                {"state": args.state, "job_type": args.job_type, "limit": args.limit},
-            ).fetchall()
-            if args.json:
-                print(json.dumps(rows, indent=2, default=str))
-            else:
-                table = [("ID", "TYPE", "STATE", "ATTEMPTS", "RUN AT", "LAST ERROR")]
-                for r in rows:
-                    table.append(
-                        (
-                            str(r["id"]),
-                            r["job_type"],
-                            r["state"],
-                            f"{r['attempts']}/{r['max_attempts']}",
-                            r["run_at"].isoformat(timespec="seconds"),
-                            (r["last_error"] or "")[:60],
-                        )
+            table = [("ID", "TYPE", "STATE", "ATTEMPTS", "RUN AT", "LAST ERROR")]
+            for r in rows:
+                table.append(
+                    (
+                        str(r["id"]),
+                        r["job_type"],
+                        r["state"],
+                        f"{r['attempts']}/{r['max_attempts']}",
+                        r["run_at"].isoformat(timespec="seconds"),
+                        (r["last_error"] or "")[:60],
                     )
-                print(_table(table))
+                )
+            print(_table(table))
     return 0
 
 
-def _change_job(settings: Settings, action: str, job_id: int) -> int:
-    from poel_host.queue import Queue
-
-    with Queue(settings.dsn, schema=settings.schema_name, jobs={}) as queue:
-        changed = queue.cancel(job_id) if action == "cancel" else queue.retry(job_id)
+def _changed(changed: bool, job_id: int, done: str, wanted: str) -> int:
     if not changed:
-        wanted = "queued" if action == "cancel" else "failed or cancelled"
         raise PoelError(f"job {job_id} was not changed: it does not exist or is not {wanted}")
-    print(f"job {job_id} {'cancelled' if action == 'cancel' else 'queued again'}")
+    print(f"job {job_id} {done}")
     return 0
 
 

@@ -1,5 +1,11 @@
 """Connections to PostgreSQL: the only module that opens them.
 
+Every connection Poel opens (the worker's two pools, health's, the LISTEN connection, the
+enqueuer's, the CLI's) comes from here, so each honours ``POEL_POOLER``: behind a
+transaction pooler (PgBouncer, Supabase's on port 6543) consecutive transactions may land
+on different server connections, where a statement psycopg prepared on another one does
+not exist, so server-side preparation is switched off.
+
 Driver errors met while connecting are translated into
 :class:`~poel_host.errors.DatabaseUnavailable` with the password masked, so the CLI can
 print them as one line.
@@ -7,9 +13,11 @@ print them as one line.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import pq
@@ -20,21 +28,40 @@ from poel_host.errors import DatabaseUnavailable, one_line
 from poel_host.settings import redact_dsn
 
 APPLICATION_NAME = "poel-host"
+CHECKOUT_TIMEOUT_S = 5.0  # waiting longer for a pooled connection means the pool is stuck
+T = TypeVar("T")
+Connection = psycopg.Connection[dict[str, Any]]
+
+
+def connection_options(
+    name: str | None, *, pooler: str, autocommit: bool, connect_timeout: int
+) -> dict[str, Any]:
+    """psycopg's connection keywords for one of Poel's connections."""
+    options: dict[str, Any] = {
+        "autocommit": autocommit,
+        "row_factory": dict_row,
+        "connect_timeout": connect_timeout,
+        "application_name": f"{APPLICATION_NAME}:{name}" if name else APPLICATION_NAME,
+    }
+    if pooler != "none":
+        options["prepare_threshold"] = None
+    return options
 
 
 def connect(
-    dsn: str, *, autocommit: bool = True, connect_timeout: int = 5, **kwargs: Any
-) -> psycopg.Connection[dict[str, Any]]:
+    dsn: str,
+    *,
+    name: str | None = None,
+    pooler: str = "none",
+    autocommit: bool = True,
+    connect_timeout: int = 5,
+) -> Connection:
     """One connection with dict rows; DatabaseUnavailable if PostgreSQL cannot be reached."""
+    options = connection_options(
+        name, pooler=pooler, autocommit=autocommit, connect_timeout=connect_timeout
+    )
     try:
-        return psycopg.connect(
-            dsn,
-            autocommit=autocommit,
-            row_factory=dict_row,
-            connect_timeout=connect_timeout,
-            application_name=kwargs.pop("application_name", APPLICATION_NAME),
-            **kwargs,
-        )
+        return psycopg.connect(dsn, **options)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(describe_connect_error(dsn, exc)) from None
 
@@ -45,7 +72,7 @@ def describe_connect_error(dsn: str, exc: BaseException) -> str:
 
 
 @contextmanager
-def connection(dsn: str, **kwargs: Any) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+def connection(dsn: str, **kwargs: Any) -> Iterator[Connection]:
     """``with connection(dsn) as conn:`` -- a short-lived connection, closed afterwards."""
     conn = connect(dsn, **kwargs)
     try:
@@ -80,7 +107,12 @@ class Pool(ConnectionPool[psycopg.Connection[dict[str, Any]]]):
     finds; this check reads the socket instead and takes the next connection at once.
     """
 
-    def getconn(self, timeout: float | None = None) -> psycopg.Connection[dict[str, Any]]:
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """``work(conn)`` on a pooled connection (the store's way in)."""
+        with self.connection(timeout=CHECKOUT_TIMEOUT_S) as conn:
+            return work(conn)
+
+    def getconn(self, timeout: float | None = None) -> Connection:
         for _ in range(self.max_size):
             conn = super().getconn(timeout)
             try:
@@ -98,36 +130,87 @@ def make_pool(
     name: str,
     min_size: int,
     max_size: int,
+    pooler: str = "none",
     connect_timeout: int = 5,
     autocommit: bool = True,
-    options: str | None = None,
-    prepare: bool = True,
 ) -> Pool:
     """A connection pool whose connections return dict rows.
 
     The pool is opened without waiting, so a worker can start (and report itself
     unhealthy) while the database is still down.
     """
-    kwargs: dict[str, Any] = {
-        "autocommit": autocommit,
-        "row_factory": dict_row,
-        "connect_timeout": connect_timeout,
-        "application_name": f"{APPLICATION_NAME}:{name}",
-    }
-    if options:
-        kwargs["options"] = options
-    if not prepare:
-        # A transaction pooler (PgBouncer, Supabase's) hands each transaction to any
-        # server connection: server-side prepared statements would not be found there.
-        kwargs["prepare_threshold"] = None
+    options = connection_options(
+        name, pooler=pooler, autocommit=autocommit, connect_timeout=connect_timeout
+    )
     pool = Pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        kwargs=kwargs,
+        kwargs=options,
         name=f"poel-{name}",
         open=False,
         timeout=30,
     )
     pool.open(wait=False)
     return pool
+
+
+class KeptConnection:
+    """One connection, opened on first use and kept between uses (a Queue's, health's, the
+    CLI's). One the server ended while it sat idle is replaced before use, without a round
+    trip (``check_alive``); one that fails during ``work`` is discarded and the error
+    raised, never retried here: the statement may have been committed before the failure,
+    and running it again (an enqueue) could do it twice."""
+
+    def __init__(
+        self, dsn: str, *, name: str | None = None, pooler: str = "none", connect_timeout: int = 5
+    ) -> None:
+        self.dsn = dsn
+        self.name = name
+        self.pooler = pooler
+        self.connect_timeout = connect_timeout
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()  # green under gevent; a real lock in a web app
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a connection is kept from an earlier use."""
+        return self._conn is not None and not self._conn.closed
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        with self._lock:
+            conn = self._conn
+            if conn is not None:
+                try:
+                    check_alive(conn)
+                except psycopg.Error:
+                    self._close()
+                    conn = None
+            if conn is None:
+                conn = self._conn = connect(
+                    self.dsn,
+                    name=self.name,
+                    pooler=self.pooler,
+                    connect_timeout=self.connect_timeout,
+                )
+            try:
+                return work(conn)
+            except BaseException:
+                # A failed statement (or a timeout that interrupted it) leaves the
+                # connection unusable or busy; the next use opens another.
+                if conn.closed or conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                    self._close()
+                raise
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None or conn.closed:
+            return
+        if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+            with contextlib.suppress(psycopg.Error):  # closed next anyway
+                conn.cancel_safe(timeout=3)
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()

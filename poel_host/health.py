@@ -1,75 +1,69 @@
 """The worker's health, as ``GET /health`` reports it.
 
-The database check uses its own connection, not the job pool, so it answers even when every
-pooled connection is busy with long jobs.
+Unhealthy (503, with a reason) while the worker drains, while one of its services is dead
+and waiting to be restarted, or while the database does not answer. The database check
+uses its own kept connection, not the job pool, so it answers even when every pooled
+connection is busy with long jobs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 import gevent
-import psycopg
-from gevent.lock import Semaphore
 
-from poel_host.database import connect
-from poel_host.errors import DatabaseUnavailable, one_line
+from poel_host.database import KeptConnection
+from poel_host.errors import DatabaseUnavailable
 from poel_host.settings import Settings, redact_dsn
+from poel_host.store import Store
 
 CHECK_TIMEOUT_S = 3.0
 
 
 class Health:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, failing: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.draining = False
-        self._conn: psycopg.Connection[Any] | None = None
-        self._lock = Semaphore()
+        self.failing = failing if failing is not None else {}  # service -> why it died
+        self._conn = KeptConnection(
+            settings.dsn, name="health", pooler=settings.pooler, connect_timeout=2
+        )
+        self._store = Store(settings.schema_name, self._conn)
 
     def check_database(self) -> str | None:
         """None when PostgreSQL answers a query, else the reason (no secrets)."""
-        with self._lock:
-            kept = self._conn is not None and not self._conn.closed
-            try:
-                with gevent.Timeout(CHECK_TIMEOUT_S):
-                    try:
-                        self._select_1()
-                    except psycopg.OperationalError:
-                        if not kept:
-                            raise
-                        # The connection kept from the last check was ended meanwhile
-                        # (terminated, server restarted): that says nothing about now.
-                        self._discard()
-                        self._select_1()
-                return None
-            except gevent.Timeout:
-                self._discard()
-                return f"database did not answer within {CHECK_TIMEOUT_S:g}s"
-            except DatabaseUnavailable as exc:
-                self._discard()
-                return f"database unreachable: {exc}"
-            except psycopg.Error as exc:
-                self._discard()
-                return f"database unreachable: {redact_dsn(one_line(exc))}"
+        try:
+            with gevent.Timeout(CHECK_TIMEOUT_S):
+                kept = self._conn.is_open
+                try:
+                    self._store.ping()
+                except DatabaseUnavailable:
+                    if not kept:
+                        raise
+                    # The connection kept from the last check was ended meanwhile (its
+                    # farewell not read yet): that says nothing about now. A ping is safe
+                    # to repeat, on a new connection.
+                    self._store.ping()
+            return None
+        except gevent.Timeout:
+            return f"database did not answer within {CHECK_TIMEOUT_S:g}s"
+        except DatabaseUnavailable as exc:
+            return f"database unreachable: {exc}"
 
-    def _select_1(self) -> None:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(
-                self.settings.dsn, connect_timeout=2, application_name="poel-host:health"
-            )
-        self._conn.execute("SELECT 1")
-
-    def _discard(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+    def reason(self) -> str | None:
+        """Why the worker is unhealthy, or None."""
+        if self.draining:
+            return "worker is draining (shutting down)"
+        if self.failing:
+            dead = "; ".join(f"{name}: {why}" for name, why in sorted(self.failing.items()))
+            return f"service died and is restarting: {dead}"
+        return self.check_database()
 
     def report(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) in the shape DESIGN.md fixes."""
-        reason = "worker is draining (shutting down)" if self.draining else self.check_database()
+        reason = self.reason()
         body: dict[str, Any] = {
             "status": "healthy" if reason is None else "unhealthy",
             "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
@@ -81,5 +75,4 @@ class Health:
         return (200 if reason is None else 503), body
 
     def close(self) -> None:
-        with self._lock:
-            self._discard()
+        self._conn.close()

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 
+# A job's defaults when neither its plugin nor its producer says otherwise (the SQL
+# function and the table's column defaults in sql/migrations/0001_jobs.sql agree).
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 3
+INT4_MAX = 2**31 - 1  # PostgreSQL's integer: priorities, attempts, statement_timeout (ms)
+
 Backoff = float | Callable[[int], float]
 JOB_TYPE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}")  # fullmatch: a job type name
 
@@ -52,8 +58,8 @@ class Job:
     type: str
     schema: builtins.type[BaseModel]
     handler: Callable[[Any, JobContext], object]
-    queue: str = "default"
-    max_attempts: int = 3
+    queue: str = DEFAULT_QUEUE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     timeout: float | None = None
     backoff: Backoff | None = None
     schedule: str | None = None

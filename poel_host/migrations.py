@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -19,23 +18,13 @@ import psycopg
 from psycopg import sql
 
 from poel_host.errors import DatabaseUnavailable, PoelError, SchemaOutOfDate, one_line
-from poel_host.queries import read_sql, with_schema
+from poel_host.sqlfiles import Migration, read_sql, with_schema
+from poel_host.store import Store
+
+__all__ = ["HOST", "Migration", "check_up_to_date", "host_migrations", "migrate", "pending"]
 
 HOST = "poel-host"
 _FILE = re.compile(r"^(?P<version>\d+)_(?P<name>[\w-]+)\.sql$")
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One versioned SQL script. Versions are positive and increase per owner.
-
-    Host migrations may use ``{schema}`` for the configured schema; a plugin's SQL is run
-    as written.
-    """
-
-    version: int
-    name: str
-    sql: str
 
 
 def host_migrations() -> list[Migration]:
@@ -55,22 +44,13 @@ def lock_key(schema: str) -> int:
     return zlib.crc32(f"poel-migrate:{schema}".encode())
 
 
-def _applied(conn: psycopg.Connection[Any], schema: str) -> set[tuple[str, int]]:
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL AS ok", [f"{schema}.migrations"])
-    row = exists.fetchone()
-    if not row or not (row["ok"] if isinstance(row, dict) else row[0]):
-        return set()
-    query = sql.SQL("SELECT plugin, version FROM {}.migrations").format(sql.Identifier(schema))
-    return {(r["plugin"], r["version"]) for r in conn.execute(query)}
-
-
 def pending(
     conn: psycopg.Connection[Any],
     schema: str,
     plugin_migrations: Iterable[tuple[str, Migration]] = (),
 ) -> list[tuple[str, Migration]]:
     """The migrations not yet applied, host first, each owner's in version order."""
-    done = _applied(conn, schema)
+    done = Store(schema).applied_migrations(conn)
     todo = [(HOST, m) for m in host_migrations()]
     todo += sorted(plugin_migrations, key=lambda pm: (pm[0], pm[1].version))
     return [(owner, m) for owner, m in todo if (owner, m.version) not in done]
@@ -83,29 +63,30 @@ def migrate(
 ) -> list[str]:
     """Apply what is pending; returns ``owner:version_name`` for each migration applied."""
     applied = []
+    store = Store(schema)
     try:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", [lock_key(schema)])
-            conn.execute(with_schema(read_sql("schema.sql"), schema))
+            store.lock_migrations(conn, lock_key(schema))
+            store.run_script(conn, with_schema(read_sql("schema.sql"), schema))
             for owner, migration in pending(conn, schema, plugin_migrations):
                 text = migration.sql
                 statement = with_schema(text, schema) if owner == HOST else sql.SQL(text)
                 try:
-                    conn.execute(statement)
-                except psycopg.Error as exc:
+                    store.run_script(conn, statement)
+                except (DatabaseUnavailable, psycopg.Error) as exc:
+                    if isinstance(exc, DatabaseUnavailable) and conn.broken:
+                        raise  # the connection was lost, not the migration wrong
+                    cause = exc.__cause__ if isinstance(exc, DatabaseUnavailable) else exc
                     raise PoelError(
                         f"migration {owner} {migration.version:04d}_{migration.name} failed: "
-                        f"{one_line(exc)}"
+                        f"{one_line(cause or exc)}"
                     ) from None
-                conn.execute(
-                    sql.SQL(
-                        "INSERT INTO {}.migrations (plugin, version, name) VALUES (%s, %s, %s)"
-                    ).format(sql.Identifier(schema)),
-                    [owner, migration.version, migration.name],
-                )
+                store.record_migration(conn, owner, migration.version, migration.name)
                 applied.append(f"{owner}:{migration.version:04d}_{migration.name}")
-    except psycopg.OperationalError as exc:
+    except DatabaseUnavailable as exc:
         raise DatabaseUnavailable(f"migration interrupted: {exc}") from None
+    except psycopg.OperationalError as exc:  # the transaction's own COMMIT or ROLLBACK
+        raise DatabaseUnavailable(f"migration interrupted: {one_line(exc)}") from None
     return applied
 
 

@@ -90,20 +90,21 @@ def _check_values(job_type: str, value: Any, depth: int) -> None:
         )
 
 
-def _check_text(job_type: str, text: str) -> None:
+def text_problem(text: str) -> str | None:
+    """Why PostgreSQL cannot store ``text`` (as text or in jsonb), or None."""
     if "\x00" in text:
-        raise InvalidPayload(
-            f"payload for {job_type!r} contains a NUL character (\\u0000), which PostgreSQL's "
-            "jsonb cannot store",
-            job_type=job_type,
-        )
+        return "contains a NUL character (\\u0000), which PostgreSQL cannot store"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidPayload(
-            f"payload for {job_type!r} contains a lone surrogate, which is not valid UTF-8",
-            job_type=job_type,
-        ) from None
+        return "contains a lone surrogate, which is not valid UTF-8"
+    return None
+
+
+def _check_text(job_type: str, text: str) -> None:
+    problem = text_problem(text)
+    if problem:
+        raise InvalidPayload(f"payload for {job_type!r} {problem}", job_type=job_type)
 
 
 def validate(job: Job, payload: dict[str, Any]) -> BaseModel:

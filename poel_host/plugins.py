@@ -22,7 +22,7 @@ import pluggy
 from poel_host import hookspecs
 from poel_host.errors import PluginError, error_text
 from poel_host.jobs import Job
-from poel_host.migrations import Migration
+from poel_host.sqlfiles import Migration
 
 ENTRY_POINT_GROUP = "poel.jobs"
 
@@ -84,7 +84,7 @@ class Plugins:
                         "plugin hook failed",
                         plugin=impl.plugin_name,
                         hook=hook,
-                        error=f"{type(exc).__name__}: {exc}",
+                        error=error_text(exc),  # never str(exc) itself: it may raise
                     )
 
     def describe(self) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,16 +16,10 @@ from typing import Any
 import psycopg
 
 from poel_host import payloads
-from poel_host.database import connect
-from poel_host.errors import (
-    DatabaseUnavailable,
-    DuplicateJob,
-    InvalidPayload,
-    PoelError,
-    UnknownJobType,
-)
-from poel_host.jobs import JOB_TYPE, Job
-from poel_host.queries import Queries
+from poel_host.database import KeptConnection
+from poel_host.errors import DuplicateJob, InvalidPayload, UnknownJobType
+from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, INT4_MAX, JOB_TYPE, Job
+from poel_host.store import Store
 
 
 @dataclass
@@ -52,6 +45,8 @@ class Queue:
         (loaded on first use). Pass ``{}`` to skip plugin loading.
     :param allow_unknown: accept job types no local plugin defines (a producer that does
         not install the handlers); their payloads are stored unvalidated.
+    :param pooler: ``"transaction"`` when ``dsn`` is a transaction pooler (PgBouncer,
+        Supabase's port 6543): no server-side prepared statements (``POEL_POOLER``).
     """
 
     def __init__(
@@ -62,15 +57,15 @@ class Queue:
         jobs: Mapping[str, Job] | None = None,
         allow_unknown: bool = False,
         max_payload_bytes: int = 1_000_000,
+        pooler: str = "none",
     ) -> None:
         self.dsn = dsn
         self.schema = schema
         self.allow_unknown = allow_unknown
         self.max_payload_bytes = max_payload_bytes
         self._jobs = dict(jobs) if jobs is not None else None
-        self._queries = Queries(schema)
-        self._conn: psycopg.Connection[Any] | None = None
-        self._lock = threading.Lock()
+        self._conn = KeptConnection(dsn, pooler=pooler)
+        self._store = Store(schema, self._conn)
 
     @property
     def jobs(self) -> dict[str, Job]:
@@ -132,12 +127,9 @@ class Queue:
         params = self._params(
             requests, self.allow_unknown if allow_unknown is None else allow_unknown
         )
-        query = self._queries["enqueue_jobs"]
-        if connection is not None:
-            rows = connection.execute(query, params).fetchall()
-        else:
-            rows = self._run(lambda conn: conn.execute(query, params).fetchall())
-        return _match_ids(requests, rows)
+        ids = self._store.enqueue_jobs(params, connection)
+        assert len(ids) == len(requests), "enqueue_jobs answers one row per request"
+        return ids
 
     def _params(self, requests: Sequence[JobRequest], allow_unknown: bool) -> dict[str, list[Any]]:
         columns: dict[str, list[Any]] = {
@@ -168,10 +160,10 @@ class Queue:
             columns["priorities"].append(
                 request.priority if request.priority is not None else (job.priority if job else 0)
             )
-            columns["queues"].append(request.queue or (job.queue if job else "default"))
+            columns["queues"].append(request.queue or (job.queue if job else DEFAULT_QUEUE))
             attempts = request.max_attempts
             if attempts is None:
-                attempts = job.max_attempts if job else 3
+                attempts = job.max_attempts if job else DEFAULT_MAX_ATTEMPTS
             columns["max_attempts"].append(attempts)
             columns["unique_keys"].append(request.unique_key)
         return columns
@@ -190,54 +182,18 @@ class Queue:
     def _existing(
         self, job_type: str, unique_key: str, connection: psycopg.Connection[Any] | None
     ) -> int | None:
-        query = self._queries["find_live_unique"]
-        params = {"job_type": job_type, "unique_key": unique_key}
-        if connection is not None:
-            row = connection.execute(query, params).fetchone()
-        else:
-            row = self._run(lambda conn: conn.execute(query, params).fetchone())
-        if row is None:
-            return None
-        return int(row["id"] if isinstance(row, dict) else row[0])
+        return self._store.find_live_unique(job_type, unique_key, connection)
 
     def cancel(self, job_id: int) -> bool:
         """Cancel a queued job; False if it is not queued (running, finished or unknown)."""
-        return self._update_one("cancel_job", job_id)
+        return self._store.cancel_job(job_id)
 
     def retry(self, job_id: int) -> bool:
         """Queue a failed or cancelled job again with fresh attempts; False if it is not."""
-        try:
-            return self._update_one("retry_job", job_id)
-        except psycopg.errors.UniqueViolation:
-            raise PoelError(
-                f"job {job_id} cannot be retried: a live job of its type holds its unique_key"
-            ) from None
-
-    def _update_one(self, query: str, job_id: int) -> bool:
-        statement = self._queries[query]
-        row = self._run(lambda conn: conn.execute(statement, {"id": job_id}).fetchone())
-        return row is not None
-
-    def _run(self, work: Any) -> Any:
-        """Run ``work(conn)`` on this Queue's own connection, reconnecting once if it broke."""
-        with self._lock:
-            for attempt in (1, 2):
-                if self._conn is None or self._conn.closed:
-                    self._conn = connect(self.dsn)
-                try:
-                    return work(self._conn)
-                except psycopg.OperationalError as exc:
-                    self._conn.close()
-                    self._conn = None
-                    if attempt == 2:
-                        raise DatabaseUnavailable(f"enqueue failed: {exc}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._store.retry_job(job_id)
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._conn.close()
 
     def __enter__(self) -> Queue:
         return self
@@ -255,7 +211,6 @@ def _delay_ms(job_type: str, delay: float | dt.timedelta | None) -> int:
     return int(seconds * 1000)
 
 
-_INT4_MAX = 2**31 - 1
 MAX_DELAY_S = 100 * 366 * 86400
 MAX_NAME_CHARS = 200
 MAX_UNIQUE_KEY_CHARS = 1000  # the live-unique index holds it: btree rows stop near 2.7 kB
@@ -277,7 +232,7 @@ def _check_request(request: JobRequest) -> None:
         return InvalidPayload(f"cannot enqueue {job_type!r}: {problem}", job_type=job_type)
 
     for name, value, low in (
-        ("priority", request.priority, -_INT4_MAX - 1),
+        ("priority", request.priority, -INT4_MAX - 1),
         ("max_attempts", request.max_attempts, 1),
     ):
         if value is None:
@@ -286,8 +241,8 @@ def _check_request(request: JobRequest) -> None:
             raise refuse(f"{name} must be an integer, got {_show(value)}")
         if value < low:
             raise refuse(f"{name} must be at least {low}")
-        if value > _INT4_MAX:
-            raise refuse(f"{name} must be at most {_INT4_MAX}")
+        if value > INT4_MAX:
+            raise refuse(f"{name} must be at most {INT4_MAX}")
     for name, text, limit in (
         ("queue", request.queue, MAX_NAME_CHARS),
         ("unique_key", request.unique_key, MAX_UNIQUE_KEY_CHARS),
@@ -298,12 +253,9 @@ def _check_request(request: JobRequest) -> None:
             raise refuse(f"{name} must be a string, got {_show(text)}")
         if len(text) > limit:
             raise refuse(f"{name} is {len(text)} characters, over the limit of {limit}")
-        if "\x00" in text:
-            raise refuse(f"{name} contains a NUL character, which PostgreSQL cannot store")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise refuse(f"{name} contains a lone surrogate, which is not valid UTF-8") from None
+        problem = payloads.text_problem(text)
+        if problem:
+            raise refuse(f"{name} {problem}")
     if request.run_at is not None and not isinstance(request.run_at, dt.datetime):
         raise refuse(f"run_at must be a datetime, got {_show(request.run_at)}")
     delay = request.delay
@@ -319,29 +271,3 @@ def _show(value: Any) -> str:
     """A value for an error message: its repr, cut short."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _match_ids(requests: Sequence[JobRequest], rows: list[Any]) -> list[int | None]:
-    """Map returned rows back to requests: PostgreSQL returns inserted rows in input order,
-    skipping those that hit a live unique key."""
-    ids: list[int | None] = []
-    it = iter(rows)
-    pending = next(it, None)
-    for request in requests:
-        row = _as_dict(pending)
-        if (
-            row is not None
-            and row["job_type"] == request.type
-            and row["unique_key"] == request.unique_key
-        ):
-            ids.append(int(row["id"]))
-            pending = next(it, None)
-        else:
-            ids.append(None)
-    return ids
-
-
-def _as_dict(row: Any) -> dict[str, Any] | None:
-    if row is None or isinstance(row, dict):
-        return row
-    return {"id": row[0], "job_type": row[1], "unique_key": row[2]}

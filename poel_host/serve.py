@@ -40,7 +40,10 @@ def load_selected_plugins(settings: Settings, log: Any) -> Plugins:
 def prepare_schema(settings: Settings, plugins: Plugins, log: Any) -> None:
     """Migrate (POEL_AUTO_MIGRATE) or refuse to start on an out-of-date schema."""
     with connection(
-        settings.dsn, autocommit=True, connect_timeout=settings.connect_timeout_s
+        settings.dsn,
+        name="migrate",
+        pooler=settings.pooler,
+        connect_timeout=settings.connect_timeout_s,
     ) as conn:
         if settings.should_auto_migrate:
             applied = migrations.migrate(conn, settings.schema_name, plugins.migrations())
@@ -59,7 +62,7 @@ def serve(settings: Settings) -> int:
     prepare_schema(settings, plugins, log)
     worker = Worker(settings, plugins, log=log)
     server = start_server(
-        make_app(worker.health, plugins.describe, worker.metrics),
+        make_app(worker.health, plugins.describe, worker.metrics.render),
         settings.health_check_host,
         settings.health_check_port,
         log=log,

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from poel_host.errors import SettingsError
+from poel_host.jobs import INT4_MAX
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -21,7 +22,6 @@ _SECRET_FIELDS = {"database_url", "supabase_service_role_key"}
 # Upper bounds: each number ends up in SQL (intervals, statement_timeout) or a timer, where
 # a larger one fails at run time ("interval out of range", "Value exceeds integer range")
 # instead of at start-up.
-_INT4_MAX = 2**31 - 1  # statement_timeout's limit in milliseconds (24.8 days)
 _HOUR_MS = 3_600_000
 _DAY_MS = 24 * _HOUR_MS
 _YEAR_MS = 366 * _DAY_MS
@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         default=10, ge=1, le=10_000, validation_alias="WORKER_CONCURRENCY"
     )
     job_timeout_ms: int = Field(
-        default=300_000, ge=1, le=_INT4_MAX, validation_alias="JOB_TIMEOUT_MS"
+        default=300_000, ge=1, le=INT4_MAX, validation_alias="JOB_TIMEOUT_MS"
     )
     health_check_port: int = Field(
         default=8080, ge=0, le=65_535, validation_alias="HEALTH_CHECK_PORT"

@@ -51,7 +51,6 @@ from poel_host import migrations  # noqa: E402
 from poel_host.database import connection  # noqa: E402
 from poel_host.jobs import JobContext  # noqa: E402
 from poel_host.plugins import Plugins, load_plugins  # noqa: E402
-from poel_host.queries import parse_blocks, read_sql, with_schema  # noqa: E402
 from poel_host.queue import Queue  # noqa: E402
 from poel_host.settings import Settings  # noqa: E402
 
@@ -161,11 +160,6 @@ class JobResult:
         return self.row["last_error"]  # type: ignore[no-any-return]
 
 
-@functools.cache
-def _testing_sql() -> dict[str, str]:
-    return parse_blocks(read_sql("testing.sql"))
-
-
 class JobRunner:
     """What the ``run_job`` fixture returns: runs jobs through the real worker, once each.
 
@@ -187,21 +181,30 @@ class JobRunner:
 
     def retry(self, job_id: int) -> JobResult:
         """Run the next attempt of a job waiting to be retried (state ``queued``)."""
-        statement = with_schema(_testing_sql()["make_due"], self.settings.schema_name)
-        with connection(self.settings.dsn) as conn:
-            made_due = conn.execute(statement, {"id": job_id}).fetchone()
-        assert made_due is not None, f"job {job_id} is not queued, so it has no next attempt"
+        made_due = self._store().make_due(job_id)
+        assert made_due, f"job {job_id} is not queued, so it has no next attempt"
         return self._run(job_id)
 
-    def _run(self, job_id: int) -> JobResult:
-        from poel_host.queries import Queries
+    def _store(self) -> Any:
+        from poel_host.store import Store
 
+        return Store(self.settings.schema_name, self._conn)
+
+    @functools.cached_property
+    def _conn(self) -> Any:
+        from poel_host.database import KeptConnection
+
+        return KeptConnection(self.settings.dsn, name="kit")
+
+    def close(self) -> None:
+        if "_conn" in self.__dict__:
+            self._conn.close()
+
+    def _run(self, job_id: int) -> JobResult:
         with structlog.testing.capture_logs() as logs:
             ran = self.worker.run_once()
         assert job_id in ran, f"job {job_id} was not claimed (is it due? is its plugin loaded?)"
-        with connection(self.settings.dsn) as conn:
-            query = Queries(self.settings.schema_name)["get_job"]
-            row = conn.execute(query, {"id": job_id}).fetchone()
+        row = self._store().get_job(job_id)
         assert row is not None
         own = [dict(entry) for entry in logs if entry.get("jobId") == job_id]
         return JobResult(job_id, row, own)
@@ -219,7 +222,9 @@ def run_job(
     from poel_host.worker import Worker
 
     worker = Worker(poel_settings, poel_plugins, log=get_logger())
-    yield JobRunner(worker, poel_queue, poel_settings)
+    runner = JobRunner(worker, poel_queue, poel_settings)
+    yield runner
+    runner.close()
     worker.close()
 
 
@@ -313,18 +318,20 @@ def poel_context(poel_settings: Settings, poel_queue: Queue) -> CapturedContext:
 
 
 @pytest.fixture
-def enqueued(poel_settings: Settings) -> Callable[..., list[dict[str, Any]]]:
+def enqueued(poel_settings: Settings) -> Iterator[Callable[..., list[dict[str, Any]]]]:
     """``enqueued(job_type=None, state=None)``: the jobs in the table, oldest first, to
     assert on what a handler (or the code under test) enqueued."""
-    from poel_host.queries import Queries
+    from poel_host.database import KeptConnection
+    from poel_host.store import Store
 
-    query = Queries(poel_settings.schema_name)["find_jobs"]
+    conn = KeptConnection(poel_settings.dsn, name="kit")
+    store = Store(poel_settings.schema_name, conn)
 
     def jobs(job_type: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
-        with connection(poel_settings.dsn) as conn:
-            return conn.execute(query, {"job_type": job_type, "state": state}).fetchall()
+        return store.find_jobs(job_type=job_type, state=state)
 
-    return jobs
+    yield jobs
+    conn.close()
 
 
 @pytest.fixture

@@ -19,11 +19,17 @@ class CountingWorker(Worker):
         self.claims: list[tuple[int, int]] = []  # (limit, rows claimed)
         self.most_held = 0  # jobs running, waiting for a runner, or being claimed
 
-    def _claim(self, limit):
-        rows = super()._claim(limit)
-        self.claims.append((limit, len(rows)))
-        self.most_held = max(self.most_held, len(self.slots))
-        return rows
+    def open(self):
+        super().open()
+        claim = self.producer.claim
+
+        def counted(limit):
+            rows = claim(limit)
+            self.claims.append((limit, len(rows)))
+            self.most_held = max(self.most_held, len(self.slots))
+            return rows
+
+        self.producer.claim = counted
 
 
 def start_worker(dsn: str, concurrency: int) -> tuple[CountingWorker, gevent.Greenlet]:

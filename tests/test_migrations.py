@@ -14,7 +14,7 @@ from psycopg import sql
 from poel_host import Migration, migrations
 from poel_host.database import connection
 from poel_host.errors import PoelError, SchemaOutOfDate
-from poel_host.queries import Queries
+from poel_host.store import queries
 
 
 def schema_exists(conn, schema: str) -> bool:
@@ -152,7 +152,7 @@ def test_concurrent_migrations_apply_once(poel_dsn):
 
 
 def test_claim_query_uses_the_partial_index(poel_conn):
-    query = Queries("poel")["claim_jobs"]
+    query = queries("poel")["claim_jobs"]
     poel_conn.execute("SET enable_seqscan = off")
     plan = poel_conn.execute(
         sql.SQL("EXPLAIN ") + query,

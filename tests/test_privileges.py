@@ -29,6 +29,7 @@ def producer_role(poel_dsn: str) -> Iterator[str]:
             ).format(ident)
         )
         conn.execute(sql.SQL("GRANT INSERT ON poel.jobs TO {}").format(ident))
+        conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE poel.jobs_id_seq TO {}").format(ident))
         conn.execute(
             sql.SQL("GRANT SELECT (id, job_type, unique_key, state) ON poel.jobs TO {}").format(
                 ident

@@ -18,7 +18,7 @@ from poel_host.errors import (
     PoelError,
     UnknownJobType,
 )
-from poel_host.worker import NOTIFY_CHANNEL
+from poel_host.worker.listener import NOTIFY_CHANNEL
 
 
 class Mail(BaseModel):

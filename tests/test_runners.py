@@ -1,4 +1,4 @@
-"""The runner greenlets that run claimed jobs (``poel_host.runners``), without a database."""
+"""The runner greenlets that run claimed jobs (``poel_host.worker.runners``), without a database."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextvars
 import gevent
 import gevent.event
 
-from poel_host.runners import Runners
+from poel_host.worker.runners import Runners
 
 
 def test_short_items_run_in_order_on_one_greenlet_without_spawning_per_item():

@@ -285,7 +285,7 @@ def test_hooks_raising_system_exit_do_not_strand_jobs(poel_settings, poel_conn):
         job_id = h.run("test.record", {"key": "a"})
         assert get_row(poel_conn, job_id)["state"] == "succeeded"
         assert h.finished(job_id)[2] == "succeeded"
-        assert h.worker.active == {}  # nothing left holding a lease
+        assert h.worker.held == {}  # nothing left holding a lease
     finally:
         h.close()
 
@@ -410,5 +410,5 @@ def test_a_bug_on_the_job_path_does_not_strand_the_job(harness, poel_conn):
         row["last_error"]
         == "worker error: ZeroDivisionError: a plugin's backoff function has a bug"
     )
-    assert harness.worker.active == {}
+    assert harness.worker.held == {}
     assert get_row(poel_conn, harness.run("test.record", {"key": "next"}))["state"] == "succeeded"

@@ -4,19 +4,34 @@
 
 -- enqueue_jobs --
 -- Insert jobs in one statement. A job whose (job_type, unique_key) matches a live job is
--- skipped; the caller finds out which by the ids returned.
-INSERT INTO {schema}.jobs AS j
-    (job_type, payload, run_at, priority, queue, max_attempts, unique_key)
-SELECT t.job_type, t.payload,
-       coalesce(t.run_at, now() + t.delay_ms * interval '1 millisecond'),
-       t.priority, t.queue, t.max_attempts, t.unique_key
-FROM unnest(%(job_types)s::text[], %(payloads)s::jsonb[], %(run_ats)s::timestamptz[],
-            %(delays_ms)s::bigint[], %(priorities)s::integer[], %(queues)s::text[],
-            %(max_attempts)s::integer[], %(unique_keys)s::text[])
-     AS t(job_type, payload, run_at, delay_ms, priority, queue, max_attempts, unique_key)
-ON CONFLICT (job_type, unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
-DO NOTHING
-RETURNING j.id, j.job_type, j.unique_key
+-- skipped. Each request is numbered (WITH ORDINALITY) and given its id before the insert,
+-- so that the answer is one row per request, in request order, with a NULL id for a
+-- request that was skipped: PostgreSQL does not promise that RETURNING follows the input.
+WITH input AS MATERIALIZED (
+    SELECT nextval((SELECT pg_get_serial_sequence(quote_ident(%(schema)s) || '.jobs', 'id')))
+               AS id,
+           t.*
+    FROM unnest(%(job_types)s::text[], %(payloads)s::jsonb[], %(run_ats)s::timestamptz[],
+                %(delays_ms)s::bigint[], %(priorities)s::integer[], %(queues)s::text[],
+                %(max_attempts)s::integer[], %(unique_keys)s::text[])
+         WITH ORDINALITY
+         AS t(job_type, payload, run_at, delay_ms, priority, queue, max_attempts, unique_key, n)
+), inserted AS (
+    INSERT INTO {schema}.jobs AS j
+        (id, job_type, payload, run_at, priority, queue, max_attempts, unique_key)
+    SELECT i.id, i.job_type, i.payload,
+           coalesce(i.run_at, now() + i.delay_ms * interval '1 millisecond'),
+           i.priority, i.queue, i.max_attempts, i.unique_key
+    FROM input AS i
+    ORDER BY i.n
+    ON CONFLICT (job_type, unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+    DO NOTHING
+    RETURNING j.id
+)
+SELECT input.n, inserted.id
+FROM input LEFT JOIN inserted ON inserted.id = input.id
+ORDER BY input.n
 
 -- find_live_unique --
 -- The live job holding a unique key, to name it in the duplicate error.
@@ -107,10 +122,13 @@ WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s AND state = 'runni
 RETURNING id
 
 -- renew_leases --
--- Extend the leases of every job this worker runs; the ids not returned were lost.
+-- Extend the leases of every job this worker runs; the ids not returned were lost. A lease
+-- that has already expired is not extended: another worker may have rescued the job (or
+-- be about to), so the attempt counts as lost even if no one has looked yet.
 UPDATE {schema}.jobs
 SET lease_expires_at = now() + %(lease_ms)s * interval '1 millisecond'
 WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s AND state = 'running'
+  AND lease_expires_at > now()
 RETURNING id
 
 -- recover_expired --
@@ -160,8 +178,12 @@ LIMIT %(limit)s
 SELECT state::text AS state, count(*) AS count FROM {schema}.jobs GROUP BY state ORDER BY state
 
 -- ping --
--- The health check: is the database answering?
+-- The health check, and the LISTEN connection's keep-alive: is the database answering?
 SELECT 1
+
+-- listen --
+-- Be told of inserted jobs (the jobs table's trigger notifies with the schema's name).
+LISTEN poel_jobs
 
 -- set_statement_timeout --
 -- Bound every query a handler runs by the time its job has left (milliseconds as text).
@@ -215,6 +237,13 @@ WHERE id IN (
 )
 RETURNING id
 
+-- make_due --
+-- Make a queued job (a retry waiting out its backoff, or a job scheduled for later) due
+-- now: the test kit's run_job.retry(), and an operator's "run now".
+UPDATE {schema}.jobs SET run_at = now(), updated_at = now()
+WHERE id = %(id)s AND state = 'queued'
+RETURNING id
+
 -- cancel_job --
 -- Cancel a job that has not started. Running jobs cannot be cancelled from outside.
 UPDATE {schema}.jobs
@@ -229,3 +258,21 @@ UPDATE {schema}.jobs
 SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL, updated_at = now()
 WHERE id = %(id)s AND state IN ('failed', 'cancelled')
 RETURNING id
+
+
+-- lock_migrations --
+-- Serialise migrations of one schema across processes, until the transaction ends.
+SELECT pg_advisory_xact_lock(%(key)s)
+
+-- migrations_table_exists --
+-- Whether the schema's migrations table exists yet (a fresh database has none).
+SELECT to_regclass(quote_ident(%(schema)s) || '.migrations') IS NOT NULL AS ok
+
+-- applied_migrations --
+-- Every migration applied, by owner (poel-host or a plugin's name) and version.
+SELECT plugin, version FROM {schema}.migrations
+
+-- record_migration --
+-- Record one applied migration, in the transaction that applied it.
+INSERT INTO {schema}.migrations (plugin, version, name)
+VALUES (%(plugin)s, %(version)s, %(name)s)

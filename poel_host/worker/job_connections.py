@@ -22,7 +22,7 @@ import psycopg
 import psycopg_pool
 from psycopg.pq import TransactionStatus
 
-from poel_host.queries import Queries
+from poel_host.store import Store
 
 USED_AFTER_BLOCK = (
     "the handler used its connection after its `with ctx.connection()` block; "
@@ -46,13 +46,13 @@ class JobConnections:
     def __init__(
         self,
         pool: psycopg_pool.ConnectionPool[Any],
-        queries: Queries,
+        store: Store,
         *,
         transaction_pooler: bool,
         log: Any,
     ) -> None:
         self.pool = pool
-        self.queries = queries
+        self.store = store
         self.transaction_pooler = transaction_pooler
         self.log = log
         self._borrowed: set[int] = set()  # id() of the connections lent out
@@ -143,12 +143,10 @@ class JobConnections:
         if self.transaction_pooler:
             # Opens the handler's transaction, with the timeout local to it: a session
             # setting would stay on a server connection the pooler gives other clients.
-            params = {"ms": str(timeout_ms), "local": True}
-            conn.execute(self.queries["set_statement_timeout"], params)
+            self.store.set_statement_timeout(conn, timeout_ms, local=True)
         else:
             conn.autocommit = True
-            params = {"ms": str(timeout_ms), "local": False}
-            conn.execute(self.queries["set_statement_timeout"], params)
+            self.store.set_statement_timeout(conn, timeout_ms, local=False)
             conn.autocommit = False
 
 

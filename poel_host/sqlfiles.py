@@ -1,23 +1,35 @@
-"""Named SQL blocks from ``sql/queries.sql``, with the configured schema filled in.
+"""SQL shipped as files: named blocks, migrations, and the schema filled in safely.
 
 Keeping SQL in ``.sql`` files means it is read, reviewed and EXPLAINed as SQL. The schema
 name comes from configuration, so it is inserted as a quoted identifier
 (``psycopg.sql.Identifier``), never formatted in as text; values are always parameters.
+The host's own queries are run by :mod:`poel_host.store`; :class:`PackageSql` gives a
+plugin the same for the SQL it ships.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING
 
 from psycopg import sql
 
-if TYPE_CHECKING:
-    from poel_host.migrations import Migration
-
 _BLOCK = re.compile(r"^-- (?P<name>[a-z_]+) --$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One versioned SQL script. Versions are positive and increase per owner.
+
+    Host migrations may use ``{schema}`` for the configured schema; a plugin's SQL is run
+    as written.
+    """
+
+    version: int
+    name: str
+    sql: str
 
 
 def read_sql(name: str) -> str:
@@ -37,11 +49,6 @@ def parse_blocks(text: str) -> dict[str, str]:
 def with_schema(text: str, schema: str) -> sql.Composed:
     """Fill ``{schema}`` in a SQL text with the quoted schema identifier."""
     return sql.SQL(text).format(schema=sql.Identifier(schema))
-
-
-@functools.cache
-def _raw_queries() -> dict[str, str]:
-    return parse_blocks(read_sql("queries.sql"))
 
 
 class PackageSql:
@@ -76,17 +83,4 @@ class PackageSql:
 
     def migration(self, version: int, name: str) -> Migration:
         """``Migration(version, name, <sql/migrations/NNNN_name.sql>)``."""
-        from poel_host.migrations import Migration
-
         return Migration(version, name, self.read("migrations", f"{version:04d}_{name}.sql"))
-
-
-class Queries:
-    """The queries for one schema, composed once."""
-
-    def __init__(self, schema: str) -> None:
-        self.schema = schema
-        self._composed = {name: with_schema(text, schema) for name, text in _raw_queries().items()}
-
-    def __getitem__(self, name: str) -> sql.Composed:
-        return self._composed[name]

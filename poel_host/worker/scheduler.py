@@ -13,45 +13,39 @@ import datetime as dt
 from typing import Any
 
 import gevent
-import psycopg
-import psycopg_pool
 
-from poel_host.errors import one_line
+from poel_host.errors import DatabaseUnavailable, one_line
 from poel_host.jobs import Job
-from poel_host.queries import Queries
 from poel_host.schedules import latest_slot, next_slot
+from poel_host.store import Store
+from poel_host.worker.supervisor import Service
 
 MAX_SLEEP_S = 30.0
-_DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
 
 
-class Scheduler:
-    def __init__(
-        self,
-        jobs: list[Job],
-        pool: psycopg_pool.ConnectionPool[Any],
-        queries: Queries,
-        *,
-        log: Any,
-    ) -> None:
+class Scheduler(Service):
+    name = "scheduler"
+
+    def __init__(self, jobs: list[Job], store: Store, *, log: Any) -> None:
+        super().__init__()
         self.jobs = [job for job in jobs if job.schedule]
-        self.pool = pool
-        self.queries = queries
+        self.store = store
         self.log = log
         self.done: dict[str, dt.datetime] = {}  # latest slot handled per job type
 
     def run(self) -> None:
-        """Loop forever (the worker kills this greenlet at shutdown)."""
+        """Loop until killed at shutdown; return at once when no job type is scheduled."""
         if not self.jobs:
             return
         self.prune()
         while True:
             try:
                 self.tick(now())
-            except _DB_ERRORS as exc:
+            except DatabaseUnavailable as exc:
                 self.log.warning("scheduling failed; will retry", error=one_line(exc))
                 gevent.sleep(1.0)
                 continue
+            self.passed()
             gevent.sleep(self.seconds_to_next(now()))
 
     def tick(self, at: dt.datetime) -> list[int]:
@@ -62,23 +56,19 @@ class Scheduler:
             slot = latest_slot(job.schedule, at)
             if self.done.get(job.type) == slot:
                 continue
-            with self.pool.connection(timeout=5) as conn:
-                row = conn.execute(
-                    self.queries["enqueue_slot"],
-                    {
-                        "job_type": job.type,
-                        "slot": slot,
-                        "priority": job.priority,
-                        "queue": job.queue,
-                        "max_attempts": job.max_attempts,
-                    },
-                ).fetchone()
+            job_id = self.store.enqueue_slot(
+                job_type=job.type,
+                slot=slot,
+                priority=job.priority,
+                queue=job.queue,
+                max_attempts=job.max_attempts,
+            )
             self.done[job.type] = slot
-            if row is not None:
-                created.append(row["id"])
+            if job_id is not None:
+                created.append(job_id)
                 self.log.info(
                     "periodic job enqueued",
-                    jobId=row["id"],
+                    jobId=job_id,
                     jobType=job.type,
                     slot=slot.isoformat(),
                 )
@@ -90,9 +80,8 @@ class Scheduler:
 
     def prune(self) -> None:
         try:
-            with self.pool.connection(timeout=5) as conn:
-                conn.execute(self.queries["prune_slots"])
-        except _DB_ERRORS as exc:
+            self.store.prune_slots()
+        except DatabaseUnavailable as exc:
             self.log.warning("pruning schedule slots failed", error=one_line(exc))
 
 

@@ -1,0 +1,267 @@
+"""The store: the only code that runs SQL against Poel's tables.
+
+One method per named block of ``sql/queries.sql``; callers (the queue client, the worker's
+services, the CLI, health, migrations, the test kit) never see SQL or a cursor. A store
+runs each statement through its *source* (a pool or one kept connection, both from
+:mod:`poel_host.database`), or on the caller's connection when one is passed (an enqueue
+inside the caller's transaction). Driver errors that mean the database could not be used
+(``DB_ERRORS``) are translated here into :class:`~poel_host.errors.DatabaseUnavailable`,
+so every service catches one exception and every message has the password masked.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from poel_host.errors import DatabaseUnavailable, PoelError, one_line
+from poel_host.settings import redact_dsn
+from poel_host.sqlfiles import parse_blocks, read_sql, with_schema
+
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+# What means "the database could not be used": lost or refused connections, a pool that
+# gave no connection in time. Anything else (a constraint, a syntax error) is a bug or bad
+# input and keeps its own type.
+DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
+
+
+class Source(Protocol):
+    """Where a store gets its connection: ``run(work)`` calls ``work(conn)``."""
+
+    def run(self, work: Callable[[Conn], T]) -> T: ...
+
+
+@functools.cache
+def _blocks() -> dict[str, str]:
+    return parse_blocks(read_sql("queries.sql"))
+
+
+@functools.cache
+def queries(schema: str) -> dict[str, sql.Composed]:
+    """Every block of ``queries.sql`` with ``schema`` filled in, composed once per schema."""
+    return {name: with_schema(text, schema) for name, text in _blocks().items()}
+
+
+class Store:
+    """Poel's tables in one schema, reached through ``source``."""
+
+    def __init__(self, schema: str, source: Source | None = None) -> None:
+        self.schema = schema
+        self.source = source
+        self._q = queries(schema)
+
+    # Plumbing ---------------------------------------------------------------------------
+
+    def _run(self, work: Callable[[Conn], T], connection: Conn | None = None) -> T:
+        try:
+            if connection is not None:
+                return work(connection)
+            if self.source is None:
+                raise AssertionError("this Store has no source: pass connection=")
+            return self.source.run(work)
+        except DB_ERRORS as exc:
+            raise DatabaseUnavailable(f"database unavailable: {redact_dsn(one_line(exc))}") from exc
+
+    def _all(
+        self, name: str, params: dict[str, Any] | None = None, connection: Conn | None = None
+    ) -> list[dict[str, Any]]:
+        query = self._q[name]
+        # dict rows whatever the connection's own row factory (a caller's may be tuples)
+        return self._run(
+            lambda conn: conn.cursor(row_factory=dict_row).execute(query, params).fetchall(),
+            connection,
+        )
+
+    def _one(
+        self, name: str, params: dict[str, Any] | None = None, connection: Conn | None = None
+    ) -> dict[str, Any] | None:
+        rows = self._all(name, params, connection)
+        return rows[0] if rows else None
+
+    def _execute(
+        self, name: str, params: dict[str, Any] | None = None, connection: Conn | None = None
+    ) -> None:
+        """A statement whose rows (if any) nobody reads."""
+        query = self._q[name]
+        self._run(lambda conn: conn.execute(query, params), connection)
+
+    def _ids(self, name: str, params: dict[str, Any], connection: Conn | None = None) -> set[int]:
+        return {int(row["id"]) for row in self._all(name, params, connection)}
+
+    # Enqueueing -------------------------------------------------------------------------
+
+    def enqueue_jobs(
+        self, columns: dict[str, list[Any]], connection: Conn | None = None
+    ) -> list[int | None]:
+        """Insert jobs given as columns (``job_types``, ``payloads``, ...; see the SQL):
+        their ids in request order, ``None`` where a live job holds the unique key."""
+        rows = self._all("enqueue_jobs", {**columns, "schema": self.schema}, connection)
+        return [None if row["id"] is None else int(row["id"]) for row in rows]
+
+    def find_live_unique(
+        self, job_type: str, unique_key: str, connection: Conn | None = None
+    ) -> int | None:
+        params = {"job_type": job_type, "unique_key": unique_key}
+        row = self._one("find_live_unique", params, connection)
+        return None if row is None else int(row["id"])
+
+    def enqueue_slot(
+        self, *, job_type: str, slot: Any, priority: int, queue: str, max_attempts: int
+    ) -> int | None:
+        """Enqueue a periodic job for ``slot`` unless a worker did; its id, or None."""
+        params = {
+            "job_type": job_type,
+            "slot": slot,
+            "priority": priority,
+            "queue": queue,
+            "max_attempts": max_attempts,
+        }
+        row = self._one("enqueue_slot", params)
+        return None if row is None else int(row["id"])
+
+    def prune_slots(self) -> None:
+        """Forget old slots (keeping each type's latest)."""
+        self._execute("prune_slots")
+
+    # The worker's job path --------------------------------------------------------------
+
+    def claim_jobs(
+        self,
+        *,
+        job_types: Sequence[str],
+        queues: Sequence[str] | None,
+        limit: int,
+        owner: str,
+        lease_ms: int,
+        held: Sequence[int],
+    ) -> list[dict[str, Any]]:
+        params = {
+            "job_types": list(job_types),
+            "queues": None if queues is None else list(queues),
+            "limit": limit,
+            "owner": owner,
+            "lease_ms": lease_ms,
+            "held": list(held),
+        }
+        return self._all("claim_jobs", params)
+
+    def finish(self, outcomes: Sequence[tuple[int, str, str | None, int]], owner: str) -> set[int]:
+        """Record (job id, state, error, retry delay ms) outcomes of this worker's jobs in
+        one transaction; the ids written (a lost lease's are not)."""
+        succeeded = [job_id for job_id, state, _, _ in outcomes if state == "succeeded"]
+        others = [o for o in outcomes if o[1] != "succeeded"]
+
+        def write(conn: Conn) -> set[int]:
+            # Two autocommit statements, not a transaction (two more round trips a batch):
+            # written again after a failure, the first's rows are simply not returned.
+            written: set[int] = set()
+            if succeeded:
+                # The common case, through a statement with one array parameter.
+                params: dict[str, Any] = {"ids": succeeded, "owner": owner}
+                written.update(r["id"] for r in conn.execute(self._q["finish_succeeded"], params))
+            if others:
+                params = {
+                    "ids": [o[0] for o in others],
+                    "states": [o[1] for o in others],
+                    "errors": [o[2] for o in others],
+                    "delays_ms": [o[3] for o in others],
+                    "owner": owner,
+                }
+                written.update(r["id"] for r in conn.execute(self._q["finish_jobs"], params))
+            return written
+
+        return self._run(write)
+
+    def release_jobs(self, ids: Sequence[int], owner: str) -> list[int]:
+        """Hand this worker's running jobs back (attempt not counted); the ids released."""
+        return sorted(self._ids("release_jobs", {"ids": list(ids), "owner": owner}))
+
+    def renew_leases(self, ids: Sequence[int], owner: str, lease_ms: int) -> set[int]:
+        """Extend the unexpired leases of ``ids``; the ids renewed (the others are lost)."""
+        return self._ids("renew_leases", {"ids": list(ids), "owner": owner, "lease_ms": lease_ms})
+
+    def recover_expired(self) -> list[dict[str, Any]]:
+        """Requeue (or fail) jobs whose lease expired: ``[{id, state}]``."""
+        return self._all("recover_expired")
+
+    def prune_finished(
+        self, *, succeeded_hours: float, failed_hours: float | None, batch: int
+    ) -> int:
+        """Delete up to ``batch`` finished jobs past their retention; how many."""
+        params = {"succeeded_hours": succeeded_hours, "failed_hours": failed_hours, "batch": batch}
+        return len(self._all("prune_finished", params))
+
+    def set_statement_timeout(self, conn: Conn, ms: int, *, local: bool) -> None:
+        """Bound the statements a handler runs on ``conn`` (see the SQL's comment)."""
+        self._execute("set_statement_timeout", {"ms": str(ms), "local": local}, conn)
+
+    def listen(self, conn: Conn) -> None:
+        """Subscribe ``conn`` to the notification the jobs table sends on insert."""
+        self._execute("listen", None, conn)
+
+    def ping(self, conn: Conn | None = None) -> None:
+        """One round trip: raises DatabaseUnavailable if the database does not answer."""
+        self._execute("ping", None, conn)
+
+    # Looking and changing (CLI, test kit) -----------------------------------------------
+
+    def get_job(self, job_id: int) -> dict[str, Any] | None:
+        return self._one("get_job", {"id": job_id})
+
+    def list_jobs(
+        self, *, state: str | None = None, job_type: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """Recent jobs, newest first."""
+        return self._all("list_jobs", {"state": state, "job_type": job_type, "limit": limit})
+
+    def find_jobs(
+        self, *, job_type: str | None = None, state: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Jobs oldest first, with their payloads."""
+        return self._all("find_jobs", {"job_type": job_type, "state": state})
+
+    def count_by_state(self) -> dict[str, int]:
+        return {row["state"]: int(row["count"]) for row in self._all("count_by_state")}
+
+    def cancel_job(self, job_id: int) -> bool:
+        """Cancel a queued job; False if it is not queued."""
+        return self._one("cancel_job", {"id": job_id}) is not None
+
+    def retry_job(self, job_id: int) -> bool:
+        """Queue a failed or cancelled job again with fresh attempts; False if it is not."""
+        try:
+            return self._one("retry_job", {"id": job_id}) is not None
+        except psycopg.errors.UniqueViolation:
+            raise PoelError(
+                f"job {job_id} cannot be retried: a live job of its type holds its unique_key"
+            ) from None
+
+    def make_due(self, job_id: int) -> bool:
+        """Make a queued job due now; False if it is not queued."""
+        return self._one("make_due", {"id": job_id}) is not None
+
+    # Migrations (run on the migrating connection, inside its transaction) ---------------
+
+    def lock_migrations(self, conn: Conn, key: int) -> None:
+        self._execute("lock_migrations", {"key": key}, conn)
+
+    def applied_migrations(self, conn: Conn) -> set[tuple[str, int]]:
+        exists = self._one("migrations_table_exists", {"schema": self.schema}, conn)
+        if not exists or not exists["ok"]:
+            return set()
+        return {(r["plugin"], r["version"]) for r in self._all("applied_migrations", None, conn)}
+
+    def run_script(self, conn: Conn, script: sql.SQL | sql.Composed) -> None:
+        """Run a migration's (or the bootstrap's) SQL text on the migrating connection."""
+        self._run(lambda c: c.execute(script), conn)
+
+    def record_migration(self, conn: Conn, plugin: str, version: int, name: str) -> None:
+        params = {"plugin": plugin, "version": version, "name": name}
+        self._execute("record_migration", params, conn)

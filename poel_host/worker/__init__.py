@@ -1,0 +1,27 @@
+"""The ``serve`` runtime: the worker and its services, one module a concern.
+
+Nothing here is public API (plugins reach the host only through ``poel_host``'s names):
+
+| module | holds |
+|---|---|
+| ``worker.py`` | :class:`Worker`: pools, run/stop/run_once, the drain; starts the services |
+| ``supervisor.py`` | restarting services that die, and knowing which are failing |
+| ``producer.py`` | the claim loops |
+| ``runners.py`` | the greenlets claimed jobs run on |
+| ``executor.py`` | running one job and deciding its outcome |
+| ``job_connections.py`` | lending job-pool connections to handlers |
+| ``completer.py`` | writing outcomes in batches; handing jobs back |
+| ``held.py`` | the jobs this worker holds |
+| ``leases.py`` | renewing leases |
+| ``rescuer.py`` | requeueing jobs whose worker died |
+| ``pruner.py`` | deleting finished jobs past their retention |
+| ``scheduler.py`` | enqueueing periodic jobs once per slot |
+| ``listener.py`` | LISTEN for inserted jobs, or polling alone |
+| ``metrics.py`` | counters for ``/metrics`` and the periodic summary |
+"""
+
+from __future__ import annotations
+
+from poel_host.worker.worker import Worker
+
+__all__ = ["Worker"]

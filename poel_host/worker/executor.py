@@ -1,0 +1,200 @@
+"""Running one claimed job, and deciding what its run amounts to.
+
+:meth:`Executor.run` is what a runner greenlet calls for each job: validate the payload,
+call the ``job_started`` hook, run the handler under the job's timeout, take back its
+connections, then :func:`decide` the outcome and hand it to the completer. ``decide`` is
+the one place that turns what happened (an error or none, whether the worker stopped the
+job, whether retrying could help) into an :class:`Outcome`: success, a retry with backoff,
+a failure (the dead letter), or a hand-back at shutdown that does not count the attempt.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import psycopg
+
+from poel_host import backoff, payloads
+from poel_host.errors import InvalidPayload, error_text, one_line
+from poel_host.jobs import Job, JobCancelled
+from poel_host.plugins import Plugins
+from poel_host.settings import Settings
+from poel_host.worker.held import Held, HeldJob
+from poel_host.worker.job_connections import JobConnections
+
+# What an outcome is counted as (metrics, summaries, the job_finished hook).
+LABELS = {"succeeded": "succeeded", "failed": "failed", "queued": "retry", "released": "released"}
+
+
+@dataclass
+class Outcome:
+    job_id: int
+    state: str  # succeeded | failed | queued (a retry) | released (handed back)
+    error: str | None = None
+    delay_ms: int = 0
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.state]
+
+
+@dataclass
+class Ran:
+    """What happened when a job ran."""
+
+    error: str | None = None  # None: the handler returned
+    stopped: bool = False  # the worker stopped it (shutdown): not the job's fault
+    final: bool = False  # retrying cannot help (an invalid payload, a worker bug)
+
+
+def decide(job: Job, row: dict[str, Any], ran: Ran, settings: Settings) -> Outcome:
+    """The outcome of one run of ``job`` (claimed as ``row``)."""
+    job_id = int(row["id"])
+    if ran.stopped:
+        return Outcome(job_id, "released")
+    if ran.error is None:
+        return Outcome(job_id, "succeeded")
+    if ran.final or row["attempts"] >= row["max_attempts"]:
+        return Outcome(job_id, "failed", ran.error)
+    delay = backoff.retry_delay_ms(
+        job,
+        row["attempts"],
+        base_ms=settings.retry_backoff_ms,
+        max_ms=settings.retry_backoff_max_ms,
+    )
+    return Outcome(job_id, "queued", ran.error, delay)
+
+
+class Executor:
+    """Runs held jobs on the calling greenlet; outcomes go to ``complete``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        plugins: Plugins,
+        *,
+        held: Held,
+        connections: JobConnections,
+        complete: Any,  # Completer.put
+        finished: Any,  # Metrics.finished (a Counter of outcome labels)
+        stopping: gevent.event.Event,
+        log: Any,
+    ) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.jobs: dict[str, Job] = plugins.jobs
+        self.held = held
+        self.connections = connections
+        self.complete = complete
+        self.finished = finished
+        self.stopping = stopping
+        self.log = log
+        # Per-job hooks cost a call per job even when no plugin implements them.
+        self._hooked_started = bool(plugins.manager.hook.job_started.get_hookimpls())
+        self._hooked_finished = bool(plugins.manager.hook.job_finished.get_hookimpls())
+
+    def run(self, entry: HeldJob) -> None:
+        row, ctx = entry.row, entry.ctx
+        job = self.jobs[row["job_type"]]
+        seconds = job.timeout_seconds(self.settings.job_timeout_ms)
+        started = time.monotonic()
+        # Before job_started: a connection that hook borrows is bounded by the job's time.
+        entry.deadline = started + seconds
+        try:
+            if self._hooked_started:
+                self.plugins.call("job_started", ctx.log, ctx=ctx)
+            ctx.log.debug("job started")
+            ran = self._execute(job, entry, seconds)
+        except gevent.GreenletExit:
+            ran = Ran(stopped=True)  # the drain stopped this runner: hand the job back
+        except Exception as exc:  # a bug on the job's path must not strand the job:
+            # without an outcome it would stay running, its lease renewed for ever.
+            ctx.log.exception("job path failed")
+            ran = Ran(f"worker error: {error_text(exc)}", final=True)
+        try:
+            outcome = decide(job, row, ran, self.settings)
+        except Exception as exc:
+            ctx.log.exception("deciding the job's outcome failed")
+            outcome = Outcome(entry.id, "failed", f"worker error: {error_text(exc)}")
+        self._report(entry, outcome, round(time.monotonic() - started, 6))
+        if outcome.state == "released":
+            entry.released = True  # the drain hands it back
+        elif entry.lost:
+            ctx.log.warning("job outcome not recorded: lease lost to another worker")
+            self.held.pop(entry.id, None)
+        else:
+            entry.done = True
+            self.complete(outcome)
+
+    def _execute(self, job: Job, entry: HeldJob, seconds: float) -> Ran:
+        row, ctx = entry.row, entry.ctx
+        try:
+            # text from the claim (see claim_jobs): parsed here, one job at a time
+            payload = payloads.validate(job, payloads.to_object(job.type, row["payload"]))
+        except InvalidPayload as exc:
+            return Ran(str(exc), final=True)
+        timer = gevent.Timeout(max(0.0, entry.deadline - time.monotonic()))
+        timer.start()
+        ran = Ran()
+        try:
+            result = job.handler(payload, ctx)
+            if result is not None:
+                ctx.log.debug("handler returned a value; it is ignored", value=repr(result)[:200])
+        except gevent.Timeout as exc:
+            ran.error = f"timed out after {seconds:g}s" if exc is timer else f"Timeout: {exc}"
+        except psycopg.errors.QueryCanceled as exc:
+            # The handler connection's statement_timeout is the job's remaining time: when
+            # the server cancels first, it is the same timeout, reported the same way.
+            if time.monotonic() >= entry.deadline - 0.05:
+                ran.error = f"timed out after {seconds:g}s"
+            else:
+                ran.error = f"QueryCanceled: {one_line(exc)}"
+        except gevent.GreenletExit as exc:
+            if self.stopping.is_set():
+                raise  # the drain stopping it: the job is handed back
+            ran.error = error_text(exc)  # raised by the handler itself
+        except JobCancelled as exc:
+            # Stopping cooperatively because the worker asked is a hand-back, not a failure.
+            ran = Ran(stopped=True) if ctx.cancelled else Ran(error_text(exc))
+        except BaseException as exc:
+            ran.error = error_text(exc)
+            ctx.log.debug("handler raised", exc_info=exc)
+        finally:
+            timer.close()
+            misuse = self.connections.reclaim(entry.loans, ctx.log)
+        if misuse and not ran.stopped:
+            ran.error = ran.error or misuse
+        return ran
+
+    def _report(self, entry: HeldJob, outcome: Outcome, duration: float) -> None:
+        """Count the outcome, log it, and call the job_finished hook."""
+        ctx = entry.ctx
+        if outcome.state == "released":
+            ctx.log.warning("job interrupted by shutdown", duration=round(duration, 3))
+        else:
+            self.finished[outcome.label] += 1
+        if outcome.state == "succeeded":
+            # Debug: at info a JSON line per job costs as much CPU as the rest of a no-op
+            # job's path; operators get the periodic "jobs finished" summary instead.
+            ctx.log.debug("job succeeded", duration=duration)
+        elif outcome.state == "queued":
+            ctx.log.warning(
+                "job retry scheduled",
+                duration=duration,
+                error=outcome.error,
+                retry_in_ms=outcome.delay_ms,
+            )
+        elif outcome.state == "failed":
+            ctx.log.error("job failed", duration=duration, error=outcome.error)
+        if self._hooked_finished:
+            self.plugins.call(
+                "job_finished",
+                ctx.log,
+                ctx=ctx,
+                outcome=outcome.label,
+                duration=duration,
+                error=outcome.error,
+            )

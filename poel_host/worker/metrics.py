@@ -1,0 +1,64 @@
+"""This worker's counters: ``GET /metrics`` and the periodic "jobs finished" summary.
+
+Only what the process knows: queue depths are the database's (``poel-host jobs stats``),
+and counting them on every scrape would cost a scan of a large table.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+
+from poel_host.worker.supervisor import Service
+
+SUMMARY_INTERVAL_S = 10.0
+
+
+class Metrics:
+    """Counters kept by the services, and gauges read from the worker when scraped."""
+
+    def __init__(self, gauges: Callable[[], dict[str, tuple[str, int]]]) -> None:
+        self.finished: collections.Counter[str] = collections.Counter()  # runs by outcome
+        self._gauges = gauges  # name -> (help text, value), read at each scrape
+
+    def render(self) -> str:
+        """The counters in Prometheus' text format."""
+        lines = [
+            "# HELP poel_jobs_finished_total Job runs this worker finished, by outcome.",
+            "# TYPE poel_jobs_finished_total counter",
+        ]
+        for outcome in ("succeeded", "retry", "failed"):
+            lines.append(
+                f'poel_jobs_finished_total{{outcome="{outcome}"}} {self.finished[outcome]}'
+            )
+        for name, (text, value) in self._gauges().items():
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+
+class Summary(Service):
+    """Logs how many jobs finished, by outcome, every SUMMARY_INTERVAL_S (if any did):
+    per-job lines are at debug, since at info they cost as much CPU as a no-op job."""
+
+    name = "summary"
+
+    def __init__(self, metrics: Metrics, *, running: Callable[[], int], log: Any) -> None:
+        super().__init__()
+        self.metrics = metrics
+        self.running = running
+        self.log = log
+
+    def run(self) -> None:
+        reported: collections.Counter[str] = collections.Counter()
+        while True:
+            gevent.sleep(SUMMARY_INTERVAL_S)
+            window = self.metrics.finished - reported
+            if window:
+                reported = self.metrics.finished.copy()
+                self.log.info(
+                    "jobs finished", window_s=SUMMARY_INTERVAL_S, running=self.running(), **window
+                )
+            self.passed()

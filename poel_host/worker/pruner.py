@@ -1,0 +1,66 @@
+"""Deleting finished jobs past their retention (``POEL_RETAIN_*_HOURS``).
+
+On its own greenlet and its own pooled connection, so that a prune never delays a lease
+renewal or a claim. Each pass is bounded (``PASS_ROWS``, in statements of ``BATCH`` rows):
+a backlog of a million expired rows is worked off pass by pass, a second apart, instead of
+in one long sweep.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+
+from poel_host.errors import DatabaseUnavailable, one_line
+from poel_host.settings import Settings
+from poel_host.store import Store
+from poel_host.worker.supervisor import Service
+
+INTERVAL_S = 300.0  # between passes once the backlog is gone
+BACKLOG_PAUSE_S = 1.0  # between passes while a pass comes back full
+FIRST_PASS_S = 10.0  # after start-up
+BATCH = 1000  # rows one DELETE takes
+PASS_ROWS = 10_000  # rows one pass deletes at most
+
+
+class Pruner(Service):
+    name = "pruner"
+
+    def __init__(self, store: Store, settings: Settings, *, log: Any) -> None:
+        super().__init__()
+        self.store = store
+        self.settings = settings
+        self.log = log
+
+    def run(self) -> None:
+        # Never later than a few lease intervals after start-up, nor sooner than a
+        # second (a worker that restarts in a loop should not spend its life pruning).
+        gevent.sleep(max(1.0, min(FIRST_PASS_S, 10 * self.settings.lease_ms / 3000)))
+        while True:
+            try:
+                deleted = self.prune()
+            except DatabaseUnavailable as exc:
+                self.log.warning("pruning finished jobs failed", error=one_line(exc))
+                gevent.sleep(INTERVAL_S / 10)
+                continue
+            self.passed()
+            gevent.sleep(BACKLOG_PAUSE_S if deleted >= PASS_ROWS else INTERVAL_S)
+
+    def prune(self) -> int:
+        """One pass: delete up to PASS_ROWS finished jobs past their retention."""
+        s = self.settings
+        deleted = 0
+        while deleted < PASS_ROWS:
+            rows = self.store.prune_finished(
+                succeeded_hours=s.retain_succeeded_hours,
+                failed_hours=s.retain_failed_hours,
+                batch=min(BATCH, PASS_ROWS - deleted),
+            )
+            deleted += rows
+            if rows < BATCH:
+                break
+            gevent.sleep(0)
+        if deleted:
+            self.log.info("finished jobs pruned", jobs=deleted)
+        return deleted

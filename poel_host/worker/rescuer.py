@@ -1,0 +1,53 @@
+"""Rescuing jobs whose worker died: their lease expired without being renewed.
+
+Every worker rescues, at the lease keeper's pace: a rescued job is queued again (keeping
+its place: its ``run_at`` is unchanged) or, on its last attempt, failed, with the lost
+attempt in its error history. ``FOR UPDATE SKIP LOCKED`` keeps workers rescuing at the
+same moment from doing it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+
+from poel_host.backoff import pause
+from poel_host.errors import DatabaseUnavailable, one_line
+from poel_host.store import Store
+from poel_host.worker.supervisor import Service
+
+
+class Rescuer(Service):
+    name = "rescuer"
+
+    def __init__(
+        self, store: Store, *, interval: float, on_rescued: Callable[[], None], log: Any
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.interval = interval
+        self.on_rescued = on_rescued  # wakes the producer: the rescued jobs are due
+        self.log = log
+
+    def run(self) -> None:
+        failures = 0
+        while True:
+            gevent.sleep(min(self.interval, pause(failures)) if failures else self.interval)
+            try:
+                self.rescue()
+            except DatabaseUnavailable as exc:
+                failures += 1
+                self.log.warning("rescuing expired jobs failed", error=one_line(exc))
+                continue
+            failures = 0
+            self.passed()
+
+    def rescue(self) -> int:
+        rows = self.store.recover_expired()
+        for row in rows:
+            self.log.warning("job lease expired; worker lost", jobId=row["id"], state=row["state"])
+        if rows:
+            self.on_rescued()
+        return len(rows)

@@ -1,0 +1,77 @@
+"""Supervised services: the worker's background loops, restarted when they die.
+
+Each background concern (claiming, completing, leases, rescue, pruning, scheduling,
+listening, the summary) is a :class:`Service` on its own greenlet. Errors a service
+expects (the database being away) it handles itself. Anything else is a bug or a surprise,
+and without supervision it would end that greenlet silently: a dead lease keeper loses
+every lease while ``/health`` says 200. The supervisor logs such a death as one JSON line
+with its traceback, restarts the service with backoff, and reports it as failing (which
+``/health`` turns into a 503 naming it) until the restarted service completes a pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+
+from poel_host.backoff import pause
+from poel_host.errors import error_text
+
+
+class Service:
+    """A background loop. ``run()`` loops until the greenlet is killed (or returns when it
+    has nothing to do); it calls ``self.passed()`` after each pass that went well."""
+
+    name = "service"
+
+    def __init__(self) -> None:
+        self._on_pass: Callable[[], None] = lambda: None
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def passed(self) -> None:
+        """One pass of the loop went well: a failing report of this service is cleared."""
+        self._on_pass()
+
+
+class Supervisor:
+    """Runs services, restarts those that die, and knows which are failing."""
+
+    def __init__(self, *, log: Any) -> None:
+        self.log = log
+        self.failing: dict[str, str] = {}  # service name -> why it last died
+        self.greenlets: list[gevent.Greenlet] = []
+
+    def start(self, service: Service) -> gevent.Greenlet:
+        service._on_pass = lambda: self._passed(service.name)
+        greenlet = gevent.spawn(self._supervise, service)
+        self.greenlets.append(greenlet)
+        return greenlet
+
+    def _passed(self, name: str) -> None:
+        if self.failing.pop(name, None) is not None:
+            self.log.info("service running again", service=name)
+
+    def _supervise(self, service: Service) -> None:
+        deaths = 0
+        while True:
+            try:
+                service.run()
+                return  # nothing (more) to do: a scheduler without scheduled jobs
+            except Exception as exc:  # reported, then restarted
+                deaths += 1
+                self.failing[service.name] = error_text(exc)
+                self.log.error(
+                    "service died; restarting",
+                    service=service.name,
+                    error=error_text(exc),
+                    restart_in=pause(deaths),
+                    exc_info=exc,
+                )
+                gevent.sleep(pause(deaths))
+
+    def stop(self, timeout: float = 5) -> None:
+        gevent.killall(self.greenlets, timeout=timeout)

@@ -1,0 +1,247 @@
+"""The worker: opens the pools, starts and supervises the services, drains at shutdown.
+
+Services, each on its own supervised greenlet (see the modules named after them):
+the producer's claim loops, the completer, the lease keeper, the rescuer, the pruner, the
+scheduler, the listener and the summary. Claimed jobs run on runner greenlets
+(``runners.py``) through the executor. The queue's own traffic has its own small pool, so
+handlers saturating the job pool never stall claiming or lease renewal.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Any
+
+import gevent
+import gevent.event
+
+from poel_host.database import Pool, make_pool
+from poel_host.health import Health
+from poel_host.jobs import JobContext
+from poel_host.plugins import Plugins
+from poel_host.queue import Queue
+from poel_host.settings import Settings
+from poel_host.store import Store
+from poel_host.worker.completer import Completer
+from poel_host.worker.executor import Executor
+from poel_host.worker.held import Held, HeldJob
+from poel_host.worker.job_connections import JobConnections
+from poel_host.worker.leases import LeaseKeeper
+from poel_host.worker.listener import Listener
+from poel_host.worker.metrics import Metrics, Summary
+from poel_host.worker.producer import Producer
+from poel_host.worker.pruner import Pruner
+from poel_host.worker.rescuer import Rescuer
+from poel_host.worker.runners import Runners
+from poel_host.worker.scheduler import Scheduler
+from poel_host.worker.supervisor import Supervisor
+
+QUEUE_POOL_SIZE = 8  # two claim loops, completer, leases, rescuer, pruner, scheduler, spare
+
+
+class Worker:
+    """One process's worker. ``run()`` blocks until ``stop()`` and the drain finish."""
+
+    def __init__(self, settings: Settings, plugins: Plugins, *, log: Any) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.log = log
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.held: Held = {}
+        self.stopping = gevent.event.Event()
+        self.cancelling = gevent.event.Event()  # running jobs asked to stop (shutdown)
+        self.supervisor = Supervisor(log=log)
+        self.health = Health(settings, failing=self.supervisor.failing)
+        self.metrics = Metrics(self._gauges)
+        self.slots: Runners[HeldJob] = Runners(settings.worker_concurrency, self._run)
+        self.queue_pool: Pool | None = None
+        self.job_pool: Pool | None = None
+        self._enqueuer: Queue | None = None
+
+    # Life cycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the pools and build the services (none started)."""
+        if self.queue_pool is not None:
+            return
+        s = self.settings
+        self.queue_pool = make_pool(
+            s.dsn,
+            name="queue",
+            min_size=2,
+            max_size=QUEUE_POOL_SIZE,
+            pooler=s.pooler,
+            connect_timeout=s.connect_timeout_s,
+        )
+        self.job_pool = make_pool(
+            s.dsn,
+            name="jobs",
+            min_size=0,
+            max_size=s.db_pool_size,
+            pooler=s.pooler,
+            connect_timeout=s.connect_timeout_s,
+            autocommit=False,
+        )
+        self.store = Store(s.schema_name, self.queue_pool)
+        self.connections = JobConnections(
+            self.job_pool,
+            self.store,
+            transaction_pooler=s.pooler == "transaction",
+            log=self.log,
+        )
+        self._enqueuer = Queue(
+            s.dsn,
+            schema=s.schema_name,
+            jobs=self.plugins.jobs,
+            max_payload_bytes=s.max_payload_bytes,
+            pooler=s.pooler,
+        )
+        self.completer = Completer(self.store, owner=self.owner, held=self.held, log=self.log)
+        self.executor = Executor(
+            s,
+            self.plugins,
+            held=self.held,
+            connections=self.connections,
+            complete=self.completer.put,
+            finished=self.metrics.finished,
+            stopping=self.stopping,
+            log=self.log,
+        )
+        self.producer = Producer(
+            self.store,
+            s,
+            owner=self.owner,
+            job_types=list(self.plugins.jobs),
+            slots=self.slots,
+            held=self.held,
+            spawn=self._spawn,
+            stopping=self.stopping,
+            log=self.log,
+        )
+
+    def start(self) -> None:
+        """Open the pools and start every service."""
+        s = self.settings
+        self.open()
+        log, wake = self.log, self.producer.wake.set
+        leases = LeaseKeeper(
+            self.store, owner=self.owner, lease_ms=s.lease_ms, held=self.held, log=log
+        )
+        for service in (
+            Listener(s, self.store, wake=wake, log=log),
+            leases,
+            Rescuer(self.store, interval=leases.interval, on_rescued=wake, log=log),
+            Pruner(self.store, s, log=self.log),
+            Scheduler(list(self.plugins.jobs.values()), self.store, log=self.log),
+            Summary(self.metrics, running=lambda: len(self.slots), log=self.log),
+        ):
+            self.supervisor.start(service)
+        self._completing = self.supervisor.start(self.completer)
+        self.plugins.call("startup", self.log, settings=s)
+        self.log.info(
+            "worker started",
+            owner=self.owner,
+            concurrency=s.worker_concurrency,
+            job_types=sorted(self.plugins.jobs),
+            queues=s.queue_names,
+        )
+
+    def stop(self) -> None:
+        """Stop claiming; ``run()`` then drains and returns."""
+        if not self.stopping.is_set():
+            self.log.info("worker stopping", running=len(self.slots))
+        self.health.draining = True
+        self.stopping.set()
+        if self.queue_pool is not None:
+            self.producer.stop()
+
+    def run(self) -> None:
+        self.start()
+        claiming = [self.supervisor.start(loop) for loop in self.producer.loops()]
+        try:
+            self.stopping.wait()
+        finally:
+            self.stop()
+            gevent.joinall(claiming)  # no claim in flight while draining
+            self._drain()
+
+    def run_once(self, limit: int | None = None) -> list[int]:
+        """Claim the jobs due now (up to ``limit``), run them, and record their outcomes,
+        on this greenlet: no services, no signals. What the test kit's ``run_job`` runs;
+        returns the ids run."""
+        self.open()
+        rows = self.producer.claim(limit or self.settings.worker_concurrency)
+        for row in rows:
+            self._spawn(row)
+        self.slots.join()
+        self.completer.drain_now()
+        return [row["id"] for row in rows]
+
+    def close(self) -> None:
+        """Close the pools opened by ``open()``."""
+        for pool in (self.job_pool, self.queue_pool):
+            if pool is not None:
+                pool.close(timeout=5)
+        self.job_pool = self.queue_pool = None
+        if self._enqueuer is not None:
+            self._enqueuer.close()
+        self.health.close()
+
+    # Jobs -------------------------------------------------------------------------------
+
+    def _spawn(self, row: dict[str, Any]) -> None:
+        ctx = JobContext(
+            job_id=row["id"],
+            job_type=row["job_type"],
+            attempt=row["attempts"],
+            max_attempts=row["max_attempts"],
+            queue=row["queue"],
+            enqueued_at=row["created_at"],
+            log=self.log.bind(jobId=row["id"], jobType=row["job_type"], attempt=row["attempts"]),
+            settings=self.settings,
+            _connection_factory=lambda: self.connections.borrow(entry.loans, entry.deadline),
+            _enqueue=self._enqueue,
+            _cancel_event=self.cancelling,
+        )
+        # The connection factory above reads `entry` only when a handler calls it.
+        entry = HeldJob(row=row, ctx=ctx)
+        self.held[entry.id] = entry
+        self.slots.submit(entry)
+
+    def _run(self, entry: HeldJob) -> None:
+        self.executor.run(entry)
+
+    def _enqueue(self, job_type: str, payload: Any = None, **options: Any) -> int:
+        assert self._enqueuer is not None
+        return self._enqueuer.enqueue(job_type, payload, **options)
+
+    def _gauges(self) -> dict[str, tuple[str, int]]:
+        return {
+            "poel_jobs_running": ("Jobs running now.", len(self.slots)),
+            "poel_jobs_held": ("Jobs holding a lease of this worker.", len(self.held)),
+            "poel_worker_concurrency": ("WORKER_CONCURRENCY.", self.settings.worker_concurrency),
+            "poel_worker_draining": ("1 while shutting down.", int(self.stopping.is_set())),
+        }
+
+    # Draining ---------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        grace = self.settings.shutdown_timeout_ms / 1000
+        self.log.info("worker draining", running=len(self.slots), grace_seconds=grace)
+        self.slots.join(timeout=grace)
+        if len(self.slots):
+            self.cancelling.set()
+            self.slots.join(timeout=min(1.0, grace) if grace else 0)
+            for entry in self.slots.kill(timeout=5):
+                entry.released = True
+        released = [job_id for job_id, e in self.held.items() if e.released]
+        if released:
+            self.completer.release(released)
+        self.completer.close()
+        self._completing.join(timeout=30)
+        self.supervisor.stop(timeout=5)
+        self.plugins.call("shutdown", self.log, settings=self.settings)
+        self.close()
+        self.log.info("worker stopped", handed_back=len(released), **self.metrics.finished)
