@@ -231,7 +231,7 @@ class Results:
             cells = [_fmt(values[m]) for m in self.metrics]
             runs = len(self.rows[(system, config)])
             lines.append(f"| {system} | {config} | {runs} | " + " | ".join(cells) + " |")
-        poel = [k for k in medians if k[0].startswith("poel")]
+        poel = [k for k in medians if k[0] == "poel"]
         peers = [k for k in medians if not k[0].startswith("poel")]
         if poel and peers:
             better = "higher" if higher_is_better else "lower"
@@ -250,6 +250,18 @@ class Results:
                     for p in poel
                 ]
                 lines.append(f"| {peer[0]} {peer[1]} | " + " | ".join(cells) + " |")
+        pairs = [(p, ("poel-before", p[1])) for p in poel if ("poel-before", p[1]) in medians]
+        if pairs:
+            lines += [
+                "",
+                "poel ÷ poel-before (the change's effect), medians of the same configuration:",
+                "",
+                "| config | " + " | ".join(self.metrics) + " |",
+                "|---|" + "---:|" * len(self.metrics),
+            ]
+            for after, before in pairs:
+                cells = [_ratio(medians[after][m], medians[before][m]) for m in self.metrics]
+                lines.append(f"| {after[1]} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,9 @@
     python benchmarks/run.py rss     [--n 20000] [--concurrency 1000]
     python benchmarks/run.py all     (each of the above with its defaults, then a table)
 
+--poel-before VENV adds ``poel-before``, Poel from another virtualenv (the code before a
+change), next to every Poel configuration, and a table of the ratios poel ÷ poel-before.
+
 Runs are interleaved (run 1 of every system, then run 2 ...) so that a noisy neighbour
 on a shared machine hurts every system alike, and medians are reported. Each result is
 one JSON line on stdout; the markdown tables follow at the end. See README.md.
@@ -30,7 +33,7 @@ from typing import Any
 import psycopg
 from adapters import System
 from adapters.pgqueuer_peer import PgQueuer
-from adapters.poel import Poel
+from adapters.poel import Poel, PoelBefore
 from adapters.procrastinate_peer import Procrastinate
 from adapters.reference import Reference
 from common import (
@@ -395,15 +398,16 @@ def machine() -> str:
         "gevent",
     ]
     versions = ", ".join(f"{p} {_version(p)}" for p in packages)
-    return "\n".join(
-        [
-            f"- CPU: {os.cpu_count()} x {cpu} (`nproc` = {len(os.sched_getaffinity(0))})",
-            f"- memory: {mem_kb / 1024 / 1024:.1f} GiB; {platform.platform()}",
-            f"- PostgreSQL {version[0] if version else '?'} on the same machine"
-            f" ({settings[0] if settings else ''})",
-            f"- Python {platform.python_version()}; {versions}",
-        ]
-    )
+    lines = [
+        f"- CPU: {os.cpu_count()} x {cpu} (`nproc` = {len(os.sched_getaffinity(0))})",
+        f"- memory: {mem_kb / 1024 / 1024:.1f} GiB; {platform.platform()}",
+        f"- PostgreSQL {version[0] if version else '?'} on the same machine"
+        f" ({settings[0] if settings else ''})",
+        f"- Python {platform.python_version()}; {versions}",
+    ]
+    if os.environ.get("BENCH_POEL_BEFORE"):
+        lines.append(f"- poel-before: the poel-host in `{os.environ['BENCH_POEL_BEFORE']}`")
+    return "\n".join(lines)
 
 
 # Command line ---------------------------------------------------------------------------
@@ -431,6 +435,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slow-n", type=int, default=SLOW_N, help="jobs for slow systems")
     parser.add_argument("--systems", help="only these, e.g. poel,pgqueuer (prefix match)")
     parser.add_argument(
+        "--poel-before",
+        metavar="VENV",
+        default=os.environ.get("BENCH_POEL_BEFORE"),
+        help="a virtualenv with poel-host and poel-bench (e.g. the code before a change):"
+        " adds poel-before beside each Poel configuration",
+    )
+    parser.add_argument(
         "--synchronous-commit",
         choices=["on", "off"],
         default="on",
@@ -438,6 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     os.environ["BENCH_SYNCHRONOUS_COMMIT"] = args.synchronous_commit
+    if args.poel_before:
+        if not (Path(args.poel_before) / "bin" / "poel-host").is_file():
+            parser.error(f"--poel-before: no {args.poel_before}/bin/poel-host")
+        os.environ["BENCH_POEL_BEFORE"] = args.poel_before
     if args.bench == "machine":
         print(machine())
         return 0
@@ -460,6 +475,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def select(systems: list[System], wanted: str | None) -> list[System]:
+    """``systems`` whose names start with one of the prefixes in ``wanted``; with
+    --poel-before, each Poel is followed by its poel-before twin (same configuration),
+    so that the two run one after the other in every round."""
+    before = os.environ.get("BENCH_POEL_BEFORE")
+    if before:
+        twins = [
+            [s, PoelBefore(before, s.concurrency or 10, s.log)] if type(s) is Poel else [s]
+            for s in systems
+        ]
+        systems = [s for pair in twins for s in pair]
     if not wanted:
         return systems
     prefixes = wanted.split(",")

@@ -2,6 +2,8 @@
 
 Measured exactly as users run it (console script, gevent patched first, JSON logs on
 stderr), with the log level as a parameter so the cost of per-job logs shows.
+``PoelBefore`` is the same from another virtualenv's install (``--poel-before``), so
+that a change and the code before it are measured in one interleaved run.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def _env(url: str) -> dict[str, str]:
 class Poel(System):
     name = "poel"
     family = "poel"
+    host = POEL_HOST
 
     def __init__(self, concurrency: int = 10, log: str = "info") -> None:
         super().__init__(concurrency)
@@ -43,7 +46,7 @@ class Poel(System):
         return f"c={self.concurrency} log={self.log}"
 
     def install(self, url: str) -> None:
-        subprocess.run([POEL_HOST, "migrate"], env={**os.environ, **_env(url)}, check=True)
+        subprocess.run([self.host, "migrate"], env={**os.environ, **_env(url)}, check=True)
 
     def fill(self, conn: psycopg.Connection[Any], finished: int, future: int) -> None:
         conn.execute(
@@ -73,7 +76,7 @@ class Poel(System):
             "WORKER_CONCURRENCY": str(self.concurrency),
             "POEL_LOG_LEVEL": self.log,
         }
-        return [POEL_HOST, "serve"], env
+        return [self.host, "serve"], env
 
     def done(self, conn: psycopg.Connection[Any], since: Any) -> int:
         row = conn.execute(
@@ -97,3 +100,16 @@ class Poel(System):
             [since],
         ).fetchone()
         return float(row[0]) if row and row[0] is not None else float("nan")
+
+
+class PoelBefore(Poel):
+    """Poel from the virtualenv ``venv`` (e.g. the commit before a change, installed with
+    the ``poel-bench`` plugin), beside ``poel`` from this one. Its own family, so its
+    template is migrated by its own ``poel-host migrate``."""
+
+    name = "poel-before"
+    family = "poel-before"
+
+    def __init__(self, venv: str, concurrency: int = 10, log: str = "info") -> None:
+        super().__init__(concurrency, log)
+        self.host = str(Path(venv) / "bin" / "poel-host")

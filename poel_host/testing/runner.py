@@ -1,0 +1,70 @@
+"""``run_job``'s machinery: a job enqueued, then run once through the real worker.
+
+Running the worker's own claim, validate, run and complete path (``Worker.run_once``)
+rather than calling the handler is what lets a plugin's test see what production does:
+payload validation, retries with their attempts and errors, the job's logs. The worker
+runs in the test process, which is why ``run_job`` needs the session's gevent opt-in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from poel_host.queue import Queue
+from poel_host.settings import Settings
+
+
+@dataclass
+class JobResult:
+    """What :func:`run_job` saw: the job's row after the run, and the logs it wrote."""
+
+    id: int
+    row: dict[str, Any]
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        return str(self.row["state"])
+
+    @property
+    def error(self) -> str | None:
+        return self.row["last_error"]  # type: ignore[no-any-return]
+
+
+class JobRunner:
+    """What the ``run_job`` fixture returns: runs jobs through the real worker, once each.
+
+    ``run_job(type, payload, **enqueue_options)`` enqueues one job (options as for
+    :meth:`poel_host.Queue.enqueue`, e.g. ``max_attempts=1``) and runs what is due once
+    through the worker's claim, validate, run and complete path. A retry is queued with a
+    backoff and not run; ``run_job.retry(job_id)`` makes it due now and runs its next
+    attempt, so a test walks a job through its attempts without sleeping.
+    """
+
+    def __init__(self, worker: Any, queue: Queue, settings: Settings) -> None:
+        self.worker = worker
+        self.queue = queue
+        self.settings = settings
+
+    def __call__(self, job_type: str, payload: Any = None, **options: Any) -> JobResult:
+        job_id = self.queue.enqueue(job_type, payload, **options)
+        return self._run(job_id)
+
+    def retry(self, job_id: int) -> JobResult:
+        """Run the next attempt of a job waiting to be retried (state ``queued``)."""
+        self.worker.open()
+        made_due = self.worker.store.make_due(job_id)
+        assert made_due, f"job {job_id} is not queued, so it has no next attempt"
+        return self._run(job_id)
+
+    def _run(self, job_id: int) -> JobResult:
+        with structlog.testing.capture_logs() as logs:
+            ran = self.worker.run_once()
+        assert job_id in ran, f"job {job_id} was not claimed (is it due? is its plugin loaded?)"
+        row = self.worker.store.get_job(job_id)  # through the worker's own queue pool
+        assert row is not None
+        own = [dict(entry) for entry in logs if entry.get("jobId") == job_id]
+        return JobResult(job_id, row, own)
