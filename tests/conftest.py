@@ -11,7 +11,8 @@ what only the host's tests need: running ``poel-host`` as a real subprocess.
 - ``wait_for(predicate)`` polls until ``predicate()`` is truthy, with a deadline;
   ``wait_sql(query)`` does the same for the first column of a query's first row.
 
-The test process is patched by gevent (``poel_host.testing``), so the reader "threads"
+The test process is patched by gevent (the project opts in: ``poel_gevent = true`` in
+pyproject.toml, read by ``poel_host.testing``), so the reader "threads"
 below are greenlets and the pipes are cooperative: any wait here yields to them.
 """
 
