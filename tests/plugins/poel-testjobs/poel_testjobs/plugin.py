@@ -145,6 +145,46 @@ def misbehave(payload: Misbehave, ctx: JobContext) -> Any:
     return None
 
 
+def hold(payload: Sleep, ctx: JobContext) -> None:
+    """Records its start, then runs until the test inserts a ``release`` row for its key
+    (a row of ``poel_test_runs`` with ``note = 'release'``), polling every 20 ms; fails
+    after ``seconds`` without one. The test decides when the job ends."""
+    record(ctx, payload.key, "start")
+    deadline = time.monotonic() + payload.seconds
+    while time.monotonic() < deadline:
+        with ctx.connection() as conn:
+            released = conn.execute(
+                "SELECT 1 FROM public.poel_test_runs WHERE key = %s AND note = 'release'",
+                [payload.key],
+            ).fetchone()
+        if released:
+            record(ctx, payload.key, "end")
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"not released within {payload.seconds:g}s")
+
+
+def cooperative(payload: Keyed, ctx: JobContext) -> None:
+    """Waits for the worker's cancellation (shutdown past its grace period), then stops the
+    way a well-behaved handler does: ``check_cancelled()`` raises JobCancelled."""
+    record(ctx, payload.key, "start")
+    ctx.wait_cancelled(60)
+    ctx.check_cancelled()
+    record(ctx, payload.key, "not cancelled")
+
+
+class Fanout(BaseModel):
+    key: str = ""
+    count: int = Field(ge=0, le=1000)
+
+
+def fanout(payload: Fanout, ctx: JobContext) -> None:
+    """Enqueues ``count`` follow-up ``test.record`` jobs through ``ctx.enqueue`` (keys
+    ``KEY.0``, ``KEY.1``...)."""
+    for i in range(payload.count):
+        ctx.enqueue("test.record", {"key": f"{payload.key}.{i}"})
+
+
 @hookimpl
 def register_jobs() -> list[Job]:
     # A periodic job only when a test asks for one, so other tests see no scheduled jobs.
@@ -161,6 +201,9 @@ def register_jobs() -> list[Job]:
         Job(type="test.stall", schema=Sleep, handler=stall),
         Job(type="test.misbehave", schema=Misbehave, handler=misbehave),
         Job(type="test.slow_query", schema=Sleep, handler=slow_query, timeout=1, max_attempts=1),
+        Job(type="test.hold", schema=Sleep, handler=hold, max_attempts=3),
+        Job(type="test.cooperative", schema=Keyed, handler=cooperative, max_attempts=1),
+        Job(type="test.fanout", schema=Fanout, handler=fanout, max_attempts=1),
     ]
 
 
