@@ -9,11 +9,6 @@ import pytest
 pytestmark = pytest.mark.process
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: the JobCancelled a cooperative handler raises at shutdown is counted"
-    " as a failed attempt instead of the job being handed back",
-)
 def test_a_job_that_stops_when_cancelled_at_shutdown_is_handed_back(
     serve, poel_queue, poel_conn, wait_sql
 ):

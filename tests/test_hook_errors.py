@@ -40,11 +40,6 @@ def job(conn, job_id):
     ).fetchone()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: a hook exception whose __str__ raises escapes Plugins.call; the runner"
-    " dies and the job stays running",
-)
 @pytest.mark.parametrize(
     ("job_type", "hook"),
     [("testhooks.started_raises", "job_started"), ("testhooks.finished_raises", "job_finished")],
@@ -88,11 +83,6 @@ def test_a_hook_raising_an_unprintable_exception_does_not_strand_the_job(
     assert worker.stop() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: job_started runs before the job's deadline is set, so ctx.connection()"
-    " in it gets a 1 ms statement_timeout",
-)
 def test_a_job_started_hook_gets_the_jobs_statement_timeout(serve, poel_queue, wait_sql):
     worker = serve(POEL_LOAD_PLUGINS=PLUGINS, JOB_TIMEOUT_MS=60_000)
     job_id = poel_queue.enqueue("testhooks.probe", {})

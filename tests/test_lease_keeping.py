@@ -48,11 +48,6 @@ def job_row(conn, job_id: int):
     ).fetchone()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: the lease keeper prunes finished jobs in its own greenlet, so a long"
-    " prune stops lease renewal",
-)
 def test_a_long_prune_does_not_stop_lease_renewal(serve, poel_dsn, poel_queue, poel_conn):
     # Finished jobs past their retention, each slow to delete.
     poel_conn.execute(
@@ -122,11 +117,6 @@ def _watch_through_the_prune(poel_conn, job_id: int) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: lease renewal extends a lease that has already expired (renew_leases"
-    " does not check lease_expires_at)",
-)
 def test_an_expired_lease_is_not_renewed(
     serve, poel_dsn, poel_queue, poel_conn, wait_sql, wait_for
 ):

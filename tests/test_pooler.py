@@ -169,11 +169,6 @@ def round_robin_pgbouncer_dsn(poel_dsn: str, wait_for) -> Iterator[str]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9: with POEL_POOLER=transaction the health connection and the worker's"
-    " enqueuer (ctx.enqueue) still use server-side prepared statements (prepare_threshold=5)",
-)
 def test_no_server_side_prepared_statements_behind_a_round_robin_pooler(
     serve, round_robin_pgbouncer_dsn, poel_queue, poel_conn, wait_sql
 ):
