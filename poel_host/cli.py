@@ -190,7 +190,9 @@ def cmd_plugins(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(description, indent=2))
         return 0
-    rows = [("PLUGIN", "VERSION", "JOB TYPE", "QUEUE", "ATTEMPTS", "TIMEOUT", "SCHEDULE")]
+    rows = [
+        ("PLUGIN", "VERSION", "JOB TYPE", "EXECUTOR", "QUEUE", "ATTEMPTS", "TIMEOUT", "SCHEDULE")
+    ]
     for plugin in description["plugins"]:
         for job in plugin["jobs"] or [{}]:
             rows.append(
@@ -198,6 +200,7 @@ def cmd_plugins(settings: Settings, args: argparse.Namespace) -> int:
                     plugin["name"],
                     plugin["version"] or "-",
                     job.get("type", "-"),
+                    job.get("executor", "-"),
                     job.get("queue", "-"),
                     str(job.get("max_attempts", "-")),
                     _or_dash(job.get("timeout")),

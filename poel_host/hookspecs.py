@@ -67,3 +67,16 @@ def job_finished(ctx: Any, outcome: str, duration: float, error: str | None) -> 
     :param duration: seconds the handler ran.
     :param error: the error message, for ``retry`` and ``failed``.
     """
+
+
+@hookspec
+def process_started(settings: Any) -> None:
+    """A child process of the process executor started and loaded this plugin.
+
+    Called once in each child, before its first job: load what every job of a
+    ``Job(executor="process")`` type needs and is expensive to make (a model, a
+    fingerprint index) into a module-level variable here, and each job in that child uses
+    it. Children are started before they are needed and replaced after
+    ``POEL_PROCESS_MAX_JOBS`` jobs or past ``POEL_PROCESS_MAX_RSS_MB``, so this runs once
+    per child, not once per job. Not called in the serve process itself.
+    """

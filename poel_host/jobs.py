@@ -30,6 +30,9 @@ DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
 INT4_MAX = 2**31 - 1  # PostgreSQL's integer: priorities, attempts, statement_timeout (ms)
 
+Executor = Literal["greenlet", "thread", "process"]
+EXECUTORS: tuple[Executor, ...] = ("greenlet", "thread", "process")
+
 Backoff = float | Callable[[int], float]
 JOB_TYPE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}")  # fullmatch: a job type name
 
@@ -53,6 +56,10 @@ class Job:
         function ``attempt -> seconds``; default ``POEL_RETRY_BACKOFF_MS``.
     :param schedule: a cron expression: the host enqueues the job once per slot.
     :param priority: default priority of new jobs (higher runs first).
+    :param executor: where the handler runs: ``"greenlet"`` (default; I/O-bound work, on
+        the serve process's event loop), ``"thread"`` (a real OS thread, for native code
+        that releases the GIL) or ``"process"`` (a child process of ``serve``, for
+        CPU-heavy Python: minutes of CPU without starving the worker).
     """
 
     type: str
@@ -64,6 +71,7 @@ class Job:
     backoff: Backoff | None = None
     schedule: str | None = None
     priority: int = 0
+    executor: Executor = "greenlet"
 
     def __post_init__(self) -> None:
         problems = []
@@ -89,6 +97,8 @@ class Job:
             and (not isinstance(self.backoff, int | float) or self.backoff < 0)
         ):
             problems.append("backoff must be seconds >= 0 or a function attempt -> seconds")
+        if self.executor not in EXECUTORS:
+            problems.append(f"executor {self.executor!r} is not one of {', '.join(EXECUTORS)}")
         if self.schedule is not None:
             from poel_host.schedules import validate_cron
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata as md
+import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ class LoadedPlugin:
     hooks: list[str]
     jobs: list[Job] = field(default_factory=list)
     migrations: list[Migration] = field(default_factory=list)
+    module: str | None = None  # importable name: how a child process loads it again
 
 
 @dataclass
@@ -106,6 +108,7 @@ class Plugins:
                             "max_attempts": job.max_attempts,
                             "timeout": job.timeout,
                             "priority": job.priority,
+                            "executor": job.executor,
                             "schedule": job.schedule,
                             "next_run": next_slot(job.schedule, now).isoformat()
                             if job.schedule
@@ -210,7 +213,8 @@ def _add(
         manager.unregister(obj)
         failed.append(FailedPlugin(name, dist_name, version, str(exc)))
         return
-    loaded.append(LoadedPlugin(name, dist_name, version, hooks, jobs, migrations))
+    module = obj.__name__ if isinstance(obj, types.ModuleType) else None
+    loaded.append(LoadedPlugin(name, dist_name, version, hooks, jobs, migrations, module))
 
 
 def _check_hooks(manager: pluggy.PluginManager, name: str, obj: object) -> list[str]:

@@ -7,6 +7,7 @@ never repeated in messages, logs or HTTP answers.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 
@@ -102,6 +103,17 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         validation_alias="POEL_RETAIN_FAILED_HOURS",
     )
+    processes: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=1_000,
+        validation_alias="POEL_PROCESSES",
+    )
+    process_max_jobs: int = Field(default=0, ge=0, validation_alias="POEL_PROCESS_MAX_JOBS")
+    process_max_rss_mb: int = Field(
+        default=0, ge=0, le=1_048_576, validation_alias="POEL_PROCESS_MAX_RSS_MB"
+    )
+    threads: int = Field(default=4, ge=1, le=1_000, validation_alias="POEL_THREADS")
     max_payload_bytes: int = Field(
         default=1_000_000, ge=2, le=_JSONB_MAX_BYTES, validation_alias="POEL_MAX_PAYLOAD_BYTES"
     )

@@ -314,6 +314,7 @@ def test_describe_shape(make_plugin):
         "max_attempts": 7,
         "timeout": 2.5,
         "priority": 5,
+        "executor": "greenlet",
         "schedule": None,
         "next_run": None,
         "schema": Payload.model_json_schema(),
@@ -465,3 +466,16 @@ def test_serve_selects_plugins_from_settings(make_plugin, monkeypatch, tmp_path)
     assert selected(POEL_DISABLED_PLUGINS="alpha,beta") == []
     with pytest.raises(PluginError, match="gamma"):
         selected(POEL_LOAD_PLUGINS="alpha,gamma")
+
+
+def test_an_unknown_executor_fails_its_plugin_naming_it():
+    class Gpu:
+        @hookimpl
+        def register_jobs(self):
+            return [Job(type="on.gpu", schema=Payload, handler=lambda p, c: None, executor="gpu")]
+
+    plugins = load_plugins([], extra=[("gpu-plugin", Gpu())])
+    assert plugins.jobs == {}
+    [failed] = plugins.failed
+    assert failed.name == "gpu-plugin"
+    assert "executor 'gpu' is not one of greenlet, thread, process" in failed.message()

@@ -22,6 +22,19 @@ Nothing here is public API (plugins reach the host only through ``poel_host``'s 
 
 from __future__ import annotations
 
-from poel_host.worker.worker import Worker
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from poel_host.worker.worker import Worker
 
 __all__ = ["Worker"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazily: a child process of the process executor imports poel_host.worker.child,
+    # which must not load the serve runtime (pools, gevent's WSGI server...) with it.
+    if name == "Worker":
+        from poel_host.worker.worker import Worker
+
+        return Worker
+    raise AttributeError(f"module 'poel_host.worker' has no attribute {name!r}")
