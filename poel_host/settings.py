@@ -176,6 +176,22 @@ class Settings(BaseSettings):
         data["database_url"] = redact_dsn(self.dsn)
         return data
 
+    def as_environment(self) -> dict[str, str]:
+        """These settings as the environment variables that say them (secrets included):
+        how a child process of the process executor gets exactly the serve process's
+        settings, whether they came from the environment, a .env file or code."""
+        env = {}
+        for name, field in Settings.model_fields.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[str(field.validation_alias)] = str(value)
+        return env
+
 
 def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]

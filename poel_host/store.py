@@ -152,10 +152,12 @@ class Store:
         }
         return self._all("claim_jobs", params)
 
-    def finish(self, outcomes: Sequence[tuple[int, str, str | None, int]], owner: str) -> set[int]:
-        """Record (job id, state, error, retry delay ms) outcomes of this worker's jobs in
-        one transaction; the ids written (a lost lease's are not)."""
-        succeeded = [job_id for job_id, state, _, _ in outcomes if state == "succeeded"]
+    def finish(
+        self, outcomes: Sequence[tuple[int, str, str | None, int, str | None]], owner: str
+    ) -> set[int]:
+        """Record (job id, state, error, retry delay ms, traceback) outcomes of this worker's
+        jobs; the ids written (a lost lease's are not)."""
+        succeeded = [o[0] for o in outcomes if o[1] == "succeeded"]
         others = [o for o in outcomes if o[1] != "succeeded"]
 
         def write(conn: Conn) -> set[int]:
@@ -172,6 +174,7 @@ class Store:
                     "states": [o[1] for o in others],
                     "errors": [o[2] for o in others],
                     "delays_ms": [o[3] for o in others],
+                    "tracebacks": [o[4] for o in others],
                     "owner": owner,
                 }
                 written.update(r["id"] for r in conn.execute(self._q["finish_jobs"], params))

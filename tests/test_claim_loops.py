@@ -23,8 +23,8 @@ class CountingWorker(Worker):
         super().open()
         claim = self.producer.claim
 
-        def counted(limit):
-            rows = claim(limit)
+        def counted(lane, limit):
+            rows = claim(lane, limit)
             self.claims.append((limit, len(rows)))
             self.most_held = max(self.most_held, len(self.slots))
             return rows

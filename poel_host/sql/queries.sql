@@ -85,8 +85,9 @@ RETURNING j.id, j.queue, j.job_type, j.payload::text AS payload, j.attempts, j.m
 
 -- finish_jobs --
 -- Record outcomes in one statement: succeeded, failed, or queued again with a delay for
--- a retry. Only rows this worker still leases are touched, so a worker that lost a
--- lease never overwrites the new owner's outcome. Returns the ids written.
+-- a retry; an error (with its traceback, when the worker has one) joins the history.
+-- Only rows this worker still leases are touched, so a worker that lost a lease never
+-- overwrites the new owner's outcome. Returns the ids written.
 UPDATE {schema}.jobs AS j
 SET state = o.state::{schema}.job_state,
     run_at = CASE WHEN o.state = 'queued'
@@ -96,12 +97,15 @@ SET state = o.state::{schema}.job_state,
                   ELSE j.errors || jsonb_build_array(jsonb_build_object(
                       'attempt', j.attempts, 'error', o.error, 'at', {schema}.iso_utc(now()),
                       'retry_at', CASE WHEN o.state = 'queued' THEN {schema}.iso_utc(
-                                      now() + o.delay_ms * interval '1 millisecond') END))
+                                      now() + o.delay_ms * interval '1 millisecond') END)
+                      || CASE WHEN o.traceback IS NULL THEN '{{}}'::jsonb
+                              ELSE jsonb_build_object('traceback', o.traceback) END)
              END,
     finished_at = CASE WHEN o.state IN ('succeeded', 'failed') THEN now() END,
     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(errors)s::text[], %(delays_ms)s::bigint[])
-     AS o(id, state, error, delay_ms)
+FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(errors)s::text[], %(delays_ms)s::bigint[],
+            %(tracebacks)s::text[])
+     AS o(id, state, error, delay_ms, traceback)
 WHERE j.id = o.id AND j.lease_owner = %(owner)s AND j.state = 'running'
 RETURNING j.id
 

@@ -75,7 +75,7 @@ class Completer(Service):
             self.write(batch)
 
     def write(self, batch: list[Outcome]) -> None:
-        rows = [(o.job_id, o.state, o.error, o.delay_ms) for o in batch]
+        rows = [(o.job_id, o.state, o.error, o.delay_ms, o.traceback) for o in batch]
         failures = 0
         while True:
             try:

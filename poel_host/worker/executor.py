@@ -35,6 +35,7 @@ class Outcome:
     state: str  # succeeded | failed | queued (a retry) | released (handed back)
     error: str | None = None
     delay_ms: int = 0
+    traceback: str | None = None  # kept in the error history beside the error
 
     @property
     def label(self) -> str:
@@ -48,6 +49,7 @@ class Ran:
     error: str | None = None  # None: the handler returned
     stopped: bool = False  # the worker stopped it (shutdown): not the job's fault
     final: bool = False  # retrying cannot help (an invalid payload, a worker bug)
+    traceback: str | None = None  # where the handler raised (process jobs)
 
 
 def decide(job: Job, row: dict[str, Any], ran: Ran, settings: Settings) -> Outcome:
@@ -58,14 +60,14 @@ def decide(job: Job, row: dict[str, Any], ran: Ran, settings: Settings) -> Outco
     if ran.error is None:
         return Outcome(job_id, "succeeded")
     if ran.final or row["attempts"] >= row["max_attempts"]:
-        return Outcome(job_id, "failed", ran.error)
+        return Outcome(job_id, "failed", ran.error, traceback=ran.traceback)
     delay = backoff.retry_delay_ms(
         job,
         row["attempts"],
         base_ms=settings.retry_backoff_ms,
         max_ms=settings.retry_backoff_max_ms,
     )
-    return Outcome(job_id, "queued", ran.error, delay)
+    return Outcome(job_id, "queued", ran.error, delay, ran.traceback)
 
 
 class Executor:
@@ -82,6 +84,8 @@ class Executor:
         finished: Any,  # Metrics.finished (a Counter of outcome labels)
         stopping: gevent.event.Event,
         log: Any,
+        processes: Any = None,  # ProcessPool, when a loaded job type runs in processes
+        threads: Any = None,  # Threads, when one runs on threads
     ) -> None:
         self.settings = settings
         self.plugins = plugins
@@ -92,6 +96,8 @@ class Executor:
         self.finished = finished
         self.stopping = stopping
         self.log = log
+        self.processes = processes
+        self.threads = threads
         # Per-job hooks cost a call per job even when no plugin implements them.
         self._hooked_started = bool(plugins.manager.hook.job_started.get_hookimpls())
         self._hooked_finished = bool(plugins.manager.hook.job_finished.get_hookimpls())
@@ -136,11 +142,18 @@ class Executor:
             payload = payloads.validate(job, payloads.to_object(job.type, row["payload"]))
         except InvalidPayload as exc:
             return Ran(str(exc), final=True)
+        if job.executor == "process":
+            # The child validates again (it needs the model) and enforces no timer of its
+            # own: the pool stops the child at the deadline.
+            return self.processes.execute(entry, seconds)  # type: ignore[no-any-return]
         timer = gevent.Timeout(max(0.0, entry.deadline - time.monotonic()))
         timer.start()
         ran = Ran()
         try:
-            result = job.handler(payload, ctx)
+            if job.executor == "thread":
+                result = self.threads.call(job.handler, payload, ctx)
+            else:
+                result = job.handler(payload, ctx)
             if result is not None:
                 ctx.log.debug("handler returned a value; it is ignored", value=repr(result)[:200])
         except gevent.Timeout as exc:

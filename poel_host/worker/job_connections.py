@@ -140,14 +140,22 @@ class JobConnections:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _set_timeout(self, conn: psycopg.Connection[Any], timeout_ms: int) -> None:
-        if self.transaction_pooler:
-            # Opens the handler's transaction, with the timeout local to it: a session
-            # setting would stay on a server connection the pooler gives other clients.
-            self.store.set_statement_timeout(conn, timeout_ms, local=True)
-        else:
-            conn.autocommit = True
-            self.store.set_statement_timeout(conn, timeout_ms, local=False)
-            conn.autocommit = False
+        set_timeout(self.store, conn, timeout_ms, transaction_pooler=self.transaction_pooler)
+
+
+def set_timeout(
+    store: Store, conn: psycopg.Connection[Any], timeout_ms: int, *, transaction_pooler: bool
+) -> None:
+    """Bound the statements of a handler's connection (not in a transaction yet) by the
+    time its job has left."""
+    if transaction_pooler:
+        # Opens the handler's transaction, with the timeout local to it: a session
+        # setting would stay on a server connection the pooler gives other clients.
+        store.set_statement_timeout(conn, timeout_ms, local=True)
+    else:
+        conn.autocommit = True
+        store.set_statement_timeout(conn, timeout_ms, local=False)
+        conn.autocommit = False
 
 
 def abandon(conn: psycopg.Connection[Any]) -> None:

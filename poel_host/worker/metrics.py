@@ -20,9 +20,14 @@ SUMMARY_INTERVAL_S = 10.0
 class Metrics:
     """Counters kept by the services, and gauges read from the worker when scraped."""
 
-    def __init__(self, gauges: Callable[[], dict[str, tuple[str, int]]]) -> None:
+    def __init__(
+        self,
+        gauges: Callable[[], dict[str, tuple[str, int]]],
+        counters: Callable[[], dict[str, tuple[str, int]]] = dict,
+    ) -> None:
         self.finished: collections.Counter[str] = collections.Counter()  # runs by outcome
         self._gauges = gauges  # name -> (help text, value), read at each scrape
+        self._counters = counters  # the same, for counters kept elsewhere (the pool's)
 
     def render(self) -> str:
         """The counters in Prometheus' text format."""
@@ -34,8 +39,9 @@ class Metrics:
             lines.append(
                 f'poel_jobs_finished_total{{outcome="{outcome}"}} {self.finished[outcome]}'
             )
-        for name, (text, value) in self._gauges().items():
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {value}"]
+        for kind, values in (("counter", self._counters()), ("gauge", self._gauges())):
+            for name, (text, value) in values.items():
+                lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
         return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,14 @@
-"""Claiming jobs: the producer's claim loops.
+"""Claiming jobs: the producer's lanes and their claim loops.
 
-Two loops each take up to the number of free runner slots in one statement (at most half
-the concurrency, or CLAIM_MIN jobs, whichever is more), so that one claim's round trip
-overlaps the other's jobs, then wait for a slot, a wake-up (a NOTIFY, a rescue) or the
+A lane is the job types of one executor with the capacity that runs them: the greenlet
+runners (``WORKER_CONCURRENCY``), the thread runners (``POEL_THREADS``), the process
+pool's idle children. Each lane claims only its own types, only up to its own free
+capacity, so a claimed job never waits for a child or a thread; a worker whose types are
+all greenlet types has one lane and claims exactly as before.
+
+Each lane has two loops. Each takes up to the lane's free capacity in one statement (at
+most half of it, or CLAIM_MIN jobs, whichever is more), so that one claim's round trip
+overlaps the other's jobs, then waits for room, a wake-up (a NOTIFY, a rescue) or the
 poll interval. The second loop claims only while claims come back full (a backlog): an
 idle worker makes one claim per wake-up.
 """
@@ -10,7 +16,8 @@ idle worker makes one claim per wake-up.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import gevent.event
 
@@ -19,15 +26,47 @@ from poel_host.errors import DatabaseUnavailable, one_line
 from poel_host.settings import Settings
 from poel_host.store import Store
 from poel_host.worker.held import Held
-from poel_host.worker.runners import Runners
 from poel_host.worker.supervisor import Service
 
 CLAIM_MIN = 25
-CLAIMERS = 2  # claim loops per worker
+CLAIMERS = 2  # claim loops per lane
+
+
+class Capacity(Protocol):
+    """What runs a lane's jobs: :class:`Runners`, or the process pool."""
+
+    def __len__(self) -> int: ...
+    def free_count(self) -> int: ...
+    def wait_available(self, timeout: float | None = None) -> None: ...
+    def reserve(self, n: int) -> None: ...
+    def unreserve(self, n: int) -> None: ...
+    def submit(self, item: Any) -> None: ...
+    def join(self, timeout: float | None = None) -> bool: ...
+    def kill(self, timeout: float | None = None) -> list[Any]: ...
+
+
+@dataclass
+class Lane:
+    """The job types of one executor and the capacity that runs them."""
+
+    executor: str
+    job_types: list[str]
+    slots: Capacity
+    size: int  # the capacity when all of it is free
+    wake: gevent.event.Event = field(default_factory=gevent.event.Event)
+    backlog: gevent.event.Event = field(default_factory=gevent.event.Event)  # last claim full
+
+    @property
+    def batch(self) -> int:
+        # Claim size: half the capacity, so that a claim's round trip overlaps the last
+        # claim's jobs, but no fewer than CLAIM_MIN (or all of it when it is smaller): a
+        # claim costs about a millisecond however many rows it takes, which a small
+        # batch would not pay back.
+        return max((self.size + 1) // 2, min(self.size, CLAIM_MIN))
 
 
 class Producer:
-    """Claims jobs for the runners, which ``spawn`` hands each claimed row to."""
+    """Claims jobs for the lanes; ``spawn`` hands each claimed row to its lane."""
 
     def __init__(
         self,
@@ -35,43 +74,37 @@ class Producer:
         settings: Settings,
         *,
         owner: str,
-        job_types: list[str],
-        slots: Runners[Any],
+        lanes: list[Lane],
         held: Held,
-        spawn: Callable[[dict[str, Any]], None],
+        spawn: Callable[[Lane, dict[str, Any]], None],
         stopping: gevent.event.Event,
         log: Any,
     ) -> None:
         self.store = store
         self.settings = settings
         self.owner = owner
-        self.job_types = job_types
-        self.slots = slots
+        self.lanes = [lane for lane in lanes if lane.job_types]
         self.held = held
         self.spawn = spawn
         self.stopping = stopping
         self.log = log
-        self.wake = gevent.event.Event()
-        self.backlog = gevent.event.Event()  # the last claim came back full
-        # Claim size: half the pool, so that a claim's round trip overlaps the last
-        # claim's jobs, but no fewer than CLAIM_MIN (or the whole pool when it is
-        # smaller): a claim costs about a millisecond however many rows it takes, which
-        # a small batch would not pay back.
-        c = settings.worker_concurrency
-        self.batch = max((c + 1) // 2, min(c, CLAIM_MIN))
 
     def loops(self) -> list[ClaimLoop]:
-        return [ClaimLoop(self, helper=i > 0) for i in range(CLAIMERS)]
+        return [ClaimLoop(self, lane, helper=i > 0) for lane in self.lanes for i in range(CLAIMERS)]
+
+    def wake(self) -> None:
+        """Jobs may be due (a NOTIFY, a rescue): every lane's loop looks."""
+        for lane in self.lanes:
+            lane.wake.set()
 
     def stop(self) -> None:
-        self.wake.set()
-        self.backlog.set()
+        for lane in self.lanes:
+            lane.wake.set()
+            lane.backlog.set()
 
-    def claim(self, limit: int) -> list[dict[str, Any]]:
-        if not self.job_types:
-            return []
+    def claim(self, lane: Lane, limit: int) -> list[dict[str, Any]]:
         return self.store.claim_jobs(
-            job_types=self.job_types,
+            job_types=lane.job_types,
             queues=self.settings.queue_names,
             limit=limit,
             owner=self.owner,
@@ -84,32 +117,34 @@ class Producer:
 
 
 class ClaimLoop(Service):
-    """One claim loop; the ``helper`` loop claims only during a backlog."""
+    """One claim loop of a lane; the ``helper`` loop claims only during a backlog."""
 
-    def __init__(self, producer: Producer, *, helper: bool) -> None:
+    def __init__(self, producer: Producer, lane: Lane, *, helper: bool) -> None:
         super().__init__()
         self.producer = producer
+        self.lane = lane
         self.helper = helper
-        self.name = "producer" + (" (backlog)" if helper else "")
+        suffix = "" if lane.executor == "greenlet" else f" ({lane.executor})"
+        self.name = "producer" + suffix + (" backlog" if helper else "")
 
     def run(self) -> None:
-        p = self.producer
+        p, lane = self.producer, self.lane
         failures = 0
         while not p.stopping.is_set():
-            if self.helper and not p.backlog.is_set():
-                p.backlog.wait(timeout=1.0)
+            if self.helper and not lane.backlog.is_set():
+                lane.backlog.wait(timeout=1.0)
                 continue
-            free = p.slots.free_count()
+            free = lane.slots.free_count()
             if free <= 0:
-                p.slots.wait_available(timeout=1.0)
+                lane.slots.wait_available(timeout=1.0)
                 continue
-            p.wake.clear()
-            # Slots are held while the claim is in flight, so claims never take more jobs
-            # than the pool can start at once.
-            limit = min(free, p.batch)
-            p.slots.reserve(limit)
+            lane.wake.clear()
+            # Capacity is held while the claim is in flight, so claims never take more
+            # jobs than the lane can start at once.
+            limit = min(free, lane.batch)
+            lane.slots.reserve(limit)
             try:
-                rows = p.claim(limit)
+                rows = p.claim(lane, limit)
                 failures = 0
             except DatabaseUnavailable as exc:
                 failures += 1
@@ -117,13 +152,13 @@ class ClaimLoop(Service):
                 p.stopping.wait(pause(failures))
                 continue
             finally:
-                p.slots.unreserve(limit)
+                lane.slots.unreserve(limit)
             for row in rows:
-                p.spawn(row)
+                p.spawn(lane, row)
             self.passed()
             if len(rows) == limit:
-                p.backlog.set()
+                lane.backlog.set()
                 continue
-            p.backlog.clear()
+            lane.backlog.clear()
             if not self.helper:
-                p.wake.wait(p.settings.poll_interval_ms / 1000)
+                lane.wake.wait(p.settings.poll_interval_ms / 1000)

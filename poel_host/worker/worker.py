@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -31,12 +32,14 @@ from poel_host.worker.job_connections import JobConnections
 from poel_host.worker.leases import LeaseKeeper
 from poel_host.worker.listener import Listener
 from poel_host.worker.metrics import Metrics, Summary
-from poel_host.worker.producer import Producer
+from poel_host.worker.processes import ProcessPool
+from poel_host.worker.producer import Lane, Producer
 from poel_host.worker.pruner import Pruner
 from poel_host.worker.rescuer import Rescuer
 from poel_host.worker.runners import Runners
 from poel_host.worker.scheduler import Scheduler
 from poel_host.worker.supervisor import Supervisor
+from poel_host.worker.threads import Threads
 
 QUEUE_POOL_SIZE = 8  # two claim loops, completer, leases, rescuer, pruner, scheduler, spare
 
@@ -54,8 +57,10 @@ class Worker:
         self.cancelling = gevent.event.Event()  # running jobs asked to stop (shutdown)
         self.supervisor = Supervisor(log=log)
         self.health = Health(settings, failing=self.supervisor.failing)
-        self.metrics = Metrics(self._gauges)
+        self.metrics = Metrics(self._gauges, self._counters)
         self.slots: Runners[HeldJob] = Runners(settings.worker_concurrency, self._run)
+        self.processes: ProcessPool | None = None
+        self.threads: Threads | None = None
         self.queue_pool: Pool | None = None
         self.job_pool: Pool | None = None
         self._enqueuer: Queue | None = None
@@ -99,6 +104,7 @@ class Worker:
             pooler=s.pooler,
         )
         self.completer = Completer(self.store, owner=self.owner, held=self.held, log=self.log)
+        self.lanes = self._lanes()
         self.executor = Executor(
             s,
             self.plugins,
@@ -108,24 +114,42 @@ class Worker:
             finished=self.metrics.finished,
             stopping=self.stopping,
             log=self.log,
+            processes=self.processes,
+            threads=self.threads,
         )
         self.producer = Producer(
             self.store,
             s,
             owner=self.owner,
-            job_types=list(self.plugins.jobs),
-            slots=self.slots,
+            lanes=self.lanes,
             held=self.held,
             spawn=self._spawn,
             stopping=self.stopping,
             log=self.log,
         )
 
+    def _lanes(self) -> list[Lane]:
+        """One lane per executor that a loaded job type uses (its capacity made here)."""
+        s = self.settings
+        types: dict[str, list[str]] = {"greenlet": [], "thread": [], "process": []}
+        for job in self.plugins.jobs.values():
+            types[job.executor].append(job.type)
+        lanes = [Lane("greenlet", types["greenlet"], self.slots, s.worker_concurrency)]
+        if types["thread"]:
+            self.threads = Threads(s, self.store)
+            lanes.append(Lane("thread", types["thread"], Runners(s.threads, self._run), s.threads))
+        if types["process"]:
+            self.processes = ProcessPool(s, self.plugins, self._run, log=self.log)
+            lanes.append(Lane("process", types["process"], self.processes, s.processes))
+        return lanes
+
     def start(self) -> None:
         """Open the pools and start every service."""
         s = self.settings
         self.open()
-        log, wake = self.log, self.producer.wake.set
+        if self.processes is not None:
+            self.processes.start()
+        log, wake = self.log, self.producer.wake
         leases = LeaseKeeper(
             self.store, owner=self.owner, lease_ms=s.lease_ms, held=self.held, log=log
         )
@@ -151,7 +175,7 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming; ``run()`` then drains and returns."""
         if not self.stopping.is_set():
-            self.log.info("worker stopping", running=len(self.slots))
+            self.log.info("worker stopping", running=self._running())
         self.health.draining = True
         self.stopping.set()
         if self.queue_pool is not None:
@@ -172,15 +196,31 @@ class Worker:
         on this greenlet: no services, no signals. What the test kit's ``run_job`` runs;
         returns the ids run."""
         self.open()
-        rows = self.producer.claim(limit or self.settings.worker_concurrency)
-        for row in rows:
-            self._spawn(row)
-        self.slots.join()
+        ran = []
+        for lane in self.producer.lanes:
+            if lane.slots is self.processes:
+                # Children are started only once a process job is due (then kept until
+                # close()): most of a plugin's tests never need one.
+                rows = self.producer.claim(lane, limit or lane.size)
+                if rows:
+                    self.processes.start()
+                    self.processes.wait_ready()
+            else:
+                rows = self.producer.claim(lane, min(limit or lane.size, lane.slots.free_count()))
+            for row in rows:
+                self._spawn(lane, row)
+            ran += [row["id"] for row in rows]
+        for lane in self.producer.lanes:
+            lane.slots.join()
         self.completer.drain_now()
-        return [row["id"] for row in rows]
+        return ran
 
     def close(self) -> None:
-        """Close the pools opened by ``open()``."""
+        """Stop the children and threads, and close the pools opened by ``open()``."""
+        if self.processes is not None:
+            self.processes.close()
+        if self.threads is not None:
+            self.threads.close()
         for pool in (self.job_pool, self.queue_pool):
             if pool is not None:
                 pool.close(timeout=5)
@@ -191,7 +231,14 @@ class Worker:
 
     # Jobs -------------------------------------------------------------------------------
 
-    def _spawn(self, row: dict[str, Any]) -> None:
+    def _spawn(self, lane: Lane, row: dict[str, Any]) -> None:
+        borrow: Any = self.connections.borrow
+        cancel: Any = self.cancelling
+        if lane.executor == "thread":
+            assert self.threads is not None
+            cancel = self.threads.cancel  # a native thread cannot wait on gevent's event
+            threads = self.threads
+            borrow = lambda _loans, deadline: threads.borrow(deadline)  # noqa: E731
         ctx = JobContext(
             job_id=row["id"],
             job_type=row["job_type"],
@@ -201,14 +248,14 @@ class Worker:
             enqueued_at=row["created_at"],
             log=self.log.bind(jobId=row["id"], jobType=row["job_type"], attempt=row["attempts"]),
             settings=self.settings,
-            _connection_factory=lambda: self.connections.borrow(entry.loans, entry.deadline),
+            _connection_factory=lambda: borrow(entry.loans, entry.deadline),
             _enqueue=self._enqueue,
-            _cancel_event=self.cancelling,
+            _cancel_event=cancel,
         )
         # The connection factory above reads `entry` only when a handler calls it.
         entry = HeldJob(row=row, ctx=ctx)
         self.held[entry.id] = entry
-        self.slots.submit(entry)
+        lane.slots.submit(entry)
 
     def _run(self, entry: HeldJob) -> None:
         self.executor.run(entry)
@@ -219,23 +266,65 @@ class Worker:
 
     def _gauges(self) -> dict[str, tuple[str, int]]:
         return {
-            "poel_jobs_running": ("Jobs running now.", len(self.slots)),
+            "poel_jobs_running": ("Jobs running now.", self._running()),
             "poel_jobs_held": ("Jobs holding a lease of this worker.", len(self.held)),
             "poel_worker_concurrency": ("WORKER_CONCURRENCY.", self.settings.worker_concurrency),
             "poel_worker_draining": ("1 while shutting down.", int(self.stopping.is_set())),
+            **self._process_gauges(),
         }
+
+    def _process_gauges(self) -> dict[str, tuple[str, int]]:
+        if self.processes is None:
+            return {}
+        busy, idle = len(self.processes.busy), int(self.processes.idle.qsize())
+        return {
+            "poel_processes_busy": ("Worker processes running a job.", busy),
+            "poel_processes_idle": ("Worker processes ready for a job.", idle),
+            "poel_processes": ("POEL_PROCESSES.", self.processes.size),
+        }
+
+    def _counters(self) -> dict[str, tuple[str, int]]:
+        if self.processes is None:
+            return {}
+        counts = self.processes.counts
+        return {
+            "poel_processes_started_total": ("Worker processes started.", counts["started"]),
+            "poel_processes_recycled_total": (
+                "Worker processes replaced after POEL_PROCESS_MAX_JOBS or past "
+                "POEL_PROCESS_MAX_RSS_MB.",
+                counts["recycled"],
+            ),
+            "poel_processes_crashed_total": (
+                "Worker processes that died during a job.",
+                counts["crashed"],
+            ),
+            "poel_processes_timed_out_total": (
+                "Worker processes stopped because their job ran past its timeout.",
+                counts["timed_out"],
+            ),
+        }
+
+    def _running(self) -> int:
+        lanes = self.producer.lanes if self.queue_pool is not None else []
+        return sum(len(lane.slots) for lane in lanes) if lanes else len(self.slots)
 
     # Draining ---------------------------------------------------------------------------
 
     def _drain(self) -> None:
         grace = self.settings.shutdown_timeout_ms / 1000
-        self.log.info("worker draining", running=len(self.slots), grace_seconds=grace)
-        self.slots.join(timeout=grace)
-        if len(self.slots):
+        lanes = [lane.slots for lane in self.producer.lanes]
+        self.log.info("worker draining", running=self._running(), grace_seconds=grace)
+        _join(lanes, grace)
+        if self._running():
             self.cancelling.set()
-            self.slots.join(timeout=min(1.0, grace) if grace else 0)
-            for entry in self.slots.kill(timeout=5):
-                entry.released = True
+            if self.threads is not None:
+                self.threads.cancel.set()
+            if self.processes is not None:
+                self.processes.cancel_all()
+            _join(lanes, min(1.0, grace) if grace else 0)
+            for lane in lanes:
+                for entry in lane.kill(timeout=5):
+                    entry.released = True
         released = [job_id for job_id, e in self.held.items() if e.released]
         if released:
             self.completer.release(released)
@@ -245,3 +334,10 @@ class Worker:
         self.plugins.call("shutdown", self.log, settings=self.settings)
         self.close()
         self.log.info("worker stopped", handed_back=len(released), **self.metrics.finished)
+
+
+def _join(lanes: list[Any], timeout: float) -> None:
+    """Wait until every lane has finished its jobs, for ``timeout`` seconds in all."""
+    deadline = time.monotonic() + timeout
+    for lane in lanes:
+        lane.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,225 @@
+"""A child process of the process executor: runs jobs one at a time for its ``serve``.
+
+Started by :mod:`poel_host.worker.processes` as a fresh interpreter
+(``python -m poel_host.worker.child``), never as a fork of the running, patched and
+connected serve process: no gevent here, no inherited connections or greenlets. It loads
+the serve process's plugins (``POEL_CHILD_PLUGINS``), calls their ``process_started`` hook
+once (warm state), says ``ready``, then runs each job it is sent in its main thread, with a
+``JobContext`` like a greenlet job's: a connection in this process whose
+``statement_timeout`` is the job's remaining time, ``enqueue``, the settings, the log
+(JSON lines on stderr, which serve forwards line by line), cancellation.
+
+The protocol is one JSON object a line: on stdin ``{"job": …}``, ``{"cancel": true}``,
+``{"exit": true}``; on the saved stdout ``{"ready": pid}`` and ``{"done": …}``. Anything a
+handler prints goes to stderr instead (fd 1 is pointed there). A reader thread watches
+stdin: at its end (serve exited, even by ``kill -9``) the child exits at once, whatever
+its handler is doing, so no child outlives its serve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib
+import json
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import psycopg
+
+from poel_host import payloads
+from poel_host.database import check_alive, connect
+from poel_host.errors import InvalidPayload, PoelError, error_text
+from poel_host.jobs import JobCancelled, JobContext
+from poel_host.logs import configure_logging, get_logger
+from poel_host.plugins import Plugins, load_plugins
+from poel_host.queue import Queue
+from poel_host.settings import Settings, load_settings
+from poel_host.store import Store
+from poel_host.worker.job_connections import abandon, set_timeout
+
+PLUGINS_VARIABLE = "POEL_CHILD_PLUGINS"  # JSON [[plugin name, module], ...]
+PARENT_GONE_EXIT = 70
+
+
+class Connections:
+    """``ctx.connection()`` in a child: connections of this process, kept between jobs."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.idle: list[psycopg.Connection[Any]] = []
+
+    @contextmanager
+    def borrow(self, deadline: float) -> Iterator[psycopg.Connection[Any]]:
+        conn = self._take()
+        remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        set_timeout(
+            self.store, conn, remaining_ms, transaction_pooler=self.settings.pooler != "none"
+        )
+        try:
+            yield conn
+            conn.commit()
+        except BaseException:
+            abandon(conn)
+            raise
+        finally:
+            if not conn.closed:
+                self.idle.append(conn)
+
+    def _take(self) -> psycopg.Connection[Any]:
+        while self.idle:
+            conn = self.idle.pop()
+            try:
+                check_alive(conn)
+                return conn
+            except psycopg.Error:
+                conn.close()
+        return connect(
+            self.settings.dsn,
+            name="child",
+            pooler=self.settings.pooler,
+            autocommit=False,
+            connect_timeout=self.settings.connect_timeout_s,
+        )
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+class Child:
+    def __init__(self, settings: Settings, plugins: Plugins, out: IO[bytes], log: Any) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.out = out
+        self.log = log
+        self.store = Store(settings.schema_name)
+        self.connections = Connections(settings, self.store)
+        self.enqueuer = Queue(
+            settings.dsn,
+            schema=settings.schema_name,
+            jobs=plugins.jobs,
+            max_payload_bytes=settings.max_payload_bytes,
+            pooler=settings.pooler,
+        )
+        self.todo: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self.cancel = threading.Event()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.out.write(json.dumps(message, default=str).encode() + b"\n")
+        self.out.flush()
+
+    def read(self, stream: IO[bytes]) -> None:
+        """The reader thread: jobs and cancellations in; the end of stdin ends the process."""
+        for line in stream:
+            message = json.loads(line)
+            if "job" in message:
+                self.todo.put(message["job"])
+            elif message.get("cancel"):
+                self.cancel.set()
+            elif message.get("exit"):
+                self.todo.put(None)
+        os._exit(PARENT_GONE_EXIT)  # serve is gone: never outlive it, even mid-job
+
+    def serve(self) -> None:
+        self.send({"ready": os.getpid()})
+        while (job := self.todo.get()) is not None:
+            self.cancel.clear()
+            self.send({"done": self.run(job)})
+        self.connections.close()
+        self.enqueuer.close()
+
+    def run(self, message: dict[str, Any]) -> dict[str, Any]:
+        job = self.plugins.jobs[message["job_type"]]
+        deadline = time.monotonic() + float(message["timeout_s"])
+        ctx = JobContext(
+            job_id=message["id"],
+            job_type=job.type,
+            attempt=message["attempt"],
+            max_attempts=message["max_attempts"],
+            queue=message["queue"],
+            enqueued_at=dt.datetime.fromisoformat(message["enqueued_at"]),
+            log=self.log.bind(jobId=message["id"], jobType=job.type, attempt=message["attempt"]),
+            settings=self.settings,
+            _connection_factory=lambda: self.connections.borrow(deadline),
+            _enqueue=self.enqueuer.enqueue,
+            _cancel_event=self.cancel,
+        )
+        done: dict[str, Any] = {"error": None, "traceback": None, "stopped": False}
+        try:
+            model = payloads.validate(job, payloads.to_object(job.type, message["payload"]))
+            job.handler(model, ctx)
+        except InvalidPayload as exc:
+            done.update(error=str(exc), final=True)
+        except JobCancelled as exc:
+            if self.cancel.is_set():
+                done["stopped"] = True  # stopped because serve asked: a hand-back
+            else:
+                done.update(error=error_text(exc), traceback=last_traceback())
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: it ends the attempt
+            done.update(error=error_text(exc), traceback=last_traceback())
+        done["rss_kb"] = rss_kb()
+        return done
+
+
+def last_traceback(limit: int = 8000) -> str:
+    """The traceback being handled, its last ``limit`` characters (the error history keeps
+    one per failed attempt)."""
+    return traceback.format_exc()[-limit:]
+
+
+def rss_kb() -> int:
+    """This process's resident memory now, in KiB (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _die_with_parent() -> None:
+    """Linux: be sent SIGKILL when serve dies (belt and braces beside stdin's end)."""
+    with contextlib.suppress(Exception):  # not Linux, or no libc: stdin's end still works
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def main() -> int:
+    out = os.fdopen(os.dup(1), "wb")  # the protocol's channel
+    os.dup2(2, 1)  # a handler's print() (and a C library's output) goes to the log stream
+    _die_with_parent()
+    try:
+        settings = load_settings()
+        configure_logging(
+            environment=settings.env, log_format=settings.log_format, level=settings.log_level
+        )
+        modules = json.loads(os.environ.get(PLUGINS_VARIABLE, "[]"))
+        plugins = load_plugins(
+            [], extra=[(name, importlib.import_module(module)) for name, module in modules]
+        )
+    except (PoelError, ImportError, ValueError) as exc:
+        print(f"poel-host worker process: error: {error_text(exc)}", file=sys.stderr)
+        return 3
+    log = get_logger()
+    for failed in plugins.failed:
+        log.error("plugin failed to load in worker process", plugin=failed.name, error=failed.error)
+    plugins.call("process_started", log, settings=settings)
+    child = Child(settings, plugins, out, log)
+    threading.Thread(target=child.read, args=(sys.stdin.buffer,), daemon=True).start()
+    child.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

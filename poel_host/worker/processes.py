@@ -1,0 +1,327 @@
+"""The process executor: a pool of child processes for ``Job(executor="process")`` types.
+
+``serve`` keeps ``POEL_PROCESSES`` children (:mod:`poel_host.worker.child`), started before
+they are needed. The pool is also the producer's lane for process job types: it claims only
+as many jobs as it has ready, idle children, so no claimed job waits for one. Each job runs
+on a greenlet that sends it to a child and waits cooperatively on the child's pipe, so
+claims, leases, ``/health`` and greenlet jobs go on while children compute.
+
+- A job past its timeout has its child stopped (SIGTERM, a short grace, SIGKILL) and
+  replaced; the attempt fails ``timed out after Ns``.
+- A child that dies (a segfault, ``os._exit``, the OOM killer) fails only its attempt, with
+  the cause, and is replaced.
+- A child is replaced after ``POEL_PROCESS_MAX_JOBS`` jobs, or once a job leaves it past
+  ``POEL_PROCESS_MAX_RSS_MB``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.queue
+import gevent.subprocess
+
+from poel_host.backoff import pause
+from poel_host.plugins import Plugins
+from poel_host.settings import Settings
+from poel_host.worker.child import PLUGINS_VARIABLE
+from poel_host.worker.executor import Ran
+from poel_host.worker.held import HeldJob
+
+START_TIMEOUT_S = 60.0
+STOP_GRACE_S = 1.0
+_SIGNAL_HINTS = {signal.SIGKILL: " (out of memory?)", signal.SIGSEGV: " (segmentation fault)"}
+
+
+class ChildDied(Exception):
+    """The child's pipe closed: it exited or was killed."""
+
+
+class ChildProcess:
+    """One child: its process, its pipes, and the greenlet forwarding its log lines."""
+
+    def __init__(self, env: dict[str, str], *, log: Any) -> None:
+        self.log = log
+        self.jobs_done = 0
+        self.proc = gevent.subprocess.Popen(
+            [sys.executable, "-m", "poel_host.worker.child"],
+            stdin=gevent.subprocess.PIPE,
+            stdout=gevent.subprocess.PIPE,
+            stderr=gevent.subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # a terminal's Ctrl-C reaches serve, which stops us
+        )
+        self.pid = self.proc.pid
+        self._forwarding = gevent.spawn(self._forward_log)
+
+    def _forward_log(self) -> None:
+        """Copy the child's stderr to serve's, whole lines only, so lines never mix."""
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line.startswith("{") and line.endswith("}"):
+                sys.stderr.write(line + "\n")  # a JSON log line of the child's
+                sys.stderr.flush()
+            elif line:
+                self.log.info("worker process output", pid=self.pid, line=line[:4000])
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(message, default=str).encode() + b"\n")
+            self.proc.stdin.flush()
+        except OSError as exc:  # a broken pipe: the child is gone
+            raise ChildDied(self.cause()) from exc
+
+    def receive(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise ChildDied(self.cause())
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    def cause(self) -> str:
+        """Why the child ended, for the job's error."""
+        try:
+            code = self.proc.wait(timeout=STOP_GRACE_S)
+        except gevent.subprocess.TimeoutExpired:
+            return "its output closed while it still ran"
+        if code < 0:
+            name = signal.Signals(-code).name
+            return f"killed by {name}{_SIGNAL_HINTS.get(signal.Signals(-code), '')}"
+        return f"exited with code {code}"
+
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """SIGTERM, ``grace`` seconds, then SIGKILL; waits for the process to end."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=grace)
+            except gevent.subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+        self._forwarding.join(timeout=1)
+
+    def exit(self) -> None:
+        """Let the child finish and exit on its own (recycling), then reap it."""
+        with contextlib.suppress(ChildDied):  # gone already: reaped below
+            self.send({"exit": True})
+        self.stop(grace=5.0)
+
+
+class ProcessPool:
+    """The children, and the lane that claims process jobs for them (the same interface
+    as :class:`~poel_host.worker.runners.Runners`)."""
+
+    def __init__(
+        self, settings: Settings, plugins: Plugins, run: Callable[[HeldJob], None], *, log: Any
+    ) -> None:
+        self.settings = settings
+        self.size = settings.processes
+        self.run_item = run
+        self.log = log
+        self.env = {**os.environ, **settings.as_environment()}
+        self.env[PLUGINS_VARIABLE] = json.dumps(
+            [[p.name, p.module] for p in plugins.loaded if p.module is not None]
+        )
+        self.idle: gevent.queue.Queue[ChildProcess] = gevent.queue.Queue()
+        self.busy: set[ChildProcess] = set()
+        self.counts: collections.Counter[str] = collections.Counter()  # started, recycled...
+        self._reserved = 0
+        self._jobs: set[gevent.Greenlet] = set()
+        self._room = gevent.event.Event()  # a child became free
+        self._empty = gevent.event.Event()
+        self._empty.set()
+        self._starting: set[gevent.Greenlet] = set()
+        self._closing = False
+
+    # Children ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the children (in the background; each joins ``idle`` when ready)."""
+        for _ in range(self.size - len(self.busy) - self.idle.qsize() - len(self._starting)):
+            self._replace()
+
+    def _replace(self) -> None:
+        if not self._closing:
+            starter = gevent.spawn(self._start_one)
+            self._starting.add(starter)
+            starter.link(self._starting.discard)
+
+    def _start_one(self) -> None:
+        failures = 0
+        while not self._closing:
+            child = ChildProcess(self.env, log=self.log)
+            try:
+                with gevent.Timeout(START_TIMEOUT_S):
+                    ready = child.receive()
+                if "ready" in ready:
+                    self.counts["started"] += 1
+                    self.idle.put(child)
+                    self._room.set()
+                    return
+                reason = f"unexpected first message {ready!r}"
+            except (ChildDied, gevent.Timeout) as exc:
+                reason = str(exc) if isinstance(exc, ChildDied) else "did not start in time"
+            child.stop()
+            failures += 1
+            self.log.error(
+                "worker process failed to start", reason=reason, retry_in=pause(failures)
+            )
+            gevent.sleep(pause(failures))
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> bool:
+        """Wait until every child is ready (the test kit's run_once); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.idle.qsize() + len(self.busy) < self.size:
+            if time.monotonic() > deadline:
+                return False
+            self._room.clear()
+            self._room.wait(0.1)
+        return True
+
+    def close(self) -> None:
+        """Stop every child (the end of the drain) and the starters."""
+        self._closing = True
+        gevent.killall(list(self._starting), timeout=5)
+        children = [*self.busy]
+        while not self.idle.empty():
+            children.append(self.idle.get_nowait())
+        gevent.joinall([gevent.spawn(child.stop) for child in children], timeout=10)
+
+    def cancel_all(self) -> None:
+        """Ask every running handler to stop (``ctx.cancelled``): the shutdown's grace ran out."""
+        for child in list(self.busy):
+            with contextlib.suppress(ChildDied):  # its job's greenlet learns that itself
+                child.send({"cancel": True})
+
+    # Running one job --------------------------------------------------------------------
+
+    def execute(self, entry: HeldJob, seconds: float) -> Ran:
+        """Run the held job in a child; what happened (the executor decides the outcome)."""
+        row = entry.row
+        child = self.idle.get()  # at once: the lane claimed only for idle children
+        self.busy.add(child)
+        try:
+            child.send(
+                {
+                    "job": {
+                        "id": row["id"],
+                        "job_type": row["job_type"],
+                        "payload": row["payload"],
+                        "attempt": row["attempts"],
+                        "max_attempts": row["max_attempts"],
+                        "queue": row["queue"],
+                        "enqueued_at": row["created_at"].isoformat(),
+                        "timeout_s": max(0.0, entry.deadline - time.monotonic()),
+                    }
+                }
+            )
+            with gevent.Timeout(max(0.0, entry.deadline - time.monotonic())):
+                message = child.receive()
+        except gevent.Timeout:
+            self.counts["timed_out"] += 1
+            self._discard(child, "timed out")
+            return Ran(f"timed out after {seconds:g}s")
+        except ChildDied as exc:
+            self.counts["crashed"] += 1
+            self._discard(child, "died")
+            return Ran(f"worker process died: {exc}")
+        except BaseException:  # GreenletExit: the drain ran out of time; the job goes back
+            self._discard(child, "stopped by the shutdown")
+            raise
+        done = message["done"]
+        self._finished(child, done)
+        return Ran(
+            done["error"],
+            stopped=done["stopped"],
+            final=bool(done.get("final")),
+            traceback=done.get("traceback"),
+        )
+
+    def _finished(self, child: ChildProcess, done: dict[str, Any]) -> None:
+        self.busy.discard(child)
+        child.jobs_done += 1
+        rss_mb = done.get("rss_kb", 0) / 1024
+        s = self.settings
+        if s.process_max_jobs and child.jobs_done >= s.process_max_jobs:
+            self._recycle(child, f"after {child.jobs_done} jobs (POEL_PROCESS_MAX_JOBS)")
+        elif s.process_max_rss_mb and rss_mb > s.process_max_rss_mb:
+            self._recycle(child, f"at {rss_mb:.0f} MB (POEL_PROCESS_MAX_RSS_MB)")
+        else:
+            self.idle.put(child)
+            self._room.set()
+
+    def _recycle(self, child: ChildProcess, why: str) -> None:
+        self.counts["recycled"] += 1
+        self.log.info("worker process recycled", pid=child.pid, reason=why)
+        gevent.spawn(child.exit)
+        self._replace()
+
+    def _discard(self, child: ChildProcess, why: str) -> None:
+        self.busy.discard(child)
+        self.log.warning("worker process replaced", pid=child.pid, reason=why)
+        gevent.spawn(child.stop)
+        self._replace()
+
+    # The lane (the producer's view) -----------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._jobs) + self._reserved
+
+    def free_count(self) -> int:
+        return int(self.idle.qsize()) - self._reserved - self._waiting()
+
+    def _waiting(self) -> int:
+        """Job greenlets spawned that have not taken their child yet."""
+        return len(self._jobs) - len(self.busy)
+
+    def wait_available(self, timeout: float | None = None) -> None:
+        self._room.clear()
+        if self.free_count() <= 0:
+            self._room.wait(timeout)
+
+    def reserve(self, n: int) -> None:
+        self._reserved += n
+        self._empty.clear()
+
+    def unreserve(self, n: int) -> None:
+        self._reserved -= n
+        self._check_empty()
+
+    def submit(self, entry: HeldJob) -> None:
+        job = gevent.spawn(self.run_item, entry)
+        self._jobs.add(job)
+        self._empty.clear()
+        job.link(self._job_done)
+
+    def _job_done(self, job: gevent.Greenlet) -> None:
+        self._jobs.discard(job)
+        self._room.set()
+        self._check_empty()
+
+    def _check_empty(self) -> None:
+        if not self._jobs and not self._reserved:
+            self._empty.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        return bool(self._empty.wait(timeout))
+
+    def kill(self, timeout: float | None = None) -> list[HeldJob]:
+        """Stop the running jobs (GreenletExit: each stops its child); none wait unstarted."""
+        gevent.killall(list(self._jobs), timeout=timeout)
+        return []

@@ -1,0 +1,92 @@
+"""The thread executor: ``Job(executor="thread")`` handlers on real OS threads.
+
+For handlers whose time goes to native code that releases the GIL (numpy, an audio
+codec, a blocking C client gevent cannot make cooperative): on a bounded pool of
+``POEL_THREADS`` real threads, such code runs beside the event loop instead of freezing
+it. The runner greenlet waits cooperatively for the thread's result, under the job's
+timeout; a thread cannot be killed, so a handler past its timeout fails its attempt (and
+is asked to stop through ``ctx.cancelled``) while its thread runs on to its end.
+
+A handler on a thread gets its own connections (``ctx.connection()`` opens one for the
+block, with the job's remaining time as ``statement_timeout``): the job pool belongs to
+the event loop's greenlets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from gevent import monkey
+from gevent.threadpool import ThreadPool
+
+from poel_host.database import connect
+from poel_host.settings import Settings
+from poel_host.store import Store
+from poel_host.worker.job_connections import abandon, set_timeout
+
+
+class NativeEvent:
+    """A flag a native thread can wait on: gevent's events (and the patched ``threading``
+    module's) belong to the event loop's thread."""
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._lock = monkey.get_original("_thread", "allocate_lock")()
+        self._lock.acquire()  # held until set()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        if not self._flag:
+            self._flag = True
+            self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self._flag and self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            self._lock.release()
+        return self._flag
+
+
+class Threads:
+    """The bounded pool of threads, and what a handler on one of them gets."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.pool = ThreadPool(settings.threads)
+        self.cancel = NativeEvent()  # set when the shutdown's grace runs out
+
+    def call(self, handler: Callable[[Any, Any], object], payload: Any, ctx: Any) -> object:
+        """``handler(payload, ctx)`` on a thread; its result or its exception."""
+        return self.pool.spawn(handler, payload, ctx).get()
+
+    @contextmanager
+    def borrow(self, deadline: float) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for one ``with ctx.connection()`` block on a thread."""
+        s = self.settings
+        conn = connect(
+            s.dsn,
+            name="thread",
+            pooler=s.pooler,
+            autocommit=False,
+            connect_timeout=s.connect_timeout_s,
+        )
+        try:
+            remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            set_timeout(self.store, conn, remaining_ms, transaction_pooler=s.pooler != "none")
+            try:
+                yield conn
+                conn.commit()
+            except BaseException:
+                abandon(conn)
+                raise
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.pool.kill()

@@ -1,0 +1,217 @@
+"""The process executor, through real ``poel-host serve`` processes and their children:
+CPU-heavy jobs keep their leases and the worker its health; hard timeouts, crashes,
+recycling, shutdown and a killed serve. The job types are poel-testprocs'."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+pytestmark = pytest.mark.process
+
+PROCS = "poel-testprocs"
+
+
+def runs(conn, job_id: int | None = None) -> list[dict]:
+    query = "SELECT job_id, key, attempt, pid, warm, note FROM poel_proc_runs"
+    if job_id is None:
+        return conn.execute(query + " ORDER BY id").fetchall()
+    return conn.execute(query + " WHERE job_id = %s ORDER BY id", [job_id]).fetchall()
+
+
+def job(conn, job_id: int) -> dict:
+    return conn.execute("SELECT * FROM poel.jobs WHERE id = %s", [job_id]).fetchone()
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "\nState:\tZ" not in status.read()
+    except FileNotFoundError:
+        return False
+
+
+def wait_state(wait_sql, job_id: int, state: str, timeout: float = 20.0) -> None:
+    wait_sql("SELECT state = %s FROM poel.jobs WHERE id = %s", [state, job_id], timeout=timeout)
+
+
+def test_cpu_heavy_jobs_run_once_and_the_workers_stay_healthy(
+    serve, poel_queue, poel_conn, wait_sql
+):
+    env = {"POEL_LOAD_PLUGINS": PROCS, "POEL_LEASE_MS": 2000, "POEL_PROCESSES": 1}
+    workers = [serve(**env), serve(**env)]
+    ids = [poel_queue.enqueue("testprocs.spin", {"key": str(i), "seconds": 6}) for i in range(4)]
+
+    slowest = 0.0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for worker in workers:
+            started = time.monotonic()
+            assert worker.http("/health", timeout=5).status == 200
+            slowest = max(slowest, time.monotonic() - started)
+        finished = poel_conn.execute(
+            "SELECT count(*) AS n FROM poel.jobs WHERE state = 'succeeded' AND id = ANY(%s)", [ids]
+        ).fetchone()["n"]
+        if finished == len(ids):
+            break
+        time.sleep(0.2)
+    assert finished == len(ids), "the CPU-heavy jobs did not all finish within 60 s"
+    assert slowest < 0.1, f"/health took {slowest * 1000:.0f} ms while children computed"
+
+    for job_id in ids:
+        row = job(poel_conn, job_id)
+        assert (row["state"], row["attempts"], row["errors"]) == ("succeeded", 1, [])
+        assert [r["note"] for r in runs(poel_conn, job_id)] == ["start", "end"]  # once
+    serve_pids = {w.pid for w in workers}
+    assert not serve_pids & {r["pid"] for r in runs(poel_conn)}  # computed in children
+    for worker in workers:
+        logs = " ".join(str(e.get("msg")) for e in worker.logs)
+        assert "lease" not in logs, logs
+
+
+def test_a_job_past_its_timeout_has_its_child_killed_and_is_retried(
+    serve, poel_queue, poel_conn, wait_sql
+):
+    worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=1)
+    job_id = poel_queue.enqueue("testprocs.spin_timeout", {"key": "t", "seconds": 30})
+    wait_sql("SELECT attempts >= 2 FROM poel.jobs WHERE id = %s", [job_id], timeout=20)
+
+    row = job(poel_conn, job_id)
+    assert row["errors"][0]["error"] == "timed out after 1s"
+    first, second = (r["pid"] for r in runs(poel_conn, job_id)[:2])
+    assert first != second  # the second attempt ran in a new child
+    wait_for_gone = time.monotonic() + 5
+    while alive(first) and time.monotonic() < wait_for_gone:
+        time.sleep(0.05)
+    assert not alive(first), "the timed-out child is still running"
+    worker.wait_log("worker process replaced", reason="timed out")
+
+
+@pytest.mark.parametrize(
+    ("how", "cause"),
+    [
+        ("sigkill", "worker process died: killed by SIGKILL (out of memory?)"),
+        ("segfault", "worker process died: killed by SIGSEGV (segmentation fault)"),
+        ("exit", "worker process died: exited with code 3"),
+    ],
+)
+def test_a_child_that_dies_fails_only_its_attempt(
+    serve, poel_queue, poel_conn, wait_sql, how, cause
+):
+    serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=2, POEL_RETRY_BACKOFF_MS=60_000)
+    beside = poel_queue.enqueue("testprocs.spin", {"key": "beside", "seconds": 2})
+    crashing = poel_queue.enqueue("testprocs.crash", {"key": "c", "how": how})
+    wait_sql("SELECT attempts = 1 AND state = 'queued' FROM poel.jobs WHERE id = %s", [crashing])
+    row = job(poel_conn, crashing)
+    assert row["last_error"] == cause
+    wait_state(wait_sql, beside, "succeeded")  # the other child's job was not touched
+    assert job(poel_conn, beside)["attempts"] == 1
+    # The pool is whole again: a new job runs in a replacement child.
+    after = poel_queue.enqueue("testprocs.spin", {"key": "after", "seconds": 0})
+    wait_state(wait_sql, after, "succeeded")
+    crashed_pid = runs(poel_conn, crashing)[0]["pid"]
+    assert runs(poel_conn, after)[0]["pid"] != crashed_pid
+
+
+def test_an_exception_comes_back_with_its_traceback(serve, poel_queue, poel_conn, wait_sql):
+    serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=1)
+    job_id = poel_queue.enqueue("testprocs.fail", {})
+    wait_state(wait_sql, job_id, "failed")
+    [error] = job(poel_conn, job_id)["errors"]
+    assert error["error"].startswith("ValueError: failing in ")
+    assert "Traceback (most recent call last)" in error["traceback"]
+    assert 'in fail\n    raise ValueError(f"failing in {os.getpid()}")' in error["traceback"]
+
+
+def test_children_are_recycled_after_max_jobs_and_warm_state_is_built_once_each(
+    serve, poel_queue, poel_conn, wait_sql
+):
+    worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=1, POEL_PROCESS_MAX_JOBS=2)
+    ids = []
+    for i in range(5):  # one at a time, so that each lands on the one child there is
+        ids.append(poel_queue.enqueue("testprocs.spin", {"key": str(i), "seconds": 0}))
+        wait_state(wait_sql, ids[-1], "succeeded")
+    pids = [runs(poel_conn, job_id)[0]["pid"] for job_id in ids]
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+    assert {r["warm"] for r in runs(poel_conn)} == {1}  # process_started once per child
+    recycled = [e for e in worker.logs if e.get("msg") == "worker process recycled"]
+    assert len(recycled) == 2
+    assert recycled[0]["reason"] == "after 2 jobs (POEL_PROCESS_MAX_JOBS)"
+    metrics = worker.http("/metrics").text
+    assert "poel_processes_recycled_total 2" in metrics
+
+
+def test_a_child_past_the_memory_cap_is_recycled_after_its_job(
+    serve, poel_queue, poel_conn, wait_sql
+):
+    worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=1, POEL_PROCESS_MAX_RSS_MB=150)
+    ids = []
+    for i in range(3):  # each keeps 60 MB more, as a leak would
+        ids.append(poel_queue.enqueue("testprocs.grow", {"key": str(i), "mb": 60}))
+        wait_state(wait_sql, ids[-1], "succeeded")
+    notes = [(r["pid"], r["note"]) for job_id in ids for r in runs(poel_conn, job_id)]
+    # The first child passed 150 MB with its second job and was replaced after it.
+    assert notes[0][0] == notes[1][0] != notes[2][0]
+    assert [note for _, note in notes] == ["kept 1", "kept 2", "kept 1"]
+    recycled = worker.wait_log("worker process recycled")
+    assert recycled["reason"].endswith("MB (POEL_PROCESS_MAX_RSS_MB)")
+
+
+def test_sigterm_while_children_compute_hands_their_jobs_back(
+    serve, poel_queue, poel_conn, wait_sql
+):
+    worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=2, POEL_SHUTDOWN_TIMEOUT_MS=500)
+    # One stops when asked (ctx.check_cancelled); the other only when killed.
+    cooperative = poel_queue.enqueue("testprocs.spin", {"key": "asks", "seconds": 60})
+    stubborn = poel_queue.enqueue("testprocs.grow", {"key": "warm-up", "mb": 0})
+    wait_state(wait_sql, stubborn, "succeeded")
+    stubborn = poel_queue.enqueue("testprocs.spin_once", {"key": "stubborn", "seconds": 60})
+    wait_sql("SELECT count(*) = 2 FROM poel_proc_runs WHERE note = 'start'")
+    child_pids = [r["pid"] for r in runs(poel_conn) if r["note"] == "start"]
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait_exit(timeout=15) == 0
+    for job_id in (cooperative, stubborn):
+        row = job(poel_conn, job_id)
+        assert (row["state"], row["attempts"], row["lease_owner"]) == ("queued", 0, None)
+    for pid in child_pids:
+        assert not alive(pid), f"child {pid} outlived its serve"
+
+
+def test_no_child_outlives_a_killed_serve(serve, poel_queue, poel_conn, wait_sql):
+    worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=2)
+    for key in ("a", "b"):
+        poel_queue.enqueue("testprocs.spin", {"key": key, "seconds": 60})
+    wait_sql("SELECT count(*) = 2 FROM poel_proc_runs WHERE note = 'start'")
+    child_pids = [r["pid"] for r in runs(poel_conn)]
+    assert all(alive(pid) for pid in child_pids)
+
+    worker.kill()  # SIGKILL: no drain, no clean-up
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in child_pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in child_pids if alive(pid)]
+    assert os.getpid() not in child_pids
+
+
+def test_a_child_logs_in_the_same_stream_and_format(serve, poel_queue, wait_sql):
+    worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=1)
+    job_id = poel_queue.enqueue("testprocs.print", {"key": "p"})
+    wait_state(wait_sql, job_id, "succeeded")
+    line = worker.wait_log("a log line from the child")
+    assert (line["jobId"], line["jobType"], line["attempt"]) == (job_id, "testprocs.print", 1)
+    assert line["answer"] == 42 and line["level"] == "info" and line["service"] == "poel-worker"
+    printed = worker.wait_log("worker process output")
+    assert printed["line"] == "plain text from a handler"
+
+
+def test_follow_up_jobs_enqueued_in_a_child(serve, poel_queue, poel_conn, wait_sql):
+    serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=1)
+    job_id = poel_queue.enqueue("testprocs.fanout", {"key": "f", "children": 3})
+    wait_sql("SELECT count(*) = 4 FROM poel.jobs WHERE state = 'succeeded'", timeout=20)
+    children = runs(poel_conn, job_id)[0]["note"].split(",")
+    assert len(children) == 3
