@@ -49,3 +49,13 @@ def test_a_thread_job_runs_on_a_real_thread_with_its_own_connection(
     assert int(notes[0].split()[1]) != threading.get_native_id()  # not the event loop's
     rows = poel_conn.execute("SELECT DISTINCT pid FROM poel_proc_runs").fetchall()
     assert [r["pid"] for r in rows] == [os.getpid()]  # a thread of this process
+
+
+def test_a_process_jobs_context_matches_a_greenlet_jobs(run_job: Any, poel_conn: Any) -> None:
+    result = run_job("testprocs.probe", {"key": "p"}, max_attempts=4)
+    assert result.state == "succeeded", result.error
+    [row] = poel_conn.execute("SELECT note FROM poel_proc_runs").fetchall()
+    timeout, queue, attempts, enqueued_at, has_settings, cancelled = row["note"].split()
+    assert timeout.endswith("ms") and 110_000 < int(timeout[:-2]) <= 120_000  # time left
+    assert (queue, attempts, has_settings, cancelled) == ("cpu", "4", "True", "False")
+    assert enqueued_at == result.row["created_at"].isoformat()

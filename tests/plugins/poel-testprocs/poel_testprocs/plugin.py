@@ -116,6 +116,14 @@ def in_thread(payload: Spin, ctx: JobContext) -> None:
     record(ctx, payload.key, "end")
 
 
+def probe(payload: Spin, ctx: JobContext) -> None:
+    """Records the statement_timeout its connection got, and what ctx says."""
+    with ctx.connection() as conn:
+        timeout = conn.execute("SHOW statement_timeout").fetchone()["statement_timeout"]
+    note = f"{timeout} {ctx.queue} {ctx.max_attempts} {ctx.enqueued_at.isoformat()}"
+    record(ctx, payload.key, note + f" {ctx.settings is not None} {ctx.cancelled}")
+
+
 @hookimpl
 def process_started(settings) -> None:
     global WARM_BUILDS
@@ -136,6 +144,7 @@ def register_jobs() -> list[Job]:
         Job("testprocs.noop", Spin, noop, executor="process"),
         Job("testprocs.print", Spin, print_things, executor="process"),
         Job("testprocs.thread", Spin, in_thread, executor="thread", max_attempts=1),
+        Job("testprocs.probe", Spin, probe, executor="process", timeout=120, queue="cpu"),
     ]
 
 
