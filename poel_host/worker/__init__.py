@@ -6,9 +6,12 @@ Nothing here is public API (plugins reach the host only through ``poel_host``'s 
 |---|---|
 | ``worker.py`` | :class:`Worker`: pools, run/stop/run_once, the drain; starts the services |
 | ``supervisor.py`` | restarting services that die, and knowing which are failing |
-| ``producer.py`` | the claim loops |
+| ``producer.py`` | the lanes (one per executor) and their claim loops |
 | ``runners.py`` | the greenlets claimed jobs run on |
 | ``executor.py`` | running one job and deciding its outcome |
+| ``processes.py`` | the process executor: the pool of child processes (a lane) |
+| ``child.py`` | a child process's side: ``python -m poel_host.worker.child`` |
+| ``threads.py`` | the thread executor: a bounded pool of real threads |
 | ``job_connections.py`` | lending job-pool connections to handlers |
 | ``completer.py`` | writing outcomes in batches; handing jobs back |
 | ``held.py`` | the jobs this worker holds |
