@@ -136,16 +136,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from poel_host import migrations
-    from poel_host.database import connection
+    from poel_host.database import connection_for
     from poel_host.serve import load_selected_plugins
 
     plugins = load_selected_plugins(settings, get_logger())
-    with connection(
-        settings.dsn,
-        name="migrate",
-        pooler=settings.pooler,
-        connect_timeout=settings.connect_timeout_s,
-    ) as conn:
+    with connection_for(settings, "migrate") as conn:
         applied = migrations.migrate(conn, settings.schema_name, plugins.migrations())
     if applied:
         for name in applied:

@@ -25,7 +25,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from poel_host.errors import DatabaseUnavailable, one_line
-from poel_host.settings import redact_dsn
+from poel_host.settings import Settings, redact_dsn
 
 APPLICATION_NAME = "poel-host"
 CHECKOUT_TIMEOUT_S = 5.0  # waiting longer for a pooled connection means the pool is stuck
@@ -79,6 +79,13 @@ def connection(dsn: str, **kwargs: Any) -> Iterator[Connection]:
         yield conn
     finally:
         conn.close()
+
+
+def connection_for(settings: Settings, name: str) -> contextlib.AbstractContextManager[Connection]:
+    """A short-lived connection as ``settings`` say (URL, pooler, connect timeout)."""
+    return connection(
+        settings.dsn, name=name, pooler=settings.pooler, connect_timeout=settings.connect_timeout_s
+    )
 
 
 def check_alive(conn: psycopg.Connection[Any]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import gevent
 
 from poel_host import migrations
-from poel_host.database import connection
+from poel_host.database import connection_for
 from poel_host.green import check_green
 from poel_host.httpapp import make_app, start_server
 from poel_host.logs import get_logger
@@ -39,12 +39,7 @@ def load_selected_plugins(settings: Settings, log: Any) -> Plugins:
 
 def prepare_schema(settings: Settings, plugins: Plugins, log: Any) -> None:
     """Migrate (POEL_AUTO_MIGRATE) or refuse to start on an out-of-date schema."""
-    with connection(
-        settings.dsn,
-        name="migrate",
-        pooler=settings.pooler,
-        connect_timeout=settings.connect_timeout_s,
-    ) as conn:
+    with connection_for(settings, "migrate") as conn:
         if settings.should_auto_migrate:
             applied = migrations.migrate(conn, settings.schema_name, plugins.migrations())
             if applied:

@@ -43,7 +43,7 @@ from poel_host.plugins import Plugins, load_plugins
 from poel_host.queue import Queue
 from poel_host.settings import Settings, load_settings
 from poel_host.store import Store
-from poel_host.worker.job_connections import abandon, set_timeout
+from poel_host.worker.job_connections import bounded_transaction
 
 PLUGINS_VARIABLE = "POEL_CHILD_PLUGINS"  # JSON [[plugin name, module], ...]
 PARENT_GONE_EXIT = 70
@@ -60,16 +60,10 @@ class Connections:
     @contextmanager
     def borrow(self, deadline: float) -> Iterator[psycopg.Connection[Any]]:
         conn = self._take()
-        remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
-        set_timeout(
-            self.store, conn, remaining_ms, transaction_pooler=self.settings.pooler != "none"
-        )
+        pooler = self.settings.pooler != "none"
         try:
-            yield conn
-            conn.commit()
-        except BaseException:
-            abandon(conn)
-            raise
+            with bounded_transaction(self.store, conn, deadline, transaction_pooler=pooler):
+                yield conn
         finally:
             if not conn.closed:
                 self.idle.append(conn)

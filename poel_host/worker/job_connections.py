@@ -158,6 +158,24 @@ def set_timeout(
         conn.autocommit = False
 
 
+@contextmanager
+def bounded_transaction(
+    store: Store, conn: psycopg.Connection[Any], deadline: float, *, transaction_pooler: bool
+) -> Iterator[psycopg.Connection[Any]]:
+    """One ``with ctx.connection()`` block on ``conn``: its statements end before
+    ``deadline`` (``time.monotonic()``), it commits at the end and is abandoned (rolled
+    back, or closed if busy) on an exception. For the connections of a child process or a
+    thread job, which are their own, not the job pool's."""
+    remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+    set_timeout(store, conn, remaining_ms, transaction_pooler=transaction_pooler)
+    try:
+        yield conn
+        conn.commit()
+    except BaseException:
+        abandon(conn)
+        raise
+
+
 def abandon(conn: psycopg.Connection[Any]) -> None:
     """Make a connection interrupted mid-query safe to hand back (it is closed if busy)."""
     if conn.closed:

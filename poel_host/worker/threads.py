@@ -14,7 +14,6 @@ the event loop's greenlets.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,7 +25,7 @@ from gevent.threadpool import ThreadPool
 from poel_host.database import connect
 from poel_host.settings import Settings
 from poel_host.store import Store
-from poel_host.worker.job_connections import abandon, set_timeout
+from poel_host.worker.job_connections import bounded_transaction
 
 
 class NativeEvent:
@@ -77,14 +76,9 @@ class Threads:
             connect_timeout=s.connect_timeout_s,
         )
         try:
-            remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
-            set_timeout(self.store, conn, remaining_ms, transaction_pooler=s.pooler != "none")
-            try:
+            pooler = s.pooler != "none"
+            with bounded_transaction(self.store, conn, deadline, transaction_pooler=pooler):
                 yield conn
-                conn.commit()
-            except BaseException:
-                abandon(conn)
-                raise
         finally:
             conn.close()
 
