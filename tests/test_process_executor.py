@@ -78,7 +78,11 @@ def test_a_job_past_its_timeout_has_its_child_killed_and_is_retried(
 ):
     worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=1)
     job_id = poel_queue.enqueue("testprocs.spin_timeout", {"key": "t", "seconds": 30})
-    wait_sql("SELECT attempts >= 2 FROM poel.jobs WHERE id = %s", [job_id], timeout=20)
+    wait_sql(  # the second attempt has started (in a new child)
+        "SELECT count(*) >= 2 FROM poel_proc_runs WHERE job_id = %s AND note = 'start'",
+        [job_id],
+        timeout=30,
+    )
 
     row = job(poel_conn, job_id)
     assert row["errors"][0]["error"] == "timed out after 1s"
