@@ -14,8 +14,9 @@ Run by ``tox -e packaging`` (or ``python tests/packaging/check_wheels.py [WORKDI
    ``poel-host plugins --json`` lists poel-records and not poel-auth-cleanup; install
    poel-auth-cleanup and check both (and that ``poel-host migrate`` applies both plugins'
    migrations, read from the installed wheels); uninstall poel-records and check it is gone;
-4. build the example third-party plugin of the tests, install it from its wheel, check it
-   is listed, and run its own tests in the clean virtualenv with the kit poel-host ships.
+4. build the example third-party plugins of the tests (poel-example-thumbnails and
+   poel-example-tones), install them from their wheels, check they are listed, and run each
+   one's own tests in the clean virtualenv with the kit poel-host ships.
 
 Every step prints what it does; the first failed check stops the script with a message.
 """
@@ -50,7 +51,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "tests" / "example-plugin" / "poel-example-thumbnails"
+EXAMPLES = [
+    ROOT / "tests" / "example-plugin" / "poel-example-thumbnails",
+    ROOT / "tests" / "example-plugin" / "poel-example-tones",
+]
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -102,7 +106,7 @@ PROJECTS = [
     Project(ROOT / "plugins" / "poel-records"),
     Project(ROOT / "plugins" / "poel-auth-cleanup"),
 ]
-OUR_NAMES = {canonicalize_name(p.name) for p in PROJECTS} | {"poel-example-thumbnails"}
+OUR_NAMES = {canonicalize_name(p.name) for p in PROJECTS} | {e.name for e in EXAMPLES}
 
 
 def check(condition: bool, message: str) -> None:
@@ -379,10 +383,13 @@ def check_migrate(env: CleanEnv) -> None:
 # 4. The example third-party plugin ----------------------------------------------------
 
 
-def check_example_plugin(env: CleanEnv, wheelhouse: Path, scratch: Path) -> None:
-    """Build the example plugin, install its wheel, and run its tests with the kit."""
+def check_example_plugins(env: CleanEnv, wheelhouse: Path, scratch: Path) -> None:
+    """Build the example plugins, install their wheels, and run each one's tests with the
+    kit, only that plugin loaded."""
     example_wheels = scratch / "example-wheels"
-    run([sys.executable, "-m", "build", "--wheel", "--outdir", example_wheels, EXAMPLE])
+    names = [example.name for example in EXAMPLES]  # each folder is named like its distribution
+    for example in EXAMPLES:
+        run([sys.executable, "-m", "build", "--wheel", "--outdir", example_wheels, example])
     env.pip(
         "install",
         "--no-index",
@@ -390,22 +397,20 @@ def check_example_plugin(env: CleanEnv, wheelhouse: Path, scratch: Path) -> None
         example_wheels,
         "--find-links",
         wheelhouse,
-        "poel-example-thumbnails",
+        *names,
     )
-    check_listing(env, {"poel-example-thumbnails"}, {"poel-records"})
+    check_listing(env, set(names), {"poel-records"})
     env.pip("install", "--quiet", "pytest>=8")
-    tests = scratch / "example-tests"
-    shutil.copytree(EXAMPLE / "tests", tests / "tests")
-    shutil.copy(EXAMPLE / "pyproject.toml", tests / "pyproject.toml")
-    done = run(
-        [env.bin / "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-        cwd=tests,
-        env=env.env(
-            POEL_LOAD_PLUGINS="poel-example-thumbnails",
-            **_pass("POEL_TEST_DATABASE_URL"),
-        ),
-    )
-    print(f"ok  the example plugin's own tests: {done.stdout.strip().splitlines()[-1]}")
+    for example, name in zip(EXAMPLES, names, strict=True):
+        tests = scratch / "example-tests" / name
+        shutil.copytree(example / "tests", tests / "tests")
+        shutil.copy(example / "pyproject.toml", tests / "pyproject.toml")
+        done = run(
+            [env.bin / "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+            cwd=tests,
+            env=env.env(POEL_LOAD_PLUGINS=name, **_pass("POEL_TEST_DATABASE_URL")),
+        )
+        print(f"ok  {name}'s own tests: {done.stdout.strip().splitlines()[-1]}")
 
 
 def _pass(*names: str) -> dict[str, str]:
@@ -458,7 +463,7 @@ def main(argv: Sequence[str]) -> int:
         check(gone.returncode != 0, "poel_records is still importable after the uninstall")
         env.pip("check")
 
-        check_example_plugin(env, wheelhouse, scratch)
+        check_example_plugins(env, wheelhouse, scratch)
     except CheckFailed as exc:
         print(f"\nFAILED: {exc}", file=sys.stderr)
         return 1
