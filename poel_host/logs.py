@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -38,6 +39,29 @@ def configure_logging(*, environment: str, log_format: str = "json", level: str 
     _route_stdlib_logging(processors[:-1], processors[-1], _LEVELS[level])
     structlog.configure(
         processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def forward_logging(send: Any, *, level: str = "info") -> None:
+    """Configure structlog in a child process of the process executor: each event goes
+    to ``send`` (as a dict, on the channel its results take) and its serve logs it, so a
+    job's lines come out in serve's stream and format, in order with its outcome, and a
+    test kit capturing serve's logs sees them too."""
+
+    def forward(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+        send(event)
+        raise structlog.DropEvent
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.format_exc_info,
+            forward,
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,

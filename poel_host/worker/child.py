@@ -7,11 +7,12 @@ the serve process's plugins (``POEL_CHILD_PLUGINS``), calls their ``process_star
 once (warm state), says ``ready``, then runs each job it is sent in its main thread, with a
 ``JobContext`` like a greenlet job's: a connection in this process whose
 ``statement_timeout`` is the job's remaining time, ``enqueue``, the settings, the log
-(JSON lines on stderr, which serve forwards line by line), cancellation.
+(its events sent to serve, which logs them), cancellation.
 
 The protocol is one JSON object a line: on stdin ``{"job": …}``, ``{"cancel": true}``,
-``{"exit": true}``; on the saved stdout ``{"ready": pid}`` and ``{"done": …}``. Anything a
-handler prints goes to stderr instead (fd 1 is pointed there). A reader thread watches
+``{"exit": true}``; on the saved stdout ``{"ready": pid}``, ``{"log": event}`` and
+``{"done": …}``. Anything a handler prints goes to stderr instead (fd 1 is pointed
+there), which serve forwards line by line. A reader thread watches
 stdin: at its end (serve exited, even by ``kill -9``) the child exits at once, whatever
 its handler is doing, so no child outlives its serve.
 """
@@ -38,7 +39,7 @@ from poel_host import payloads
 from poel_host.database import check_alive, connect
 from poel_host.errors import InvalidPayload, PoelError, error_text
 from poel_host.jobs import JobCancelled, JobContext
-from poel_host.logs import configure_logging, get_logger
+from poel_host.logs import configure_logging, forward_logging, get_logger
 from poel_host.plugins import Plugins, load_plugins
 from poel_host.queue import Queue
 from poel_host.settings import Settings, load_settings
@@ -90,11 +91,29 @@ class Connections:
         self.idle.clear()
 
 
+class Channel:
+    """The protocol's output: one JSON object a line, from any thread (a handler's own
+    threads log too)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        line = json.dumps(message, default=str).encode() + b"\n"
+        with self._lock:
+            self.out.write(line)
+            self.out.flush()
+
+    def log(self, event: dict[str, Any]) -> None:
+        self.send({"log": event})
+
+
 class Child:
-    def __init__(self, settings: Settings, plugins: Plugins, out: IO[bytes], log: Any) -> None:
+    def __init__(self, settings: Settings, plugins: Plugins, channel: Channel, log: Any) -> None:
         self.settings = settings
         self.plugins = plugins
-        self.out = out
+        self.send = channel.send
         self.log = log
         self.store = Store(settings.schema_name)
         self.connections = Connections(settings, self.store)
@@ -107,10 +126,6 @@ class Child:
         )
         self.todo: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.cancel = threading.Event()
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.out.write(json.dumps(message, default=str).encode() + b"\n")
-        self.out.flush()
 
     def read(self, stream: IO[bytes]) -> None:
         """The reader thread: jobs and cancellations in; the end of stdin ends the process."""
@@ -190,14 +205,17 @@ def _die_with_parent() -> None:
 
 
 def main() -> int:
-    out = os.fdopen(os.dup(1), "wb")  # the protocol's channel
-    os.dup2(2, 1)  # a handler's print() (and a C library's output) goes to the log stream
+    channel = Channel(os.fdopen(os.dup(1), "wb"))  # the protocol's channel
+    os.dup2(2, 1)  # a handler's print() (and a C library's output) goes to stderr
     _die_with_parent()
     try:
         settings = load_settings()
+        # Libraries' standard-library logs go to stderr as JSON lines; structlog's events
+        # go to serve through the channel, in order with the jobs' outcomes.
         configure_logging(
             environment=settings.env, log_format=settings.log_format, level=settings.log_level
         )
+        forward_logging(channel.log, level=settings.log_level)
         modules = json.loads(os.environ.get(PLUGINS_VARIABLE, "[]"))
         plugins = load_plugins(
             [], extra=[(name, importlib.import_module(module)) for name, module in modules]
@@ -209,7 +227,7 @@ def main() -> int:
     for failed in plugins.failed:
         log.error("plugin failed to load in worker process", plugin=failed.name, error=failed.error)
     plugins.call("process_started", log, settings=settings)
-    child = Child(settings, plugins, out, log)
+    child = Child(settings, plugins, channel, log)
     threading.Thread(target=child.read, args=(sys.stdin.buffer,), daemon=True).start()
     child.serve()
     return 0

@@ -40,6 +40,7 @@ from poel_host.worker.held import HeldJob
 
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 1.0
+_LEVELS = {"debug", "info", "warning", "error", "critical"}
 _SIGNAL_HINTS = {signal.SIGKILL: " (out of memory?)", signal.SIGSEGV: " (segmentation fault)"}
 
 
@@ -70,7 +71,7 @@ class ChildProcess:
         for raw in self.proc.stderr:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             if line.startswith("{") and line.endswith("}"):
-                sys.stderr.write(line + "\n")  # a JSON log line of the child's
+                sys.stderr.write(line + "\n")  # a library's log line, already JSON
                 sys.stderr.flush()
             elif line:
                 self.log.info("worker process output", pid=self.pid, line=line[:4000])
@@ -84,12 +85,23 @@ class ChildProcess:
             raise ChildDied(self.cause()) from exc
 
     def receive(self) -> dict[str, Any]:
+        """The child's next message; the log events it sends first are logged here."""
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise ChildDied(self.cause())
-        message: dict[str, Any] = json.loads(line)
-        return message
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise ChildDied(self.cause())
+            message: dict[str, Any] = json.loads(line)
+            if "log" not in message:
+                return message
+            self._emit(message["log"])
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        """Log a child's event with serve's logger: same stream, same format."""
+        level = event.pop("level", "info")
+        text = event.pop("event", "")
+        method = getattr(self.log, level if level in _LEVELS else "info")
+        method(text, **event)
 
     def cause(self) -> str:
         """Why the child ended, for the job's error."""

@@ -29,10 +29,6 @@ def test_fingerprints_a_tone(run_job, poel_conn):
     assert len(row["fingerprint"]) == 32
 
 
-@pytest.mark.xfail(
-    reason="TODO(kit): run_job's result.logs does not yet collect the lines a child logs",
-    strict=False,
-)
 def test_its_log_lines_are_the_jobs(run_job):
     result = run_job("tones.fingerprint", {"tone_id": 1, "frequency": 440, "seconds": 0.5})
 
