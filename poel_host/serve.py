@@ -51,11 +51,14 @@ def prepare_schema(settings: Settings, plugins: Plugins, log: Any) -> None:
 def serve(settings: Settings) -> int:
     log = get_logger()
     check_green()
+    watchdog = HubWatchdog(settings.blocking_warn_ms / 1000, log=log)
     if settings.blocking_warn_ms:
-        HubWatchdog(settings.blocking_warn_ms / 1000, log=log).start()
+        watchdog.start()
     plugins = load_selected_plugins(settings, log)
     prepare_schema(settings, plugins, log)
     worker = Worker(settings, plugins, log=log)
+    if settings.blocking_warn_ms:
+        worker.metrics.event_loop_blocks = watchdog.blocks_seen
     server = start_server(
         make_app(worker.health, plugins.describe, worker.metrics.render),
         settings.health_check_host,

@@ -4,8 +4,11 @@ A handler that burns CPU or calls a non-green library stops every other greenlet
 lease renewal, health. A greenlet stamps a heartbeat; a real OS thread (not patched by
 gevent) checks it and, when it is older than ``POEL_BLOCKING_WARN_MS``, logs one warning
 with the stack of the code holding the hub, so the culprit is named instead of the worker
-silently starving. (gevent's own monitor thread renders every greenlet's locals for its
-report, which fails on bottle's request locals, so Poel watches by itself.)
+silently starving, and counts it (``blocks``: ``poel_event_loop_blocks_total`` in
+``/metrics``). Leases are not among the starved: their keeper renews them from a thread
+of its own (see ``worker/leases.py``). (gevent's own monitor thread renders every
+greenlet's locals for its report, which fails on bottle's request locals, so Poel watches
+by itself.)
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class HubWatchdog:
         self.threshold_s = threshold_s
         self.log = log
         self.beat = time.monotonic()
+        self.blocks = 0  # blocks seen (each reported once); written by the watching thread
         # Under gevent, threading.get_ident() names the greenlet; frames are keyed by thread.
         self.main_thread = monkey.get_original("_thread", "get_ident")()
 
@@ -31,6 +35,10 @@ class HubWatchdog:
         gevent.spawn(self._heartbeat)
         start_new_thread = monkey.get_original("_thread", "start_new_thread")
         start_new_thread(self._watch, ())
+
+    def blocks_seen(self) -> int:
+        """How many times the event loop was blocked past the threshold."""
+        return self.blocks
 
     def _heartbeat(self) -> None:
         while True:
@@ -48,6 +56,7 @@ class HubWatchdog:
                 continue
             if not reported:
                 reported = True
+                self.blocks += 1
                 frame = sys._current_frames().get(self.main_thread)
                 stack = "".join(traceback.format_stack(frame)[-6:]) if frame else ""
                 self.log.warning(

@@ -151,7 +151,7 @@ class Worker:
             self.processes.start()
         log, wake = self.log, self.producer.wake
         leases = LeaseKeeper(
-            self.store, owner=self.owner, lease_ms=s.lease_ms, held=self.held, log=log
+            s, owner=self.owner, held=self.held, log=log, counts=self.metrics.leases
         )
         for service in (
             Listener(s, self.store, wake=wake, log=log),

@@ -78,6 +78,24 @@ def block(payload: Sleep, ctx: JobContext) -> None:
     record(ctx, payload.key)
 
 
+class Spin(BaseModel):
+    key: str = ""
+    seconds: float = Field(ge=0)
+    attempts: int = Field(default=1_000, ge=0)  # the attempts that spin; later ones do not
+
+
+def spin(payload: Spin, ctx: JobContext) -> None:
+    """Records its start, burns pure-Python CPU for ``seconds`` without yielding (the gevent
+    hub is blocked all along: no other greenlet runs), then records its end. Attempts past
+    ``attempts`` skip the spin."""
+    record(ctx, payload.key, "start")
+    if ctx.attempt <= payload.attempts:
+        end = time.perf_counter() + payload.seconds
+        while time.perf_counter() < end:
+            pass
+    record(ctx, payload.key, "end")
+
+
 def work(payload: Sleep, ctx: JobContext) -> None:
     """Records the run as it starts, then sleeps cooperatively: a kill lands mid-job."""
     record(ctx, payload.key, "start")
@@ -197,6 +215,7 @@ def register_jobs() -> list[Job]:
         Job(type="test.fail", schema=Keyed, handler=always_fails, backoff=0.05),
         Job(type="test.sleep", schema=Sleep, handler=sleep),
         Job(type="test.block", schema=Sleep, handler=block),
+        Job(type="test.spin", schema=Spin, handler=spin),
         Job(type="test.work", schema=Sleep, handler=work),
         Job(type="test.stall", schema=Sleep, handler=stall),
         Job(type="test.misbehave", schema=Misbehave, handler=misbehave),

@@ -1,0 +1,179 @@
+"""The lease keeper in-process: its OS thread renews while this process's hub is blocked,
+gives up a job past its timeout, is restarted by the supervisor when it dies, and closes
+its connection when it is stopped.
+
+This test process is patched by gevent (as ``serve`` is), so blocking the hub here blocks
+every greenlet, the supervised keeper's included.
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import gevent
+import pytest
+
+from poel_host.worker.held import HeldJob
+from poel_host.worker.leases import LeaseKeeper
+from poel_host.worker.metrics import LeaseCounts
+from poel_host.worker.supervisor import Supervisor
+
+OWNER = "test-host:1:lease"
+LEASE_MS = 1000
+
+
+class Recorder:
+    """A logger that keeps what it is given: ``lines`` of (level, msg, fields)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def _log(self, level: str, msg: str, **fields: Any) -> None:
+        self.lines.append((level, msg, fields))
+
+    def debug(self, msg: str, **fields: Any) -> None:
+        self._log("debug", msg, **fields)
+
+    def info(self, msg: str, **fields: Any) -> None:
+        self._log("info", msg, **fields)
+
+    def warning(self, msg: str, **fields: Any) -> None:
+        self._log("warning", msg, **fields)
+
+    def error(self, msg: str, **fields: Any) -> None:
+        self._log("error", msg, **fields)
+
+    def messages(self) -> list[str]:
+        return [msg for _, msg, _ in self.lines]
+
+
+def running_job(conn) -> int:
+    """A job running under OWNER's lease."""
+    return conn.execute(
+        "INSERT INTO poel.jobs (job_type, payload, state, attempts, lease_owner,"
+        " lease_expires_at, started_at) VALUES ('test.noop', '{}', 'running', 1, %s,"
+        " now() + %s * interval '1 millisecond', now()) RETURNING id",
+        [OWNER, LEASE_MS],
+    ).fetchone()["id"]
+
+
+def lease(conn, job_id: int):
+    return conn.execute(
+        "SELECT lease_expires_at, lease_expires_at > now() AS ahead FROM poel.jobs WHERE id = %s",
+        [job_id],
+    ).fetchone()
+
+
+def leases_connections(conn) -> int:
+    return conn.execute(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = 'poel-host:leases'"
+    ).fetchone()["n"]
+
+
+def block_the_hub(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.fixture
+def keeper(poel_settings):
+    log = Recorder()
+    held: dict[int, HeldJob] = {}
+    settings = poel_settings.model_copy(update={"lease_ms": LEASE_MS})
+    keeper = LeaseKeeper(settings, owner=OWNER, held=held, log=log, counts=LeaseCounts())
+    supervisor = Supervisor(log=log)
+    yield SimpleNamespace(keeper=keeper, held=held, log=log, supervisor=supervisor)
+    supervisor.stop(timeout=5)
+
+
+def hold(held: dict[int, HeldJob], job_id: int, *, deadline: float = 0.0) -> HeldJob:
+    entry = HeldJob(row={"id": job_id}, ctx=SimpleNamespace(log=Recorder()))  # type: ignore[arg-type]
+    entry.deadline = deadline
+    held[job_id] = entry
+    return entry
+
+
+def test_renews_while_the_hub_is_blocked_and_closes_its_connection_when_stopped(
+    keeper, poel_conn, wait_for
+):
+    job_id = running_job(poel_conn)
+    hold(keeper.held, job_id, deadline=time.monotonic() + 60)
+    keeper.supervisor.start(keeper.keeper)
+    gevent.sleep(0.05)  # let the keeper's greenlet start its thread
+    before = lease(poel_conn, job_id)["lease_expires_at"]
+    block_the_hub(2.5)  # two and a half leases: without renewal, it would have expired
+    after = lease(poel_conn, job_id)
+    assert after["ahead"]
+    assert (after["lease_expires_at"] - before).total_seconds() >= 1.5
+    assert keeper.keeper.counts.renewals >= 3
+    assert leases_connections(poel_conn) == 1
+
+    keeper.supervisor.stop(timeout=5)
+    # Closed by the thread before stop returned (its backend may take a moment to go).
+    wait_for(lambda: leases_connections(poel_conn) == 0, what="the lease connection closed")
+    renewals = keeper.keeper.counts.renewals
+    gevent.sleep(3 * keeper.keeper.interval)
+    assert keeper.keeper.counts.renewals == renewals  # the thread is gone
+    assert keeper.log.lines == []
+
+
+def test_a_job_past_its_timeout_is_given_up_once_and_others_still_renewed(keeper, poel_conn):
+    late_id, fine_id, waiting_id = (running_job(poel_conn) for _ in range(3))
+    late = hold(keeper.held, late_id, deadline=time.monotonic() - 5)
+    hold(keeper.held, fine_id, deadline=time.monotonic() + 60)
+    hold(keeper.held, waiting_id)  # claimed, not started yet: no deadline
+    keeper.supervisor.start(keeper.keeper)
+    gevent.sleep(0.05)
+    block_the_hub(2.5)
+    assert lease(poel_conn, fine_id)["ahead"] and lease(poel_conn, waiting_id)["ahead"]
+    assert not lease(poel_conn, late_id)["ahead"]
+    assert [m for _, m, _ in late.ctx.log.lines] == [
+        "job past its timeout: lease given up, another worker can take the job"
+    ]
+    assert keeper.keeper.counts.given_up == 1
+    assert not late.lost  # its outcome, if it comes before a rescue, may still be recorded
+
+
+def test_a_finished_job_past_its_deadline_is_still_renewed(keeper, poel_conn):
+    """Its outcome is with the completer, which may be waiting for the database."""
+    job_id = running_job(poel_conn)
+    entry = hold(keeper.held, job_id, deadline=time.monotonic() - 5)
+    entry.done = True
+    keeper.supervisor.start(keeper.keeper)
+    gevent.sleep(0.05)
+    block_the_hub(2.5)
+    assert lease(poel_conn, job_id)["ahead"]
+    assert entry.ctx.log.lines == []
+
+
+def test_a_dead_thread_is_reported_and_restarted_by_the_supervisor(keeper, poel_conn, wait_for):
+    job_id = running_job(poel_conn)
+    hold(keeper.held, job_id, deadline=time.monotonic() + 60)
+    real_renew = keeper.keeper.renew
+    calls = []
+
+    def renew_failing_once(store):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a surprise in the lease thread")
+        real_renew(store)
+
+    keeper.keeper.renew = renew_failing_once
+    keeper.supervisor.start(keeper.keeper)
+    died = wait_for(
+        lambda: next(
+            (f for lvl, m, f in keeper.log.lines if m == "service died; restarting"), None
+        ),
+        what="the keeper reported dead",
+    )
+    assert died["service"] == "leases"
+    assert "a surprise in the lease thread" in died["error"]
+    wait_for(lambda: "service running again" in keeper.log.messages(), what="restarted")
+    assert keeper.supervisor.failing == {}
+    assert lease(poel_conn, job_id)["ahead"]
+    # The dead thread closed its own (its backend may take a moment to go).
+    wait_for(lambda: leases_connections(poel_conn) == 1, what="one lease connection")
