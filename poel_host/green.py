@@ -59,3 +59,28 @@ def check_green() -> None:
             "would block every job; make sure nothing imports psycopg (or a plugin that does) "
             "before poel_host.green.patch() runs"
         )
+
+
+class NativeEvent:
+    """A flag a native thread can wait on: gevent's events (and the patched ``threading``
+    module's) belong to the event loop's thread."""
+
+    def __init__(self) -> None:
+        self._flag = False
+        from gevent import monkey
+
+        self._lock = monkey.get_original("_thread", "allocate_lock")()
+        self._lock.acquire()  # held until set()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        if not self._flag:
+            self._flag = True
+            self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self._flag and self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            self._lock.release()
+        return self._flag

@@ -15,7 +15,7 @@ Nothing here is public API (plugins reach the host only through ``poel_host``'s 
 | ``job_connections.py`` | lending job-pool connections to handlers |
 | ``completer.py`` | writing outcomes in batches; handing jobs back |
 | ``held.py`` | the jobs this worker holds |
-| ``leases.py`` | renewing leases |
+| ``leases.py`` | renewing leases, from an OS thread |
 | ``rescuer.py`` | requeueing jobs whose worker died |
 | ``pruner.py`` | deleting finished jobs past their retention |
 | ``scheduler.py`` | enqueueing periodic jobs once per slot |

@@ -48,6 +48,7 @@ from gevent import monkey
 from poel_host.backoff import pause
 from poel_host.database import KeptConnection
 from poel_host.errors import DatabaseUnavailable, error_text, one_line
+from poel_host.green import NativeEvent
 from poel_host.settings import Settings
 from poel_host.store import Store
 from poel_host.worker.held import Held, HeldJob
@@ -68,28 +69,28 @@ class _Run:
     each pass and when it ends."""
 
     def __init__(self, wake: Callable[[], None]) -> None:
-        # A lock of the OS, not gevent's: the thread sleeps on it between renewals.
-        self._stop = monkey.get_original("_thread", "allocate_lock")()
-        self._stop.acquire()
+        # An event of the OS, not gevent's: the thread sleeps on it between renewals.
+        self._stop = NativeEvent()  # set by the greenlet side
         self._wake = wake
-        self.stopping = False  # greenlet side
         self.passes = 0  # thread: renewal passes that went well
         self.died: BaseException | None = None  # thread: why it ended, if not asked to
         self.ended = False  # thread: its connection is closed
 
     def sleep(self, seconds: float) -> bool:
         """On the thread: wait ``seconds`` or until stopped; True if stopped."""
-        return bool(self._stop.acquire(timeout=seconds)) or self.stopping
+        return self._stop.wait(seconds)
 
     def wake(self) -> None:
         """On the thread: have the greenlet side look (a no-op once it stopped looking)."""
         with contextlib.suppress(Exception):
             self._wake()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def stop(self) -> None:
-        if not self.stopping:
-            self.stopping = True
-            self._stop.release()
+        self._stop.set()
 
 
 class LeaseKeeper(Service):

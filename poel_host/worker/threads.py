@@ -19,36 +19,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from gevent import monkey
 from gevent.threadpool import ThreadPool
 
 from poel_host.database import connect
+from poel_host.green import NativeEvent
 from poel_host.settings import Settings
 from poel_host.store import Store
 from poel_host.worker.job_connections import bounded_transaction
-
-
-class NativeEvent:
-    """A flag a native thread can wait on: gevent's events (and the patched ``threading``
-    module's) belong to the event loop's thread."""
-
-    def __init__(self) -> None:
-        self._flag = False
-        self._lock = monkey.get_original("_thread", "allocate_lock")()
-        self._lock.acquire()  # held until set()
-
-    def is_set(self) -> bool:
-        return self._flag
-
-    def set(self) -> None:
-        if not self._flag:
-            self._flag = True
-            self._lock.release()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if not self._flag and self._lock.acquire(timeout=-1 if timeout is None else timeout):
-            self._lock.release()
-        return self._flag
 
 
 class Threads:

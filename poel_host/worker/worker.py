@@ -41,7 +41,8 @@ from poel_host.worker.scheduler import Scheduler
 from poel_host.worker.supervisor import Supervisor
 from poel_host.worker.threads import Threads
 
-QUEUE_POOL_SIZE = 8  # two claim loops, completer, leases, rescuer, pruner, scheduler, spare
+QUEUE_POOL_SIZE = 8  # claim loops (two a lane), completer, rescuer, pruner, scheduler
+# (the lease keeper's thread has a connection of its own)
 
 
 class Worker:
