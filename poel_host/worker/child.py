@@ -47,6 +47,9 @@ from poel_host.store import Store
 from poel_host.worker.job_connections import bounded_transaction
 
 PLUGINS_VARIABLE = "POEL_CHILD_PLUGINS"  # JSON [[plugin name, module], ...]
+# Children run below serve's CPU priority: on a machine whose cores they fill, serve's
+# claims, lease renewals and /health still get the CPU at once, the children its rest.
+NICENESS = 5
 PARENT_GONE_EXIT = 70
 
 
@@ -208,6 +211,8 @@ def main() -> int:
     channel = Channel(os.fdopen(os.dup(1), "wb"))  # the protocol's channel
     os.dup2(2, 1)  # a handler's print() (and a C library's output) goes to stderr
     _die_with_parent()
+    with contextlib.suppress(OSError):  # not allowed here: run at serve's priority
+        os.nice(NICENESS)
     try:
         settings = load_settings()
         # Libraries' standard-library logs go to stderr as JSON lines; structlog's events
