@@ -10,6 +10,7 @@ Nothing here is public API (plugins reach the host only through ``poel_host``'s 
 | ``runners.py`` | the greenlets claimed jobs run on |
 | ``executor.py`` | running one job and deciding its outcome |
 | ``processes.py`` | the process executor: the pool of child processes (a lane) |
+| ``children.py`` | a child process as serve sees it: pipes, messages, stopping it |
 | ``child.py`` | a child process's side: ``python -m poel_host.worker.child`` |
 | ``threads.py`` | the thread executor: a bounded pool of real threads |
 | ``job_connections.py`` | lending job-pool connections to handlers |

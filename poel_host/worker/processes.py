@@ -20,8 +20,6 @@ import collections
 import contextlib
 import json
 import os
-import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,104 +33,11 @@ from poel_host.backoff import pause
 from poel_host.plugins import Plugins
 from poel_host.settings import Settings
 from poel_host.worker.child import PLUGINS_VARIABLE
+from poel_host.worker.children import ChildDied, ChildProcess
 from poel_host.worker.executor import Ran
 from poel_host.worker.held import HeldJob
 
 START_TIMEOUT_S = 60.0
-STOP_GRACE_S = 1.0
-_LEVELS = {"debug", "info", "warning", "error", "critical"}
-_SIGNAL_HINTS = {signal.SIGKILL: " (out of memory?)", signal.SIGSEGV: " (segmentation fault)"}
-
-
-class ChildDied(Exception):
-    """The child's pipe closed: it exited or was killed."""
-
-
-class ChildProcess:
-    """One child: its process, its pipes, and the greenlet forwarding its log lines."""
-
-    def __init__(self, env: dict[str, str], *, log: Any) -> None:
-        self.log = log
-        self.jobs_done = 0
-        self.proc = gevent.subprocess.Popen(
-            [sys.executable, "-m", "poel_host.worker.child"],
-            stdin=gevent.subprocess.PIPE,
-            stdout=gevent.subprocess.PIPE,
-            stderr=gevent.subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # a terminal's Ctrl-C reaches serve, which stops us
-        )
-        self.pid = self.proc.pid
-        self._forwarding = gevent.spawn(self._forward_log)
-
-    def _forward_log(self) -> None:
-        """Copy the child's stderr to serve's, whole lines only, so lines never mix."""
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            if line.startswith("{") and line.endswith("}"):
-                sys.stderr.write(line + "\n")  # a library's log line, already JSON
-                sys.stderr.flush()
-            elif line:
-                self.log.info("worker process output", pid=self.pid, line=line[:4000])
-
-    def send(self, message: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(json.dumps(message, default=str).encode() + b"\n")
-            self.proc.stdin.flush()
-        except OSError as exc:  # a broken pipe: the child is gone
-            raise ChildDied(self.cause()) from exc
-
-    def receive(self) -> dict[str, Any]:
-        """The child's next message; the log events it sends first are logged here."""
-        assert self.proc.stdout is not None
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise ChildDied(self.cause())
-            message: dict[str, Any] = json.loads(line)
-            if "log" not in message:
-                return message
-            self._emit(message["log"])
-
-    def _emit(self, event: dict[str, Any]) -> None:
-        """Log a child's event with serve's logger: same stream, same format."""
-        level = event.pop("level", "info")
-        text = event.pop("event", "")
-        method = getattr(self.log, level if level in _LEVELS else "info")
-        method(text, **event)
-
-    def cause(self) -> str:
-        """Why the child ended, for the job's error."""
-        try:
-            code = self.proc.wait(timeout=STOP_GRACE_S)
-        except gevent.subprocess.TimeoutExpired:
-            return "its output closed while it still ran"
-        if code < 0:
-            name = signal.Signals(-code).name
-            return f"killed by {name}{_SIGNAL_HINTS.get(signal.Signals(-code), '')}"
-        return f"exited with code {code}"
-
-    def stop(self, grace: float = STOP_GRACE_S) -> None:
-        """SIGTERM, ``grace`` seconds, then SIGKILL; waits for the process to end."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=grace)
-            except gevent.subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-        self._forwarding.join(timeout=1)
-
-    def exit(self) -> None:
-        """Let the child finish and exit on its own (recycling), then reap it."""
-        with contextlib.suppress(ChildDied):  # gone already: reaped below
-            self.send({"exit": True})
-        self.stop(grace=5.0)
 
 
 class ProcessPool:
@@ -337,3 +242,32 @@ class ProcessPool:
         """Stop the running jobs (GreenletExit: each stops its child); none wait unstarted."""
         gevent.killall(list(self._jobs), timeout=timeout)
         return []
+
+    # Metrics ----------------------------------------------------------------------------
+
+    def gauges(self) -> dict[str, tuple[str, int]]:
+        busy, idle = len(self.busy), int(self.idle.qsize())
+        return {
+            "poel_processes_busy": ("Worker processes running a job.", busy),
+            "poel_processes_idle": ("Worker processes ready for a job.", idle),
+            "poel_processes": ("POEL_PROCESSES.", self.size),
+        }
+
+    def counters(self) -> dict[str, tuple[str, int]]:
+        counts = self.counts
+        return {
+            "poel_processes_started_total": ("Worker processes started.", counts["started"]),
+            "poel_processes_recycled_total": (
+                "Worker processes replaced after POEL_PROCESS_MAX_JOBS or past "
+                "POEL_PROCESS_MAX_RSS_MB.",
+                counts["recycled"],
+            ),
+            "poel_processes_crashed_total": (
+                "Worker processes that died during a job.",
+                counts["crashed"],
+            ),
+            "poel_processes_timed_out_total": (
+                "Worker processes stopped because their job ran past its timeout.",
+                counts["timed_out"],
+            ),
+        }

@@ -271,39 +271,11 @@ class Worker:
             "poel_jobs_held": ("Jobs holding a lease of this worker.", len(self.held)),
             "poel_worker_concurrency": ("WORKER_CONCURRENCY.", self.settings.worker_concurrency),
             "poel_worker_draining": ("1 while shutting down.", int(self.stopping.is_set())),
-            **self._process_gauges(),
-        }
-
-    def _process_gauges(self) -> dict[str, tuple[str, int]]:
-        if self.processes is None:
-            return {}
-        busy, idle = len(self.processes.busy), int(self.processes.idle.qsize())
-        return {
-            "poel_processes_busy": ("Worker processes running a job.", busy),
-            "poel_processes_idle": ("Worker processes ready for a job.", idle),
-            "poel_processes": ("POEL_PROCESSES.", self.processes.size),
+            **(self.processes.gauges() if self.processes is not None else {}),
         }
 
     def _counters(self) -> dict[str, tuple[str, int]]:
-        if self.processes is None:
-            return {}
-        counts = self.processes.counts
-        return {
-            "poel_processes_started_total": ("Worker processes started.", counts["started"]),
-            "poel_processes_recycled_total": (
-                "Worker processes replaced after POEL_PROCESS_MAX_JOBS or past "
-                "POEL_PROCESS_MAX_RSS_MB.",
-                counts["recycled"],
-            ),
-            "poel_processes_crashed_total": (
-                "Worker processes that died during a job.",
-                counts["crashed"],
-            ),
-            "poel_processes_timed_out_total": (
-                "Worker processes stopped because their job ran past its timeout.",
-                counts["timed_out"],
-            ),
-        }
+        return self.processes.counters() if self.processes is not None else {}
 
     def _running(self) -> int:
         lanes = self.producer.lanes if self.queue_pool is not None else []
