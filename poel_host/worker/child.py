@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib
+import io
 import json
 import os
 import queue
@@ -209,7 +210,9 @@ def _die_with_parent() -> None:
 
 def main() -> int:
     channel = Channel(os.fdopen(os.dup(1), "wb"))  # the protocol's channel
-    os.dup2(2, 1)  # a handler's print() (and a C library's output) goes to stderr
+    os.dup2(2, 1)  # a handler's print() (and a C library's output) goes to stderr,
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a line at a time, as it is printed
+        sys.stdout.reconfigure(line_buffering=True)
     _die_with_parent()
     with contextlib.suppress(OSError):  # not allowed here: run at serve's priority
         os.nice(NICENESS)
