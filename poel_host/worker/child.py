@@ -48,8 +48,8 @@ from poel_host.store import Store
 from poel_host.worker.job_connections import bounded_transaction
 
 PLUGINS_VARIABLE = "POEL_CHILD_PLUGINS"  # JSON [[plugin name, module], ...]
-# Children run below serve's CPU priority: on a machine whose cores they fill, serve's
-# claims, lease renewals and /health still get the CPU at once, the children its rest.
+# Children run below serve's CPU priority, as batch tasks: on a machine whose cores they
+# fill, serve's claims, lease renewals and /health still get the CPU at once.
 NICENESS = 5
 PARENT_GONE_EXIT = 70
 
@@ -214,8 +214,11 @@ def main() -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):  # a line at a time, as it is printed
         sys.stdout.reconfigure(line_buffering=True)
     _die_with_parent()
-    with contextlib.suppress(OSError):  # not allowed here: run at serve's priority
+    with contextlib.suppress(OSError, AttributeError):  # not here: at serve's priority
         os.nice(NICENESS)
+        # Linux: a CPU-bound batch task, which never preempts a task that just woke up
+        # (serve answering /health, the database answering serve).
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     try:
         settings = load_settings()
         # Libraries' standard-library logs go to stderr as JSON lines; structlog's events
