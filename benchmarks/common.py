@@ -124,6 +124,105 @@ class Monitor:
         return None
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of every CPU since boot, in clock ticks (/proc/stat; idle
+    and iowait are idle)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
+def process_jiffies(pid: int, reaped: bool = True) -> int:
+    """CPU ticks of ``pid`` (user + system), plus with ``reaped`` those of its children it
+    has waited for; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0
+    return sum(int(f) for f in fields[11 : 15 if reaped else 13])
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (``/proc/PID/task/TID/children``, recursively)."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            kids = [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found += [kid, *descendants(kid)]
+    return found
+
+
+@dataclass
+class CpuShare:
+    """How much CPU the machine spent during a run, and how much of it was not the run's.
+
+    The run's own CPU is the worker's process tree (its children too, reaped ones through
+    the worker's own accounting), the PostgreSQL processes ``backends()`` names (the run
+    database's, the server's WAL writer, checkpointer and background writer) and this
+    harness; the rest of the machine's busy time is other sessions' (a neighbour's test
+    suite), as cores' worth over the window: the figure that says whether a run was quiet.
+    It also holds the kernel's own work for the run (its fsyncs, its page cache), so it is
+    not quite zero even on an idle machine.
+    """
+
+    pid: int
+    backends: Callable[[], list[int]]
+    _start: float = 0.0
+    _machine: tuple[int, int] = (0, 0)
+    _ours: dict[int, int] = field(default_factory=dict)
+
+    def _sample(self) -> dict[int, int]:
+        pids = [self.pid, *descendants(self.pid), *self.backends()]
+        ours = {p: process_jiffies(p) for p in pids}
+        ours[os.getpid()] = process_jiffies(os.getpid(), reaped=False)
+        return ours
+
+    def start(self) -> CpuShare:
+        self._start = time.monotonic()
+        self._ours = self._sample()
+        self._machine = machine_jiffies()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        ours = self._sample()
+        busy, _total = machine_jiffies()
+        seconds = time.monotonic() - self._start
+        used = sum(ticks - self._ours.get(p, 0) for p, ticks in ours.items())
+        machine = busy - self._machine[0]
+        return {
+            "machine_cores": round(machine / CLK_TCK / seconds, 2),
+            "run_cores": round(used / CLK_TCK / seconds, 2),
+            "others_cores": round(max(0, machine - used) / CLK_TCK / seconds, 2),
+        }
+
+
+def busy_cores(seconds: float) -> float:
+    """Cores' worth of CPU the whole machine used over the next ``seconds``."""
+    busy, _ = machine_jiffies()
+    time.sleep(seconds)
+    return (machine_jiffies()[0] - busy) / CLK_TCK / seconds
+
+
+def wait_quiet(cores: float, patience_s: float, sample_s: float = 5.0) -> float:
+    """Between runs (nothing of ours running): wait until the machine uses under ``cores``
+    over ``sample_s``, for at most ``patience_s``; the last figure (run anyway after)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        used = busy_cores(sample_s)
+        if used < cores or time.monotonic() > deadline:
+            return used
+        note(f"  waiting for a quiet machine: {used:.2f} cores busy, load {os.getloadavg()[0]:.2f}")
+
+
 def start_process(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """Start a worker with its output in ``log`` (a pipe nobody reads would block it)."""
     out = log.open("wb")
@@ -303,3 +402,41 @@ async def http_get(url: str) -> None:
     await reader.read()
     writer.close()
     await writer.wait_closed()
+
+
+# The CPU job -----------------------------------------------------------------------------
+
+
+def spin(loops: int) -> int:
+    """The ``cpu`` benchmark's pure-Python loop: the same as ``poel_bench.cpu.spin`` (keep
+    the two identical; Poel's plugin is an installed distribution with its own copy)."""
+    x = 0
+    for i in range(loops):
+        x = (x * 31 + i) % 1_000_003
+    return x
+
+
+def cpu_job() -> None:
+    """The peers' CPU job: spin ``$BENCH_CPU_LOOPS`` times and append the loop's own CPU
+    seconds (this thread's) to ``$BENCH_CPU_FILE``, as Poel's ``bench.cpu`` does."""
+    loops = int(os.environ["BENCH_CPU_LOOPS"])
+    start = time.thread_time()
+    spin(loops)
+    used = time.thread_time() - start
+    with open(os.environ["BENCH_CPU_FILE"], "a") as out:
+        out.write(f"{used!r}\n")
+
+
+def calibrate(target_s: float, trials: int = 5) -> int:
+    """Loops of ``spin`` that take ``target_s`` of CPU here: a short probe for an estimate,
+    then ``trials`` runs of that size, rescaled by their median."""
+    probe = 200_000
+    start = time.thread_time()
+    spin(probe)
+    loops = max(1, round(probe * target_s / max(time.thread_time() - start, 1e-9)))
+    took = []
+    for _ in range(trials):
+        start = time.thread_time()
+        spin(loops)
+        took.append(time.thread_time() - start)
+    return max(1, round(loops * target_s / statistics.median(took)))

@@ -5,7 +5,10 @@
     python benchmarks/run.py io      [--jobs 1000] [--concurrency 1000]
     python benchmarks/run.py scale   [--n 20000] [--background 10000,1000000]
     python benchmarks/run.py rss     [--n 20000] [--concurrency 1000]
-    python benchmarks/run.py all     (each of the above with its defaults, then a table)
+    python benchmarks/run.py cpu     [--cpu-jobs 400] [--cpu-ms 100] [--processes 2]
+                                     [--concurrency 1,2,4] (procrastinate's)
+    python benchmarks/run.py procdrain [--n 20000] [--processes 2]
+    python benchmarks/run.py all     (drain to rss with their defaults, then a table)
 
 --poel-before VENV adds ``poel-before``, Poel from another virtualenv (the code before a
 change), next to every Poel configuration, and a table of the ratios poel ÷ poel-before.
@@ -33,14 +36,16 @@ from typing import Any
 import psycopg
 from adapters import System
 from adapters.pgqueuer_peer import PgQueuer
-from adapters.poel import Poel, PoelBefore
+from adapters.poel import Poel, PoelBefore, PoelExecutor
 from adapters.procrastinate_peer import Procrastinate
 from adapters.reference import Reference
 from common import (
     BENCH_DIR,
     PREFIX,
+    CpuShare,
     Monitor,
     Results,
+    calibrate,
     create_database,
     drop_database,
     dsn,
@@ -50,6 +55,7 @@ from common import (
     start_process,
     stop_process,
     wait_for,
+    wait_quiet,
 )
 
 LOGS = Path(tempfile.gettempdir()) / "poel-bench-logs"
@@ -154,8 +160,18 @@ def drain(
         last_done = done
         return done >= n
 
+    def backends(conn: psycopg.Connection[Any]) -> list[int]:
+        # The run database's backends (autovacuum's too), and the server's own writers,
+        # which write the run's WAL and pages (other sessions' too, when there are any).
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " OR backend_type IN ('walwriter', 'checkpointer', 'background writer')"
+        ).fetchall()
+        return [int(row[0]) for row in rows]
+
     def body(conn: psycopg.Connection[Any], since: Any, proc: Any) -> dict[str, Any]:
         started = time.monotonic()
+        share = CpuShare(proc.pid, lambda: backends(conn)).start()
         partial = False
         try:
             wait_for(
@@ -173,6 +189,7 @@ def drain(
         done = system.done(conn, since) if partial else n
         if not done:
             raise TimeoutError(f"no job done in {time.monotonic() - started:.0f} s")
+        cpu = share.stop()
         seconds = system.window(conn, since)
         return {
             "jobs": done,
@@ -180,6 +197,7 @@ def drain(
             "seconds": round(seconds, 3),
             "jobs_per_s": round(done / seconds, 1),
             "wall_s": round(time.monotonic() - started, 2),
+            **cpu,
         }
 
     return run_worker(system, template, lambda c: system.insert(c, n, kind), body, env, kind)
@@ -241,14 +259,26 @@ def interleave(
     label: Callable[[System, str], str] = lambda s, extra: s.config,
     before_run: Callable[[int], None] | None = None,
 ) -> None:
-    """Run 1 of every system, then run 2 ...; a failed run is reported and skipped."""
+    """Run 1 of every system, then run 2 ...; a failed run is reported and skipped.
+
+    With --quiet CORES, each run waits first (up to --quiet-wait seconds) until the whole
+    machine uses under CORES (other sessions: nothing of ours runs then), and records the
+    last figure as ``busy_before_cores``.
+    """
+    quiet = os.environ.get("BENCH_QUIET_CORES")
     for run in range(1, runs + 1):
         if before_run is not None:
             before_run(run)
         for system, extra in systems:
             note(f"[{results.bench}] run {run}/{runs}: {system.name} {label(system, extra)}")
+            busy = None
+            if quiet:
+                patience = float(os.environ.get("BENCH_QUIET_WAIT_S", "600"))
+                busy = round(wait_quiet(float(quiet), patience), 2)
             try:
                 figures = measure(system, extra)
+                if busy is not None:
+                    figures["busy_before_cores"] = busy
             except (RuntimeError, TimeoutError, psycopg.Error) as exc:
                 note(f"  failed: {exc}")
                 results.rows.setdefault((system.name, label(system, extra)), [])
@@ -368,6 +398,99 @@ def bench_rss(args: argparse.Namespace, templates: Templates) -> str:
     return results.summarize("peak_rss_mb", higher_is_better=False)
 
 
+def bench_cpu(args: argparse.Namespace, templates: Templates) -> str:
+    """``--cpu-jobs`` jobs of ``--cpu-ms`` of pure-Python CPU each: Poel on its process
+    executor (``--processes`` children), for context on its greenlet and thread executors,
+    and procrastinate running the same loop as a sync task at each ``--concurrency``.
+
+    The loop is calibrated here once; every job records the CPU its loop really took
+    (``time.thread_time()``), so each run's ideal wall time is its own measured CPU ÷ the
+    cores this process may use, not an assumption. ``vs_ideal`` is the run's wall time
+    (first start to last finish, from the database) ÷ that ideal.
+    """
+    cores = len(os.sched_getaffinity(0))
+    loops = calibrate(args.cpu_ms / 1000)
+    note(f"[cpu] {loops:,} loops of the CPU job ~ {args.cpu_ms:g} ms of CPU here; {cores} cores")
+    metrics = ["seconds", "vs_ideal", "ideal_s", "cpu_ms_per_job", "others_cores", "peak_rss_mb"]
+    results = Results("cpu", metrics)
+    systems: list[System] = []
+    for executor in args.executors:
+        if executor == "process":
+            systems += [PoelExecutor("process", processes=p) for p in args.processes]
+        else:
+            systems.append(PoelExecutor(executor))
+    systems += [Procrastinate(c) for c in args.concurrency]
+    chosen = [(s, "") for s in select(systems, args.systems)]
+
+    def measure(system: System, _: str) -> dict[str, Any]:
+        used_file = Path(tempfile.mkstemp(prefix="poel-bench-cpu-")[1])
+        env = {"BENCH_CPU_LOOPS": str(loops), "BENCH_CPU_FILE": str(used_file)}
+        load = os.getloadavg()[0]
+        try:
+            figures = drain(system, templates.get(system), args.cpu_jobs, "cpu", env)
+            used = [float(line) for line in used_file.read_text().split()]
+        finally:
+            used_file.unlink(missing_ok=True)
+        ideal = sum(used) / cores
+        return figures | {
+            "cpu_jobs_recorded": len(used),
+            "cpu_total_s": round(sum(used), 3),
+            "cpu_ms_per_job": round(1000 * sum(used) / max(len(used), 1), 2),
+            "ideal_s": round(ideal, 3),
+            "vs_ideal": round(figures["seconds"] / ideal, 3) if ideal else None,
+            "cores": cores,
+            "loops": loops,
+            "load1": load,
+            "load1_after": os.getloadavg()[0],
+        }
+
+    interleave(results, chosen, args.runs, measure)
+    table = results.summarize("seconds", higher_is_better=False)
+    medians = results.medians()
+    poel = [k for k in medians if k[0] == "poel" and medians[k]["seconds"]]
+    peers = [k for k in medians if k[0] != "poel" and medians[k]["seconds"]]
+    lines = ["", "Speed-up, peer's median `seconds` ÷ Poel's (higher is better for Poel):", ""]
+    lines += ["| peer | " + " | ".join(c for _, c in poel) + " |", "|---|" + "---:|" * len(poel)]
+    for peer in sorted(peers, key=lambda k: medians[k]["seconds"] or 0):
+        cells = [_ratio(medians[peer]["seconds"], medians[p]["seconds"]) for p in poel]
+        lines.append(f"| {peer[0]} {peer[1]} | " + " | ".join(cells) + " |")
+    return table + "\n".join(lines) + "\n"
+
+
+def bench_procdrain(args: argparse.Namespace, templates: Templates) -> str:
+    """Drain ``--n`` no-op jobs on the process executor (``--processes`` children): the
+    executor's own cost per job (a claim, a round trip to a child, a completion), beside
+    the same no-op jobs on greenlets (WORKER_CONCURRENCY=10, the default) in the same run."""
+    metrics = ["jobs_per_s", "seconds", "us_per_job_per_child", "others_cores", "peak_rss_mb"]
+    results = Results("procdrain", metrics)
+    systems = [PoelExecutor("process", processes=p) for p in args.processes]
+    systems.append(PoelExecutor("greenlet"))
+    chosen = [(s, "") for s in select(list(systems), args.systems)]
+    slots = {s.config: s.processes if s.executor == "process" else s.concurrency for s in systems}
+
+    def measure(system: System, _: str) -> dict[str, Any]:
+        load = os.getloadavg()[0]
+        figures = drain(system, templates.get(system), args.n)
+        per_job = 1e6 * (slots[system.config] or 1) / figures["jobs_per_s"]
+        return figures | {
+            "us_per_job_per_child": round(per_job, 1),
+            "load1": load,
+            "load1_after": os.getloadavg()[0],
+        }
+
+    interleave(results, chosen, args.runs, measure)
+    table = results.summarize("jobs_per_s")
+    medians = results.medians()
+    base = medians.get(("poel", PoelExecutor("greenlet").config))
+    lines = ["", "Process executor ÷ greenlet executor (same run), median `jobs_per_s`:", ""]
+    lines += ["| config | ratio |", "|---|---:|"]
+    for (_, config), values in medians.items():
+        if "executor=process" in config and base:
+            ratio = _ratio(values["jobs_per_s"], base["jobs_per_s"])
+            lines.append(f"| {config} | {ratio} |")
+    return table + "\n".join(lines) + "\n"
+
+
 # Machine description --------------------------------------------------------------------
 
 
@@ -418,8 +541,17 @@ BENCHES: dict[str, Callable[[argparse.Namespace, Templates], str]] = {
     "io": bench_io,
     "scale": bench_scale,
     "rss": bench_rss,
+    "cpu": bench_cpu,
+    "procdrain": bench_procdrain,
 }
-DEFAULT_CONCURRENCY = {"drain": [10, 100], "scale": [100], "io": [1000], "rss": [1000]}
+ALL = ["drain", "latency", "io", "scale", "rss"]  # what `all` runs (the issue 5 suite)
+DEFAULT_CONCURRENCY = {
+    "drain": [10, 100],
+    "scale": [100],
+    "io": [1000],
+    "rss": [1000],
+    "cpu": [1, 2, 4],  # procrastinate's concurrency: it runs sync tasks on that many threads
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -433,6 +565,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1000, help="io: one-second jobs")
     parser.add_argument("--background", type=_ints, default=[10_000, 1_000_000])
     parser.add_argument("--slow-n", type=int, default=SLOW_N, help="jobs for slow systems")
+    parser.add_argument("--cpu-jobs", type=int, default=400, help="cpu: jobs")
+    parser.add_argument("--cpu-ms", type=float, default=100, help="cpu: CPU per job, ms")
+    parser.add_argument(
+        "--processes", type=_ints, default=[2], help="cpu, procdrain: POEL_PROCESSES, e.g. 2"
+    )
+    parser.add_argument(
+        "--executors",
+        type=lambda text: text.split(","),
+        default=["process", "greenlet", "thread"],
+        help="cpu: Poel's executors to run",
+    )
     parser.add_argument("--systems", help="only these, e.g. poel,pgqueuer (prefix match)")
     parser.add_argument(
         "--poel-before",
@@ -442,21 +585,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         " adds poel-before beside each Poel configuration",
     )
     parser.add_argument(
+        "--before-first",
+        action="store_true",
+        help="with --poel-before, run poel-before first in each pair (an order check)",
+    )
+    parser.add_argument(
         "--synchronous-commit",
         choices=["on", "off"],
         default="on",
         help="off shows CPU cost where a slow disk's fsync would hide it",
     )
+    parser.add_argument(
+        "--quiet",
+        metavar="CORES",
+        type=float,
+        help="before each run, wait until the machine uses under CORES (e.g. 0.3)",
+    )
+    parser.add_argument(
+        "--quiet-wait", type=float, default=600, help="--quiet: at most this many s a run"
+    )
     args = parser.parse_args(argv)
     os.environ["BENCH_SYNCHRONOUS_COMMIT"] = args.synchronous_commit
+    if args.quiet is not None:
+        os.environ["BENCH_QUIET_CORES"] = str(args.quiet)
+        os.environ["BENCH_QUIET_WAIT_S"] = str(args.quiet_wait)
     if args.poel_before:
         if not (Path(args.poel_before) / "bin" / "poel-host").is_file():
             parser.error(f"--poel-before: no {args.poel_before}/bin/poel-host")
         os.environ["BENCH_POEL_BEFORE"] = args.poel_before
+        os.environ["BENCH_BEFORE_FIRST"] = "1" if args.before_first else ""
     if args.bench == "machine":
         print(machine())
         return 0
-    names = list(BENCHES) if args.bench == "all" else [args.bench]
+    names = ALL if args.bench == "all" else [args.bench]
     templates = Templates()
     tables = []
     try:
@@ -477,13 +638,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def select(systems: list[System], wanted: str | None) -> list[System]:
     """``systems`` whose names start with one of the prefixes in ``wanted``; with
     --poel-before, each Poel is followed by its poel-before twin (same configuration),
-    so that the two run one after the other in every round."""
+    so that the two run one after the other in every round (the twin first with
+    --before-first)."""
     before = os.environ.get("BENCH_POEL_BEFORE")
     if before:
+        first = os.environ.get("BENCH_BEFORE_FIRST") == "1"  # to rule out an order effect
         twins = [
             [s, PoelBefore(before, s.concurrency or 10, s.log)] if type(s) is Poel else [s]
             for s in systems
         ]
+        if first:
+            twins = [pair[::-1] for pair in twins]
         systems = [s for pair in twins for s in pair]
     if not wanted:
         return systems
@@ -493,6 +658,10 @@ def select(systems: list[System], wanted: str | None) -> list[System]:
 
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",")]
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "n/a"
 
 
 def _human(n: int) -> str:

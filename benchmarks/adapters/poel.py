@@ -113,3 +113,64 @@ class PoelBefore(Poel):
     def __init__(self, venv: str, concurrency: int = 10, log: str = "info") -> None:
         super().__init__(concurrency, log)
         self.host = str(Path(venv) / "bin" / "poel-host")
+
+
+#: (kind, executor) -> the poel-bench job type that runs it there
+EXECUTOR_TYPES = {
+    ("noop", "greenlet"): "bench.noop",
+    ("noop", "process"): "bench.noop_process",
+    ("cpu", "greenlet"): "bench.cpu_greenlet",
+    ("cpu", "thread"): "bench.cpu_thread",
+    ("cpu", "process"): "bench.cpu",
+}
+#: the plugins each executor's run loads: a process (thread) job type loaded makes serve
+#: start its children (threads) and claim for them, so only these runs load one
+EXECUTOR_PLUGINS = {
+    "greenlet": "poel-bench",
+    "thread": "poel-bench,poel-bench-thread",
+    "process": "poel-bench,poel-bench-process",
+}
+
+
+class PoelExecutor(Poel):
+    """Poel running the benchmark's jobs on one executor: ``process`` (``POEL_PROCESSES``
+    children), ``thread`` (``POEL_THREADS`` threads) or ``greenlet`` (``WORKER_CONCURRENCY``
+    greenlets), the job types of ``EXECUTOR_TYPES``."""
+
+    def __init__(
+        self,
+        executor: str,
+        *,
+        processes: int = 2,
+        threads: int = 4,
+        concurrency: int = 10,
+        log: str = "warning",
+    ) -> None:
+        super().__init__(concurrency, log)
+        self.executor = executor
+        self.processes = processes
+        self.threads = threads
+
+    @property
+    def config(self) -> str:
+        size = {
+            "process": f"processes={self.processes}",
+            "thread": f"threads={self.threads}",
+            "greenlet": f"c={self.concurrency}",
+        }[self.executor]
+        return f"executor={self.executor} {size} log={self.log}"
+
+    def insert(self, conn: psycopg.Connection[Any], n: int, kind: str) -> None:
+        conn.execute(
+            "INSERT INTO poel.jobs (job_type) SELECT %s FROM generate_series(1, %s)",
+            [EXECUTOR_TYPES[(kind, self.executor)], n],
+        )
+
+    def command(self, url: str, kind: str) -> tuple[list[str], dict[str, str]]:
+        argv, env = super().command(url, kind)
+        env |= {
+            "POEL_LOAD_PLUGINS": EXECUTOR_PLUGINS[self.executor],
+            "POEL_PROCESSES": str(self.processes),
+            "POEL_THREADS": str(self.threads),
+        }
+        return argv, env

@@ -5,6 +5,10 @@
 finish). Its ``procrastinate_events`` table records each job's start and success
 (database time), which is where it is counted and timed.
 
+The ``cpu`` job is a sync task, the way procrastinate runs CPU-bound work: it calls a sync
+task through ``asgiref``'s ``sync_to_async``, in a thread of the event loop's default
+executor, up to N at once, all of them under the one GIL.
+
 Run as a worker: ``python -m adapters.procrastinate_peer URL CONCURRENCY``.
 """
 
@@ -97,7 +101,7 @@ class Procrastinate(System):
 
 
 async def worker(url: str, concurrency: int) -> None:
-    from common import http_get, write_stamp
+    from common import cpu_job, http_get, write_stamp
 
     http_url = os.environ.get("BENCH_HTTP_URL", "")
     app = make_app(url)
@@ -113,6 +117,10 @@ async def worker(url: str, concurrency: int) -> None:
     @app.task(name="http")
     async def http() -> None:
         await http_get(http_url)
+
+    @app.task(name="cpu")
+    def cpu() -> None:  # sync: procrastinate runs it in a thread
+        cpu_job()
 
     async with app.open_async():
         await app.run_worker_async(concurrency=concurrency)

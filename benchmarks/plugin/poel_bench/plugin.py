@@ -9,6 +9,13 @@
   per job, which a thousand ``pg_sleep`` calls would need. It uses ``http.client``, the
   standard library's own client: ``urllib.request`` costs about 40 µs more a request in
   building its opener and request objects, which is the client's cost, not the queue's.
+- ``bench.cpu_greenlet`` is the ``cpu`` benchmark's calibrated CPU loop
+  (:mod:`poel_bench.cpu`) on the default greenlet executor: what that executor does with
+  work it was not made for (one job at a time on the event loop, one core).
+
+The process and thread variants (``bench.cpu``, ``bench.noop_process``,
+``bench.cpu_thread``) are the plugins ``poel-bench-process`` and ``poel-bench-thread``
+(``processes.py``, ``threads.py``), loaded only by the benchmarks that use them.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from http.client import HTTPConnection
 
 from pydantic import BaseModel
 
+from poel_bench.cpu import cpu_job
 from poel_host import Job, JobContext, hookimpl
 
 
@@ -51,10 +59,15 @@ def http(payload: Empty, ctx: JobContext) -> None:
         conn.close()
 
 
+def cpu(payload: Empty, ctx: JobContext) -> None:
+    cpu_job()
+
+
 @hookimpl
 def register_jobs() -> list[Job]:
     return [
         Job(type="bench.noop", schema=Empty, handler=noop),
         Job(type="bench.stamp", schema=Stamp, handler=stamp),
         Job(type="bench.http", schema=Empty, handler=http),
+        Job(type="bench.cpu_greenlet", schema=Empty, handler=cpu),
     ]
