@@ -156,13 +156,7 @@ def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
 
     payload = sys.stdin.read() if args.payload == "-" else args.payload
     plugins = load_selected_plugins(settings, get_logger())
-    with Queue(
-        settings.dsn,
-        schema=settings.schema_name,
-        jobs=plugins.jobs,
-        max_payload_bytes=settings.max_payload_bytes,
-        pooler=settings.pooler,
-    ) as queue:
+    with Queue.for_settings(settings, plugins.jobs) as queue:
         job_id = queue.enqueue(
             args.type,
             payload,

@@ -11,7 +11,7 @@ import datetime as dt
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -20,6 +20,9 @@ from poel_host.database import KeptConnection
 from poel_host.errors import DuplicateJob, InvalidPayload, UnknownJobType
 from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, INT4_MAX, JOB_TYPE, Job
 from poel_host.store import Store
+
+if TYPE_CHECKING:
+    from poel_host.settings import Settings
 
 
 @dataclass
@@ -66,6 +69,17 @@ class Queue:
         self._jobs = dict(jobs) if jobs is not None else None
         self._conn = KeptConnection(dsn, pooler=pooler)
         self._store = Store(schema, self._conn)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, jobs: Mapping[str, Job]) -> Queue:
+        """A Queue as ``settings`` configure one (URL, schema, payload limit, pooler)."""
+        return cls(
+            settings.dsn,
+            schema=settings.schema_name,
+            jobs=jobs,
+            max_payload_bytes=settings.max_payload_bytes,
+            pooler=settings.pooler,
+        )
 
     @property
     def jobs(self) -> dict[str, Job]:

@@ -121,13 +121,7 @@ class Child:
         self.log = log
         self.store = Store(settings.schema_name)
         self.connections = Connections(settings, self.store)
-        self.enqueuer = Queue(
-            settings.dsn,
-            schema=settings.schema_name,
-            jobs=plugins.jobs,
-            max_payload_bytes=settings.max_payload_bytes,
-            pooler=settings.pooler,
-        )
+        self.enqueuer = Queue.for_settings(settings, plugins.jobs)
         self.todo: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.cancel = threading.Event()
 

@@ -97,13 +97,7 @@ class Worker:
             transaction_pooler=s.pooler == "transaction",
             log=self.log,
         )
-        self._enqueuer = Queue(
-            s.dsn,
-            schema=s.schema_name,
-            jobs=self.plugins.jobs,
-            max_payload_bytes=s.max_payload_bytes,
-            pooler=s.pooler,
-        )
+        self._enqueuer = Queue.for_settings(s, self.plugins.jobs)
         self.completer = Completer(self.store, owner=self.owner, held=self.held, log=self.log)
         self.lanes = self._lanes()
         self.executor = Executor(
