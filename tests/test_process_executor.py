@@ -219,3 +219,48 @@ def test_follow_up_jobs_enqueued_in_a_child(serve, poel_queue, poel_conn, wait_s
     wait_sql("SELECT count(*) = 4 FROM poel.jobs WHERE state = 'succeeded'", timeout=20)
     children = runs(poel_conn, job_id)[0]["note"].split(",")
     assert len(children) == 3
+
+
+def short_jobs_then_a_long_one(poel_queue, wait_sql, seconds: float) -> tuple[int, list[int]]:
+    """Enough no-op jobs for the pool to see its jobs are short (and claim ahead), then a
+    long job holding the only child, then no-op jobs claimed ahead behind it."""
+    warm = [poel_queue.enqueue("testprocs.noop", {}) for _ in range(30)]
+    wait_sql("SELECT bool_and(state = 'succeeded') FROM poel.jobs WHERE id = ANY(%s)", [warm])
+    long = poel_queue.enqueue("testprocs.spin", {"key": "long", "seconds": seconds})
+    wait_sql("SELECT count(*) = 1 FROM poel_proc_runs WHERE note = 'start'")
+    behind = [poel_queue.enqueue("testprocs.noop", {}) for _ in range(5)]
+    return long, behind
+
+
+def test_short_jobs_claimed_ahead_of_a_long_one_go_back_to_the_queue(
+    serve, poel_queue, poel_conn, wait_sql
+):
+    worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=1)
+    long, behind = short_jobs_then_a_long_one(poel_queue, wait_sql, seconds=3)
+
+    handed = worker.wait_log("job handed back: no worker process free", timeout=10)
+    assert handed["jobId"] in behind
+    wait_sql("SELECT bool_and(state = 'succeeded') FROM poel.jobs WHERE id = ANY(%s)", [behind])
+    for job_id in [long, *behind]:
+        row = job(poel_conn, job_id)
+        assert (row["state"], row["attempts"]) == ("succeeded", 1), row  # not counted
+    assert [r["note"] for r in runs(poel_conn, long)] == ["start", "end"]
+    metrics = worker.http("/metrics").text
+    handed_back = [
+        line for line in metrics.splitlines() if line.startswith("poel_processes_handed")
+    ]
+    assert handed_back and int(handed_back[0].split()[-1]) >= 1, metrics
+
+
+def test_sigterm_hands_back_jobs_waiting_for_a_busy_child(serve, poel_queue, poel_conn, wait_sql):
+    worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=1, POEL_SHUTDOWN_TIMEOUT_MS=200)
+    long, behind = short_jobs_then_a_long_one(poel_queue, wait_sql, seconds=60)
+    wait_sql(
+        "SELECT count(*) > 0 FROM poel.jobs WHERE id = ANY(%s) AND state = 'running'", [behind]
+    )
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait_exit(timeout=15) == 0
+    for job_id in [long, *behind]:
+        row = job(poel_conn, job_id)
+        assert (row["state"], row["attempts"], row["lease_owner"]) == ("queued", 0, None), row

@@ -1,10 +1,18 @@
 """The process executor: a pool of child processes for ``Job(executor="process")`` types.
 
 ``serve`` keeps ``POEL_PROCESSES`` children (:mod:`poel_host.worker.child`), started before
-they are needed. The pool is also the producer's lane for process job types: it claims only
-as many jobs as it has ready, idle children, so no claimed job waits for one. Each job runs
+they are needed. The pool is also the producer's lane for process job types. Each job runs
 on a greenlet that sends it to a child and waits cooperatively on the child's pipe, so
 claims, leases, ``/health`` and greenlet jobs go on while children compute.
+
+- **Capacity.** The lane claims only for ready, idle children, so a claimed job does not
+  wait for one, except while its jobs are short: once the children's recent jobs took
+  under ``AHEAD_BUDGET_S`` on average, each busy child also has up to that much work
+  claimed ahead (at most ``AHEAD_MAX`` jobs), taken by the first child that frees. Short
+  jobs then never wait for a claim's round trip, and claims take several rows; long jobs
+  are never claimed ahead. A job claimed ahead that finds no child within
+  ``AHEAD_WAIT_S`` (a long job arrived among short ones) goes back to the queue, its
+  attempt not counted, and claiming ahead stops until short jobs are seen again.
 
 - A job past its timeout has its child stopped (SIGTERM, a short grace, SIGKILL) and
   replaced; the attempt fails ``timed out after Ns``.
@@ -38,6 +46,10 @@ from poel_host.worker.executor import Ran
 from poel_host.worker.held import HeldJob
 
 START_TIMEOUT_S = 60.0
+AHEAD_BUDGET_S = 0.010  # work claimed ahead per busy child, at the recent jobs' pace
+AHEAD_MAX = 16  # jobs claimed ahead per busy child
+AHEAD_WAIT_S = 1.0  # the longest a job claimed ahead waits for a child
+PACE_WEIGHT = 0.2  # each job's share of the recent pace (an exponential moving average)
 
 
 class ProcessPool:
@@ -45,11 +57,18 @@ class ProcessPool:
     as :class:`~poel_host.worker.runners.Runners`)."""
 
     def __init__(
-        self, settings: Settings, plugins: Plugins, run: Callable[[HeldJob], None], *, log: Any
+        self,
+        settings: Settings,
+        plugins: Plugins,
+        run: Callable[[HeldJob], None],
+        *,
+        hand_back: Callable[[HeldJob], None],
+        log: Any,
     ) -> None:
         self.settings = settings
         self.size = settings.processes
         self.run_item = run
+        self.hand_back = hand_back
         self.log = log
         self.env = {**os.environ, **settings.as_environment()}
         self.env[PLUGINS_VARIABLE] = json.dumps(
@@ -65,6 +84,9 @@ class ProcessPool:
         self._empty.set()
         self._starting: set[gevent.Greenlet] = set()
         self._closing = False
+        self._cancelling = False
+        self._taken: dict[int, ChildProcess] = {}  # job id -> the child it waited for
+        self.pace = float("inf")  # recent seconds a job in a child; inf: not known to be short
 
     # Children ---------------------------------------------------------------------------
 
@@ -122,6 +144,7 @@ class ProcessPool:
 
     def cancel_all(self) -> None:
         """Ask every running handler to stop (``ctx.cancelled``): the shutdown's grace ran out."""
+        self._cancelling = True  # and jobs waiting for a child start no more
         for child in list(self.busy):
             with contextlib.suppress(ChildDied):  # its job's greenlet learns that itself
                 child.send({"cancel": True})
@@ -131,8 +154,9 @@ class ProcessPool:
     def execute(self, entry: HeldJob, seconds: float) -> Ran:
         """Run the held job in a child; what happened (the executor decides the outcome)."""
         row = entry.row
-        child = self.idle.get()  # at once: the lane claimed only for idle children
+        child = self._taken.pop(entry.id)
         self.busy.add(child)
+        sent = time.monotonic()
         try:
             child.send(
                 {
@@ -151,6 +175,7 @@ class ProcessPool:
             with gevent.Timeout(max(0.0, entry.deadline - time.monotonic())):
                 message = child.receive()
         except gevent.Timeout:
+            self.pace = float("inf")
             self.counts["timed_out"] += 1
             self._discard(child, "timed out")
             return Ran(f"timed out after {seconds:g}s")
@@ -162,6 +187,9 @@ class ProcessPool:
             self._discard(child, "stopped by the shutdown")
             raise
         done = message["done"]
+        took = time.monotonic() - sent
+        known = self.pace != float("inf")
+        self.pace = self.pace + PACE_WEIGHT * (took - self.pace) if known else took
         self._finished(child, done)
         return Ran(
             done["error"],
@@ -200,12 +228,19 @@ class ProcessPool:
     def __len__(self) -> int:
         return len(self._jobs) + self._reserved
 
-    def free_count(self) -> int:
-        return int(self.idle.qsize()) - self._reserved - self._waiting()
+    def ahead(self) -> int:
+        """Jobs claimed ahead per busy child now: none unless recent jobs were short."""
+        if self.pace >= AHEAD_BUDGET_S:
+            return 0
+        return min(AHEAD_MAX, int(AHEAD_BUDGET_S / max(self.pace, 1e-6)))
 
-    def _waiting(self) -> int:
-        """Job greenlets spawned that have not taken their child yet."""
-        return len(self._jobs) - len(self.busy)
+    def capacity(self) -> int:
+        """Jobs the lane may hold: one a ready child, and those claimed ahead."""
+        ready = len(self.busy) + len(self._taken) + int(self.idle.qsize())
+        return ready * (1 + self.ahead())
+
+    def free_count(self) -> int:
+        return self.capacity() - len(self._jobs) - self._reserved
 
     def wait_available(self, timeout: float | None = None) -> None:
         self._room.clear()
@@ -221,10 +256,37 @@ class ProcessPool:
         self._check_empty()
 
     def submit(self, entry: HeldJob) -> None:
-        job = gevent.spawn(self.run_item, entry)
+        job = gevent.spawn(self._job, entry)
         self._jobs.add(job)
         self._empty.clear()
         job.link(self._job_done)
+
+    def _job(self, entry: HeldJob) -> None:
+        """Wait for a child (at once unless claimed ahead), then run the job with it."""
+        try:
+            child = self.idle.get(timeout=AHEAD_WAIT_S)
+        except gevent.queue.Empty:
+            # Every child is held up by a job much longer than the recent ones.
+            self.pace = float("inf")
+            self.counts["handed_back"] += 1
+            entry.ctx.log.info("job handed back: no worker process free", waited_s=AHEAD_WAIT_S)
+            self.hand_back(entry)
+            return
+        except gevent.GreenletExit:
+            entry.released = True  # the drain ran out of time before a child freed
+            raise
+        if self._cancelling:  # the drain's grace ran out while this job waited
+            entry.released = True
+            self.idle.put(child)
+            return
+        self._taken[entry.id] = child
+        try:
+            self.run_item(entry)
+        finally:
+            unused = self._taken.pop(entry.id, None)
+            if unused is not None:  # the job ended before it reached a child (a bad payload)
+                self.idle.put(unused)
+                self._room.set()
 
     def _job_done(self, job: gevent.Greenlet) -> None:
         self._jobs.discard(job)
@@ -239,7 +301,8 @@ class ProcessPool:
         return bool(self._empty.wait(timeout))
 
     def kill(self, timeout: float | None = None) -> list[HeldJob]:
-        """Stop the running jobs (GreenletExit: each stops its child); none wait unstarted."""
+        """Stop the jobs (GreenletExit: each running one stops its child, each waiting one
+        is marked released)."""
         gevent.killall(list(self._jobs), timeout=timeout)
         return []
 
@@ -269,5 +332,10 @@ class ProcessPool:
             "poel_processes_timed_out_total": (
                 "Worker processes stopped because their job ran past its timeout.",
                 counts["timed_out"],
+            ),
+            "poel_processes_handed_back_total": (
+                "Jobs claimed ahead for a busy worker process that none took in time; "
+                "handed back to the queue.",
+                counts["handed_back"],
             ),
         }

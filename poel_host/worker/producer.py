@@ -2,9 +2,10 @@
 
 A lane is the job types of one executor with the capacity that runs them: the greenlet
 runners (``WORKER_CONCURRENCY``), the thread runners (``POEL_THREADS``), the process
-pool's idle children. Each lane claims only its own types, only up to its own free
-capacity, so a claimed job never waits for a child or a thread; a worker whose types are
-all greenlet types has one lane and claims exactly as before.
+pool's children. Each lane claims only its own types, only up to its own free capacity,
+so a claimed job does not wait for a thread or a child (but for the process lane's short
+jobs, see ``processes.py``); a worker whose types are all greenlet types has one lane and
+claims exactly as before.
 
 Each lane has two loops. Each takes up to the lane's free capacity in one statement (at
 most half of it, or CLAIM_MIN jobs, whichever is more), so that one claim's round trip
@@ -36,6 +37,7 @@ class Capacity(Protocol):
     """What runs a lane's jobs: :class:`Runners`, or the process pool."""
 
     def __len__(self) -> int: ...
+    def capacity(self) -> int: ...
     def free_count(self) -> int: ...
     def wait_available(self, timeout: float | None = None) -> None: ...
     def reserve(self, n: int) -> None: ...
@@ -52,9 +54,13 @@ class Lane:
     executor: str
     job_types: list[str]
     slots: Capacity
-    size: int  # the capacity when all of it is free
     wake: gevent.event.Event = field(default_factory=gevent.event.Event)
     backlog: gevent.event.Event = field(default_factory=gevent.event.Event)  # last claim full
+
+    @property
+    def size(self) -> int:
+        """The capacity when all of it is free."""
+        return self.slots.capacity()
 
     @property
     def batch(self) -> int:

@@ -47,6 +47,9 @@ class Runners(Generic[T]):
         """Items submitted and not finished yet."""
         return self._busy
 
+    def capacity(self) -> int:
+        return self.size
+
     def free_count(self) -> int:
         return self.size - self._busy
 

@@ -129,13 +129,15 @@ class Worker:
         types: dict[str, list[str]] = {"greenlet": [], "thread": [], "process": []}
         for job in self.plugins.jobs.values():
             types[job.executor].append(job.type)
-        lanes = [Lane("greenlet", types["greenlet"], self.slots, s.worker_concurrency)]
+        lanes = [Lane("greenlet", types["greenlet"], self.slots)]
         if types["thread"]:
             self.threads = Threads(s, self.store)
-            lanes.append(Lane("thread", types["thread"], Runners(s.threads, self._run), s.threads))
+            lanes.append(Lane("thread", types["thread"], Runners(s.threads, self._run)))
         if types["process"]:
-            self.processes = ProcessPool(s, self.plugins, self._run, log=self.log)
-            lanes.append(Lane("process", types["process"], self.processes, s.processes))
+            self.processes = ProcessPool(
+                s, self.plugins, self._run, hand_back=self._hand_back, log=self.log
+            )
+            lanes.append(Lane("process", types["process"], self.processes))
         return lanes
 
     def start(self) -> None:
@@ -196,7 +198,7 @@ class Worker:
             if lane.slots is self.processes:
                 # Children are started only once a process job is due (then kept until
                 # close()): most of a plugin's tests never need one.
-                rows = self.producer.claim(lane, limit or lane.size)
+                rows = self.producer.claim(lane, limit or self.processes.size)
                 if rows:
                     self.processes.start()
                     self.processes.wait_ready()
@@ -254,6 +256,10 @@ class Worker:
 
     def _run(self, entry: HeldJob) -> None:
         self.executor.run(entry)
+
+    def _hand_back(self, entry: HeldJob) -> None:
+        """A job claimed ahead that no child took in time goes back to the queue."""
+        self.completer.release([entry.id])
 
     def _enqueue(self, job_type: str, payload: Any = None, **options: Any) -> int:
         assert self._enqueuer is not None
