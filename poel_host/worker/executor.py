@@ -42,7 +42,7 @@ class Outcome:
         return LABELS[self.state]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Ran:
     """What happened when a job ran."""
 
@@ -50,6 +50,10 @@ class Ran:
     stopped: bool = False  # the worker stopped it (shutdown): not the job's fault
     final: bool = False  # retrying cannot help (an invalid payload, a worker bug)
     traceback: str | None = None  # where the handler raised (process jobs)
+
+
+RETURNED = Ran()  # the handler returned: one shared instance (never changed) for speed
+STOPPED = Ran(stopped=True)
 
 
 def decide(job: Job, row: dict[str, Any], ran: Ran, settings: Settings) -> Outcome:
@@ -115,7 +119,7 @@ class Executor:
             ctx.log.debug("job started")
             ran = self._execute(job, entry, seconds)
         except gevent.GreenletExit:
-            ran = Ran(stopped=True)  # the drain stopped this runner: hand the job back
+            ran = STOPPED  # the drain stopped this runner: hand the job back
         except Exception as exc:  # a bug on the job's path must not strand the job:
             # without an outcome it would stay running, its lease renewed for ever.
             ctx.log.exception("job path failed")
@@ -146,9 +150,10 @@ class Executor:
             # The child validates again (it needs the model) and enforces no timer of its
             # own: the pool stops the child at the deadline.
             return self.processes.execute(entry, seconds)  # type: ignore[no-any-return]
-        timer = gevent.Timeout(max(0.0, entry.deadline - time.monotonic()))
+        timer = gevent.Timeout(seconds)  # the deadline was set just now, by run()
         timer.start()
-        ran = Ran()
+        error: str | None = None
+        stopped = False
         try:
             if job.executor == "thread":
                 result = self.threads.call(job.handler, payload, ctx)
@@ -157,30 +162,32 @@ class Executor:
             if result is not None:
                 ctx.log.debug("handler returned a value; it is ignored", value=repr(result)[:200])
         except gevent.Timeout as exc:
-            ran.error = f"timed out after {seconds:g}s" if exc is timer else f"Timeout: {exc}"
+            error = f"timed out after {seconds:g}s" if exc is timer else f"Timeout: {exc}"
         except psycopg.errors.QueryCanceled as exc:
             # The handler connection's statement_timeout is the job's remaining time: when
             # the server cancels first, it is the same timeout, reported the same way.
             if time.monotonic() >= entry.deadline - 0.05:
-                ran.error = f"timed out after {seconds:g}s"
+                error = f"timed out after {seconds:g}s"
             else:
-                ran.error = f"QueryCanceled: {one_line(exc)}"
+                error = f"QueryCanceled: {one_line(exc)}"
         except gevent.GreenletExit as exc:
             if self.stopping.is_set():
                 raise  # the drain stopping it: the job is handed back
-            ran.error = error_text(exc)  # raised by the handler itself
+            error = error_text(exc)  # raised by the handler itself
         except JobCancelled as exc:
             # Stopping cooperatively because the worker asked is a hand-back, not a failure.
-            ran = Ran(stopped=True) if ctx.cancelled else Ran(error_text(exc))
+            stopped = ctx.cancelled
+            error = None if stopped else error_text(exc)
         except BaseException as exc:
-            ran.error = error_text(exc)
+            error = error_text(exc)
             ctx.log.debug("handler raised", exc_info=exc)
         finally:
             timer.close()
             misuse = self.connections.reclaim(entry.loans, ctx.log)
-        if misuse and not ran.stopped:
-            ran.error = ran.error or misuse
-        return ran
+        if stopped:
+            return STOPPED
+        error = error or misuse
+        return RETURNED if error is None else Ran(error)
 
     def _report(self, entry: HeldJob, outcome: Outcome, duration: float) -> None:
         """Count the outcome, log it, and call the job_finished hook."""
