@@ -240,7 +240,13 @@ class ProcessPool:
         return ready * (1 + self.ahead())
 
     def free_count(self) -> int:
-        return self.capacity() - len(self._jobs) - self._reserved
+        capacity = self.capacity()
+        free = capacity - len(self._jobs) - self._reserved
+        if capacity > self.size and free < capacity // 2:
+            # Claiming ahead: wait until half of it is free, so that a claim takes many
+            # rows (a statement costs serve and the database about the same for 1 or 20).
+            return 0
+        return free
 
     def wait_available(self, timeout: float | None = None) -> None:
         self._room.clear()
