@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         validation_alias="POEL_RETAIN_FAILED_HOURS",
     )
+    gone_workers_keep_s: float = Field(
+        default=3_600,
+        ge=0,
+        le=_YEAR_MS / 1000,
+        allow_inf_nan=False,
+        validation_alias="POEL_GONE_WORKERS_KEEP_S",
+    )
     processes: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,

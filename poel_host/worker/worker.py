@@ -2,7 +2,9 @@
 
 Services, each on its own supervised greenlet (see the modules named after them):
 the producer's claim loops, the completer, the lease keeper, the rescuer, the pruner, the
-scheduler, the listener and the summary. Claimed jobs run on runner greenlets
+scheduler, the listener and the summary. The worker keeps its row in the registry of
+workers (``registry.py``): written at start, kept fresh by the lease keeper's heartbeat,
+marked draining on stop and deleted once drained. Claimed jobs run on runner greenlets
 (``runners.py``) through the executor. The queue's own traffic has its own small pool, so
 handlers saturating the job pool never stall claiming or lease renewal.
 """
@@ -13,12 +15,14 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import gevent
 import gevent.event
 
 from poel_host.database import Pool, make_pool
+from poel_host.errors import DatabaseUnavailable, one_line
 from poel_host.health import Health
 from poel_host.jobs import JobContext
 from poel_host.plugins import Plugins
@@ -35,6 +39,7 @@ from poel_host.worker.metrics import Metrics, Summary
 from poel_host.worker.processes import ProcessPool
 from poel_host.worker.producer import Lane, Producer
 from poel_host.worker.pruner import Pruner
+from poel_host.worker.registry import Registration
 from poel_host.worker.rescuer import Rescuer
 from poel_host.worker.runners import Runners
 from poel_host.worker.scheduler import Scheduler
@@ -100,6 +105,12 @@ class Worker:
         self._enqueuer = Queue.for_settings(s, self.plugins.jobs)
         self.completer = Completer(self.store, owner=self.owner, held=self.held, log=self.log)
         self.lanes = self._lanes()
+        self.registration = Registration(
+            s,
+            self.plugins,
+            owner=self.owner,
+            executors={lane.executor for lane in self.lanes if lane.job_types},
+        )
         self.executor = Executor(
             s,
             self.plugins,
@@ -145,13 +156,25 @@ class Worker:
         if self.processes is not None:
             self.processes.start()
         log, wake = self.log, self.producer.wake
+        self._register()
         leases = LeaseKeeper(
-            s, owner=self.owner, held=self.held, log=log, counts=self.metrics.leases
+            s,
+            owner=self.owner,
+            held=self.held,
+            log=log,
+            counts=self.metrics.leases,
+            registration=self.registration,
         )
         for service in (
             Listener(s, self.store, wake=wake, log=log),
             leases,
-            Rescuer(self.store, interval=leases.interval, on_rescued=wake, log=log),
+            Rescuer(
+                self.store,
+                interval=leases.interval,
+                on_rescued=wake,
+                log=log,
+                gone_workers_keep_s=s.gone_workers_keep_s,
+            ),
             Pruner(self.store, s, log=self.log),
             Scheduler(list(self.plugins.jobs.values()), self.store, log=self.log),
             Summary(self.metrics, running=lambda: len(self.slots), log=self.log),
@@ -183,6 +206,7 @@ class Worker:
             self.stopping.wait()
         finally:
             self.stop()
+            self._registry("marking the worker draining", self.registration.drain)
             gevent.joinall(claiming)  # no claim in flight while draining
             self._drain()
 
@@ -223,6 +247,18 @@ class Worker:
         if self._enqueuer is not None:
             self._enqueuer.close()
         self.health.close()
+
+    # The registry -----------------------------------------------------------------------
+
+    def _register(self) -> None:
+        """Enter the registry; if the database is away, the first heartbeat does it."""
+        self._registry("registering the worker", self.registration.register)
+
+    def _registry(self, what: str, change: Callable[[Store], None]) -> None:
+        try:
+            change(self.store)
+        except DatabaseUnavailable as exc:
+            self.log.warning(f"{what} failed", error=one_line(exc))
 
     # Jobs -------------------------------------------------------------------------------
 
@@ -298,6 +334,8 @@ class Worker:
         self.completer.close()
         self._completing.join(timeout=30)
         self.supervisor.stop(timeout=5)
+        # After the lease keeper stopped: its heartbeat would register the worker again.
+        self._registry("leaving the registry", self.registration.unregister)
         self.plugins.call("shutdown", self.log, settings=self.settings)
         self.close()
         self.log.info("worker stopped", handed_back=len(released), **self.metrics.finished)
