@@ -240,6 +240,11 @@ class Store:
     def list_workers(self) -> list[dict[str, Any]]:
         return self._all("list_workers")
 
+    def queue_depths(self, *, cap: int) -> list[dict[str, Any]]:
+        """Due queued jobs by queue and type, counted up to ``cap``:
+        ``[{queue, job_type, depth, oldest_s}]``."""
+        return self._all("queue_depths", {"cap": cap})
+
     # Looking and changing (CLI, test kit) -----------------------------------------------
 
     def get_job(self, job_id: int) -> dict[str, Any] | None:

@@ -225,6 +225,43 @@ SELECT owner, host, pid, version, plugins, job_types, queues, concurrency, threa
 FROM {schema}.workers
 ORDER BY host, started_at, owner
 
+-- queue_depths --
+-- For /metrics, every few seconds: by queue and job type, the jobs queued and due, counted
+-- up to `cap` (a count of `cap` means at least that many), and how long the oldest has
+-- waited. Index-only reads of jobs_queued_idx, whatever the size of the table or of the
+-- backlog: a loose index scan finds each (queue, job type) with queued jobs (one probe
+-- each), then each group's count reads at most `cap` index entries and its oldest one.
+-- (A plain count(*) ... GROUP BY reads the whole backlog: 170 ms with a million queued.)
+WITH RECURSIVE groups AS (
+    (SELECT queue, job_type FROM {schema}.jobs WHERE state = 'queued'
+     ORDER BY queue, job_type LIMIT 1)
+    UNION ALL
+    SELECT next.queue, next.job_type
+    FROM groups AS g
+    CROSS JOIN LATERAL (
+        SELECT j.queue, j.job_type FROM {schema}.jobs AS j
+        WHERE j.state = 'queued' AND (j.queue, j.job_type) > (g.queue, g.job_type)
+        ORDER BY j.queue, j.job_type
+        LIMIT 1
+    ) AS next
+)
+SELECT g.queue, g.job_type, d.depth, extract(epoch FROM now() - o.oldest)::float8 AS oldest_s
+FROM groups AS g
+CROSS JOIN LATERAL (
+    SELECT count(*) AS depth FROM (
+        SELECT FROM {schema}.jobs AS j
+        WHERE j.state = 'queued' AND j.queue = g.queue AND j.job_type = g.job_type
+          AND j.run_at <= now()
+        LIMIT %(cap)s
+    ) AS capped
+) AS d
+CROSS JOIN LATERAL (
+    SELECT min(j.run_at) AS oldest FROM {schema}.jobs AS j
+    WHERE j.state = 'queued' AND j.queue = g.queue AND j.job_type = g.job_type
+      AND j.run_at <= now()
+) AS o
+WHERE d.depth > 0
+
 -- get_job --
 -- One job by id.
 SELECT id, queue, job_type, payload, state::text AS state, priority, run_at, attempts,
@@ -345,3 +382,4 @@ SELECT plugin, version FROM {schema}.migrations
 -- Record one applied migration, in the transaction that applied it.
 INSERT INTO {schema}.migrations (plugin, version, name)
 VALUES (%(plugin)s, %(version)s, %(name)s)
+

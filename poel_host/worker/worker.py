@@ -30,11 +30,13 @@ from poel_host.queue import Queue
 from poel_host.settings import Settings
 from poel_host.store import Store
 from poel_host.worker.completer import Completer
+from poel_host.worker.depths import QueueDepths
 from poel_host.worker.executor import Executor
 from poel_host.worker.held import Held, HeldJob
 from poel_host.worker.job_connections import JobConnections
 from poel_host.worker.leases import LeaseKeeper
 from poel_host.worker.listener import Listener
+from poel_host.worker.metrics import Lane as MetricsLane
 from poel_host.worker.metrics import Metrics, Summary
 from poel_host.worker.processes import ProcessPool
 from poel_host.worker.producer import Lane, Producer
@@ -63,7 +65,7 @@ class Worker:
         self.cancelling = gevent.event.Event()  # running jobs asked to stop (shutdown)
         self.supervisor = Supervisor(log=log)
         self.health = Health(settings, failing=self.supervisor.failing)
-        self.metrics = Metrics(self._gauges, self._counters)
+        self.metrics = Metrics(self._gauges, self._counters, self._lanes_in_use)
         self.slots: Runners[HeldJob] = Runners(settings.worker_concurrency, self._run)
         self.processes: ProcessPool | None = None
         self.threads: Threads | None = None
@@ -117,7 +119,7 @@ class Worker:
             held=self.held,
             connections=self.connections,
             complete=self.completer.put,
-            finished=self.metrics.finished,
+            finished=self.metrics.job_finished,
             stopping=self.stopping,
             log=self.log,
             processes=self.processes,
@@ -132,6 +134,7 @@ class Worker:
             spawn=self._spawn,
             stopping=self.stopping,
             log=self.log,
+            on_claim=self.metrics.claimed,
         )
 
     def _lanes(self) -> list[Lane]:
@@ -180,6 +183,10 @@ class Worker:
             Summary(self.metrics, running=lambda: len(self.slots), log=self.log),
         ):
             self.supervisor.start(service)
+        if s.queue_metrics_interval_s:
+            self.supervisor.start(
+                QueueDepths(self.store, self.metrics, interval=s.queue_metrics_interval_s, log=log)
+            )
         self._completing = self.supervisor.start(self.completer)
         self.plugins.call("startup", self.log, settings=s)
         self.log.info(
@@ -303,6 +310,13 @@ class Worker:
             "poel_worker_draining": ("1 while shutting down.", int(self.stopping.is_set())),
             **(self.processes.gauges() if self.processes is not None else {}),
         }
+
+    def _lanes_in_use(self) -> list[MetricsLane]:
+        if self.queue_pool is None:
+            return []
+        return [
+            MetricsLane(lane.executor, len(lane.slots), lane.size) for lane in self.producer.lanes
+        ]
 
     def _counters(self) -> dict[str, tuple[str, int]]:
         return self.processes.counters() if self.processes is not None else {}
