@@ -1,4 +1,4 @@
-"""The ``poel-host`` command line: serve, migrate, enqueue, plugins, jobs.
+"""The ``poel-host`` command line: serve, migrate, enqueue, plugins, jobs, workers.
 
 Every error Poel knows about is printed as one line (``poel-host: error: ...``) with the
 exit code of its class; settings errors exit 2 and list every bad variable.
@@ -10,14 +10,16 @@ import argparse
 import datetime as dt
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from poel_host import __version__
 from poel_host.errors import PoelError
 from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, JOB_STATES
 from poel_host.logs import configure_logging, get_logger
 from poel_host.settings import Settings, load_settings
+
+T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
         "retry", help="queue a failed or cancelled job again with fresh attempts"
     )
     retry.add_argument("id", type=int)
+
+    workers = commands.add_parser(
+        "workers",
+        help="list the registered workers",
+        description="Every `poel-host serve` registered in the database: host, pid, status "
+        "(alive, draining, or gone: its heartbeat stopped), version, capacity, plugins, and "
+        "how long ago its last heartbeat was. Gone workers are listed until they are "
+        "cleaned up (POEL_GONE_WORKERS_KEEP_S).",
+    )
+    workers.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -208,15 +220,53 @@ def cmd_plugins(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    return _with_store(settings, lambda store: _jobs(store, args))
+
+
+def cmd_workers(settings: Settings, args: argparse.Namespace) -> int:
+    rows = _with_store(settings, lambda store: store.list_workers())
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    table = [("HOST", "PID", "STATUS", "VERSION", "HEARTBEAT", "STARTED", "CAPACITY", "PLUGINS")]
+    for r in rows:
+        table.append(
+            (
+                r["host"],
+                str(r["pid"]),
+                r["status"],
+                r["version"],
+                f"{r['heartbeat_age_s']:.1f}s ago",
+                r["started_at"].isoformat(timespec="seconds"),
+                _capacity(r),
+                ", ".join(f"{p['name']} {p['version'] or '?'}" for p in r["plugins"]) or "-",
+            )
+        )
+    print(_table(table))
+    if not rows:
+        print("(no worker registered: start one with poel-host serve)")
+    return 0
+
+
+def _capacity(worker: dict[str, Any]) -> str:
+    parts = [f"{worker['concurrency']} greenlets"]
+    if worker["threads"] is not None:
+        parts.append(f"{worker['threads']} threads")
+    if worker["processes"] is not None:
+        parts.append(f"{worker['processes']} processes")
+    return ", ".join(parts)
+
+
+def _with_store(settings: Settings, work: Callable[[Any], T]) -> T:
+    """``work(store)`` on one connection of the CLI's own, closed afterwards."""
     from poel_host.database import KeptConnection
     from poel_host.store import Store
 
     conn = KeptConnection(
         settings.dsn, name="cli", pooler=settings.pooler, connect_timeout=settings.connect_timeout_s
     )
-    store = Store(settings.schema_name, conn)
     try:
-        return _jobs(store, args)
+        return work(Store(settings.schema_name, conn))
     finally:
         conn.close()
 
@@ -286,4 +336,5 @@ COMMANDS = {
     "enqueue": cmd_enqueue,
     "plugins": cmd_plugins,
     "jobs": cmd_jobs,
+    "workers": cmd_workers,
 }

@@ -1,7 +1,8 @@
 """The HTTP app (bottle), served by gevent's WSGI server inside ``poel-host serve``.
 
 Every endpoint is read-only: ``GET /health`` and ``GET /plugins`` (JSON), ``GET /metrics``
-(Prometheus text format). Answers never contain secrets.
+(Prometheus' text format, or OpenMetrics when the scraper asks for it). Answers never
+contain secrets.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from poel_host.health import Health
 def make_app(
     health: Health,
     describe_plugins: Callable[[], dict[str, Any]],
-    metrics: Callable[[], str] = lambda: "",
+    metrics: Callable[[str | None], tuple[bytes, str]] = lambda accept: (b"", "text/plain"),
 ) -> bottle.Bottle:
     app = bottle.Bottle()
 
@@ -35,9 +36,11 @@ def make_app(
         return describe_plugins()
 
     @app.get("/metrics")  # type: ignore[untyped-decorator]
-    def get_metrics() -> str:
-        bottle.response.content_type = "text/plain; version=0.0.4; charset=utf-8"
-        return metrics()
+    def get_metrics() -> bytes:
+        body, content_type = metrics(bottle.request.get_header("Accept"))
+        bottle.response.content_type = content_type
+        bottle.response.set_header("Cache-Control", "no-store")
+        return body
 
     def error_body(error: bottle.HTTPError) -> str:
         bottle.response.content_type = "application/json"

@@ -103,6 +103,20 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         validation_alias="POEL_RETAIN_FAILED_HOURS",
     )
+    gone_workers_keep_s: float = Field(
+        default=3_600,
+        ge=0,
+        le=_YEAR_MS / 1000,
+        allow_inf_nan=False,
+        validation_alias="POEL_GONE_WORKERS_KEEP_S",
+    )
+    queue_metrics_interval_s: float = Field(
+        default=5,
+        ge=0,
+        le=3_600,
+        allow_inf_nan=False,
+        validation_alias="POEL_QUEUE_METRICS_INTERVAL_S",
+    )
     processes: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,

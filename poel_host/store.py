@@ -19,6 +19,7 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from poel_host.errors import DatabaseUnavailable, PoelError, one_line
 from poel_host.settings import redact_dsn
@@ -186,9 +187,15 @@ class Store:
         """Hand this worker's running jobs back (attempt not counted); the ids released."""
         return sorted(self._ids("release_jobs", {"ids": list(ids), "owner": owner}))
 
-    def renew_leases(self, ids: Sequence[int], owner: str, lease_ms: int) -> set[int]:
-        """Extend the unexpired leases of ``ids``; the ids renewed (the others are lost)."""
-        return self._ids("renew_leases", {"ids": list(ids), "owner": owner, "lease_ms": lease_ms})
+    def heartbeat(
+        self, owner: str, *, ids: Sequence[int], lease_ms: int, draining: bool
+    ) -> tuple[bool, set[int]]:
+        """The worker's heartbeat and the renewal of the unexpired leases of ``ids``, in one
+        statement: (whether its registry row exists, the ids renewed; the others are lost)."""
+        params = {"ids": list(ids), "owner": owner, "lease_ms": lease_ms, "draining": draining}
+        row = self._one("heartbeat", params)
+        assert row is not None  # the statement always answers one row
+        return bool(row["registered"]), {int(i) for i in row["renewed"]}
 
     def recover_expired(self) -> list[dict[str, Any]]:
         """Requeue (or fail) jobs whose lease expired: ``[{id, state}]``."""
@@ -212,6 +219,31 @@ class Store:
     def ping(self, conn: Conn | None = None) -> None:
         """One round trip: raises DatabaseUnavailable if the database does not answer."""
         self._execute("ping", None, conn)
+
+    # The registry of workers ------------------------------------------------------------
+
+    def register_worker(self, worker: dict[str, Any]) -> None:
+        """Write this worker's row (see ``register_worker`` in the SQL for the keys)."""
+        self._execute("register_worker", {**worker, "plugins": Jsonb(worker["plugins"])})
+
+    def set_worker_draining(self, owner: str) -> None:
+        self._execute("set_worker_draining", {"owner": owner})
+
+    def unregister_worker(self, owner: str) -> None:
+        self._execute("unregister_worker", {"owner": owner})
+
+    def expire_workers(self, *, keep_s: float) -> list[dict[str, Any]]:
+        """Mark workers whose heartbeat stopped gone, delete those gone for ``keep_s``:
+        ``[{change: gone|removed, owner, host, pid, heartbeat_at}]``."""
+        return self._all("expire_workers", {"keep_s": keep_s})
+
+    def list_workers(self) -> list[dict[str, Any]]:
+        return self._all("list_workers")
+
+    def queue_depths(self, *, cap: int) -> list[dict[str, Any]]:
+        """Due queued jobs by queue and type, counted up to ``cap``:
+        ``[{queue, job_type, depth, oldest_s}]``."""
+        return self._all("queue_depths", {"cap": cap})
 
     # Looking and changing (CLI, test kit) -----------------------------------------------
 

@@ -97,33 +97,3 @@ def test_plugins_lists_the_loaded_plugin_and_the_http_app_is_read_only(serve):
             answer = worker.http(path, method=method)
             assert answer.status == 405, (method, path, answer.text)
     assert worker.http("/nowhere").status == 404
-
-
-def test_metrics_count_this_workers_jobs_by_outcome(serve, poel_queue, wait_sql):
-    worker = serve()
-    ok = [poel_queue.enqueue("test.record", {"key": str(i)}) for i in range(3)]
-    failing = poel_queue.enqueue("test.fail", {"key": "f"}, max_attempts=2)
-    wait_sql(
-        "SELECT count(*) = 4 FROM poel.jobs"
-        " WHERE id = ANY(%s) AND state IN ('succeeded', 'failed')",
-        [[*ok, failing]],
-    )
-
-    def finished() -> dict[str, float]:
-        answer = worker.http("/metrics")
-        assert answer.status == 200
-        values = {}
-        for line in answer.text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                values[name] = float(value)
-        return values
-
-    # A run is counted before its outcome is written, so the rows above imply the counts.
-    values = finished()
-    assert values['poel_jobs_finished_total{outcome="succeeded"}'] == 3
-    assert values['poel_jobs_finished_total{outcome="retry"}'] == 1
-    assert values['poel_jobs_finished_total{outcome="failed"}'] == 1
-    assert values["poel_worker_concurrency"] == 10
-    assert values["poel_worker_draining"] == 0
-    assert worker.stop() == 0

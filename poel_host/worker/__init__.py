@@ -17,7 +17,8 @@ Nothing here is public API (plugins reach the host only through ``poel_host``'s 
 | ``completer.py`` | writing outcomes in batches; handing jobs back |
 | ``held.py`` | the jobs this worker holds |
 | ``leases.py`` | renewing leases, from an OS thread |
-| ``rescuer.py`` | requeueing jobs whose worker died |
+| ``registry.py`` | this worker's row in the registry of live workers |
+| ``rescuer.py`` | requeueing jobs whose worker died; marking dead workers gone |
 | ``pruner.py`` | deleting finished jobs past their retention |
 | ``scheduler.py`` | enqueueing periodic jobs once per slot |
 | ``listener.py`` | LISTEN for inserted jobs, or polling alone |

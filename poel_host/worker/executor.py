@@ -85,7 +85,7 @@ class Executor:
         held: Held,
         connections: JobConnections,
         complete: Any,  # Completer.put
-        finished: Any,  # Metrics.finished (a Counter of outcome labels)
+        finished: Any,  # Metrics.job_finished(job_type, outcome label, seconds)
         stopping: gevent.event.Event,
         log: Any,
         processes: Any = None,  # ProcessPool, when a loaded job type runs in processes
@@ -195,7 +195,7 @@ class Executor:
         if outcome.state == "released":
             ctx.log.warning("job interrupted by shutdown", duration=round(duration, 3))
         else:
-            self.finished[outcome.label] += 1
+            self.finished(ctx.job_type, outcome.label, duration)
         if outcome.state == "succeeded":
             # Debug: at info a JSON line per job costs as much CPU as the rest of a no-op
             # job's path; operators get the periodic "jobs finished" summary instead.

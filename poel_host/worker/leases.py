@@ -1,6 +1,7 @@
 """Keeping the leases of the jobs this worker holds.
 
-Every third of ``POEL_LEASE_MS`` one statement renews the lease of every held job. A job
+Every third of ``POEL_LEASE_MS`` one statement renews the lease of every held job, and is
+the worker's heartbeat in the registry of workers (:mod:`poel_host.worker.registry`). A job
 whose lease was not renewed (it expired, or another worker rescued it) is marked lost: its
 outcome will not be recorded, since by now another worker may run it. This service does
 nothing else, so that no other work (a prune of a large backlog, a slow rescue) can delay
@@ -53,6 +54,7 @@ from poel_host.settings import Settings
 from poel_host.store import Store
 from poel_host.worker.held import Held, HeldJob
 from poel_host.worker.metrics import LeaseCounts
+from poel_host.worker.registry import Registration
 from poel_host.worker.supervisor import Service
 
 STOP_WAIT_S = 3.0  # how long stopping waits for the thread to close its connection
@@ -104,10 +106,12 @@ class LeaseKeeper(Service):
         held: Held,
         log: Any,
         counts: LeaseCounts | None = None,
+        registration: Registration | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.owner = owner
+        self.registration = registration  # None: no heartbeat (a keeper under test)
         self.lease_ms = settings.lease_ms
         self.held = held
         self.log = log
@@ -198,10 +202,20 @@ class LeaseKeeper(Service):
         for job_id, entry in list(self._given_up.items()):
             if held.get(job_id) is not entry:
                 del self._given_up[job_id]  # forgotten: its job may be claimed again
-        if not renewing:
+        registration = self.registration
+        if not renewing and registration is None:
             return
-        kept = store.renew_leases([job_id for job_id, _ in renewing], self.owner, self.lease_ms)
-        self.counts.renewals += 1
+        registered, kept = store.heartbeat(
+            self.owner,
+            ids=[job_id for job_id, _ in renewing],
+            lease_ms=self.lease_ms,
+            draining=registration is not None and registration.draining,
+        )
+        if renewing:
+            self.counts.renewals += 1
+        if registration is not None and not registered:
+            registration.register(store)
+            self.log.warning("worker registered again: its row was gone", owner=self.owner)
         for job_id, entry in renewing:
             # Only the attempt asked about: its job may have been claimed again meanwhile.
             # A finished attempt is skipped: its outcome may be committed already with the

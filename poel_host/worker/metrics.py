@@ -1,21 +1,44 @@
-"""This worker's counters: ``GET /metrics`` and the periodic "jobs finished" summary.
+"""This worker's metrics (``GET /metrics``) and the periodic "jobs finished" summary.
 
-Only what the process knows: queue depths are the database's (``poel-host jobs stats``),
-and counting them on every scrape would cost a scan of a large table.
+Built on ``prometheus_client``, with a registry of each worker's own (never the process-wide
+default), so that two workers in one test process, or a web app that imports Poel beside
+its own metrics, never collide. Three kinds of values:
+
+- **Observed on the job path**, with the library's ``inc()`` and ``observe()`` on child
+  metrics kept per (job type, outcome), so a job costs no label lookup: job durations (a
+  histogram) and jobs finished; per claim statement, claim round trips and jobs claimed.
+- **Read at each scrape** from where they are kept (a collector): running and held jobs,
+  each executor's capacity and how much of it is in use, draining, the lease keeper's
+  counts (written by its OS thread alone, so plain integers there: a lock of gevent's is
+  not for other threads), event-loop blocks (the watchdog's thread), the process pool's.
+- **Queue depths** by queue and job type, with the oldest due job's age: from the
+  database, by :class:`~poel_host.worker.depths.QueueDepths` every few seconds, never on a
+  scrape; a scrape reads its last answer.
+
+Names and units follow Prometheus' conventions (``_total`` counters, ``_seconds``).
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import gevent
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 
 from poel_host.worker.supervisor import Service
 
 SUMMARY_INTERVAL_S = 10.0
+# Jobs last from a millisecond (a no-op) to an hour (JOB_TIMEOUT_MS allows more).
+JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+# A claim is one statement: around a millisecond, far more when the database struggles.
+CLAIM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+Values = Mapping[str, tuple[str, float]]  # metric name -> (help text, value)
 
 
 @dataclass
@@ -28,40 +51,112 @@ class LeaseCounts:
     given_up: int = 0  # leases no longer renewed: their job ran past its timeout
 
 
+@dataclass(frozen=True)
+class Lane:
+    """One executor's capacity, as a scrape sees it."""
+
+    executor: str
+    busy: int
+    size: int
+
+
 class Metrics:
-    """Counters kept by the services, and gauges read from the worker when scraped."""
+    """This worker's registry, what the services observe into it, and the summary's counts."""
 
     def __init__(
         self,
-        gauges: Callable[[], dict[str, tuple[str, int]]],
-        counters: Callable[[], dict[str, tuple[str, int]]] = dict,
+        gauges: Callable[[], Values],
+        counters: Callable[[], Values] = dict,
+        lanes: Callable[[], list[Lane]] = list,
     ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
         self.finished: collections.Counter[str] = collections.Counter()  # runs by outcome
-        self._gauges = gauges  # name -> (help text, value), read at each scrape
-        self._counters = counters  # the same, for counters kept elsewhere (the pool's)
         self.leases = LeaseCounts()
         # The hub watchdog's count of event-loop blocks; serve wires it (None: no watchdog).
         self.event_loop_blocks: Callable[[], int] | None = None
+        # (queue, job type) -> (due jobs, oldest due job's age in seconds): QueueDepths'.
+        self.queues: dict[tuple[str, str], tuple[int, float]] = {}
+        self._jobs_finished = Counter(
+            "poel_jobs_finished",
+            "Job runs this worker finished, by job type and outcome (succeeded, retry, failed).",
+            ["job_type", "outcome"],
+            registry=self.registry,
+        )
+        self._job_duration = Histogram(
+            "poel_job_duration_seconds",
+            "How long job runs took (the handler and its hooks), by job type and outcome.",
+            ["job_type", "outcome"],
+            buckets=JOB_BUCKETS,
+            registry=self.registry,
+        )
+        self._claim_duration = Histogram(
+            "poel_claim_duration_seconds",
+            "Claim statements' round trips, by executor (lane).",
+            ["executor"],
+            buckets=CLAIM_BUCKETS,
+            registry=self.registry,
+        )
+        self._jobs_claimed = Counter(
+            "poel_jobs_claimed", "Jobs claimed, by executor.", ["executor"], registry=self.registry
+        )
+        self._per_job: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._per_lane: dict[str, tuple[Any, Any]] = {}
+        self.registry.register(_Scraped(self, gauges, counters, lanes))
 
-    def render(self) -> str:
-        """The counters in Prometheus' text format."""
-        lines = [
-            "# HELP poel_jobs_finished_total Job runs this worker finished, by outcome.",
-            "# TYPE poel_jobs_finished_total counter",
-        ]
-        for outcome in ("succeeded", "retry", "failed"):
-            lines.append(
-                f'poel_jobs_finished_total{{outcome="{outcome}"}} {self.finished[outcome]}'
+    # Observed ---------------------------------------------------------------------------
+
+    def job_finished(self, job_type: str, outcome: str, seconds: float) -> None:
+        """A job run ended with ``outcome`` after ``seconds`` (the executor, per job)."""
+        self.finished[outcome] += 1
+        children = self._per_job.get((job_type, outcome))
+        if children is None:
+            children = self._per_job[job_type, outcome] = (
+                self._jobs_finished.labels(job_type, outcome),
+                self._job_duration.labels(job_type, outcome),
             )
-        counters = {**self._own_counters(), **self._counters()}
-        for kind, values in (("counter", counters), ("gauge", self._gauges())):
-            for name, (text, value) in values.items():
-                lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        return "\n".join(lines) + "\n"
+        children[0].inc()
+        children[1].observe(seconds)
 
-    def _own_counters(self) -> dict[str, tuple[str, int]]:
-        leases = self.leases
-        counters = {
+    def claimed(self, executor: str, seconds: float, jobs: int) -> None:
+        """A claim statement of ``executor``'s lane took ``seconds`` and ``jobs`` (per claim)."""
+        children = self._per_lane.get(executor)
+        if children is None:
+            children = self._per_lane[executor] = (
+                self._claim_duration.labels(executor),
+                self._jobs_claimed.labels(executor),
+            )
+        children[0].observe(seconds)
+        if jobs:
+            children[1].inc(jobs)
+
+    # Exposition -------------------------------------------------------------------------
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The registry in the format ``accept`` asks for (Prometheus' text format unless it
+        asks for OpenMetrics): (body, content type)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+class _Scraped:
+    """The values read at each scrape (a prometheus_client collector)."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        gauges: Callable[[], Values],
+        counters: Callable[[], Values],
+        lanes: Callable[[], list[Lane]],
+    ) -> None:
+        self.metrics = metrics
+        self.gauges = gauges
+        self.counters = counters
+        self.lanes = lanes
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        leases = m.leases
+        counters: dict[str, tuple[str, float]] = {
             "poel_lease_renewals_total": ("Lease renewal statements run.", leases.renewals),
             "poel_lease_renewal_failures_total": ("Lease renewals that failed.", leases.failures),
             "poel_leases_lost_total": ("Leases found expired or taken over.", leases.lost),
@@ -70,12 +165,46 @@ class Metrics:
                 leases.given_up,
             ),
         }
-        if self.event_loop_blocks is not None:
+        if m.event_loop_blocks is not None:
             counters["poel_event_loop_blocks_total"] = (
                 "Times the event loop was blocked past POEL_BLOCKING_WARN_MS.",
-                self.event_loop_blocks(),
+                m.event_loop_blocks(),
             )
-        return counters
+        for name, (text, value) in {**counters, **self.counters()}.items():
+            yield CounterMetricFamily(name, text, value=value)
+        for name, (text, value) in self.gauges().items():
+            yield GaugeMetricFamily(name, text, value=value)
+
+        capacity = GaugeMetricFamily(
+            "poel_executor_capacity",
+            "Jobs each executor can run at once: greenlet slots, POEL_THREADS, POEL_PROCESSES.",
+            labels=["executor"],
+        )
+        busy = GaugeMetricFamily(
+            "poel_executor_busy", "Jobs each executor runs now.", labels=["executor"]
+        )
+        for lane in self.lanes():
+            capacity.add_metric([lane.executor], lane.size)
+            busy.add_metric([lane.executor], lane.busy)
+        yield capacity
+        yield busy
+
+        depth = GaugeMetricFamily(
+            "poel_queue_depth",
+            "Jobs queued and due, by queue and job type, counted up to 10000 (the whole "
+            "table's, as of the last POEL_QUEUE_METRICS_INTERVAL_S query).",
+            labels=["queue", "job_type"],
+        )
+        oldest = GaugeMetricFamily(
+            "poel_queue_oldest_age_seconds",
+            "How long the oldest due job of each queue and job type has waited.",
+            labels=["queue", "job_type"],
+        )
+        for (queue, job_type), (count, age) in sorted(m.queues.items()):
+            depth.add_metric([queue, job_type], count)
+            oldest.add_metric([queue, job_type], age)
+        yield depth
+        yield oldest
 
 
 class Summary(Service):

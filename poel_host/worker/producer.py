@@ -16,6 +16,7 @@ idle worker makes one claim per wake-up.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -85,8 +86,10 @@ class Producer:
         spawn: Callable[[Lane, dict[str, Any]], None],
         stopping: gevent.event.Event,
         log: Any,
+        on_claim: Callable[[str, float, int], None] = lambda executor, seconds, jobs: None,
     ) -> None:
         self.store = store
+        self.on_claim = on_claim  # Metrics.claimed: each claim's round trip
         self.settings = settings
         self.owner = owner
         self.lanes = [lane for lane in lanes if lane.job_types]
@@ -109,7 +112,8 @@ class Producer:
             lane.backlog.set()
 
     def claim(self, lane: Lane, limit: int) -> list[dict[str, Any]]:
-        return self.store.claim_jobs(
+        started = time.perf_counter()
+        rows = self.store.claim_jobs(
             job_types=lane.job_types,
             queues=self.settings.queue_names,
             limit=limit,
@@ -120,6 +124,8 @@ class Producer:
             # that attempt has left the held table.
             held=list(self.held),
         )
+        self.on_claim(lane.executor, time.perf_counter() - started, len(rows))
+        return rows
 
 
 class ClaimLoop(Service):

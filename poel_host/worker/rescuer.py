@@ -4,6 +4,10 @@ Every worker rescues, at the lease keeper's pace: a rescued job is queued again 
 its place: its ``run_at`` is unchanged) or, on its last attempt, failed, with the lost
 attempt in its error history. ``FOR UPDATE SKIP LOCKED`` keeps workers rescuing at the
 same moment from doing it twice.
+
+The same pass looks after the registry of workers: a worker whose heartbeat stopped for
+longer than its lease is marked gone (its jobs are rescued by the statement above), and
+one gone for ``POEL_GONE_WORKERS_KEEP_S`` is deleted.
 """
 
 from __future__ import annotations
@@ -23,11 +27,18 @@ class Rescuer(Service):
     name = "rescuer"
 
     def __init__(
-        self, store: Store, *, interval: float, on_rescued: Callable[[], None], log: Any
+        self,
+        store: Store,
+        *,
+        interval: float,
+        on_rescued: Callable[[], None],
+        log: Any,
+        gone_workers_keep_s: float = 3600.0,
     ) -> None:
         super().__init__()
         self.store = store
         self.interval = interval
+        self.gone_workers_keep_s = gone_workers_keep_s
         self.on_rescued = on_rescued  # wakes the producer: the rescued jobs are due
         self.log = log
 
@@ -37,6 +48,7 @@ class Rescuer(Service):
             gevent.sleep(min(self.interval, pause(failures)) if failures else self.interval)
             try:
                 self.rescue()
+                self.expire_workers()
             except DatabaseUnavailable as exc:
                 failures += 1
                 self.log.warning("rescuing expired jobs failed", error=one_line(exc))
@@ -51,3 +63,16 @@ class Rescuer(Service):
         if rows:
             self.on_rescued()
         return len(rows)
+
+    def expire_workers(self) -> None:
+        for row in self.store.expire_workers(keep_s=self.gone_workers_keep_s):
+            fields = {
+                "owner": row["owner"],
+                "host": row["host"],
+                "pid": row["pid"],
+                "last_heartbeat": row["heartbeat_at"].isoformat(),
+            }
+            if row["change"] == "gone":
+                self.log.warning("worker gone: its heartbeat stopped", **fields)
+            else:
+                self.log.info("gone worker removed from the registry", **fields)

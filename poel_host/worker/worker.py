@@ -2,7 +2,9 @@
 
 Services, each on its own supervised greenlet (see the modules named after them):
 the producer's claim loops, the completer, the lease keeper, the rescuer, the pruner, the
-scheduler, the listener and the summary. Claimed jobs run on runner greenlets
+scheduler, the listener and the summary. The worker keeps its row in the registry of
+workers (``registry.py``): written at start, kept fresh by the lease keeper's heartbeat,
+marked draining on stop and deleted once drained. Claimed jobs run on runner greenlets
 (``runners.py``) through the executor. The queue's own traffic has its own small pool, so
 handlers saturating the job pool never stall claiming or lease renewal.
 """
@@ -13,12 +15,14 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import gevent
 import gevent.event
 
 from poel_host.database import Pool, make_pool
+from poel_host.errors import DatabaseUnavailable, one_line
 from poel_host.health import Health
 from poel_host.jobs import JobContext
 from poel_host.plugins import Plugins
@@ -26,15 +30,18 @@ from poel_host.queue import Queue
 from poel_host.settings import Settings
 from poel_host.store import Store
 from poel_host.worker.completer import Completer
+from poel_host.worker.depths import QueueDepths
 from poel_host.worker.executor import Executor
 from poel_host.worker.held import Held, HeldJob
 from poel_host.worker.job_connections import JobConnections
 from poel_host.worker.leases import LeaseKeeper
 from poel_host.worker.listener import Listener
+from poel_host.worker.metrics import Lane as MetricsLane
 from poel_host.worker.metrics import Metrics, Summary
 from poel_host.worker.processes import ProcessPool
 from poel_host.worker.producer import Lane, Producer
 from poel_host.worker.pruner import Pruner
+from poel_host.worker.registry import Registration
 from poel_host.worker.rescuer import Rescuer
 from poel_host.worker.runners import Runners
 from poel_host.worker.scheduler import Scheduler
@@ -58,7 +65,7 @@ class Worker:
         self.cancelling = gevent.event.Event()  # running jobs asked to stop (shutdown)
         self.supervisor = Supervisor(log=log)
         self.health = Health(settings, failing=self.supervisor.failing)
-        self.metrics = Metrics(self._gauges, self._counters)
+        self.metrics = Metrics(self._gauges, self._counters, self._lanes_in_use)
         self.slots: Runners[HeldJob] = Runners(settings.worker_concurrency, self._run)
         self.processes: ProcessPool | None = None
         self.threads: Threads | None = None
@@ -100,13 +107,19 @@ class Worker:
         self._enqueuer = Queue.for_settings(s, self.plugins.jobs)
         self.completer = Completer(self.store, owner=self.owner, held=self.held, log=self.log)
         self.lanes = self._lanes()
+        self.registration = Registration(
+            s,
+            self.plugins,
+            owner=self.owner,
+            executors={lane.executor for lane in self.lanes if lane.job_types},
+        )
         self.executor = Executor(
             s,
             self.plugins,
             held=self.held,
             connections=self.connections,
             complete=self.completer.put,
-            finished=self.metrics.finished,
+            finished=self.metrics.job_finished,
             stopping=self.stopping,
             log=self.log,
             processes=self.processes,
@@ -121,6 +134,7 @@ class Worker:
             spawn=self._spawn,
             stopping=self.stopping,
             log=self.log,
+            on_claim=self.metrics.claimed,
         )
 
     def _lanes(self) -> list[Lane]:
@@ -147,18 +161,34 @@ class Worker:
         if self.processes is not None:
             self.processes.start()
         log, wake = self.log, self.producer.wake
+        self._register()
         leases = LeaseKeeper(
-            s, owner=self.owner, held=self.held, log=log, counts=self.metrics.leases
+            s,
+            owner=self.owner,
+            held=self.held,
+            log=log,
+            counts=self.metrics.leases,
+            registration=self.registration,
         )
         for service in (
             Listener(s, self.store, wake=wake, log=log),
             leases,
-            Rescuer(self.store, interval=leases.interval, on_rescued=wake, log=log),
+            Rescuer(
+                self.store,
+                interval=leases.interval,
+                on_rescued=wake,
+                log=log,
+                gone_workers_keep_s=s.gone_workers_keep_s,
+            ),
             Pruner(self.store, s, log=self.log),
             Scheduler(list(self.plugins.jobs.values()), self.store, log=self.log),
             Summary(self.metrics, running=lambda: len(self.slots), log=self.log),
         ):
             self.supervisor.start(service)
+        if s.queue_metrics_interval_s:
+            self.supervisor.start(
+                QueueDepths(self.store, self.metrics, interval=s.queue_metrics_interval_s, log=log)
+            )
         self._completing = self.supervisor.start(self.completer)
         self.plugins.call("startup", self.log, settings=s)
         self.log.info(
@@ -185,6 +215,7 @@ class Worker:
             self.stopping.wait()
         finally:
             self.stop()
+            self._registry("marking the worker draining", self.registration.drain)
             gevent.joinall(claiming)  # no claim in flight while draining
             self._drain()
 
@@ -225,6 +256,18 @@ class Worker:
         if self._enqueuer is not None:
             self._enqueuer.close()
         self.health.close()
+
+    # The registry -----------------------------------------------------------------------
+
+    def _register(self) -> None:
+        """Enter the registry; if the database is away, the first heartbeat does it."""
+        self._registry("registering the worker", self.registration.register)
+
+    def _registry(self, what: str, change: Callable[[Store], None]) -> None:
+        try:
+            change(self.store)
+        except DatabaseUnavailable as exc:
+            self.log.warning(f"{what} failed", error=one_line(exc))
 
     # Jobs -------------------------------------------------------------------------------
 
@@ -274,6 +317,13 @@ class Worker:
             **(self.processes.gauges() if self.processes is not None else {}),
         }
 
+    def _lanes_in_use(self) -> list[MetricsLane]:
+        if self.queue_pool is None:
+            return []
+        return [
+            MetricsLane(lane.executor, len(lane.slots), lane.size) for lane in self.producer.lanes
+        ]
+
     def _counters(self) -> dict[str, tuple[str, int]]:
         return self.processes.counters() if self.processes is not None else {}
 
@@ -304,6 +354,8 @@ class Worker:
         self.completer.close()
         self._completing.join(timeout=30)
         self.supervisor.stop(timeout=5)
+        # After the lease keeper stopped: its heartbeat would register the worker again.
+        self._registry("leaving the registry", self.registration.unregister)
         self.plugins.call("shutdown", self.log, settings=self.settings)
         self.close()
         self.log.info("worker stopped", handed_back=len(released), **self.metrics.finished)
