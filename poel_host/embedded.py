@@ -234,13 +234,14 @@ class EmbeddedServer:
 
         with contextlib.suppress(psutil.NoSuchProcess):
             process.send_signal(2)  # SIGINT: fast shutdown, clients are disconnected
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except psutil.TimeoutExpired:
-            raise EmbeddedError(
-                f"the embedded PostgreSQL (pid {process.pid}) did not stop within "
-                f"{STOP_TIMEOUT_S:g}s; see {self.log_path}"
-            ) from None
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _alive(process):
+            if time.monotonic() > deadline:
+                raise EmbeddedError(
+                    f"the embedded PostgreSQL (pid {process.pid}) did not stop within "
+                    f"{STOP_TIMEOUT_S:g}s; see {self.log_path}"
+                )
+            time.sleep(0.02)
 
     def remove(self) -> None:
         """Stop the server whoever uses it and delete its data (the test kit's clean-up)."""
@@ -494,6 +495,17 @@ def _can_run(program: Path, user: str) -> bool:
     return done.returncode == 0
 
 
+def _alive(process: Any) -> bool:
+    """Whether ``process`` still runs. The server is not our child (``pg_ctl`` detaches
+    it), so once it has exited it may stay a zombie until init reaps it: that is done."""
+    import psutil
+
+    try:
+        return bool(process.is_running()) and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _flock(handle: IO[bytes], *, shared: bool, wait: bool = True) -> bool:
     import fcntl
 
@@ -528,8 +540,11 @@ def running_servers(data_dir: Path) -> list[int]:
     import psutil
 
     found = []
-    for process in psutil.process_iter(["name", "cwd"]):
+    for process in psutil.process_iter(["name", "cwd", "status"]):
         with contextlib.suppress(psutil.Error):
-            if process.info["name"] == "postgres" and process.info["cwd"] == str(data_dir):
+            info = process.info
+            if info["status"] == psutil.STATUS_ZOMBIE or info["name"] != "postgres":
+                continue
+            if info["cwd"] == str(data_dir):
                 found.append(process.pid)
     return found
