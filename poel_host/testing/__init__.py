@@ -52,6 +52,14 @@ from poel_host.testing.fixtures import (
 from poel_host.testing.patching import pytest_addoption, pytest_load_initial_conftests
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say which PostgreSQL the session's tests ran on (when they used one)."""
+    databases = sys.modules.get("poel_host.testing.databases")
+    described = databases.describe_server() if databases is not None else None
+    if described:
+        terminalreporter.write_line(f"poel-host test server: {described}")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Stop and remove the embedded test server, if this session started one."""
     databases = sys.modules.get("poel_host.testing.databases")
@@ -92,6 +100,7 @@ __all__ = [
     "poel_template",
     "pytest_addoption",
     "pytest_load_initial_conftests",
+    "pytest_terminal_summary",
     "pytest_unconfigure",
     "run_job",
     "server_dsn",

@@ -28,7 +28,9 @@ from psycopg import sql
 
 from poel_host import migrations
 from poel_host.database import connection, ping
+from poel_host.errors import PoelError
 from poel_host.migrations import Migration
+from poel_host.settings import redact_dsn
 
 if TYPE_CHECKING:
     from poel_host.embedded import EmbeddedServer
@@ -36,20 +38,40 @@ if TYPE_CHECKING:
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 EMBEDDED = "embedded"
 _embedded: EmbeddedServer | None = None
+_resolved: str | None = None  # the server unset POEL_TEST_DATABASE_URL resolved to
 
 
 def server_dsn() -> str:
-    """The test server's URL (a user that may create databases)."""
+    """The test server's URL (a user that may create databases), decided once a session."""
+    global _resolved
     configured = os.environ.get("POEL_TEST_DATABASE_URL")
-    if configured and configured != EMBEDDED:
+    if configured and configured != EMBEDDED and configured != _embedded_url():
         return configured
-    if _embedded is not None:
-        return _embedded.url
-    if configured is None:
+    if _resolved is None:
         local = os.environ.get("POEL_LOCAL_DATABASE_URL", DEFAULT_SERVER)
-        if ping(local):
-            return local
-    return start_embedded()
+        answers = configured is None and ping(local)
+        _resolved = local if answers else start_embedded()
+    return _resolved
+
+
+def _embedded_url() -> str | None:
+    return None if _embedded is None else _embedded.url
+
+
+def describe_server() -> str | None:
+    """Which server this session's tests used, for the end of pytest's report."""
+    if _resolved is None and os.environ.get("POEL_TEST_DATABASE_URL") in (None, EMBEDDED):
+        return None
+    dsn = server_dsn()
+    try:
+        with connection(dsn, connect_timeout=2) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+    except PoelError:
+        return None
+    version = row["server_version"] if row else "?"
+    if _embedded is not None:
+        return f"embedded PostgreSQL {version} in {_embedded.data_dir}"
+    return f"PostgreSQL {version} at {redact_dsn(dsn)}"
 
 
 def start_embedded() -> str:
@@ -75,8 +97,9 @@ def start_embedded() -> str:
 
 def stop_embedded() -> None:
     """Stop and remove the session's embedded test server, if it started one."""
-    global _embedded
+    global _embedded, _resolved
     server, _embedded = _embedded, None
+    _resolved = None
     if server is None:
         return
     if os.environ.get("POEL_TEST_DATABASE_URL") == server.url:
