@@ -132,7 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(
             environment=settings.env, log_format=settings.log_format, level=settings.log_level
         )
-        return int(COMMANDS[args.command](settings, args) or 0)
+        if args.command in _NO_DATABASE:
+            return int(COMMANDS[args.command](settings, args) or 0)
+        from poel_host.dev_database import database_for
+
+        announce = args.command == "serve"
+        with database_for(settings, get_logger(), announce=announce) as resolved:
+            return int(COMMANDS[args.command](resolved, args) or 0)
     except PoelError as exc:
         print(f"poel-host: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -330,6 +336,8 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     )
 
 
+# Commands that never open a connection: no embedded server is started for them.
+_NO_DATABASE = {"plugins"}
 COMMANDS = {
     "serve": cmd_serve,
     "migrate": cmd_migrate,

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import pq
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -64,6 +65,13 @@ def connect(
         return psycopg.connect(dsn, **options)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(describe_connect_error(dsn, exc)) from None
+
+
+def ping(dsn: str, *, timeout: int = 2) -> bool:
+    """Whether a PostgreSQL server answers at ``dsn`` (libpq's ``PQping``): true even when
+    it would refuse this user or database, false when nothing listens there."""
+    conninfo = make_conninfo(dsn, connect_timeout=timeout)
+    return pq.PGconn.ping(conninfo.encode()) in (pq.Ping.OK, pq.Ping.REJECT)
 
 
 def describe_connect_error(dsn: str, exc: BaseException) -> str:

@@ -51,6 +51,14 @@ def prepare_schema(settings: Settings, plugins: Plugins, log: Any) -> None:
 def serve(settings: Settings) -> int:
     log = get_logger()
     check_green()
+    if settings.pooler_inferred:
+        log.warning(
+            "transaction pooler assumed: polling only",
+            reason="DATABASE_URL has port 6543 (Supabase's transaction pooler) and "
+            "POEL_POOLER is unset",
+            pooler=settings.pooler,
+            hint="set POEL_POOLER=none if this server allows LISTEN",
+        )
     watchdog = HubWatchdog(settings.blocking_warn_ms / 1000, log=log)
     if settings.blocking_warn_ms:
         watchdog.start()

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from poel_host.errors import SettingsError
@@ -19,7 +28,9 @@ from poel_host.jobs import INT4_MAX
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_SECRET_FIELDS = {"database_url", "supabase_service_role_key"}
+_SECRET_FIELDS = {"database_url", "supabase_service_role_key", "local_database_url"}
+# Supabase's transaction pooler (Supavisor) listens on port 6543 of its pooler host.
+SUPABASE_POOLER_PORT = 6543
 # Upper bounds: each number ends up in SQL (intervals, statement_timeout) or a timer, where
 # a larger one fails at run time ("interval out of range", "Value exceeds integer range")
 # instead of at start-up.
@@ -86,6 +97,13 @@ class Settings(BaseSettings):
     )
     auto_migrate: bool | None = Field(default=None, validation_alias="POEL_AUTO_MIGRATE")
     pooler: Literal["none", "transaction"] = Field(default="none", validation_alias="POEL_POOLER")
+    local_database_url: SecretStr = Field(
+        default=SecretStr(DEFAULT_DATABASE_URL), validation_alias="POEL_LOCAL_DATABASE_URL"
+    )
+    embedded: Literal["auto", "always", "never"] = Field(
+        default="auto", validation_alias="POEL_EMBEDDED"
+    )
+    data_dir: Path | None = Field(default=None, validation_alias="POEL_DATA_DIR")
     blocking_warn_ms: int = Field(
         default=1_000, ge=0, le=_HOUR_MS, validation_alias="POEL_BLOCKING_WARN_MS"
     )
@@ -132,7 +150,11 @@ class Settings(BaseSettings):
         default=1_000_000, ge=2, le=_JSONB_MAX_BYTES, validation_alias="POEL_MAX_PAYLOAD_BYTES"
     )
 
-    @field_validator("database_url")
+    # Why the pooler was chosen: "inferred" when POEL_POOLER is unset and DATABASE_URL
+    # looks like Supabase's transaction pooler (serve logs a warning saying so).
+    _pooler_inferred: bool = PrivateAttr(default=False)
+
+    @field_validator("database_url", "local_database_url")
     @classmethod
     def _postgres_url(cls, value: SecretStr) -> SecretStr:
         url = value.get_secret_value()
@@ -157,11 +179,30 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
+    @model_validator(mode="after")
+    def _infer_pooler(self) -> Settings:
+        """A Supabase transaction-pooler URL with POEL_POOLER unset means polling only:
+        LISTEN cannot work through it, and prepared statements would fail."""
+        if "pooler" not in self.model_fields_set and looks_like_transaction_pooler(self.dsn):
+            self.pooler = "transaction"
+            self._pooler_inferred = True
+        return self
+
     # Derived values -------------------------------------------------------------------
 
     @property
     def dsn(self) -> str:
         return self.database_url.get_secret_value()
+
+    @property
+    def pooler_inferred(self) -> bool:
+        """Whether ``pooler`` was set from the look of DATABASE_URL, not by POEL_POOLER."""
+        return self._pooler_inferred
+
+    @property
+    def database_url_given(self) -> bool:
+        """Whether DATABASE_URL was set (environment, .env or code), not defaulted."""
+        return "database_url" in self.model_fields_set
 
     @property
     def should_auto_migrate(self) -> bool:
@@ -205,6 +246,21 @@ class Settings(BaseSettings):
                 value = "true" if value else "false"
             env[str(field.validation_alias)] = str(value)
         return env
+
+
+def looks_like_transaction_pooler(dsn: str) -> bool:
+    """Whether ``dsn`` points at Supabase's transaction pooler: port 6543 (a URL or a
+    ``key=value`` string). Its session pooler (the same ``pooler.supabase.com`` host on
+    port 5432) keeps one server connection per client, where LISTEN works."""
+    if "://" not in dsn:
+        return re.search(rf"(^|\s)port\s*=\s*'?{SUPABASE_POOLER_PORT}\b", dsn) is not None
+    try:
+        port = urlsplit(dsn).port
+    except ValueError:
+        return False
+    if port is None:  # a multi-host URL or ?port=: look at the query too
+        return re.search(rf"[?&]port={SUPABASE_POOLER_PORT}\b", dsn) is not None
+    return port == SUPABASE_POOLER_PORT
 
 
 def _split(value: str) -> list[str]:

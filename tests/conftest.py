@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -286,6 +287,20 @@ def poel_cli(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., CliResul
         )
 
     return run
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: one the kernel just handed out and took back."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def closed_local_url() -> str:
+    """A ``POEL_LOCAL_DATABASE_URL`` where nothing answers: how a test says "no server on
+    the default address" without stopping the machine's PostgreSQL."""
+    return f"postgresql://postgres@127.0.0.1:{closed_port()}/postgres"
 
 
 @pytest.fixture

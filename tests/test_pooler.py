@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -29,15 +29,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def pgbouncer_dsn(poel_dsn: str, wait_for) -> Iterator[str]:
-    """The test database through a PgBouncer in transaction mode (stopped afterwards)."""
+def _tcp_server(dsn: str) -> SplitResult:
+    """The test server's URL, or a skip: PgBouncer reaches it over TCP (the embedded test
+    server listens on a private Unix socket only), and must be installed."""
+    server = urlsplit(dsn)
+    if not server.hostname:
+        pytest.skip("needs a test server on TCP, not the embedded one's private socket")
     if not os.path.exists(PGBOUNCER):
         message = "needs Debian's pgbouncer package (.ci/run installs it)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    server = urlsplit(poel_dsn)
+    return server
+
+
+@pytest.fixture
+def pgbouncer_dsn(poel_dsn: str, wait_for) -> Iterator[str]:
+    """The test database through a PgBouncer in transaction mode (stopped afterwards)."""
+    server = _tcp_server(poel_dsn)
     port = _free_port()
     # PgBouncer refuses to run as root, so it runs as postgres, which cannot enter pytest's
     # private tmp_path: its files live in a folder of their own that postgres can use.
@@ -117,12 +126,7 @@ def round_robin_pgbouncer_dsn(poel_dsn: str, wait_for) -> Iterator[str]:
     transactions to different server connections (``server_round_robin``), with at least
     two of them open: a statement prepared on one connection is not found on the next, as
     behind Supabase's pooler or any busy PgBouncer."""
-    if not os.path.exists(PGBOUNCER):
-        message = "needs Debian's pgbouncer package (.ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    server = urlsplit(poel_dsn)
+    server = _tcp_server(poel_dsn)
     port = _free_port()
     folder = Path(tempfile.mkdtemp(prefix="poel-pgbouncer-"))
     folder.chmod(0o777)

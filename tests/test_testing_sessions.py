@@ -85,15 +85,16 @@ def make_project(root: Path, *, ini: str = "", **tests: str) -> Path:
     return root
 
 
-def run_pytest(project: Path, *args: str, **env: str) -> Session:
+def run_pytest(project: Path, *args: str, inherit_server: bool = True, **env: str) -> Session:
     """``pytest -q ARGS`` in ``project``, with a clean environment: nothing Poel or pytest
-    reads is inherited but the test server's URL, and only poel-testjobs is loaded."""
+    reads is inherited but the test server's URL (unless ``inherit_server`` is false), and
+    only poel-testjobs is loaded."""
     environment = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("POEL_", "PYTEST_")) and key != "DATABASE_URL"
     }
-    if "POEL_TEST_DATABASE_URL" in os.environ:
+    if inherit_server and "POEL_TEST_DATABASE_URL" in os.environ:
         environment["POEL_TEST_DATABASE_URL"] = os.environ["POEL_TEST_DATABASE_URL"]
     environment.update(POEL_LOAD_PLUGINS="poel-testjobs", **env)
     done = subprocess.run(
@@ -187,3 +188,39 @@ def test_run_job_after_another_plugin_imported_psycopg_says_so(tmp_path: Path) -
     assert session.returncode == 1, session.output
     assert "psycopg was imported before the kit applied gevent's patching" in session.output
     assert "Traceback" not in session.output
+
+
+# Records the server the session used, and whether its data folder exists meanwhile.
+WHERE = """
+import json, os
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+
+def test_where(run_job):
+    assert run_job("test.noop", {}).state == "succeeded"
+    url = os.environ["POEL_TEST_DATABASE_URL"]
+    socket_dir = parse_qs(urlsplit(url).query)["host"][0]
+    Path(__file__).with_name("where.json").write_text(json.dumps({
+        "url": url, "socket_dir": socket_dir, "existed": Path(socket_dir).is_dir(),
+    }))
+"""
+
+
+@pytest.mark.process
+def test_a_session_with_no_server_runs_on_an_embedded_one_and_removes_it(
+    tmp_path: Path, closed_local_url: str
+) -> None:
+    from poel_host.embedded import running_servers
+
+    project = make_project(tmp_path, ini=OPT_IN, where=WHERE, run_job=RUN_JOB)
+
+    session = run_pytest(project, inherit_server=False, POEL_LOCAL_DATABASE_URL=closed_local_url)
+
+    assert session.returncode == 0, session.output
+    assert "2 passed" in session.output
+    where = session.read("where.json")
+    assert where["existed"], where
+    assert "/poel-test-pg-" in where["socket_dir"], "not the kit's embedded server"
+    assert not Path(where["socket_dir"]).exists(), "the embedded server's folder was left"
+    assert running_servers(Path(where["socket_dir"])) == []

