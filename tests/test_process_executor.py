@@ -249,7 +249,7 @@ def test_short_jobs_claimed_ahead_of_a_long_one_go_back_to_the_queue(
     handed_back = [
         line for line in metrics.splitlines() if line.startswith("poel_processes_handed")
     ]
-    assert handed_back and int(handed_back[0].split()[-1]) >= 1, metrics
+    assert handed_back and float(handed_back[0].split()[-1]) >= 1, metrics
 
 
 def test_sigterm_hands_back_jobs_waiting_for_a_busy_child(serve, poel_queue, poel_conn, wait_sql):
