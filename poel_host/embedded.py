@@ -42,6 +42,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -370,8 +371,7 @@ class EmbeddedServer:
     def _write_conf(self) -> None:
         socket_dir = self.socket_dir
         if socket_dir != self.data_dir:
-            socket_dir.mkdir(mode=0o700, exist_ok=True)
-            self._give(socket_dir)
+            self._private_socket_dir(socket_dir)
         settings = {
             "listen_addresses": "",
             "port": str(PORT),
@@ -383,6 +383,31 @@ class EmbeddedServer:
         conf = self.data_dir / "poel.conf"
         conf.write_text("\n".join(lines) + "\n")
         self._give(conf)
+
+    def _private_socket_dir(self, path: Path) -> None:
+        """The socket's folder under the shared temporary directory, its name known in
+        advance: one made by anyone but the server's user, or open to others, could let
+        them stand in for the server, so it is refused."""
+        try:
+            path.mkdir(mode=0o700)
+            self._give(path)
+        except FileExistsError:
+            pass
+        info = path.lstat()
+        owner = self._server_uid()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != owner or info.st_mode & 0o077:
+            raise EmbeddedError(
+                f"{path}, the embedded PostgreSQL's socket folder, exists but is not a "
+                "private folder of the server's user: remove it, or choose a shorter "
+                "POEL_DATA_DIR (whose socket then stays in the data directory)"
+            )
+
+    def _server_uid(self) -> int:
+        if self.run_as is None:
+            return os.getuid()
+        import pwd
+
+        return pwd.getpwnam(self.run_as).pw_uid
 
     def _start(self) -> None:
         self._check_reachable(self.data_dir)

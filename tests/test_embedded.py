@@ -136,6 +136,26 @@ def test_the_last_process_to_let_go_stops_it_even_after_a_kill(data_dir: Path) -
     assert running_servers(data_dir) == []
 
 
+def test_a_long_path_puts_the_socket_in_a_private_folder_and_refuses_a_foreign_one(
+    folder: Path,
+) -> None:
+    data_dir = folder / ("long" * 20) / "data"
+    server = EmbeddedServer(data_dir)
+    socket_dir = server.socket_dir
+    assert socket_dir != data_dir.resolve()
+    try:
+        with server:
+            assert ping(server.url)
+            assert socket_dir.stat().st_mode & 0o777 == 0o700
+        socket_dir.chmod(0o777)  # as if someone else had made it first
+
+        with pytest.raises(EmbeddedError, match="not a private folder of the server's user"):
+            EmbeddedServer(data_dir).attach()
+    finally:
+        server.remove()
+    assert not socket_dir.exists()
+
+
 def test_a_data_directory_of_another_major_version_is_refused(folder: Path) -> None:
     (folder / "data").mkdir()
     (folder / "data" / "PG_VERSION").write_text("16\n")
