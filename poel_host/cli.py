@@ -1,4 +1,4 @@
-"""The ``poel-host`` command line: serve, migrate, enqueue, plugins, jobs.
+"""The ``poel-host`` command line: serve, migrate, enqueue, plugins, jobs, psql.
 
 Every error Poel knows about is printed as one line (``poel-host: error: ...``) with the
 exit code of its class; settings errors exit 2 and list every bad variable.
@@ -87,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    psql = commands.add_parser(
+        "psql",
+        help="open psql on Poel's database",
+        description="Run psql on the database the other commands use (DATABASE_URL, the "
+        "local server, or the embedded PostgreSQL, kept running meanwhile). ARGS go to psql, "
+        "e.g. poel-host psql -c 'SELECT 1'. The embedded package's psql is used when "
+        "installed, else the one on PATH.",
+    )
+    psql.usage = "poel-host psql [ARGS ...]"
+
     jobs = commands.add_parser("jobs", help="inspect jobs", description="Inspect the jobs table.")
     jobs_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
     listing = jobs_commands.add_parser("list", help="recent jobs, newest first")
@@ -114,7 +124,14 @@ def _timestamp(text: str) -> dt.datetime:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "psql" is psql's (its -h is a host, -c a command), not ours;
+    # argparse cannot pass on options that start with "-" untouched.
+    passthrough: list[str] = []
+    if words[:1] == ["psql"] and words[1:2] != ["--help"]:
+        words, passthrough = words[:1], words[1:]
+    args = build_parser().parse_args(words)
+    args.psql_args = passthrough
     try:
         settings = load_settings()
         configure_logging(
@@ -213,6 +230,24 @@ def cmd_plugins(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from poel_host.embedded import EmbeddedError, psql_path
+
+    try:
+        program = str(psql_path())
+    except EmbeddedError:
+        found = shutil.which("psql")
+        if found is None:
+            raise PoelError(
+                "no psql here: pip install 'poel-host[embedded]' or install PostgreSQL's client"
+            ) from None
+        program = found
+    return subprocess.run([program, settings.dsn, *args.psql_args], check=False).returncode
+
+
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     from poel_host.database import KeptConnection
     from poel_host.store import Store
@@ -294,4 +329,5 @@ COMMANDS = {
     "enqueue": cmd_enqueue,
     "plugins": cmd_plugins,
     "jobs": cmd_jobs,
+    "psql": cmd_psql,
 }

@@ -42,6 +42,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -112,6 +113,11 @@ def _binaries() -> Path:
     return Path(path)
 
 
+def psql_path() -> Path:
+    """The package's ``psql`` (EmbeddedError when the package is not installed)."""
+    return _binaries() / "psql"
+
+
 def clean_environment() -> dict[str, str]:
     """The environment for PostgreSQL's programs: no ``PG*`` variable (``PGPORT`` would move
     the socket, ``PGDATA`` the data), and the C locale, which every system has (``initdb``
@@ -149,7 +155,7 @@ class EmbeddedServer:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.conf = dict(conf or {})
         self.run_as = RUN_AS_WHEN_ROOT if _is_root() else None
-        self.started = False  # whether this process started it (or found it running)
+        self.started = False  # whether attach() started it (False: it was running)
         self._users: IO[bytes] | None = None
         self._socket_dir: Path | None = None
         self._bin: Path | None = None
@@ -185,8 +191,7 @@ class EmbeddedServer:
 
     def psql_command(self) -> str:
         """A shell line that opens ``psql`` on this server (the package's own ``psql``)."""
-        psql = _binaries() / "psql"
-        return f"{_shell_quote(str(psql))} {_shell_quote(self.url)}"
+        return f"{_shell_quote(str(psql_path()))} {_shell_quote(self.url)}"
 
     # Life cycle --------------------------------------------------------------------------
 
@@ -234,7 +239,7 @@ class EmbeddedServer:
         import psutil
 
         with contextlib.suppress(psutil.NoSuchProcess):
-            process.send_signal(2)  # SIGINT: fast shutdown, clients are disconnected
+            process.send_signal(signal.SIGINT)  # fast shutdown: clients are disconnected
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while _alive(process):
             if time.monotonic() > deadline:
@@ -247,9 +252,11 @@ class EmbeddedServer:
     def remove(self) -> None:
         """Stop the server whoever uses it and delete its data (the test kit's clean-up)."""
         users, self._users = self._users, None
+        if users is not None:
+            users.close()
+        if not self.data_dir.parent.is_dir():
+            return
         with self._state_lock():
-            if users is not None:
-                users.close()
             self.stop()
         building = self.data_dir.with_name(self.data_dir.name + ".initdb")
         for path in (self.data_dir, self.socket_dir, building):

@@ -183,7 +183,7 @@ def test_as_root_a_closed_parent_is_refused_not_opened(folder: Path) -> None:
     assert private.stat().st_mode & 0o777 == 0o700
 
 
-def test_the_cli_starts_it_and_stops_it_when_done(
+def test_the_cli_starts_it_and_stops_it_when_done_psql_included(
     data_dir: Path, poel_cli: Callable[..., Any], closed_local_url: str
 ) -> None:
     env = {"POEL_DATA_DIR": str(data_dir), "POEL_LOCAL_DATABASE_URL": closed_local_url}
@@ -197,6 +197,8 @@ def test_the_cli_starts_it_and_stops_it_when_done(
     listed = poel_cli("jobs", "list", "--json", **env)
     assert listed.returncode == 0, listed.stderr
     assert f'"id": {int(enqueued.stdout)}' in listed.stdout
+    counted = poel_cli("psql", "-At", "-c", "SELECT count(*) FROM poel.jobs", **env)
+    assert (counted.returncode, counted.stdout.strip()) == (0, "1"), counted.stderr
     assert running_servers(data_dir) == []
 
 
