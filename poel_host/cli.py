@@ -143,12 +143,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         announce = args.command == "serve"
         with database_for(settings, get_logger(), announce=announce) as resolved:
-            return int(COMMANDS[args.command](resolved, args) or 0)
+            try:
+                return int(COMMANDS[args.command](resolved, args) or 0)
+            except Exception as exc:
+                missing = _missing_schema(exc, resolved)
+                if missing is None:
+                    raise
+                raise missing from None
     except PoelError as exc:
         print(f"poel-host: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _missing_schema(exc: Exception, settings: Settings) -> PoelError | None:
+    """A query on a database Poel has not migrated yet (a new embedded one, say) fails
+    with "relation ... does not exist": say what to run instead of a traceback."""
+    import psycopg
+
+    if not isinstance(exc, psycopg.errors.UndefinedTable):
+        return None
+    from poel_host.errors import SchemaOutOfDate
+    from poel_host.settings import redact_dsn
+
+    return SchemaOutOfDate(
+        f"Poel's tables are not in schema {settings.schema_name!r} of "
+        f"{redact_dsn(settings.dsn)} ({psycopg.errors.UndefinedTable.__name__}: "
+        f"{str(exc).splitlines()[0]}): run poel-host migrate (serve does it by itself in "
+        "development)"
+    )
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:

@@ -187,7 +187,12 @@ def test_the_cli_starts_it_and_stops_it_when_done_psql_included(
     data_dir: Path, poel_cli: Callable[..., Any], closed_local_url: str
 ) -> None:
     env = {"POEL_DATA_DIR": str(data_dir), "POEL_LOCAL_DATABASE_URL": closed_local_url}
+    shutil.rmtree(data_dir, ignore_errors=True)  # a new data directory, not yet migrated
 
+    early = poel_cli("jobs", "stats", **env)
+    assert early.returncode == 5, early.stderr
+    assert "run poel-host migrate" in early.stderr
+    assert "Traceback" not in early.stderr
     migrated = poel_cli("migrate", POEL_LOAD_PLUGINS="poel-testjobs", **env)
     assert migrated.returncode == 0, migrated.stderr
     assert "embedded PostgreSQL started" in migrated.stderr
