@@ -29,7 +29,7 @@ from poel_host.logs import get_logger
 from poel_host.settings import Settings
 from poel_host.testing import server_dsn
 
-pytestmark = pytest.mark.process
+pytestmark = [pytest.mark.process, pytest.mark.embedded]
 
 IS_ROOT = os.name == "posix" and os.geteuid() == 0
 
