@@ -1,4 +1,5 @@
-"""The ``poel-host`` command line: serve, migrate, enqueue, plugins, jobs, workers.
+"""The ``poel-host`` command line: serve, migrate, enqueue, plugins, jobs, workers,
+psql.
 
 Every error Poel knows about is printed as one line (``poel-host: error: ...``) with the
 exit code of its class; settings errors exit 2 and list every bad variable.
@@ -89,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    psql = commands.add_parser(
+        "psql",
+        help="open psql on Poel's database",
+        description="Run psql on the database the other commands use (DATABASE_URL, the "
+        "local server, or the embedded PostgreSQL, kept running meanwhile). ARGS go to psql, "
+        "e.g. poel-host psql -c 'SELECT 1'. The embedded package's psql is used when "
+        "installed, else the one on PATH.",
+    )
+    psql.usage = "poel-host psql [ARGS ...]"
+
     jobs = commands.add_parser("jobs", help="inspect jobs", description="Inspect the jobs table.")
     jobs_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
     listing = jobs_commands.add_parser("list", help="recent jobs, newest first")
@@ -126,7 +137,14 @@ def _timestamp(text: str) -> dt.datetime:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "psql" is psql's (its -h is a host, -c a command), not ours;
+    # argparse cannot pass on options that start with "-" untouched.
+    passthrough: list[str] = []
+    if words[:1] == ["psql"] and words[1:2] != ["--help"]:
+        words, passthrough = words[:1], words[1:]
+    args = build_parser().parse_args(words)
+    args.psql_args = passthrough
     try:
         settings = load_settings()
         configure_logging(
@@ -138,12 +156,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         announce = args.command == "serve"
         with database_for(settings, get_logger(), announce=announce) as resolved:
-            return int(COMMANDS[args.command](resolved, args) or 0)
+            try:
+                return int(COMMANDS[args.command](resolved, args) or 0)
+            except Exception as exc:
+                missing = _missing_schema(exc, resolved)
+                if missing is None:
+                    raise
+                raise missing from None
     except PoelError as exc:
         print(f"poel-host: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _missing_schema(exc: Exception, settings: Settings) -> PoelError | None:
+    """A query on a database Poel has not migrated yet (a new embedded one, say) fails
+    with "relation ... does not exist": say what to run instead of a traceback."""
+    import psycopg
+
+    if not isinstance(exc, psycopg.errors.UndefinedTable):
+        return None
+    from poel_host.errors import SchemaOutOfDate
+    from poel_host.settings import redact_dsn
+
+    return SchemaOutOfDate(
+        f"Poel's tables are not in schema {settings.schema_name!r} of "
+        f"{redact_dsn(settings.dsn)} ({psycopg.errors.UndefinedTable.__name__}: "
+        f"{str(exc).splitlines()[0]}): run poel-host migrate (serve does it by itself in "
+        "development)"
+    )
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -223,6 +265,24 @@ def cmd_plugins(settings: Settings, args: argparse.Namespace) -> int:
             f"{failed['version'] or ''}): {failed['error']}"
         )
     return 0
+
+
+def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from poel_host.embedded import EmbeddedError, psql_path
+
+    try:
+        program = str(psql_path())
+    except EmbeddedError:
+        found = shutil.which("psql")
+        if found is None:
+            raise PoelError(
+                "no psql here: pip install 'poel-host[embedded]' or install PostgreSQL's client"
+            ) from None
+        program = found
+    return subprocess.run([program, settings.dsn, *args.psql_args], check=False).returncode
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
@@ -345,4 +405,5 @@ COMMANDS = {
     "plugins": cmd_plugins,
     "jobs": cmd_jobs,
     "workers": cmd_workers,
+    "psql": cmd_psql,
 }

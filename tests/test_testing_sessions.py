@@ -208,6 +208,7 @@ def test_where(run_job):
 
 
 @pytest.mark.process
+@pytest.mark.embedded
 def test_a_session_with_no_server_runs_on_an_embedded_one_and_removes_it(
     tmp_path: Path, closed_local_url: str
 ) -> None:

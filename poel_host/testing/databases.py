@@ -28,6 +28,7 @@ from psycopg import sql
 
 from poel_host import migrations
 from poel_host.database import connection, ping
+from poel_host.embedded import EmbeddedError
 from poel_host.errors import PoelError
 from poel_host.migrations import Migration
 from poel_host.settings import redact_dsn
@@ -49,8 +50,23 @@ def server_dsn() -> str:
         return configured
     if _resolved is None:
         local = os.environ.get("POEL_LOCAL_DATABASE_URL", DEFAULT_SERVER)
-        answers = configured is None and ping(local)
-        _resolved = local if answers else start_embedded()
+        if configured is None and ping(local):
+            _resolved = local
+        else:
+            try:
+                _resolved = start_embedded()
+            except EmbeddedError as exc:
+                why = (
+                    "POEL_TEST_DATABASE_URL=embedded"
+                    if configured
+                    else (
+                        f"POEL_TEST_DATABASE_URL is unset and no PostgreSQL answers at "
+                        f"{redact_dsn(local)}"
+                    )
+                )
+                raise EmbeddedError(
+                    f"{why}; the embedded PostgreSQL cannot be used: {exc}"
+                ) from None
     return _resolved
 
 

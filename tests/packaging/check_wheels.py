@@ -16,10 +16,10 @@ Run by ``tox -e packaging`` (or ``python tests/packaging/check_wheels.py [WORKDI
    migrations, read from the installed wheels); uninstall poel-records and check it is gone;
 3b. with poel-host[embedded] and poel-records from the wheels, no DATABASE_URL and nothing
    answering on the local address (``POEL_LOCAL_DATABASE_URL`` pointed at a closed port):
-   ``poel-host migrate`` starts the embedded PostgreSQL and stops it; two ``serve``
-   processes share one server; a job enqueued with the CLI succeeds; SIGTERM to one leaves
-   the other working; after the last exits no ``postgres`` is left; a new ``serve``
-   finds the jobs kept;
+   two ``serve`` started at once on a new data directory share one server; a job enqueued
+   with the CLI succeeds; SIGTERM to one leaves the other working; after the last exits no
+   ``postgres`` is left; ``poel-host migrate`` starts the server and stops it; a new
+   ``serve`` finds the jobs kept;
 4. build the example third-party plugins of the tests (poel-example-thumbnails and
    poel-example-tones), install them from their wheels, check they are listed, and run each
    one's own tests in the clean virtualenv with the kit poel-host ships.
@@ -492,15 +492,6 @@ def check_embedded(env: CleanEnv) -> None:
     }
     serves: list[Serve] = []
     try:
-        migrated = env.poel_host("migrate", **variables)
-        check(
-            "applied poel-records:0001_records_table" in migrated.stdout
-            and "embedded PostgreSQL stopped" in migrated.stderr,
-            f"poel-host migrate on the embedded server:\n{migrated.stdout}\n{migrated.stderr}",
-        )
-        check(not postgres_processes(data_dir), "poel-host migrate left its server running")
-        print("ok  poel-host migrate started the embedded PostgreSQL and stopped it", flush=True)
-
         first, second = (Serve(env, variables, f"serve-{n}") for n in (1, 2))
         serves += [first, second]
         for serve in serves:
@@ -509,12 +500,12 @@ def check_embedded(env: CleanEnv) -> None:
             line["url"]
             for serve in serves
             for line in serve.lines()
-            if str(line.get("msg", "")).startswith("embedded PostgreSQL")
+            if str(line.get("msg", "")).startswith("embedded PostgreSQL") and "url" in line
         }
         check(len(urls) == 1, f"the two serve processes did not share one server: {urls}")
         [url] = urls
         check(len(postgres_processes(data_dir)) == 1, "not exactly one postmaster")
-        print(f"ok  two poel-host serve share one embedded PostgreSQL: {url}", flush=True)
+        print(f"ok  two poel-host serve started at once share one server: {url}", flush=True)
 
         first_job = run_record_job(env, variables, url, record_id=1)
         first.stop()
@@ -524,6 +515,18 @@ def check_embedded(env: CleanEnv) -> None:
         left = postgres_processes(data_dir)
         check(not left, f"postgres processes left after the last serve exited: {left}")
         print("ok  SIGTERM to one serve left the other working; none left after the last")
+
+        migrated = env.poel_host("migrate", **variables)
+        check(
+            "is up to date" in migrated.stdout
+            and "embedded PostgreSQL started" in migrated.stderr
+            and "embedded PostgreSQL stopped" in migrated.stderr,
+            f"poel-host migrate on the embedded server:\n{migrated.stdout}\n{migrated.stderr}",
+        )
+        check(not postgres_processes(data_dir), "poel-host migrate left its server running")
+        print(
+            "ok  poel-host migrate started the embedded PostgreSQL again and stopped it", flush=True
+        )
 
         again = Serve(env, variables, "serve-3")
         serves.append(again)
