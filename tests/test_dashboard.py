@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 
 import pytest
 
@@ -145,3 +146,64 @@ def test_the_workers_page_lists_two_serves_with_their_plugins(serve, dashboard):
         assert f'<td class="n">{worker.pid}</td>' in rows
     assert rows.count("poel-testjobs") == 2 and rows.count("poel-testhooks") == 1
     assert rows.count("alive") == 2
+
+
+def test_mounted_under_a_prefix_as_a_wsgi_app_its_links_and_cookie_carry_the_prefix(poel_dsn):
+    """What a Flask or Django project does with ``make_app()``: call it as a WSGI app under
+    a SCRIPT_NAME of its own."""
+    import io
+    import wsgiref.util
+
+    from poel_host.dashboard import make_app
+    from poel_host.database import make_pool
+    from poel_host.plugins import load_plugins
+    from poel_host.settings import load_settings
+    from poel_host.store import Store
+
+    settings = load_settings(DATABASE_URL=poel_dsn, POEL_DASHBOARD_TOKEN=TOKEN)
+    pool = make_pool(poel_dsn, name="dashboard-test", min_size=0, max_size=1)
+    app = make_app(settings, store=Store("poel", pool), plugins=load_plugins([]))
+
+    def call(method: str, path: str, form: dict[str, str] | None = None):
+        environ: dict = {}
+        wsgiref.util.setup_testing_defaults(environ)
+        body = urllib.parse.urlencode(form or {}).encode()
+        environ.update(
+            REQUEST_METHOD=method,
+            SCRIPT_NAME="/poel",
+            PATH_INFO=path,
+            CONTENT_TYPE="application/x-www-form-urlencoded",
+            CONTENT_LENGTH=str(len(body)),
+        )
+        environ["wsgi.input"] = io.BytesIO(body)
+        answer: dict = {}
+
+        def start_response(status, headers, exc_info=None):
+            answer["status"], answer["headers"] = int(status.split()[0]), headers
+
+        answer["text"] = b"".join(app(environ, start_response)).decode()
+        return answer
+
+    try:
+        overview = call("GET", "/")
+        assert overview["status"] == 200
+        assert 'href="/poel/jobs"' in overview["text"] and 'href="/poel/login"' in overview["text"]
+        signed_in = call("POST", "/login", {"name": "ada", "token": TOKEN})
+        assert signed_in["status"] == 303
+        headers = dict(signed_in["headers"])
+        assert headers["Location"].endswith("/poel/")
+        cookie = headers["Set-Cookie"]
+        assert (
+            "Path=/poel/" in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
+        )
+        assert call("GET", "/jobs/12345")["status"] == 404
+    finally:
+        pool.close()
+
+
+def test_the_dashboard_refuses_an_out_of_date_schema_in_one_line(poel_cli, poel_dsn, poel_conn):
+    poel_conn.execute("DELETE FROM poel.migrations WHERE plugin = 'poel-host' AND version = 8")
+    result = poel_cli("dashboard", "--port", "0", DATABASE_URL=poel_dsn, POEL_LOAD_PLUGINS="")
+    assert result.returncode == 5, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "poel-host:0008_dashboard" in result.stderr and "poel-host migrate" in result.stderr

@@ -19,8 +19,13 @@ from poel_host.settings import Settings
 
 
 def serve_dashboard(settings: Settings, *, host: str, port: int, plugins: Any, log: Any) -> int:
+    from poel_host import migrations
     from poel_host.dashboard.app import make_app
+    from poel_host.database import connection_for
 
+    # Pages on an out-of-date schema would fail one by one: say it once, at start.
+    with connection_for(settings, "dashboard") as conn:
+        migrations.check_up_to_date(conn, settings.schema_name, plugins.migrations())
     app = make_app(settings, plugins=plugins, log=log)
     server = WSGIServer((host, port), app, log=None, error_log=_ErrorLog(log))
     try:
