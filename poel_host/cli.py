@@ -1,5 +1,5 @@
 """The ``poel-host`` command line: serve, migrate, enqueue, plugins, jobs, workers,
-psql.
+psql, dashboard.
 
 Every error Poel knows about is printed as one line (``poel-host: error: ...``) with the
 exit code of its class; settings errors exit 2 and list every bad variable.
@@ -126,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
         "cleaned up (POEL_GONE_WORKERS_KEEP_S).",
     )
     workers.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve the web dashboard",
+        description="Serve the dashboard (queues, jobs and their errors, running jobs, "
+        "schedules, workers) on HOST:PORT, loopback by default. Read-only unless "
+        "POEL_DASHBOARD_TOKEN is set; payloads are hidden in production unless "
+        "POEL_DASHBOARD_PAYLOADS=shown. SIGTERM or SIGINT stops it.",
+    )
+    dashboard.add_argument("--host", help="address to bind (default POEL_DASHBOARD_HOST)")
+    dashboard.add_argument(
+        "--port", type=int, help="port, 0 for a free one (default POEL_DASHBOARD_PORT)"
+    )
     return parser
 
 
@@ -314,6 +327,20 @@ def cmd_workers(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:
+    from poel_host.dashboard.server import serve_dashboard
+    from poel_host.serve import load_selected_plugins
+
+    log = get_logger()
+    return serve_dashboard(
+        settings,
+        host=args.host or settings.dashboard_host,
+        port=settings.dashboard_port if args.port is None else args.port,
+        plugins=load_selected_plugins(settings, log),
+        log=log,
+    )
+
+
 def _capacity(worker: dict[str, Any]) -> str:
     parts = [f"{worker['concurrency']} greenlets"]
     if worker["threads"] is not None:
@@ -406,4 +433,5 @@ COMMANDS = {
     "jobs": cmd_jobs,
     "workers": cmd_workers,
     "psql": cmd_psql,
+    "dashboard": cmd_dashboard,
 }

@@ -28,7 +28,12 @@ from poel_host.jobs import INT4_MAX
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_SECRET_FIELDS = {"database_url", "supabase_service_role_key", "local_database_url"}
+_SECRET_FIELDS = {
+    "database_url",
+    "supabase_service_role_key",
+    "local_database_url",
+    "dashboard_token",
+}
 # Supabase's transaction pooler (Supavisor) listens on port 6543 of its pooler host.
 SUPABASE_POOLER_PORT = 6543
 # Upper bounds: each number ends up in SQL (intervals, statement_timeout) or a timer, where
@@ -135,6 +140,14 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         validation_alias="POEL_QUEUE_METRICS_INTERVAL_S",
     )
+    dashboard_host: str = Field(default="127.0.0.1", validation_alias="POEL_DASHBOARD_HOST")
+    dashboard_port: int = Field(
+        default=8081, ge=0, le=65_535, validation_alias="POEL_DASHBOARD_PORT"
+    )
+    dashboard_token: SecretStr | None = Field(default=None, validation_alias="POEL_DASHBOARD_TOKEN")
+    dashboard_payloads: Literal["shown", "hidden"] | None = Field(
+        default=None, validation_alias="POEL_DASHBOARD_PAYLOADS"
+    )
     processes: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,
@@ -160,6 +173,13 @@ class Settings(BaseSettings):
         url = value.get_secret_value()
         if not url.startswith(("postgresql://", "postgres://")) and "=" not in url:
             raise ValueError("must be a postgresql:// URL or a libpq key=value string")
+        return value
+
+    @field_validator("dashboard_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (a random string)")
         return value
 
     @field_validator("schema_name")
@@ -207,6 +227,13 @@ class Settings(BaseSettings):
     @property
     def should_auto_migrate(self) -> bool:
         return self.env == "development" if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def dashboard_shows_payloads(self) -> bool:
+        """Payloads can hold personal data: hidden in production unless told otherwise."""
+        if self.dashboard_payloads is None:
+            return self.env == "development"
+        return self.dashboard_payloads == "shown"
 
     @property
     def plugins_to_load(self) -> list[str] | None:

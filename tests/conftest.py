@@ -8,6 +8,8 @@ what only the host's tests need: running ``poel-host`` as a real subprocess.
   clean environment, waits until it listens and its worker has started, and stops it at
   teardown (SIGTERM, then SIGKILL if it does not exit).
 - ``poel_cli(*args, **env)`` runs one ``python -m poel_host`` command to completion.
+- ``dashboard(**env)`` starts ``python -m poel_host dashboard`` on the test's database and
+  returns a :class:`Browser` (urllib with cookies) for it.
 - ``wait_for(predicate)`` polls until ``predicate()`` is truthy, with a deadline;
   ``wait_sql(query)`` does the same for the first column of a query's first row.
 
@@ -18,6 +20,7 @@ below are greenlets and the pipes are cooperative: any wait here yields to them.
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import signal
@@ -27,6 +30,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -373,3 +377,58 @@ def cut() -> Callable[..., Any]:
         allow = staticmethod(lambda database, allowed: set_connections(database, allowed=allowed))
 
     return Cut()
+
+
+# The dashboard ------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    status: int
+    text: str
+    url: str
+
+
+class Browser:
+    """urllib with a cookie jar, against one dashboard."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
+
+    def get(self, path: str) -> Answer:
+        return self._open(urllib.request.Request(self.base + path))
+
+    def post(self, path: str, form: dict[str, str], headers: dict[str, str] | None = None):
+        data = urllib.parse.urlencode(form).encode()
+        return self._open(
+            urllib.request.Request(self.base + path, data=data, headers=headers or {})
+        )
+
+    def _open(self, request: urllib.request.Request) -> Answer:
+        try:
+            with self.opener.open(request, timeout=10) as response:
+                return Answer(response.status, response.read().decode(), response.url)
+        except urllib.error.HTTPError as exc:
+            return Answer(exc.code, exc.read().decode(), request.full_url)
+
+
+@pytest.fixture
+def dashboard(poel_dsn, tmp_path_factory):
+    started = []
+
+    def start(**env) -> Browser:
+        handle = spawn_host(
+            ["dashboard", "--port", "0"],
+            clean_env(DATABASE_URL=poel_dsn, POEL_LOAD_PLUGINS="poel-testjobs", **env),
+            tmp_path_factory.mktemp("dashboard"),
+        )
+        started.append(handle)
+        listening = handle.wait_log("dashboard listening", timeout=START_TIMEOUT_S)
+        return Browser(int(listening["port"]))
+
+    yield start
+    for handle in started:
+        assert handle.stop() == 0, handle.output()

@@ -1,6 +1,7 @@
-"""The statements that run every few seconds on every worker read indexes, never the whole
-jobs table: checked with EXPLAIN on a table of 100,000 finished jobs and a small backlog,
-with fresh statistics, as the planner sees a long-lived queue."""
+"""The statements that run every few seconds on every worker, and every dashboard page's,
+read indexes, never the whole jobs table: checked with EXPLAIN on a table of 100,000 jobs
+finished days ago (retention keeps a week), a few hundred queued, running, failed and
+recently finished, with fresh statistics, as the planner sees a long-lived queue."""
 
 from __future__ import annotations
 
@@ -24,6 +25,20 @@ def big_table(poel_conn):
     poel_conn.execute(
         "INSERT INTO poel.jobs (job_type, queue)"
         " SELECT 'kind.' || (n % 3), 'q' || (n % 2) FROM generate_series(1, 300) AS n"
+    )
+    poel_conn.execute(
+        "INSERT INTO poel.jobs (job_type, state, finished_at, last_error, lease_owner,"
+        " lease_expires_at, started_at)"
+        " SELECT 'kind.' || (n % 3), s::poel.job_state,"
+        "        CASE WHEN s <> 'running' THEN now() - n * interval '1 second' END,"
+        "        CASE WHEN s = 'failed' THEN 'boom ' || n END,"
+        "        CASE WHEN s = 'running' THEN 'w' END,"
+        "        CASE WHEN s = 'running' THEN now() + interval '30 seconds' END, now()"
+        " FROM generate_series(1, 100) AS n, unnest(ARRAY['running', 'failed', 'succeeded'])"
+        " AS s"
+    )
+    poel_conn.execute(
+        "UPDATE poel.jobs SET finished_at = now() - interval '3 days' WHERE job_type = 'done.kind'"
     )
     poel_conn.execute("VACUUM ANALYZE poel.jobs")
     return poel_conn
@@ -64,3 +79,39 @@ def test_the_heartbeat_reads_no_jobs_beyond_the_ones_it_renews(big_table):
     params = {"ids": [1, 2, 3], "owner": "w", "lease_ms": 1000, "draining": False}
     scans = scans_of_jobs(plan(big_table, "heartbeat", params))
     assert scans and all(kind != "Seq Scan" for kind, _ in scans), scans
+
+
+JOBS_PAGE = {
+    "before": 2**63 - 1,
+    "limit": 50,
+    "window": 10_000,
+    "state": None,
+    "job_type": None,
+    "queue": None,
+}
+DASHBOARD = [
+    ("queue_depths", {"cap": 10_000}),
+    ("dashboard_running_counts", None),
+    ("dashboard_failed_counts", None),
+    ("dashboard_last_hour", None),
+    ("dashboard_running", {"limit": 500}),
+    ("dashboard_jobs", {**JOBS_PAGE, "error": None}),
+    ("dashboard_jobs", {**JOBS_PAGE, "state": "succeeded", "error": None}),
+    ("dashboard_jobs", {**JOBS_PAGE, "job_type": "kind.1", "queue": "q1", "error": None}),
+    ("dashboard_jobs", {**JOBS_PAGE, "before": 50_000, "error": "boom"}),
+    ("dashboard_failed_jobs", {**JOBS_PAGE, "error": None}),
+    ("dashboard_failed_jobs", {**JOBS_PAGE, "job_type": "kind.2", "error": "boom 2"}),
+    ("get_job", {"id": 77}),
+    ("dashboard_retry_failed_type", {"job_type": "kind.0"}),
+    ("dashboard_delete_job", {"id": 77}),
+]
+
+
+def test_dashboard_queries_never_scan_the_jobs_table(big_table):
+    seq_scans = {}
+    for i, (name, params) in enumerate(DASHBOARD):
+        scans = scans_of_jobs(plan(big_table, name, params))
+        assert scans, f"{name}: the plan reads no jobs?"
+        if any(kind == "Seq Scan" for kind, _ in scans):
+            seq_scans[f"{i}: {name}"] = scans
+    assert seq_scans == {}

@@ -383,3 +383,112 @@ SELECT plugin, version FROM {schema}.migrations
 INSERT INTO {schema}.migrations (plugin, version, name)
 VALUES (%(plugin)s, %(version)s, %(name)s)
 
+-- dashboard_running_counts --
+-- The dashboard's overview: running jobs by queue and type (the running jobs' partial
+-- index: as many rows as run now).
+SELECT queue, job_type, count(*) AS count
+FROM {schema}.jobs
+WHERE state = 'running' AND lease_expires_at IS NOT NULL
+GROUP BY queue, job_type
+
+-- dashboard_failed_counts --
+-- The dead letter by job type (an index-only scan of jobs_failed_idx).
+SELECT job_type, count(*) AS count
+FROM {schema}.jobs
+WHERE state = 'failed'
+GROUP BY job_type
+
+-- dashboard_last_hour --
+-- Jobs finished in the last hour, by queue, type, state and minute: the overview's table
+-- and chart (the finished jobs' index, read for the last hour only).
+SELECT queue, job_type, state::text AS state,
+       date_trunc('minute', finished_at) AS minute, count(*) AS count
+FROM {schema}.jobs
+WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at > now() - interval '1 hour'
+GROUP BY queue, job_type, state, date_trunc('minute', finished_at)
+
+-- dashboard_jobs --
+-- The jobs page: newest first below id `before`, filtered. Bounded whatever the filters:
+-- it looks at the `window` newest jobs below `before` (the primary key walked backwards)
+-- and keeps the first `limit` that match; `lowest` and `scanned` say where the window
+-- ended, so the next page goes on from there. (Without an index on every filter, a rare
+-- type or error text would otherwise mean reading the whole table for one page.) One row
+-- even when nothing matched: its job columns are NULL.
+WITH scanned AS MATERIALIZED (
+    SELECT id, queue, job_type, state, priority, run_at, attempts, max_attempts, last_error,
+           created_at, started_at, finished_at
+    FROM {schema}.jobs
+    WHERE id < %(before)s
+    ORDER BY id DESC
+    LIMIT %(window)s
+), matched AS (
+    SELECT * FROM scanned
+    WHERE (%(state)s::text IS NULL OR state::text = %(state)s)
+      AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+      AND (%(error)s::text IS NULL OR strpos(lower(last_error), lower(%(error)s)) > 0)
+    ORDER BY id DESC
+    LIMIT %(limit)s
+)
+SELECT m.id, m.queue, m.job_type, m.state::text AS state, m.priority, m.run_at, m.attempts,
+       m.max_attempts, left(m.last_error, 300) AS last_error, m.created_at, m.started_at,
+       m.finished_at, w.lowest, w.scanned
+FROM (SELECT min(id) AS lowest, count(*) AS scanned FROM scanned) AS w
+LEFT JOIN matched AS m ON true
+ORDER BY m.id DESC
+
+-- dashboard_failed_jobs --
+-- The jobs page filtered to the dead letter: jobs_failed_idx, newest first.
+SELECT id, queue, job_type, state::text AS state, priority, run_at, attempts, max_attempts,
+       left(last_error, 300) AS last_error, created_at, started_at, finished_at
+FROM {schema}.jobs
+WHERE state = 'failed' AND id < %(before)s
+  AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(error)s::text IS NULL OR strpos(lower(last_error), lower(%(error)s)) > 0)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- dashboard_running --
+-- What runs now: each running job, the worker holding it and how long ago its lease was
+-- last renewed (its expiry less the worker's lease).
+SELECT j.id, j.queue, j.job_type, j.attempts, j.max_attempts, j.lease_owner,
+       w.host, w.pid,
+       extract(epoch FROM now() - j.started_at)::float8 AS running_s,
+       extract(epoch FROM now() - (j.lease_expires_at
+               - coalesce(w.stale_after_ms, 0) * interval '1 millisecond'))::float8
+           AS lease_age_s,
+       extract(epoch FROM j.lease_expires_at - now())::float8 AS lease_left_s
+FROM {schema}.jobs AS j
+LEFT JOIN {schema}.workers AS w ON w.owner = j.lease_owner
+WHERE j.state = 'running' AND j.lease_expires_at IS NOT NULL
+ORDER BY j.started_at
+LIMIT %(limit)s
+
+-- dashboard_last_slots --
+-- Each periodic job type's latest enqueued slot.
+SELECT job_type, max(slot) AS slot FROM {schema}.schedule_slots GROUP BY job_type
+
+-- dashboard_delete_job --
+-- An operator deletes one finished job.
+DELETE FROM {schema}.jobs
+WHERE id = %(id)s AND state IN ('succeeded', 'failed', 'cancelled')
+RETURNING id, job_type
+
+-- dashboard_retry_failed_type --
+-- An operator queues every failed job of one type again with fresh attempts (error
+-- histories kept). Returns the ids.
+UPDATE {schema}.jobs
+SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL, updated_at = now()
+WHERE state = 'failed' AND job_type = %(job_type)s
+RETURNING id
+
+-- dashboard_audit --
+-- Record one operator action.
+INSERT INTO {schema}.audit (actor, address, action, job_id, job_type, detail)
+VALUES (%(actor)s, %(address)s, %(action)s, %(job_id)s, %(job_type)s, %(detail)s)
+
+-- dashboard_audit_log --
+-- The latest operator actions.
+SELECT id, at, actor, address, action, job_id, job_type, detail
+FROM {schema}.audit ORDER BY id DESC LIMIT %(limit)s

@@ -1,0 +1,51 @@
+"""``poel-host dashboard``: the dashboard on its own port, in a gevent WSGI server.
+
+It binds to loopback unless told otherwise (``--host``/``POEL_DASHBOARD_HOST``), like the
+health app; SIGTERM or SIGINT stops it.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import gevent
+import gevent.event
+from gevent.pywsgi import WSGIServer
+
+from poel_host.errors import PoelError
+from poel_host.httpapp import _ErrorLog
+from poel_host.settings import Settings
+
+
+def serve_dashboard(settings: Settings, *, host: str, port: int, plugins: Any, log: Any) -> int:
+    from poel_host import migrations
+    from poel_host.dashboard.app import make_app
+    from poel_host.database import connection_for
+
+    # Pages on an out-of-date schema would fail one by one: say it once, at start.
+    with connection_for(settings, "dashboard") as conn:
+        migrations.check_up_to_date(conn, settings.schema_name, plugins.migrations())
+    app = make_app(settings, plugins=plugins, log=log)
+    server = WSGIServer((host, port), app, log=None, error_log=_ErrorLog(log))
+    try:
+        server.start()
+    except OSError as exc:
+        raise PoelError(
+            f"cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}; "
+            "choose another --port (or POEL_DASHBOARD_PORT)"
+        ) from None
+    log.info(
+        "dashboard listening",
+        host=host,
+        port=server.server_port,
+        actions="enabled" if settings.dashboard_token else "read-only",
+        payloads="shown" if settings.dashboard_shows_payloads else "hidden",
+    )
+    stopping = gevent.event.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stopping.set)
+    stopping.wait()
+    server.stop(timeout=2)
+    log.info("dashboard stopped")
+    return 0

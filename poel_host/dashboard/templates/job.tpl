@@ -1,0 +1,49 @@
+% rebase('layout.tpl', title=title, root=root, session=session, writable=writable, refresh=refresh)
+<table id="job">
+<tr><th>type</th><td>{{job['job_type']}}</td></tr>
+<tr><th>queue</th><td>{{job['queue']}}</td></tr>
+<tr><th>state</th><td class="state-{{job['state']}}" id="state">{{job['state']}}</td></tr>
+<tr><th>attempts</th><td>{{job['attempts']}} of {{job['max_attempts']}}</td></tr>
+<tr><th>priority</th><td>{{job['priority']}}</td></tr>
+<tr><th>unique key</th><td>{{job['unique_key'] or '-'}}</td></tr>
+<tr><th>created</th><td>{{when(job['created_at'])}}</td></tr>
+<tr><th>run at</th><td>{{when(job['run_at'])}}</td></tr>
+<tr><th>started</th><td>{{when(job['started_at'])}}</td></tr>
+<tr><th>finished</th><td>{{when(job['finished_at'])}}</td></tr>
+<tr><th>lease</th><td>{{job['lease_owner'] or '-'}} {{('until ' + when(job['lease_expires_at'])) if job['lease_expires_at'] else ''}}</td></tr>
+</table>
+% if session:
+<p id="actions">
+% for action, states in (("retry", ("failed", "cancelled")), ("cancel", ("queued",)), ("delete", ("succeeded", "failed", "cancelled"))):
+% if job['state'] in states:
+<form class="inline" method="post" action="{{root}}/jobs/{{job['id']}}/{{action}}"><input type="hidden" name="csrf" value="{{csrf}}"><button id="{{action}}">{{action}}</button></form>
+% end
+% end
+</p>
+% end
+<h2>Payload</h2>
+% if payload is None:
+<p class="note" id="payload">hidden (POEL_DASHBOARD_PAYLOADS=shown shows payloads; they can hold personal data)</p>
+% else:
+<pre id="payload">{{payload.text}}</pre>
+% if payload.cut:
+<p class="note">{{payload.length}} characters; <a href="?full=1">show all</a></p>
+% end
+% end
+<h2>Errors</h2>
+<ol id="errors" reversed>
+% for e in errors:
+<li><p>attempt {{e.get('attempt', '?')}} at {{e.get('at', '?')}}{{(', retry at ' + str(e['retry_at'])) if e.get('retry_at') else ''}}</p>
+<pre class="error">{{e['error'].text}}</pre>
+% if e['traceback']:
+<details><summary>traceback</summary><pre>{{e['traceback'].text}}</pre></details>
+% end
+% if e['error'].cut or (e['traceback'] and e['traceback'].cut):
+<p class="note">cut; <a href="?full=1">show all</a></p>
+% end
+</li>
+% end
+</ol>
+% if not errors:
+<p class="note">no error</p>
+% end

@@ -1,0 +1,209 @@
+"""The dashboard, served by a real ``poel-host dashboard`` process, over HTTP.
+
+Pages show what the database holds, escaped (a ``<script>`` in an error is text), long
+texts cut with a way to see all; bad input gets a 4xx page; actions need the token, a
+signed-in session and the form's CSRF token, and each is audited.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+
+import pytest
+
+pytestmark = pytest.mark.process
+
+TOKEN = "a-long-dashboard-token-0123456789"
+SCRIPT = "<script>document.title='pwned'</script>"
+
+
+def failed_job(conn, *, error: str = f"ValueError: {SCRIPT}", payload=None) -> int:
+    history = [
+        {"attempt": 1, "error": "first try: " + error, "at": "2026-12-01T10:00:00+00:00"},
+        {"attempt": 2, "error": error, "at": "2026-12-01T10:01:00+00:00", "traceback": "tb"},
+    ]
+    row = conn.execute(
+        "INSERT INTO poel.jobs (job_type, payload, state, attempts, max_attempts, last_error,"
+        " errors, finished_at) VALUES ('test.fail', %s, 'failed', 2, 2, %s, %s, now())"
+        " RETURNING id",
+        [json.dumps(payload or {"key": "<b>bold</b>"}), error, json.dumps(history)],
+    ).fetchone()
+    return int(row["id"])
+
+
+def test_pages_show_failures_escaped_and_bad_input_gets_a_clear_4xx(dashboard, poel_conn):
+    job_id = failed_job(poel_conn, payload={"key": "x" * 5000})
+    browser = dashboard()
+
+    overview = browser.get("/")
+    assert overview.status == 200
+    failed_table = overview.text.split('id="failed"')[1]
+    assert "test.fail" in failed_table and '<td class="n">1</td>' in failed_table
+
+    page = browser.get(f"/jobs/{job_id}")
+    assert page.status == 200
+    assert SCRIPT not in page.text and "&lt;script&gt;" in page.text
+    assert page.text.count("&lt;script&gt;") >= 2  # the whole history, newest first
+    assert page.text.index("attempt 2") < page.text.index("attempt 1")
+    assert "x" * 5000 not in page.text and "show all" in page.text  # payload cut
+    assert "x" * 5000 in browser.get(f"/jobs/{job_id}?full=1").text
+
+    listing = browser.get("/jobs?state=failed&error=SCRIPT")
+    assert f'href="/jobs/{job_id}"' in listing.text
+    assert f'href="/jobs/{job_id}"' not in browser.get("/jobs?error=nothing-like-it").text
+    for path in ("/running", "/schedules", "/workers", "/audit", "/jobs"):
+        assert browser.get(path).status == 200, path
+
+    for path, status, says in (
+        ("/jobs/999999", 404, "no job with id 999999"),
+        ("/jobs/abc", 400, "job id must be a number"),
+        ("/jobs?state=bogus", 400, "unknown state"),
+        ("/jobs?before=x", 400, "before must be a number"),
+        ("/nowhere", 404, "Not Found"),
+    ):
+        answer = browser.get(path)
+        assert answer.status == status, (path, answer.text)
+        assert says in answer.text and "Traceback" not in answer.text, path
+    # Read-only without a token: no action, no sign-in.
+    refused = browser.post(f"/jobs/{job_id}/retry", {})
+    assert refused.status == 403 and "read-only" in refused.text
+    assert 'id="actions"' not in page.text
+
+
+def test_payloads_are_hidden_in_production(dashboard, poel_conn):
+    job_id = failed_job(poel_conn, payload={"key": "ada@example.org"})
+    page = dashboard(POEL_ENV="production").get(f"/jobs/{job_id}")
+    assert page.status == 200 and "ada@example.org" not in page.text and "hidden" in page.text
+
+
+def test_actions_need_the_token_a_session_and_the_forms_csrf_token_and_are_audited(
+    dashboard, poel_conn
+):
+    job_id = failed_job(poel_conn)
+    browser = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
+
+    assert browser.post(f"/jobs/{job_id}/retry", {}).status == 403  # not signed in
+    wrong = browser.post("/login", {"name": "mallory", "token": "not-the-token-at-all"})
+    assert wrong.status == 403 and "wrong token" in wrong.text
+    assert browser.post("/login", {"name": "ada", "token": TOKEN}).status == 200
+    page = browser.get(f"/jobs/{job_id}")
+    assert 'id="retry"' in page.text and "ada" in page.text
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)
+
+    forged = browser.post(f"/jobs/{job_id}/retry", {"csrf": "0" * 64})
+    assert forged.status == 403 and "did not come from the dashboard" in forged.text
+    elsewhere = browser.post(
+        f"/jobs/{job_id}/retry", {"csrf": csrf}, headers={"Origin": "https://evil.example"}
+    )
+    assert elsewhere.status == 403
+    state = poel_conn.execute("SELECT state FROM poel.jobs WHERE id = %s", [job_id]).fetchone()
+    assert state["state"] == "failed"
+
+    done = browser.post(f"/jobs/{job_id}/retry", {"csrf": csrf})
+    assert done.status == 200 and done.url.endswith(f"/jobs/{job_id}")
+    row = poel_conn.execute("SELECT state, attempts FROM poel.jobs WHERE id = %s", [job_id])
+    assert row.fetchone() == {"state": "queued", "attempts": 0}
+    again = browser.post(f"/jobs/{job_id}/retry", {"csrf": csrf})
+    assert again.status == 409 and "not failed or cancelled" in again.text
+
+    others = [failed_job(poel_conn) for _ in range(3)]
+    assert browser.post("/retry-failed", {"csrf": csrf, "job_type": "test.fail"}).status == 200
+    states = poel_conn.execute(
+        "SELECT DISTINCT state::text FROM poel.jobs WHERE id = ANY(%s)", [others]
+    ).fetchall()
+    assert states == [{"state": "queued"}]
+
+    audit = poel_conn.execute(
+        "SELECT actor, action, job_id, job_type, detail FROM poel.audit ORDER BY id"
+    ).fetchall()
+    assert audit == [
+        {
+            "actor": "ada",
+            "action": "retry",
+            "job_id": job_id,
+            "job_type": "test.fail",
+            "detail": {},
+        },
+        {
+            "actor": "ada",
+            "action": "retry_failed_type",
+            "job_id": None,
+            "job_type": "test.fail",
+            "detail": {"jobs": 3},
+        },
+    ]
+    assert "retry_failed_type" in browser.get("/audit").text
+
+
+def test_the_workers_page_lists_two_serves_with_their_plugins(serve, dashboard):
+    plain = serve()
+    hooked = serve(POEL_LOAD_PLUGINS="poel-testjobs,poel-testhooks")
+    page = dashboard().get("/workers")
+    rows = page.text.split('id="workers"')[1].split("</table>")[0]
+    for worker in (plain, hooked):
+        assert f'<td class="n">{worker.pid}</td>' in rows
+    assert rows.count("poel-testjobs") == 2 and rows.count("poel-testhooks") == 1
+    assert rows.count("alive") == 2
+
+
+def test_mounted_under_a_prefix_as_a_wsgi_app_its_links_and_cookie_carry_the_prefix(poel_dsn):
+    """What a Flask or Django project does with ``make_app()``: call it as a WSGI app under
+    a SCRIPT_NAME of its own."""
+    import io
+    import wsgiref.util
+
+    from poel_host.dashboard import make_app
+    from poel_host.database import make_pool
+    from poel_host.plugins import load_plugins
+    from poel_host.settings import load_settings
+    from poel_host.store import Store
+
+    settings = load_settings(DATABASE_URL=poel_dsn, POEL_DASHBOARD_TOKEN=TOKEN)
+    pool = make_pool(poel_dsn, name="dashboard-test", min_size=0, max_size=1)
+    app = make_app(settings, store=Store("poel", pool), plugins=load_plugins([]))
+
+    def call(method: str, path: str, form: dict[str, str] | None = None):
+        environ: dict = {}
+        wsgiref.util.setup_testing_defaults(environ)
+        body = urllib.parse.urlencode(form or {}).encode()
+        environ.update(
+            REQUEST_METHOD=method,
+            SCRIPT_NAME="/poel",
+            PATH_INFO=path,
+            CONTENT_TYPE="application/x-www-form-urlencoded",
+            CONTENT_LENGTH=str(len(body)),
+        )
+        environ["wsgi.input"] = io.BytesIO(body)
+        answer: dict = {}
+
+        def start_response(status, headers, exc_info=None):
+            answer["status"], answer["headers"] = int(status.split()[0]), headers
+
+        answer["text"] = b"".join(app(environ, start_response)).decode()
+        return answer
+
+    try:
+        overview = call("GET", "/")
+        assert overview["status"] == 200
+        assert 'href="/poel/jobs"' in overview["text"] and 'href="/poel/login"' in overview["text"]
+        signed_in = call("POST", "/login", {"name": "ada", "token": TOKEN})
+        assert signed_in["status"] == 303
+        headers = dict(signed_in["headers"])
+        assert headers["Location"].endswith("/poel/")
+        cookie = headers["Set-Cookie"]
+        assert (
+            "Path=/poel/" in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
+        )
+        assert call("GET", "/jobs/12345")["status"] == 404
+    finally:
+        pool.close()
+
+
+def test_the_dashboard_refuses_an_out_of_date_schema_in_one_line(poel_cli, poel_dsn, poel_conn):
+    poel_conn.execute("DELETE FROM poel.migrations WHERE plugin = 'poel-host' AND version = 8")
+    result = poel_cli("dashboard", "--port", "0", DATABASE_URL=poel_dsn, POEL_LOAD_PLUGINS="")
+    assert result.returncode == 5, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "poel-host:0008_dashboard" in result.stderr and "poel-host migrate" in result.stderr
