@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
 driven by Selenium; ``.ci/run`` installs them), against a real ``poel-host dashboard`` and
-real ``serve`` processes. Each page's screenshot is saved under ``artifacts/dashboard/``
-(gitignored)."""
+real ``serve`` processes; run once, in ``tox -e browser``. Each page's screenshot is saved
+under ``artifacts/dashboard/`` (gitignored)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from tests.test_dashboard import SCRIPT, TOKEN, failed_job
 
-pytestmark = pytest.mark.process
+pytestmark = [pytest.mark.process, pytest.mark.browser]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
