@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
 driven by Selenium; ``.ci/run`` installs them), against a real ``poel-host dashboard`` and
-real ``serve`` processes. Each page's screenshot is saved under ``artifacts/dashboard/``
-(gitignored)."""
+real ``serve`` processes; run once, in ``tox -e browser``. Each page's screenshot is saved
+under ``artifacts/dashboard/`` (gitignored)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from tests.test_dashboard import SCRIPT, TOKEN, failed_job
 
-pytestmark = pytest.mark.process
+pytestmark = [pytest.mark.process, pytest.mark.browser]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -54,6 +54,19 @@ def shot(driver, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
+def wait(driver, condition, what: str, timeout: float = 10):
+    """Poll ``condition(driver)`` until truthy (Selenium's WebDriverWait), or fail."""
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(
+            driver, timeout, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(condition)
+    except TimeoutException:
+        pytest.fail(f"timed out after {timeout}s waiting for {what}: at {driver.current_url}")
+
+
 def text_of(driver, element_id: str) -> str:
     from selenium.webdriver.common.by import By
 
@@ -89,6 +102,7 @@ def test_failures_their_history_no_script_and_retry_only_with_the_token(
         "const f = document.createElement('form'); f.method = 'post';"
         f"f.action = '/jobs/{job_id}/retry'; document.body.appendChild(f); f.submit();"
     )
+    wait(driver, lambda d: d.find_elements(By.ID, "message"), "the refusal page")
     assert "read-only" in text_of(driver, "message")
     shot(driver, "refused")
 
@@ -98,9 +112,11 @@ def test_failures_their_history_no_script_and_retry_only_with_the_token(
     driver.find_element(By.NAME, "token").send_keys(TOKEN)
     shot(driver, "login")
     driver.find_element(By.CSS_SELECTOR, "#login button").click()
+    # A click does not wait for the page it loads: wait for the signed-in overview.
+    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "header .who button"), "sign-in")
     driver.get(f"{writable.base}/jobs/{job_id}")
     driver.find_element(By.ID, "retry").click()
-    assert text_of(driver, "state") == "queued"
+    wait(driver, lambda d: text_of(d, "state") == "queued", "the job queued again")
     shot(driver, "retried")
     row = poel_conn.execute("SELECT actor, action FROM poel.audit WHERE job_id = %s", [job_id])
     assert row.fetchall() == [{"actor": "ada", "action": "retry"}]
