@@ -45,6 +45,9 @@ def test_cpu_heavy_jobs_run_once_and_the_workers_stay_healthy(
     env = {"POEL_LOAD_PLUGINS": PROCS, "POEL_LEASE_MS": 2000, "POEL_PROCESSES": 1}
     workers = [serve(**env), serve(**env)]
     ids = [poel_queue.enqueue("testprocs.spin", {"key": str(i), "seconds": 6}) for i in range(4)]
+    # Measured while every child computes (the claim), not while the children's
+    # interpreters start up beside serve, before they lower their priority.
+    wait_sql("SELECT count(*) >= 2 FROM poel_proc_runs WHERE note = 'start'", timeout=30)
 
     slowest = 0.0
     deadline = time.monotonic() + 60
