@@ -53,17 +53,27 @@ def make_app(
     return app
 
 
-def start_server(app: bottle.Bottle, host: str, port: int, *, log: Any) -> WSGIServer:
-    """Start serving in the background; returns the server (``server.server_port``)."""
+def start_server(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    log: Any,
+    what: str = "HTTP",
+    hint: str = "set HEALTH_CHECK_PORT (and HEALTH_CHECK_HOST) to a free address",
+    event: str = "http listening",
+    **fields: Any,
+) -> WSGIServer:
+    """Start serving ``app`` (the health app, or the dashboard) in the background; returns
+    the server (``server.server_port``). A busy address is one line naming ``hint``."""
     server = WSGIServer((host, port), app, log=None, error_log=_ErrorLog(log))
     try:
         server.start()
     except OSError as exc:
         raise PoelError(
-            f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}; "
-            "set HEALTH_CHECK_PORT (and HEALTH_CHECK_HOST) to a free address"
+            f"cannot serve {what} on {host}:{port}: {exc.strerror or exc}; {hint}"
         ) from None
-    log.info("http listening", host=host, port=server.server_port)
+    log.info(event, host=host, port=server.server_port, **fields)
     return server
 
 

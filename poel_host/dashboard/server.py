@@ -11,10 +11,8 @@ from typing import Any
 
 import gevent
 import gevent.event
-from gevent.pywsgi import WSGIServer
 
-from poel_host.errors import PoelError
-from poel_host.httpapp import _ErrorLog
+from poel_host.httpapp import start_server
 from poel_host.settings import Settings
 
 
@@ -27,18 +25,14 @@ def serve_dashboard(settings: Settings, *, host: str, port: int, plugins: Any, l
     with connection_for(settings, "dashboard") as conn:
         migrations.check_up_to_date(conn, settings.schema_name, plugins.migrations())
     app = make_app(settings, plugins=plugins, log=log)
-    server = WSGIServer((host, port), app, log=None, error_log=_ErrorLog(log))
-    try:
-        server.start()
-    except OSError as exc:
-        raise PoelError(
-            f"cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}; "
-            "choose another --port (or POEL_DASHBOARD_PORT)"
-        ) from None
-    log.info(
-        "dashboard listening",
-        host=host,
-        port=server.server_port,
+    server = start_server(
+        app,
+        host,
+        port,
+        log=log,
+        what="the dashboard",
+        hint="choose another --port (or POEL_DASHBOARD_PORT)",
+        event="dashboard listening",
         actions="enabled" if settings.dashboard_token else "read-only",
         payloads="shown" if settings.dashboard_shows_payloads else "hidden",
     )
