@@ -92,7 +92,8 @@ def test_a_killed_worker_is_marked_gone_then_removed_and_a_lost_row_comes_back(
     # written again by its next heartbeat.
     poel_conn.execute("DELETE FROM poel.workers WHERE pid = %s", [survivor.pid])
     wait_sql("SELECT count(*) = 1 FROM poel.workers WHERE pid = %s", [survivor.pid])
-    assert survivor.find_log("worker registered again: its row was gone")
+    # Logged once the row is committed: the line may reach us after the row is seen.
+    survivor.wait_log("worker registered again: its row was gone", timeout=5)
 
     # With no worker left to mark it, a dead worker's stale heartbeat still shows as gone.
     survivor.kill()
