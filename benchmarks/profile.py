@@ -2,6 +2,7 @@
 
     python benchmarks/profile.py [--n 40000] [--concurrency 100] [--log warning] [--duration 8]
     python benchmarks/profile.py --executor process [--processes 2] [--n 20000]
+    python benchmarks/profile.py --cpu-only [--n 80000 --duration 4]
 
 Starts serve on a fresh ``poel_bench_*`` database full of queued jobs, samples it with
 py-spy while it drains (idle samples, i.e. the gevent hub waiting on the network, are
@@ -15,6 +16,9 @@ and the CPU a job costs is given for each process involved: serve, the children 
 run database's PostgreSQL backends, beside the wall time a job takes (the rate's inverse)
 and how busy the whole machine was (from ``/proc/stat``: other sessions' load shows
 there).
+
+``--cpu-only`` samples nothing either: the CPU a job costs, with no sampler pausing serve
+(py-spy stops it for each sample), the figure to compare two commits by.
 
 ``--trace`` (process executor only) samples nothing with py-spy: it runs serve through
 ``trace_serve.py``, which times the steps of each process job (the claim, the spawn, the
@@ -132,6 +136,11 @@ def main() -> int:
     parser.add_argument("--executor", choices=["greenlet", "process"], default="greenlet")
     parser.add_argument("--processes", type=int, default=2, help="POEL_PROCESSES")
     parser.add_argument("--trace", action="store_true", help="time the steps, no py-spy")
+    parser.add_argument(
+        "--cpu-only",
+        action="store_true",
+        help="no py-spy: only the CPU a job costs, without the sampler's pauses in it",
+    )
     args = parser.parse_args()
     if args.trace and args.executor != "process":
         parser.error("--trace times the process executor's steps: use --executor process")
@@ -173,7 +182,7 @@ def main() -> int:
                 targets = [(proc.pid, args.out)]
                 if pids["children"]:
                     targets.append((pids["children"][0], child_out))
-                if args.trace:
+                if args.trace or args.cpu_only:
                     targets = []
                     time.sleep(args.duration)
                 spies = [
@@ -203,7 +212,7 @@ def main() -> int:
             count = f", {len(pids[what])} processes" if what != "serve" else ""
             print(
                 f"{what}'s CPU time: {1e6 * used / max(done, 1):.0f} µs a job"
-                f" ({share:.0f}% of a core{count}; sampling included)"
+                f" ({share:.0f}% of a core{count}{'; sampling included' if targets else ''})"
             )
         busy = (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1)
         print(f"the machine's CPUs were {100 * busy:.0f}% busy (every process, others' too)")
@@ -213,6 +222,8 @@ def main() -> int:
             trace.unlink(missing_ok=True)
             return 0
         trace.unlink(missing_ok=True)
+        if args.cpu_only:
+            return 0
         print("serve:", aggregate(args.out, args.top))
         if len(targets) > 1:
             print()
