@@ -22,13 +22,23 @@ class HeldJob:
     ctx: JobContext
     lost: bool = False  # its lease was lost: its outcome will not be recorded
     released: bool = False  # stopped by the shutdown: handed back, attempt not counted
-    deadline: float = 0.0  # time.monotonic() by which the handler must be done
     done: bool = False  # its outcome is with the completer, which reports a lost lease
     loans: Loans = field(default_factory=Loans)  # its handler's job-pool connections
 
     @property
     def id(self) -> int:
         return int(self.row["id"])
+
+    @property
+    def deadline(self) -> float:
+        """``time.monotonic()`` by which the handler must be done (0: not started). Kept
+        with the loans: the context's connection factory needs it and must not hold this
+        entry (see ``Worker._spawn``)."""
+        return self.loans.deadline
+
+    @deadline.setter
+    def deadline(self, value: float) -> None:
+        self.loans.deadline = value
 
 
 Held = dict[int, HeldJob]

@@ -33,11 +33,12 @@ LEFT_OPEN = "the handler left a `with ctx.connection()` block open; its work was
 
 @dataclass(eq=False)  # compared (and weakly referenced) by identity
 class Loans:
-    """The job-pool connections of one job's handler."""
+    """The job-pool connections of one job's handler, and by when they must be done."""
 
     lent: list[Any] = field(default_factory=list)  # connections its handler has now
     used: list[Any] = field(default_factory=list)  # connections its handler gave back
     misuse: str | None = None  # found by another job lent a connection it gave back
+    deadline: float = 0.0  # time.monotonic() by which the handler must be done (0: not started)
 
 
 class JobConnections:
@@ -60,10 +61,10 @@ class JobConnections:
         self._given_back_by: weakref.WeakValueDictionary[int, Loans] = weakref.WeakValueDictionary()
 
     @contextmanager
-    def borrow(self, loans: Loans, deadline: float) -> Iterator[psycopg.Connection[Any]]:
+    def borrow(self, loans: Loans) -> Iterator[psycopg.Connection[Any]]:
         """A connection for a ``with`` block: one transaction, committed at its end, whose
-        statements end before ``deadline`` (``time.monotonic()``)."""
-        remaining = max(1, int((deadline - time.monotonic()) * 1000))
+        statements end before the job's deadline."""
+        remaining = max(1, int((loans.deadline - time.monotonic()) * 1000))
         conn = self._lend(remaining)
         loans.lent.append(conn)
         try:

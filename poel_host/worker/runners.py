@@ -112,5 +112,6 @@ class Runners(Generic[T]):
                 finally:
                     self._running -= 1
                     self.unreserve(1)
+                    del item  # an idle runner must not keep its last job (and payload) alive
         finally:
             self._greenlets.discard(gevent.getcurrent())

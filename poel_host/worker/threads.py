@@ -25,7 +25,7 @@ from poel_host.database import connect
 from poel_host.green import NativeEvent
 from poel_host.settings import Settings
 from poel_host.store import Store
-from poel_host.worker.job_connections import bounded_transaction
+from poel_host.worker.job_connections import Loans, bounded_transaction
 
 
 class Threads:
@@ -42,8 +42,9 @@ class Threads:
         return self.pool.spawn(handler, payload, ctx).get()
 
     @contextmanager
-    def borrow(self, deadline: float) -> Iterator[psycopg.Connection[Any]]:
-        """A connection for one ``with ctx.connection()`` block on a thread."""
+    def borrow(self, loans: Loans) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for one ``with ctx.connection()`` block on a thread, whose
+        statements end before the job's deadline (its own: never lent from the job pool)."""
         s = self.settings
         conn = connect(
             s.dsn,
@@ -54,7 +55,7 @@ class Threads:
         )
         try:
             pooler = s.pooler != "none"
-            with bounded_transaction(self.store, conn, deadline, transaction_pooler=pooler):
+            with bounded_transaction(self.store, conn, loans.deadline, transaction_pooler=pooler):
                 yield conn
         finally:
             conn.close()
