@@ -7,6 +7,7 @@ one exits at once (its jobs come back when their leases expire).
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from typing import Any
@@ -48,6 +49,19 @@ def prepare_schema(settings: Settings, plugins: Plugins, log: Any) -> None:
             migrations.check_up_to_date(conn, settings.schema_name, plugins.migrations())
 
 
+def settle_memory() -> None:
+    """Leave what start-up made (modules, plugins, settings: some 57,000 objects) out of
+    every later garbage collection.
+
+    CPython's full collections scan every object alive: while no-op jobs drained they ran
+    several times a minute, 30-65 ms each, each a stall of claims, renewals and
+    ``/health``. ``gc.freeze()`` is the standard library's way to keep such objects out;
+    they are made once and live as long as serve does.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def serve(settings: Settings) -> int:
     log = get_logger()
     check_green()
@@ -85,6 +99,7 @@ def serve(settings: Settings) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, on_signal, signum)
+    settle_memory()
     try:
         worker.run()
     finally:
