@@ -277,12 +277,12 @@ class Worker:
         # the context): a cycle per job would leave every finished job to the cyclic
         # garbage collector, whose collections then took a fifth of a no-op job's CPU.
         loans = Loans()
-        connection: Any = partial(self.connections.borrow, loans)
+        borrow: Any = self.connections.borrow
         cancel: Any = self.cancelling
         if lane.executor == "thread":
             assert self.threads is not None
+            borrow = self.threads.borrow  # a connection of the thread's own
             cancel = self.threads.cancel  # a native thread cannot wait on gevent's event
-            connection = partial(self.threads.borrow, loans)
         ctx = JobContext(
             job_id=row["id"],
             job_type=row["job_type"],
@@ -292,7 +292,7 @@ class Worker:
             enqueued_at=row["created_at"],
             log=self.log.bind(jobId=row["id"], jobType=row["job_type"], attempt=row["attempts"]),
             settings=self.settings,
-            _connection_factory=connection,
+            _connection_factory=partial(borrow, loans),
             _enqueue=self._enqueue,
             _cancel_event=cancel,
         )
