@@ -55,6 +55,7 @@ def main() -> int:
             "queues": None,
             "limit": 1,
             "owner": "claim-latency",
+            "token": "00000000-0000-4000-8000-000000000000",
             "lease_ms": 30_000,
             "held": [],
         }

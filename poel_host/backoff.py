@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 from poel_host.jobs import Job
+from poel_host.storable import storable_delay_ms
 
 
 def retry_delay_ms(job: Job, attempt: int, *, base_ms: int, max_ms: int) -> int:
@@ -16,7 +17,9 @@ def retry_delay_ms(job: Job, attempt: int, *, base_ms: int, max_ms: int) -> int:
     replaces the base (seconds), or, as a function of the attempt, the whole schedule.
     """
     if callable(job.backoff):
-        return max(0, int(job.backoff(attempt) * 1000))
+        # Whatever the plugin's function returns (a huge number, inf, NaN, a negative):
+        # a delay a timestamp can hold.
+        return storable_delay_ms(float(job.backoff(attempt)) * 1000)
     base = base_ms if job.backoff is None else job.backoff * 1000
     delay = min(max_ms, base * 2 ** max(0, attempt - 1))
     return int(delay * random.uniform(0.75, 1.25))

@@ -96,6 +96,7 @@ class Settings(BaseSettings):
     retry_backoff_max_ms: int = Field(
         default=3_600_000, ge=0, le=_YEAR_MS, validation_alias="POEL_RETRY_BACKOFF_MAX_MS"
     )
+    max_handbacks: int = Field(default=3, ge=0, le=1_000, validation_alias="POEL_MAX_HANDBACKS")
     db_pool_size: int = Field(default=10, ge=1, le=1_000, validation_alias="POEL_DB_POOL_SIZE")
     connect_timeout_s: int = Field(
         default=5, ge=1, le=3_600, validation_alias="POEL_CONNECT_TIMEOUT_S"

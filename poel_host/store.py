@@ -24,9 +24,12 @@ from psycopg.types.json import Jsonb
 from poel_host.errors import DatabaseUnavailable, PoelError, one_line
 from poel_host.settings import redact_dsn
 from poel_host.sqlfiles import parse_blocks, read_sql, with_schema
+from poel_host.storable import storable_delay_ms, storable_error, storable_traceback
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
+# One attempt's outcome: (job id, lease token, state, error, retry delay ms, traceback).
+OutcomeRow = tuple[int, str, str, str | None, float, str | None]
 # What means "the database could not be used": lost or refused connections, a pool that
 # gave no connection in time. Anything else (a constraint, a syntax error) is a bug or bad
 # input and keeps its own type.
@@ -140,66 +143,94 @@ class Store:
         queues: Sequence[str] | None,
         limit: int,
         owner: str,
+        token: str,
         lease_ms: int,
         held: Sequence[int],
     ) -> list[dict[str, Any]]:
+        """Claim up to ``limit`` due jobs under the lease token ``token`` (new for each
+        claim; see ``claim_jobs`` in the SQL)."""
         params = {
             "job_types": list(job_types),
             "queues": None if queues is None else list(queues),
             "limit": limit,
             "owner": owner,
+            "token": token,
             "lease_ms": lease_ms,
             "held": list(held),
         }
         return self._all("claim_jobs", params)
 
-    def finish(
-        self, outcomes: Sequence[tuple[int, str, str | None, int, str | None]], owner: str
-    ) -> set[int]:
-        """Record (job id, state, error, retry delay ms, traceback) outcomes of this worker's
-        jobs; the ids written (a lost lease's are not)."""
-        succeeded = [o[0] for o in outcomes if o[1] == "succeeded"]
-        others = [o for o in outcomes if o[1] != "succeeded"]
+    def finish(self, outcomes: Sequence[OutcomeRow]) -> set[int]:
+        """Record ``(job id, lease token, state, error, retry delay ms, traceback)``
+        outcomes; the ids written (an attempt whose lease was lost is not). Every text is
+        made storable here, and every delay clamped: nothing a handler raised can make the
+        statement fail for the outcomes beside it."""
+        succeeded = [o for o in outcomes if o[2] == "succeeded"]
+        others = [o for o in outcomes if o[2] != "succeeded"]
 
         def write(conn: Conn) -> set[int]:
             # Two autocommit statements, not a transaction (two more round trips a batch):
             # written again after a failure, the first's rows are simply not returned.
             written: set[int] = set()
             if succeeded:
-                # The common case, through a statement with one array parameter.
-                params: dict[str, Any] = {"ids": succeeded, "owner": owner}
+                # The common case, through a statement with two array parameters.
+                params: dict[str, Any] = {
+                    "ids": [o[0] for o in succeeded],
+                    "tokens": [o[1] for o in succeeded],
+                }
                 written.update(r["id"] for r in conn.execute(self._q["finish_succeeded"], params))
             if others:
                 params = {
                     "ids": [o[0] for o in others],
-                    "states": [o[1] for o in others],
-                    "errors": [o[2] for o in others],
-                    "delays_ms": [o[3] for o in others],
-                    "tracebacks": [o[4] for o in others],
-                    "owner": owner,
+                    "tokens": [o[1] for o in others],
+                    "states": [o[2] for o in others],
+                    "errors": [storable_error(o[3]) for o in others],
+                    "delays_ms": [storable_delay_ms(o[4]) for o in others],
+                    "tracebacks": [storable_traceback(o[5]) for o in others],
                 }
                 written.update(r["id"] for r in conn.execute(self._q["finish_jobs"], params))
             return written
 
         return self._run(write)
 
-    def release_jobs(self, ids: Sequence[int], owner: str) -> list[int]:
-        """Hand this worker's running jobs back (attempt not counted); the ids released."""
-        return sorted(self._ids("release_jobs", {"ids": list(ids), "owner": owner}))
+    def release_jobs(
+        self, attempts: Sequence[tuple[int, str]], *, started: bool, max_handbacks: int
+    ) -> dict[int, bool]:
+        """Hand ``(job id, lease token)`` attempts back to the queue: {id: whether the
+        hand-back counted as an attempt} for those released. Only ``started`` attempts
+        (stopped by a shutdown) count toward ``max_handbacks`` (see the SQL)."""
+        params = {
+            "ids": [a[0] for a in attempts],
+            "tokens": [a[1] for a in attempts],
+            "started": started,
+            "max_handbacks": max_handbacks,
+        }
+        return {int(r["id"]): bool(r["counted"]) for r in self._all("release_jobs", params)}
+
+    def release_claims(self, tokens: Sequence[str]) -> list[int]:
+        """Hand back the jobs of claims whose answer was lost; the ids released."""
+        return sorted(self._ids("release_claims", {"tokens": list(tokens)}))
 
     def heartbeat(
-        self, owner: str, *, ids: Sequence[int], lease_ms: int, draining: bool
+        self, owner: str, *, attempts: Sequence[tuple[int, str]], lease_ms: int, draining: bool
     ) -> tuple[bool, set[int]]:
-        """The worker's heartbeat and the renewal of the unexpired leases of ``ids``, in one
-        statement: (whether its registry row exists, the ids renewed; the others are lost)."""
-        params = {"ids": list(ids), "owner": owner, "lease_ms": lease_ms, "draining": draining}
+        """The worker's heartbeat and the renewal of the leases of ``(job id, lease
+        token)`` attempts, in one statement: (whether its registry row exists, the ids
+        renewed; the others are lost)."""
+        params = {
+            "ids": [a[0] for a in attempts],
+            "tokens": [a[1] for a in attempts],
+            "owner": owner,
+            "lease_ms": lease_ms,
+            "draining": draining,
+        }
         row = self._one("heartbeat", params)
         assert row is not None  # the statement always answers one row
         return bool(row["registered"]), {int(i) for i in row["renewed"]}
 
-    def recover_expired(self) -> list[dict[str, Any]]:
-        """Requeue (or fail) jobs whose lease expired: ``[{id, state}]``."""
-        return self._all("recover_expired")
+    def recover_expired(self, *, base_ms: int, max_ms: int) -> list[dict[str, Any]]:
+        """Requeue after a backoff (or fail) jobs whose lease expired: ``[{id, state}]``."""
+        return self._all("recover_expired", {"base_ms": base_ms, "max_ms": max_ms})
 
     def prune_finished(
         self, *, succeeded_hours: float, failed_hours: float | None, batch: int

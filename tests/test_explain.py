@@ -75,9 +75,39 @@ def test_queue_depths_read_the_queued_index_alone(big_table):
     assert [row["depth"] for row in capped] == [20] * 6
 
 
+TOKEN = "00000000-0000-4000-8000-000000000000"
+
+
 def test_the_heartbeat_reads_no_jobs_beyond_the_ones_it_renews(big_table):
-    params = {"ids": [1, 2, 3], "owner": "w", "lease_ms": 1000, "draining": False}
+    params = {
+        "ids": [1, 2, 3],
+        "tokens": [TOKEN] * 3,
+        "owner": "w",
+        "lease_ms": 1000,
+        "draining": False,
+    }
     scans = scans_of_jobs(plan(big_table, "heartbeat", params))
+    assert scans and all(kind != "Seq Scan" for kind, _ in scans), scans
+
+
+TOKENED = {  # the statements that match attempts by (id, lease token)
+    "finish_succeeded": {"ids": [1, 2, 3], "tokens": [TOKEN] * 3},
+    "finish_jobs": {
+        "ids": [1, 2],
+        "tokens": [TOKEN] * 2,
+        "states": ["failed", "queued"],
+        "errors": ["e", "e"],
+        "delays_ms": [0, 10],
+        "tracebacks": [None, None],
+    },
+    "release_jobs": {"ids": [1, 2], "tokens": [TOKEN] * 2, "started": True, "max_handbacks": 3},
+    "release_claims": {"tokens": [TOKEN]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOKENED))
+def test_statements_about_attempts_read_no_jobs_beyond_theirs(big_table, name):
+    scans = scans_of_jobs(plan(big_table, name, TOKENED[name]))
     assert scans and all(kind != "Seq Scan" for kind, _ in scans), scans
 
 

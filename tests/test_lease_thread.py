@@ -15,12 +15,13 @@ from typing import Any
 import gevent
 import pytest
 
-from poel_host.worker.held import HeldJob
+from poel_host.worker.held import PENDING, RUNNING, HeldJob
 from poel_host.worker.leases import LeaseKeeper
 from poel_host.worker.metrics import LeaseCounts
 from poel_host.worker.supervisor import Supervisor
 
 OWNER = "test-host:1:lease"
+TOKEN = "00000000-0000-4000-8000-000000000016"  # the lease token of the attempts held here
 LEASE_MS = 1000
 
 
@@ -52,10 +53,10 @@ class Recorder:
 def running_job(conn) -> int:
     """A job running under OWNER's lease."""
     return conn.execute(
-        "INSERT INTO poel.jobs (job_type, payload, state, attempts, lease_owner,"
-        " lease_expires_at, started_at) VALUES ('test.noop', '{}', 'running', 1, %s,"
+        "INSERT INTO poel.jobs (job_type, payload, state, attempts, lease_owner, lease_token,"
+        " lease_expires_at, started_at) VALUES ('test.noop', '{}', 'running', 1, %s, %s,"
         " now() + %s * interval '1 millisecond', now()) RETURNING id",
-        [OWNER, LEASE_MS],
+        [OWNER, TOKEN, LEASE_MS],
     ).fetchone()["id"]
 
 
@@ -91,7 +92,7 @@ def keeper(poel_settings):
 
 
 def hold(held: dict[int, HeldJob], job_id: int, *, deadline: float = 0.0) -> HeldJob:
-    entry = HeldJob(row={"id": job_id}, ctx=SimpleNamespace(log=Recorder()))  # type: ignore[arg-type]
+    entry = HeldJob(row={"id": job_id, "lease_token": TOKEN}, ctx=SimpleNamespace(log=Recorder()))  # type: ignore[arg-type]
     entry.deadline = deadline
     held[job_id] = entry
     return entry
@@ -138,16 +139,25 @@ def test_a_job_past_its_timeout_is_given_up_once_and_others_still_renewed(keeper
     assert not late.lost  # its outcome, if it comes before a rescue, may still be recorded
 
 
-def test_a_finished_job_past_its_deadline_is_still_renewed(keeper, poel_conn):
-    """Its outcome is with the completer, which may be waiting for the database."""
-    job_id = running_job(poel_conn)
-    entry = hold(keeper.held, job_id, deadline=time.monotonic() - 5)
-    entry.done = True
+def test_an_outcome_not_written_keeps_its_lease_only_until_a_lease_past_its_deadline(
+    keeper, poel_conn
+):
+    """An outcome with the completer (which may be waiting for the database) keeps its
+    lease past the job's deadline, but not for ever: a lease past it, it is given up."""
+    recent_id, old_id = running_job(poel_conn), running_job(poel_conn)
+    recent = hold(keeper.held, recent_id, deadline=time.monotonic() - 0.01)
+    old = hold(keeper.held, old_id, deadline=time.monotonic() - 30)
+    for entry in (recent, old):
+        entry.move(RUNNING)
+        entry.move(PENDING)
     keeper.supervisor.start(keeper.keeper)
     gevent.sleep(0.05)
-    block_the_hub(2.5)
-    assert lease(poel_conn, job_id)["ahead"]
-    assert entry.ctx.log.lines == []
+    block_the_hub(0.6)  # within the recent one's lease of grace
+    assert lease(poel_conn, recent_id)["ahead"]
+    assert recent.ctx.log.lines == []
+    assert [m for _, m, _ in old.ctx.log.lines] == [
+        "job outcome still not written a lease past its deadline: lease given up"
+    ]
 
 
 def test_a_dead_thread_is_reported_and_restarted_by_the_supervisor(keeper, poel_conn, wait_for):

@@ -162,6 +162,7 @@ def test_claim_query_uses_the_partial_index(poel_conn):
             "limit": 10,
             "owner": "explain",
             "lease_ms": 1000,
+            "token": "00000000-0000-4000-8000-000000000000",
             "held": [],
         },
     ).fetchall()

@@ -42,8 +42,9 @@ WHERE job_type = %(job_type)s AND unique_key = %(unique_key)s AND state IN ('que
 -- Take up to `limit` due jobs of the types this worker handles, highest priority first,
 -- then oldest run_at, skipping rows other workers are claiming and jobs this worker still
 -- holds (`held`: a retry due before its last outcome was confirmed); each gets a lease
--- owned by this worker. The payload comes back as text, parsed by the worker for each job:
--- one that Python cannot parse (nested thousands deep, a 5,000-digit number) then fails
+-- owned by this worker, and the claim's token (`token`: new for each claim, so new for each
+-- attempt), which every later statement about the attempt matches on. The payload comes
+-- back as text, parsed by the worker for each job: one that Python cannot parse (nested thousands deep, a 5,000-digit number) then fails
 -- that job alone instead of the whole claim. The recursive part walks the distinct
 -- priorities of queued jobs (a loose index scan), so that for each priority only due rows
 -- are read from the claim index: the cost does not grow with future-scheduled or finished
@@ -76,6 +77,7 @@ WITH RECURSIVE priorities AS (
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempts = j.attempts + 1, lease_owner = %(owner)s,
+    lease_token = %(token)s::uuid,
     lease_expires_at = now() + %(lease_ms)s * interval '1 millisecond',
     started_at = now(), updated_at = now()
 FROM due
@@ -86,8 +88,10 @@ RETURNING j.id, j.queue, j.job_type, j.payload::text AS payload, j.attempts, j.m
 -- finish_jobs --
 -- Record outcomes in one statement: succeeded, failed, or queued again with a delay for
 -- a retry; an error (with its traceback, when the worker has one) joins the history.
--- Only rows this worker still leases are touched, so a worker that lost a lease never
--- overwrites the new owner's outcome. Returns the ids written.
+-- Only the attempt each outcome belongs to is touched (its id and lease token), so a
+-- worker, thread or child whose attempt was rescued or handed back never overwrites the
+-- fate of the next one; an attempt whose lease expired but that nobody took meanwhile (a
+-- database blip) is still this worker's to record. Returns the ids written.
 UPDATE {schema}.jobs AS j
 SET state = o.state::{schema}.job_state,
     run_at = CASE WHEN o.state = 'queued'
@@ -102,34 +106,72 @@ SET state = o.state::{schema}.job_state,
                               ELSE jsonb_build_object('traceback', o.traceback) END)
              END,
     finished_at = CASE WHEN o.state IN ('succeeded', 'failed') THEN now() END,
-    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(errors)s::text[], %(delays_ms)s::bigint[],
-            %(tracebacks)s::text[])
-     AS o(id, state, error, delay_ms, traceback)
-WHERE j.id = o.id AND j.lease_owner = %(owner)s AND j.state = 'running'
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[], %(errors)s::text[],
+            %(delays_ms)s::bigint[], %(tracebacks)s::text[])
+     AS o(id, token, state, error, delay_ms, traceback)
+WHERE j.id = o.id AND j.lease_token = o.token AND j.state = 'running'
 RETURNING j.id
 
 -- finish_succeeded --
--- The common case of finish_jobs, cheaper to send: jobs that succeeded.
-UPDATE {schema}.jobs
-SET state = 'succeeded', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL,
-    updated_at = now()
-WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s AND state = 'running'
-RETURNING id
+-- The common case of finish_jobs, cheaper to send: attempts that succeeded.
+UPDATE {schema}.jobs AS j
+SET state = 'succeeded', finished_at = now(), lease_owner = NULL, lease_token = NULL,
+    lease_expires_at = NULL, updated_at = now()
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
+WHERE j.id = o.id AND j.lease_token = o.token AND j.state = 'running'
+RETURNING j.id
 
 -- release_jobs --
--- Hand running jobs back to the queue at shutdown: the attempt does not count.
+-- Hand attempts back to the queue (a shutdown, a job claimed ahead that no child took): the
+-- attempt does not count, unless the attempt had started (`started`) and the job was
+-- handed back `max_handbacks` times already: a job longer than the time between two
+-- deploys would otherwise be handed back at every deploy and never end. Such a hand-back
+-- counts as an attempt, is recorded in the error history, and fails the job on its last.
+WITH released AS (
+    SELECT j.id,
+           %(started)s AND j.handbacks >= %(max_handbacks)s AS counted
+    FROM {schema}.jobs AS j
+    JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
+      ON j.id = o.id AND j.lease_token = o.token
+    WHERE j.state = 'running'
+    FOR UPDATE OF j
+)
+UPDATE {schema}.jobs AS j
+SET state = CASE WHEN r.counted AND j.attempts >= j.max_attempts
+                 THEN 'failed'::{schema}.job_state ELSE 'queued'::{schema}.job_state END,
+    attempts = CASE WHEN r.counted THEN j.attempts ELSE greatest(j.attempts - 1, 0) END,
+    handbacks = j.handbacks + CASE WHEN %(started)s THEN 1 ELSE 0 END,
+    last_error = CASE WHEN r.counted THEN {schema}.handback_error(j.handbacks + 1)
+                      ELSE j.last_error END,
+    errors = CASE WHEN r.counted THEN j.errors || jsonb_build_array(jsonb_build_object(
+                      'attempt', j.attempts, 'at', {schema}.iso_utc(now()),
+                      'error', {schema}.handback_error(j.handbacks + 1)))
+                  ELSE j.errors END,
+    finished_at = CASE WHEN r.counted AND j.attempts >= j.max_attempts THEN now() END,
+    run_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    started_at = CASE WHEN r.counted THEN j.started_at END, updated_at = now()
+FROM released AS r
+WHERE j.id = r.id
+RETURNING j.id, r.counted
+
+-- release_claims --
+-- Hand back every attempt of claims whose answer never reached this worker (the
+-- connection broke after the claim committed): their handlers never ran, so their
+-- attempts do not count. Matched by the claims' tokens, which only this worker knew.
 UPDATE {schema}.jobs
 SET state = 'queued', attempts = greatest(attempts - 1, 0), run_at = now(),
-    lease_owner = NULL, lease_expires_at = NULL, started_at = NULL, updated_at = now()
-WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s AND state = 'running'
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, started_at = NULL,
+    updated_at = now()
+WHERE state = 'running' AND lease_token = ANY(%(tokens)s::uuid[])
 RETURNING id
 
 -- heartbeat --
 -- The lease keeper's pass, in one statement: this worker's heartbeat in the registry, and
--- the renewal of the leases of `ids` (none when it holds no job). A lease that has already
--- expired is not extended: another worker may have rescued the job (or be about to), so
--- the attempt counts as lost even if no one has looked yet; `renewed` lists the ids kept.
+-- the renewal of the leases of the attempts (`ids` with their `tokens`; none when it holds
+-- no job). An attempt is renewed if its token is still the job's, even if its lease ran
+-- out meanwhile (a database blip longer than the lease): a rescue or a new claim would
+-- have changed the token. `renewed` lists the ids kept; the others are lost.
 -- `registered` is false when the worker's row is missing (it was found dead while frozen
 -- or cut off, and cleaned up): the keeper then registers it again.
 WITH beat AS (
@@ -138,19 +180,21 @@ WITH beat AS (
     WHERE owner = %(owner)s
     RETURNING owner
 ), renewed AS (
-    UPDATE {schema}.jobs
+    UPDATE {schema}.jobs AS j
     SET lease_expires_at = now() + %(lease_ms)s * interval '1 millisecond'
-    WHERE id = ANY(%(ids)s::bigint[]) AND lease_owner = %(owner)s AND state = 'running'
-      AND lease_expires_at > now()
-    RETURNING id
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
+    WHERE j.id = o.id AND j.lease_token = o.token AND j.state = 'running'
+    RETURNING j.id
 )
 SELECT EXISTS (SELECT FROM beat) AS registered, ARRAY(SELECT id FROM renewed) AS renewed
 
 -- recover_expired --
--- Jobs whose worker stopped renewing its lease (killed, frozen, cut off): queue them
--- again, or fail them if that was their last attempt. The lost attempt is recorded. A
--- requeued job keeps its run_at, so it is claimed again next instead of waiting behind
--- every job that became due while it was held.
+-- Jobs whose worker stopped renewing its lease (killed, frozen, cut off): queue them again
+-- after a backoff, or fail them if that was their last attempt. The lost attempt is
+-- recorded. The backoff (`base_ms` doubled each attempt up to `max_ms`, with a quarter of
+-- jitter either way) is what keeps a job that kills its worker (a segfault in a C
+-- extension, memory exhausted) from taking down the next worker at once, and the next: it
+-- ends in the dead letter after max_attempts, with a message that says so.
 WITH expired AS (
     SELECT id FROM {schema}.jobs
     WHERE state = 'running' AND lease_expires_at < now()
@@ -161,12 +205,16 @@ WITH expired AS (
 UPDATE {schema}.jobs AS j
 SET state = CASE WHEN j.attempts >= j.max_attempts
                  THEN 'failed'::{schema}.job_state ELSE 'queued'::{schema}.job_state END,
-    last_error = 'worker lost: lease held by ' || coalesce(j.lease_owner, '?') || ' expired',
+    run_at = CASE WHEN j.attempts >= j.max_attempts THEN j.run_at
+                  ELSE now() + least(%(max_ms)s::float8,
+                                     %(base_ms)s::float8 * 2 ^ least(greatest(j.attempts - 1, 0), 40))
+                               * (0.75 + random() * 0.5) * interval '1 millisecond' END,
+    last_error = {schema}.lost_error(j.lease_owner, j.attempts, j.max_attempts),
     errors = j.errors || jsonb_build_array(jsonb_build_object(
         'attempt', j.attempts, 'at', {schema}.iso_utc(now()),
-        'error', 'worker lost: lease held by ' || coalesce(j.lease_owner, '?') || ' expired')),
+        'error', {schema}.lost_error(j.lease_owner, j.attempts, j.max_attempts))),
     finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
-    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
 FROM expired
 WHERE j.id = expired.id
 RETURNING j.id, j.state::text AS state

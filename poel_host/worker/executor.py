@@ -22,7 +22,8 @@ from poel_host.errors import InvalidPayload, error_text, one_line
 from poel_host.jobs import Job, JobCancelled
 from poel_host.plugins import Plugins
 from poel_host.settings import Settings
-from poel_host.worker.held import Held, HeldJob
+from poel_host.store import OutcomeRow
+from poel_host.worker.held import HANDING_BACK, PENDING, RUNNING, Held, HeldJob
 from poel_host.worker.job_connections import JobConnections
 
 # What an outcome is counted as (metrics, summaries, the job_finished hook).
@@ -36,6 +37,10 @@ class Outcome:
     error: str | None = None
     delay_ms: int = 0
     traceback: str | None = None  # kept in the error history beside the error
+    token: str = ""  # the attempt's lease token: the outcome is written only if it matches
+
+    def as_row(self) -> OutcomeRow:
+        return (self.job_id, self.token, self.state, self.error, self.delay_ms, self.traceback)
 
     @property
     def label(self) -> str:
@@ -58,20 +63,20 @@ STOPPED = Ran(stopped=True)
 
 def decide(job: Job, row: dict[str, Any], ran: Ran, settings: Settings) -> Outcome:
     """The outcome of one run of ``job`` (claimed as ``row``)."""
-    job_id = int(row["id"])
+    job_id, token = int(row["id"]), str(row["lease_token"])
     if ran.stopped:
-        return Outcome(job_id, "released")
+        return Outcome(job_id, "released", token=token)
     if ran.error is None:
-        return Outcome(job_id, "succeeded")
+        return Outcome(job_id, "succeeded", token=token)
     if ran.final or row["attempts"] >= row["max_attempts"]:
-        return Outcome(job_id, "failed", ran.error, traceback=ran.traceback)
+        return Outcome(job_id, "failed", ran.error, traceback=ran.traceback, token=token)
     delay = backoff.retry_delay_ms(
         job,
         row["attempts"],
         base_ms=settings.retry_backoff_ms,
         max_ms=settings.retry_backoff_max_ms,
     )
-    return Outcome(job_id, "queued", ran.error, delay, ran.traceback)
+    return Outcome(job_id, "queued", ran.error, delay, ran.traceback, token)
 
 
 class Executor:
@@ -113,6 +118,7 @@ class Executor:
         started = time.monotonic()
         # Before job_started: a connection that hook borrows is bounded by the job's time.
         entry.deadline = started + seconds
+        entry.move(RUNNING)
         try:
             if self._hooked_started:
                 self.plugins.call("job_started", ctx.log, ctx=ctx)
@@ -128,15 +134,16 @@ class Executor:
             outcome = decide(job, row, ran, self.settings)
         except Exception as exc:
             ctx.log.exception("deciding the job's outcome failed")
-            outcome = Outcome(entry.id, "failed", f"worker error: {error_text(exc)}")
+            outcome = Outcome(
+                entry.id, "failed", f"worker error: {error_text(exc)}", token=entry.token
+            )
         self._report(entry, outcome, round(time.monotonic() - started, 6))
         if outcome.state == "released":
-            entry.released = True  # the drain hands it back
-        elif entry.lost:
-            ctx.log.warning("job outcome not recorded: lease lost to another worker")
-            self.held.pop(entry.id, None)
+            entry.move(HANDING_BACK)  # the drain hands it back
         else:
-            entry.done = True
+            # Even when the lease keeper found the lease lost: the completer writes only an
+            # attempt whose token is still the job's, and says so when it is not.
+            entry.move(PENDING)
             self.complete(outcome)
 
     def _execute(self, job: Job, entry: HeldJob, seconds: float) -> Ran:

@@ -52,7 +52,7 @@ from poel_host.errors import DatabaseUnavailable, error_text, one_line
 from poel_host.green import NativeEvent
 from poel_host.settings import Settings
 from poel_host.store import Store
-from poel_host.worker.held import Held, HeldJob
+from poel_host.worker.held import LOST, Held, HeldJob
 from poel_host.worker.metrics import LeaseCounts
 from poel_host.worker.registry import Registration
 from poel_host.worker.supervisor import Service
@@ -190,15 +190,18 @@ class LeaseKeeper(Service):
             run.wake()
 
     def renew(self, store: Store) -> None:
-        """One pass (on the thread): renew the leases of the held jobs within their time."""
+        """One pass (on the thread): renew the leases of the held attempts within their
+        time."""
         held = self.held.copy()  # one C call: atomic with respect to the greenlets
         now = time.monotonic()
         renewing = []
-        for job_id, entry in held.items():
-            if self._past_timeout(entry, now):
+        for entry in held.values():
+            if entry.lost:
+                continue
+            if self._past_time(entry, now):
                 self._give_up(entry, now)
             else:
-                renewing.append((job_id, entry))
+                renewing.append(entry)
         for job_id, entry in list(self._given_up.items()):
             if held.get(job_id) is not entry:
                 del self._given_up[job_id]  # forgotten: its job may be claimed again
@@ -207,7 +210,7 @@ class LeaseKeeper(Service):
             return
         registered, kept = store.heartbeat(
             self.owner,
-            ids=[job_id for job_id, _ in renewing],
+            attempts=[(entry.id, entry.token) for entry in renewing],
             lease_ms=self.lease_ms,
             draining=registration is not None and registration.draining,
         )
@@ -216,24 +219,25 @@ class LeaseKeeper(Service):
         if registration is not None and not registered:
             registration.register(store)
             self.log.warning("worker registered again: its row was gone", owner=self.owner)
-        for job_id, entry in renewing:
-            # Only the attempt asked about: its job may have been claimed again meanwhile.
-            # A finished attempt is skipped: its outcome may be committed already with the
-            # completer not yet told, and if the lease is lost the completer says so.
-            if (
-                job_id not in kept
-                and not (entry.lost or entry.done)
-                and self.held.get(job_id) is entry
-            ):
-                entry.lost = True
+        for entry in renewing:
+            # Only this attempt was asked about (its token): its job may have been rescued
+            # and claimed again meanwhile. An attempt whose outcome is with the completer is
+            # left to it: its outcome may be committed already with the completer not yet
+            # told, and if the lease is lost the completer says so.
+            if entry.id not in kept and not entry.done and entry.move(LOST):
                 self.counts.lost += 1
                 entry.ctx.log.warning("job lease lost; its outcome will not be recorded")
 
-    def _past_timeout(self, entry: HeldJob, now: float) -> bool:
-        """Whether a held job ran past its timeout (and a renewal interval of grace) with
-        its handler not done: a deadline of 0 is a job not started yet."""
-        if not entry.deadline or entry.done or entry.released or entry.lost:
+    def _past_time(self, entry: HeldJob, now: float) -> bool:
+        """Whether a held attempt ran past its time: a handler past its timeout (and a
+        renewal interval of grace: time for a timed-out handler to be taken back), or an
+        outcome still not written a lease after its deadline (the completer cannot write
+        it: its lease must not be kept alive for ever). A deadline of 0 is an attempt not
+        started yet; one being handed back is renewed until it is."""
+        if not entry.deadline or entry.released:
             return False
+        if entry.done:
+            return now > entry.deadline + self.lease_ms / 1000
         return now > entry.deadline + self.interval
 
     def _give_up(self, entry: HeldJob, now: float) -> None:
@@ -242,6 +246,8 @@ class LeaseKeeper(Service):
         self._given_up[entry.id] = entry
         self.counts.given_up += 1
         entry.ctx.log.warning(
-            "job past its timeout: lease given up, another worker can take the job",
+            "job outcome still not written a lease past its deadline: lease given up"
+            if entry.done
+            else "job past its timeout: lease given up, another worker can take the job",
             overdue_s=round(now - entry.deadline, 3),
         )

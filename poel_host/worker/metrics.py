@@ -86,6 +86,8 @@ class Metrics:
         self.event_loop_blocks: Callable[[], int] | None = None
         # (queue, job type) -> (due jobs, oldest due job's age in seconds): QueueDepths'.
         self.queues: dict[tuple[str, str], tuple[int, float]] = {}
+        # (from phase, to phase) -> times: the held attempts' transitions (see held.py).
+        self.transitions: collections.Counter[tuple[str, str]] = collections.Counter()
         self._per_job: dict[tuple[str, str], Observed] = {}  # (job type, outcome)
         self._per_lane: dict[str, Observed] = {}  # executor
         self.registry.register(_Observations(self))
@@ -229,6 +231,16 @@ class _Scraped:
             busy.add_metric([lane.executor], lane.busy)
         yield capacity
         yield busy
+
+        moved = CounterMetricFamily(
+            "poel_attempt_transitions_total",
+            "Held attempts' moves between phases (claimed, running, pending, written, "
+            "handing back, handed back, lost).",
+            labels=["from", "to"],
+        )
+        for (was, to), count in sorted(m.transitions.items()):
+            moved.add_metric([was, to], count)
+        yield moved
 
         depth = GaugeMetricFamily(
             "poel_queue_depth",

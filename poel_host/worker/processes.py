@@ -43,7 +43,7 @@ from poel_host.settings import Settings
 from poel_host.worker.child import PLUGINS_VARIABLE
 from poel_host.worker.children import ChildDied, ChildProcess
 from poel_host.worker.executor import Ran
-from poel_host.worker.held import HeldJob
+from poel_host.worker.held import HANDING_BACK, HeldJob
 
 START_TIMEOUT_S = 60.0
 AHEAD_BUDGET_S = 0.010  # work claimed ahead per busy child, at the recent jobs' pace
@@ -279,10 +279,10 @@ class ProcessPool:
             self.hand_back(entry)
             return
         except gevent.GreenletExit:
-            entry.released = True  # the drain ran out of time before a child freed
+            entry.move(HANDING_BACK)  # the drain ran out of time before a child freed
             raise
         if self._cancelling:  # the drain's grace ran out while this job waited
-            entry.released = True
+            entry.move(HANDING_BACK)
             self.idle.put(child)
             return
         self._taken[entry.id] = child

@@ -17,6 +17,7 @@ idle worker makes one claim per wake-up.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -97,6 +98,7 @@ class Producer:
         self.spawn = spawn
         self.stopping = stopping
         self.log = log
+        self.unanswered: list[str] = []  # tokens of claims whose answer was lost
 
     def loops(self) -> list[ClaimLoop]:
         return [ClaimLoop(self, lane, helper=i > 0) for lane in self.lanes for i in range(CLAIMERS)]
@@ -112,20 +114,47 @@ class Producer:
             lane.backlog.set()
 
     def claim(self, lane: Lane, limit: int) -> list[dict[str, Any]]:
+        """Claim up to ``limit`` jobs for ``lane``: rows carrying their ``lease_token``.
+
+        A claim whose answer is lost (the connection broke as it committed) leaves jobs
+        running under a token only this worker knows: the token is kept, and those jobs
+        are handed back, their attempts not counted, before the next claim."""
+        if self.unanswered:
+            self.release_unanswered()
+        token = str(uuid.uuid4())
         started = time.perf_counter()
-        rows = self.store.claim_jobs(
-            job_types=lane.job_types,
-            queues=self.settings.queue_names,
-            limit=limit,
-            owner=self.owner,
-            lease_ms=self.settings.lease_ms,
-            # A retry becomes due while its last attempt's outcome is still being written
-            # (or retried through an outage): this worker must not claim it again until
-            # that attempt has left the held table.
-            held=list(self.held),
-        )
+        try:
+            rows = self.store.claim_jobs(
+                job_types=lane.job_types,
+                queues=self.settings.queue_names,
+                limit=limit,
+                owner=self.owner,
+                token=token,
+                lease_ms=self.settings.lease_ms,
+                # A retry becomes due while its last attempt's outcome is still being
+                # written (or retried through an outage): this worker must not claim it
+                # again until that attempt has left the held table.
+                held=list(self.held),
+            )
+        except DatabaseUnavailable:
+            self.unanswered.append(token)
+            raise
         self.on_claim(lane.executor, time.perf_counter() - started, len(rows))
+        for row in rows:
+            row["lease_token"] = token
         return rows
+
+    def release_unanswered(self) -> None:
+        """Hand back the jobs of claims whose answer was lost (raises DatabaseUnavailable
+        while the database is away: the tokens are kept for the next try)."""
+        tokens = list(self.unanswered)
+        ids = self.store.release_claims(tokens)
+        del self.unanswered[: len(tokens)]
+        if ids:
+            self.log.warning(
+                "jobs of a claim whose answer was lost handed back; attempts not counted",
+                jobs=ids,
+            )
 
 
 class ClaimLoop(Service):

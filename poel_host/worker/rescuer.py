@@ -1,9 +1,12 @@
 """Rescuing jobs whose worker died: their lease expired without being renewed.
 
-Every worker rescues, at the lease keeper's pace: a rescued job is queued again (keeping
-its place: its ``run_at`` is unchanged) or, on its last attempt, failed, with the lost
-attempt in its error history. ``FOR UPDATE SKIP LOCKED`` keeps workers rescuing at the
-same moment from doing it twice.
+Every worker rescues, at the lease keeper's pace: a rescued job is queued again after a
+backoff (``POEL_RETRY_BACKOFF_MS`` doubled each attempt, with jitter) or, on its last
+attempt, failed, with the lost attempt in its error history. The backoff is what keeps a
+job that kills its worker (out of memory, a segfault, ``os._exit``) from taking down the
+next worker at once, and the next: it ends in the dead letter after its attempts, with a
+message that says its worker was lost every time. ``FOR UPDATE SKIP LOCKED`` keeps
+workers rescuing at the same moment from doing it twice.
 
 The same pass looks after the registry of workers: a worker whose heartbeat stopped for
 longer than its lease is marked gone (its jobs are rescued by the statement above), and
@@ -34,11 +37,13 @@ class Rescuer(Service):
         on_rescued: Callable[[], None],
         log: Any,
         gone_workers_keep_s: float = 3600.0,
+        backoff_ms: tuple[int, int] = (1_000, 3_600_000),
     ) -> None:
         super().__init__()
         self.store = store
         self.interval = interval
         self.gone_workers_keep_s = gone_workers_keep_s
+        self.backoff_ms = backoff_ms  # (base, max) of a rescued job's delay
         self.on_rescued = on_rescued  # wakes the producer: the rescued jobs are due
         self.log = log
 
@@ -57,7 +62,8 @@ class Rescuer(Service):
             self.passed()
 
     def rescue(self) -> int:
-        rows = self.store.recover_expired()
+        base_ms, max_ms = self.backoff_ms
+        rows = self.store.recover_expired(base_ms=base_ms, max_ms=max_ms)
         for row in rows:
             self.log.warning("job lease expired; worker lost", jobId=row["id"], state=row["state"])
         if rows:

@@ -33,7 +33,7 @@ from poel_host.store import Store
 from poel_host.worker.completer import Completer
 from poel_host.worker.depths import QueueDepths
 from poel_host.worker.executor import Executor
-from poel_host.worker.held import Held, HeldJob
+from poel_host.worker.held import CLAIMED, HANDED_BACK, HANDING_BACK, Held, HeldJob
 from poel_host.worker.job_connections import JobConnections, Loans
 from poel_host.worker.leases import LeaseKeeper
 from poel_host.worker.listener import Listener
@@ -106,7 +106,14 @@ class Worker:
             log=self.log,
         )
         self._enqueuer = Queue.for_settings(s, self.plugins.jobs)
-        self.completer = Completer(self.store, owner=self.owner, held=self.held, log=self.log)
+        self.completer = Completer(
+            self.store,
+            owner=self.owner,
+            held=self.held,
+            log=self.log,
+            max_handbacks=s.max_handbacks,
+            problems=self.supervisor.failing,
+        )
         self.lanes = self._lanes()
         self.registration = Registration(
             s,
@@ -180,6 +187,7 @@ class Worker:
                 on_rescued=wake,
                 log=log,
                 gone_workers_keep_s=s.gone_workers_keep_s,
+                backoff_ms=(s.retry_backoff_ms, s.retry_backoff_max_ms),
             ),
             Pruner(self.store, s, log=self.log),
             Scheduler(list(self.plugins.jobs.values()), self.store, log=self.log),
@@ -296,7 +304,7 @@ class Worker:
             _enqueue=self._enqueue,
             _cancel_event=cancel,
         )
-        entry = HeldJob(row=row, ctx=ctx, loans=loans)
+        entry = HeldJob(row=row, ctx=ctx, loans=loans, counts=self.metrics.transitions)
         self.held[entry.id] = entry
         lane.slots.submit(entry)
 
@@ -305,7 +313,7 @@ class Worker:
 
     def _hand_back(self, entry: HeldJob) -> None:
         """A job claimed ahead that no child took in time goes back to the queue."""
-        self.completer.release([entry.id])
+        self.completer.release([entry], started=False)
 
     def _enqueue(self, job_type: str, payload: Any = None, **options: Any) -> int:
         assert self._enqueuer is not None
@@ -350,10 +358,21 @@ class Worker:
             _join(lanes, min(1.0, grace) if grace else 0)
             for lane in lanes:
                 for entry in lane.kill(timeout=5):
-                    entry.released = True
-        released = [job_id for job_id, e in self.held.items() if e.released]
-        if released:
-            self.completer.release(released)
+                    entry.move(HANDING_BACK)
+        # Stopped mid-run (counted toward POEL_MAX_HANDBACKS), or never started.
+        back = [e for e in self.held.values() if e.phase in (CLAIMED, HANDING_BACK)]
+        started = [e for e in back if e.started]
+        self.completer.release(started, started=True)
+        self.completer.release([e for e in back if not e.started], started=False)
+        released = [e.id for e in back if e.phase == HANDED_BACK]
+        if self.producer.unanswered:
+            try:
+                self.producer.release_unanswered()
+            except DatabaseUnavailable as exc:
+                self.log.warning(
+                    "jobs of a claim whose answer was lost return when their lease expires",
+                    error=one_line(exc),
+                )
         self.completer.close()
         self._completing.join(timeout=30)
         self.supervisor.stop(timeout=5)
