@@ -28,7 +28,6 @@ JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", 
 # function and the table's column defaults in sql/migrations/0001_jobs.sql agree).
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
-INT4_MAX = 2**31 - 1  # PostgreSQL's integer: priorities, attempts, statement_timeout (ms)
 
 Executor = Literal["greenlet", "thread", "process"]
 EXECUTORS: tuple[Executor, ...] = ("greenlet", "thread", "process")

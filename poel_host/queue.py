@@ -18,7 +18,8 @@ import psycopg
 from poel_host import payloads
 from poel_host.database import KeptConnection
 from poel_host.errors import DuplicateJob, InvalidPayload, UnknownJobType
-from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, INT4_MAX, JOB_TYPE, Job
+from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, JOB_TYPE, Job
+from poel_host.storable import INT4_MAX
 from poel_host.store import Store
 
 if TYPE_CHECKING:

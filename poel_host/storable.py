@@ -7,11 +7,13 @@ megabytes of it. PostgreSQL's ``text`` and ``jsonb`` refuse the first, UTF-8 can
 the second, and the third would bloat every row of the error history. One statement
 writes the outcomes of a whole batch of jobs, so one such text used to fail every outcome
 beside it. The store passes every such text through :func:`storable` at its one boundary
-(``Store.finish``); nothing else needs to know.
+(``Store.finish``); nothing else needs to know. The limits of PostgreSQL's values that
+settings and producers check against live here too.
 """
 
 from __future__ import annotations
 
+INT4_MAX = 2**31 - 1  # PostgreSQL's integer: priorities, attempts, statement_timeout (ms)
 ERROR_MAX_CHARS = 8_000  # a job's error message (last_error and each history entry)
 TRACEBACK_MAX_CHARS = 32_000  # a traceback kept beside it
 # The longest retry delay a row can hold: 100 years (an interval of more overflows the
