@@ -14,18 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import gevent
-
-from poel_host.backoff import pause
-from poel_host.errors import DatabaseUnavailable, one_line
 from poel_host.store import Store
 from poel_host.worker.metrics import Metrics
-from poel_host.worker.supervisor import Service
+from poel_host.worker.supervisor import Periodic
 
 DEPTH_CAP = 10_000  # jobs counted per queue and type at most
 
 
-class QueueDepths(Service):
+class QueueDepths(Periodic):
     name = "queue depths"
 
     def __init__(self, store: Store, metrics: Metrics, *, interval: float, log: Any) -> None:
@@ -33,22 +29,14 @@ class QueueDepths(Service):
         self.store = store
         self.metrics = metrics
         self.interval = interval
+        self.retry_max_s = interval
         self.log = log
 
-    def run(self) -> None:
-        failures = 0
-        while True:
-            try:
-                self.measure()
-            except DatabaseUnavailable as exc:
-                failures += 1
-                if failures == 1:  # once an outage: the other services say it too
-                    self.log.warning("measuring queue depths failed", error=one_line(exc))
-                gevent.sleep(min(self.interval, pause(failures)))
-                continue
-            failures = 0
-            self.passed()
-            gevent.sleep(self.interval)
+    failed = "measuring queue depths failed"
+
+    def step(self) -> float:
+        self.measure()
+        return self.interval
 
     def measure(self) -> None:
         depths = {key: (0, 0.0) for key in self.metrics.queues}

@@ -12,10 +12,9 @@ from typing import Any
 
 import gevent
 
-from poel_host.errors import DatabaseUnavailable, one_line
 from poel_host.settings import Settings
 from poel_host.store import Store
-from poel_host.worker.supervisor import Service
+from poel_host.worker.supervisor import Periodic
 
 INTERVAL_S = 300.0  # between passes once the backlog is gone
 BACKLOG_PAUSE_S = 1.0  # between passes while a pass comes back full
@@ -24,7 +23,7 @@ BATCH = 1000  # rows one DELETE takes
 PASS_ROWS = 10_000  # rows one pass deletes at most
 
 
-class Pruner(Service):
+class Pruner(Periodic):
     name = "pruner"
 
     def __init__(self, store: Store, settings: Settings, *, log: Any) -> None:
@@ -33,19 +32,16 @@ class Pruner(Service):
         self.settings = settings
         self.log = log
 
-    def run(self) -> None:
+    failed = "pruning finished jobs failed"
+    retry_max_s = INTERVAL_S / 10
+
+    def first_wait(self) -> float:
         # Never later than a few lease intervals after start-up, nor sooner than a
         # second (a worker that restarts in a loop should not spend its life pruning).
-        gevent.sleep(max(1.0, min(FIRST_PASS_S, 10 * self.settings.lease_ms / 3000)))
-        while True:
-            try:
-                deleted = self.prune()
-            except DatabaseUnavailable as exc:
-                self.log.warning("pruning finished jobs failed", error=one_line(exc))
-                gevent.sleep(INTERVAL_S / 10)
-                continue
-            self.passed()
-            gevent.sleep(BACKLOG_PAUSE_S if deleted >= PASS_ROWS else INTERVAL_S)
+        return max(1.0, min(FIRST_PASS_S, 10 * self.settings.lease_ms / 3000))
+
+    def step(self) -> float:
+        return BACKLOG_PAUSE_S if self.prune() >= PASS_ROWS else INTERVAL_S
 
     def prune(self) -> int:
         """One pass: delete up to PASS_ROWS finished jobs past their retention."""

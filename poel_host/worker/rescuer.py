@@ -18,15 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import gevent
-
-from poel_host.backoff import pause
-from poel_host.errors import DatabaseUnavailable, one_line
 from poel_host.store import Store
-from poel_host.worker.supervisor import Service
+from poel_host.worker.supervisor import Periodic
 
 
-class Rescuer(Service):
+class Rescuer(Periodic):
     name = "rescuer"
 
     def __init__(
@@ -42,24 +38,21 @@ class Rescuer(Service):
         super().__init__()
         self.store = store
         self.interval = interval
+        self.retry_max_s = interval
         self.gone_workers_keep_s = gone_workers_keep_s
         self.backoff_ms = backoff_ms  # (base, max) of a rescued job's delay
         self.on_rescued = on_rescued  # wakes the producer: the rescued jobs are due
         self.log = log
 
-    def run(self) -> None:
-        failures = 0
-        while True:
-            gevent.sleep(min(self.interval, pause(failures)) if failures else self.interval)
-            try:
-                self.rescue()
-                self.expire_workers()
-            except DatabaseUnavailable as exc:
-                failures += 1
-                self.log.warning("rescuing expired jobs failed", error=one_line(exc))
-                continue
-            failures = 0
-            self.passed()
+    failed = "rescuing expired jobs failed"
+
+    def first_wait(self) -> float:
+        return self.interval
+
+    def step(self) -> float:
+        self.rescue()
+        self.expire_workers()
+        return self.interval
 
     def rescue(self) -> int:
         base_ms, max_ms = self.backoff_ms

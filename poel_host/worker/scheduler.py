@@ -12,18 +12,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import gevent
-
 from poel_host.errors import DatabaseUnavailable, one_line
 from poel_host.jobs import Job
 from poel_host.schedules import latest_slot, next_slot
 from poel_host.store import Store
-from poel_host.worker.supervisor import Service
+from poel_host.worker.supervisor import Periodic
 
 MAX_SLEEP_S = 30.0
 
 
-class Scheduler(Service):
+class Scheduler(Periodic):
     name = "scheduler"
 
     def __init__(self, jobs: list[Job], store: Store, *, log: Any) -> None:
@@ -33,20 +31,19 @@ class Scheduler(Service):
         self.log = log
         self.done: dict[str, dt.datetime] = {}  # latest slot handled per job type
 
+    failed = "scheduling failed; will retry"
+    retry_max_s = 1.0
+
     def run(self) -> None:
         """Loop until killed at shutdown; return at once when no job type is scheduled."""
         if not self.jobs:
             return
         self.prune()
-        while True:
-            try:
-                self.tick(now())
-            except DatabaseUnavailable as exc:
-                self.log.warning("scheduling failed; will retry", error=one_line(exc))
-                gevent.sleep(1.0)
-                continue
-            self.passed()
-            gevent.sleep(self.seconds_to_next(now()))
+        super().run()
+
+    def step(self) -> float:
+        self.tick(now())
+        return self.seconds_to_next(now())
 
     def tick(self, at: dt.datetime) -> list[int]:
         """Enqueue the latest due slot of each scheduled job not handled yet; returns new ids."""

@@ -17,7 +17,7 @@ from typing import Any
 import gevent
 
 from poel_host.backoff import pause
-from poel_host.errors import error_text
+from poel_host.errors import DatabaseUnavailable, error_text, one_line
 
 
 class Service:
@@ -35,6 +35,41 @@ class Service:
     def passed(self) -> None:
         """One pass of the loop went well: a failing report of this service is cleared."""
         self._on_pass()
+
+
+class Periodic(Service):
+    """A service that does one step, then waits: the rescuer, the pruner, the scheduler,
+    the queue depths. The loop is here once: a step that finds the database unavailable is
+    logged (``failed``: what failed) and tried again after a growing pause of at most
+    ``retry_max_s``; a step that goes well reports a pass and says how long to wait."""
+
+    failed = "a periodic step failed"
+    retry_max_s = 5.0
+    log: Any
+
+    def first_wait(self) -> float:
+        """Seconds before the first step."""
+        return 0.0
+
+    def step(self) -> float:
+        """One pass; the seconds to wait before the next (raise DatabaseUnavailable)."""
+        raise NotImplementedError
+
+    def run(self) -> None:
+        gevent.sleep(self.first_wait())
+        failures = 0
+        while True:
+            try:
+                wait = self.step()
+            except DatabaseUnavailable as exc:
+                failures += 1
+                retry_in = min(self.retry_max_s, pause(failures))
+                self.log.warning(self.failed, error=one_line(exc), retry_in=retry_in)
+                gevent.sleep(retry_in)
+                continue
+            failures = 0
+            self.passed()
+            gevent.sleep(wait)
 
 
 class Supervisor:
