@@ -44,36 +44,24 @@ WHERE job_type = %(job_type)s AND unique_key = %(unique_key)s AND state IN ('que
 -- holds (`held`: a retry due before its last outcome was confirmed); each gets a lease
 -- owned by this worker, and the claim's token (`token`: new for each claim, so new for each
 -- attempt), which every later statement about the attempt matches on. The payload comes
--- back as text, parsed by the worker for each job: one that Python cannot parse (nested thousands deep, a 5,000-digit number) then fails
--- that job alone instead of the whole claim. The recursive part walks the distinct
--- priorities of queued jobs (a loose index scan), so that for each priority only due rows
--- are read from the claim index: the cost does not grow with future-scheduled or finished
--- rows.
-WITH RECURSIVE priorities AS (
-    (SELECT priority FROM {schema}.jobs WHERE state = 'queued' ORDER BY priority DESC LIMIT 1)
-    UNION ALL
-    SELECT (SELECT j.priority FROM {schema}.jobs AS j
-            WHERE j.state = 'queued' AND j.priority < p.priority
-            ORDER BY j.priority DESC LIMIT 1)
-    FROM priorities AS p
-    WHERE p.priority IS NOT NULL
-), due AS (
-    SELECT d.id, d.priority, d.run_at
-    FROM priorities AS p
-    CROSS JOIN LATERAL (
-        SELECT id, priority, run_at FROM {schema}.jobs
-        WHERE state = 'queued'
-          AND priority = p.priority
-          AND run_at <= now()
-          AND job_type = ANY(%(job_types)s::text[])
-          AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-          AND id <> ALL(%(held)s::bigint[])
-        ORDER BY run_at, id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS d
-    ORDER BY d.priority DESC, d.run_at, d.id
+-- back as text, parsed by the worker for each job: one that Python cannot parse (nested
+-- thousands deep, a 5,000-digit number) then fails that job alone instead of the whole
+-- claim.
+-- The branches are one claim_branch per job type (the store writes them, a parameter each):
+-- each reads the ready jobs of its type in claim order from jobs_ready_idx, and the
+-- planner merges them (a Merge Append), reading each only as far as the claim needs. The
+-- lock is taken on the merged rows, one at a time, until `limit` are locked: no row is
+-- locked that is not claimed, and a row another worker holds is passed, not waited for.
+-- So a claim reads about `limit` index entries per type, whatever the priorities, the
+-- future jobs, the finished ones or the other types' backlog.
+WITH due AS (
+    SELECT j.id
+    FROM ({branches}) AS c
+    JOIN {schema}.jobs AS j ON j.id = c.id
+    WHERE j.state = 'queued'
+    ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempts = j.attempts + 1, lease_owner = %(owner)s,
@@ -85,6 +73,28 @@ WHERE j.id = due.id
 RETURNING j.id, j.queue, j.job_type, j.payload::text AS payload, j.attempts, j.max_attempts,
           j.created_at
 
+-- claim_branch --
+-- One job type's ready jobs in claim order, for claim_jobs (the type is its parameter).
+(SELECT id, priority, run_at FROM {schema}.jobs
+ WHERE state = 'queued' AND ready AND job_type = {job_type}
+   AND run_at <= now()
+   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+   AND id <> ALL(%(held)s::bigint[])
+ ORDER BY priority DESC, run_at, id)
+
+-- promote_due --
+-- Mark ready the future jobs that have become due (up to `limit`, oldest first), so that
+-- claims see them. Run by every worker's promoter; SKIP LOCKED keeps two from doing it
+-- twice. Returns the ids promoted.
+UPDATE {schema}.jobs AS j
+SET ready = true
+FROM (SELECT id FROM {schema}.jobs
+      WHERE state = 'queued' AND NOT ready AND run_at <= now()
+      ORDER BY run_at
+      LIMIT %(limit)s
+      FOR UPDATE SKIP LOCKED) AS w
+WHERE j.id = w.id
+RETURNING j.id
 -- finish_jobs --
 -- Record outcomes in one statement: succeeded, failed, or queued again with a delay for
 -- a retry; an error (with its traceback, when the worker has one) joins the history.
@@ -96,6 +106,7 @@ UPDATE {schema}.jobs AS j
 SET state = o.state::{schema}.job_state,
     run_at = CASE WHEN o.state = 'queued'
                   THEN now() + o.delay_ms * interval '1 millisecond' ELSE j.run_at END,
+    ready = o.delay_ms <= 0,
     last_error = coalesce(o.error, j.last_error),
     errors = CASE WHEN o.error IS NULL THEN j.errors
                   ELSE j.errors || jsonb_build_array(jsonb_build_object(
@@ -205,6 +216,7 @@ WITH expired AS (
 UPDATE {schema}.jobs AS j
 SET state = CASE WHEN j.attempts >= j.max_attempts
                  THEN 'failed'::{schema}.job_state ELSE 'queued'::{schema}.job_state END,
+    ready = false,  -- a backoff; the promoter makes it ready
     run_at = CASE WHEN j.attempts >= j.max_attempts THEN j.run_at
                   ELSE now() + least(%(max_ms)s::float8,
                                      %(base_ms)s::float8 * 2 ^ least(greatest(j.attempts - 1, 0), 40))

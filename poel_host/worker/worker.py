@@ -41,6 +41,8 @@ from poel_host.worker.metrics import Lane as MetricsLane
 from poel_host.worker.metrics import Metrics, Summary
 from poel_host.worker.processes import ProcessPool
 from poel_host.worker.producer import Lane, Producer
+from poel_host.worker.promoter import BATCH as PROMOTE_BATCH
+from poel_host.worker.promoter import Promoter
 from poel_host.worker.pruner import Pruner
 from poel_host.worker.registry import Registration
 from poel_host.worker.rescuer import Rescuer
@@ -49,7 +51,7 @@ from poel_host.worker.scheduler import Scheduler
 from poel_host.worker.supervisor import Supervisor
 from poel_host.worker.threads import Threads
 
-QUEUE_POOL_SIZE = 8  # claim loops (two a lane), completer, rescuer, pruner, scheduler
+QUEUE_POOL_SIZE = 10  # claim loops (two a lane), completer, rescuer, pruner, scheduler, promoter
 # (the lease keeper's thread has a connection of its own)
 
 
@@ -190,6 +192,7 @@ class Worker:
                 backoff_ms=(s.retry_backoff_ms, s.retry_backoff_max_ms),
             ),
             Pruner(self.store, s, log=self.log),
+            Promoter(self.store, interval=s.poll_interval_ms / 1000, on_promoted=wake, log=log),
             Scheduler(list(self.plugins.jobs.values()), self.store, log=self.log),
             Summary(self.metrics, running=lambda: len(self.slots), log=self.log),
         ):
@@ -233,6 +236,8 @@ class Worker:
         on this greenlet: no services, no signals. What the test kit's ``run_job`` runs;
         returns the ids run."""
         self.open()
+        while self.store.promote_due(limit=PROMOTE_BATCH) >= PROMOTE_BATCH:
+            pass  # retries whose backoff is over, delayed jobs now due
         ran = []
         for lane in self.producer.lanes:
             if lane.slots is self.processes:
