@@ -62,9 +62,9 @@ def install(out: str) -> None:
 
     finish = Store.finish
 
-    def traced_finish(self: Any, outcomes: Any, owner: str) -> Any:
+    def traced_finish(self: Any, outcomes: Any) -> Any:
         start = now()
-        written = finish(self, outcomes, owner)
+        written = finish(self, outcomes)
         end = now()
         spans["finish"].append((end, end - start))
         spans["finish_rows"].append((end, len(outcomes)))
