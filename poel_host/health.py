@@ -1,9 +1,10 @@
 """The worker's health, as ``GET /health`` reports it.
 
-Unhealthy (503, with a reason) while the worker drains, while one of its services is dead
-and waiting to be restarted, or while the database does not answer. The database check
-uses its own kept connection, not the job pool, so it answers even when every pooled
-connection is busy with long jobs.
+Unhealthy (503, with a reason) while the worker drains, while it has a problem that stops
+its work (a service dead and waiting to be restarted, outcomes it cannot record, children
+that cannot start: see ``worker/problems.py``), or while the database does not answer.
+The database check uses its own kept connection, not the job pool, so it answers even
+when every pooled connection is busy with long jobs.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class Health:
     def __init__(self, settings: Settings, *, failing: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.draining = False
-        self.failing = failing if failing is not None else {}  # service -> why it died
+        self.failing = failing if failing is not None else {}  # part -> why it cannot work
         self._conn = KeptConnection(
             settings.dsn, name="health", pooler=settings.pooler, connect_timeout=2
         )
@@ -56,9 +57,9 @@ class Health:
         """Why the worker is unhealthy, or None."""
         if self.draining:
             return "worker is draining (shutting down)"
-        if self.failing:
-            dead = "; ".join(f"{name}: {why}" for name, why in sorted(self.failing.items()))
-            return f"service died and is restarting: {dead}"
+        problems = dict(self.failing)  # asked once: its checks are evaluated each time
+        if problems:
+            return "; ".join(f"{name}: {why}" for name, why in sorted(problems.items()))
         return self.check_database()
 
     def report(self) -> tuple[int, dict[str, Any]]:

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from poel_host import Queue
+from poel_host.database import connection
 from poel_host.errors import DatabaseUnavailable
 from poel_host.jobs import JobContext
 from poel_host.logs import get_logger
@@ -61,6 +62,34 @@ def test_one_nul_error_does_not_stop_the_outcomes_of_its_worker(
     began = time.monotonic()
     assert host.stop() == 0
     assert time.monotonic() - began < 10
+
+
+@pytest.mark.process
+def test_outcomes_that_cannot_be_recorded_turn_health_503_until_they_are(
+    serve, poel_queue, poel_conn, poel_dsn, wait_sql, wait_for
+):
+    """A completer whose statement waits on a lock (or an outage) keeps outcomes in memory;
+    the worker used to say it was healthy meanwhile."""
+    host = serve()
+    job_id = poel_queue.enqueue("test.hold", {"key": "held", "seconds": 60})
+    wait_sql(
+        "SELECT count(*) > 0 FROM poel_test_runs WHERE job_id = %s AND note = 'start'", [job_id]
+    )
+    with connection(poel_dsn, autocommit=False) as locker:
+        locker.execute("SELECT 1 FROM poel.jobs WHERE id = %s FOR UPDATE", [job_id])
+        poel_conn.execute(
+            "INSERT INTO poel_test_runs (job_id, job_type, key, attempt, pid, note)"
+            " VALUES (0, 'release', 'held', 0, 0, 'release')"
+        )
+        answer = wait_for(
+            lambda: (a := host.http("/health")).status == 503 and a,
+            timeout=30,
+            what="/health to say the outcome is not recorded",
+        )
+        assert answer.body["reason"].startswith("completer: outcomes not recorded for ")
+        locker.commit()
+    wait_sql("SELECT state = 'succeeded' FROM poel.jobs WHERE id = %s", [job_id])
+    wait_for(lambda: host.http("/health").status == 200, what="healthy again")
 
 
 # A job that kills its worker ------------------------------------------------------------------

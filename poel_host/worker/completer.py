@@ -17,7 +17,7 @@ While it cannot write at all for longer than ``STUCK_AFTER_S``, ``/health`` says
 from __future__ import annotations
 
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import gevent
@@ -28,6 +28,7 @@ from poel_host.errors import DatabaseUnavailable, error_text, one_line
 from poel_host.store import Store
 from poel_host.worker.executor import Outcome
 from poel_host.worker.held import HANDED_BACK, HANDING_BACK, LOST, WRITTEN, Held, HeldJob
+from poel_host.worker.problems import Problems
 from poel_host.worker.supervisor import Service
 
 BATCH = 1000  # outcomes one completion statement writes
@@ -47,7 +48,7 @@ class Completer(Service):
         held: Held,
         log: Any,
         max_handbacks: int = 3,
-        problems: MutableMapping[str, str] | None = None,
+        problems: Problems | None = None,
     ) -> None:
         super().__init__()
         self.store = store
@@ -55,9 +56,21 @@ class Completer(Service):
         self.held = held
         self.log = log
         self.max_handbacks = max_handbacks
-        self.problems: MutableMapping[str, str] = problems if problems is not None else {}
+        self.failures = 0  # statements that failed (an outage, or a row that cannot be written)
+        self._writing_since = 0.0  # time.monotonic() the batch in hand was taken; 0: none
+        if problems is not None:
+            problems.check(PROBLEM, self.stuck)
         self.outcomes: gevent.queue.Queue[Outcome | None] = gevent.queue.Queue()
         self._batch: list[Outcome] = []  # taken from the queue, not yet written
+
+    def stuck(self) -> str | None:
+        """Why outcomes are not being recorded, once a batch has waited STUCK_AFTER_S: the
+        database refuses them, or a statement waits on a lock (for /health)."""
+        since = self._writing_since
+        if since and time.monotonic() - since > STUCK_AFTER_S:
+            waited = time.monotonic() - since
+            return f"outcomes not recorded for {waited:.0f}s ({len(self._batch)} waiting)"
+        return None
 
     def put(self, outcome: Outcome) -> None:
         self.outcomes.put(outcome)
@@ -74,8 +87,10 @@ class Completer(Service):
                     return
                 self._batch = [first]
                 self._take_more()
+            self._writing_since = self._writing_since or time.monotonic()
             self.write(self._batch)
             self._batch = []
+            self._writing_since = 0.0
             self.passed()
 
     def _take_more(self) -> None:
@@ -137,25 +152,22 @@ class Completer(Service):
     def _through_outages(self, batch: Sequence[Outcome]) -> set[int]:
         """Write ``batch``, waiting out database outages; other errors are raised."""
         failures = 0
-        failing_since = 0.0
-        try:
-            while True:
-                try:
-                    return self.store.finish([o.as_row() for o in batch])
-                except DatabaseUnavailable as exc:
-                    failures += 1
-                    failing_since = failing_since or time.monotonic()
-                    if time.monotonic() - failing_since > STUCK_AFTER_S:
-                        self.problems[PROBLEM] = f"cannot record outcomes: {one_line(exc)}"
-                    self.log.warning(
-                        "recording outcomes failed; will retry",
-                        jobs=len(batch),
-                        error=one_line(exc),
-                        retry_in=pause(failures),
-                    )
-                    gevent.sleep(pause(failures))
-        finally:
-            self.problems.pop(PROBLEM, None)
+        while True:
+            try:
+                return self.store.finish([o.as_row() for o in batch])
+            except DatabaseUnavailable as exc:
+                failures += 1
+                self.failures += 1
+                self.log.warning(
+                    "recording outcomes failed; will retry",
+                    jobs=len(batch),
+                    error=one_line(exc),
+                    retry_in=pause(failures),
+                )
+                gevent.sleep(pause(failures))
+            except Exception:
+                self.failures += 1
+                raise
 
     def _one_by_one(self, outcome: Outcome) -> bool:
         """Write one outcome alone; if it fails, record a worker error in its place, with

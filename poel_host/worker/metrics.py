@@ -88,6 +88,8 @@ class Metrics:
         self.queues: dict[tuple[str, str], tuple[int, float]] = {}
         # (from phase, to phase) -> times: the held attempts' transitions (see held.py).
         self.transitions: collections.Counter[tuple[str, str]] = collections.Counter()
+        # service -> times it died and was restarted: the supervisor's.
+        self.restarts: collections.Counter[str] = collections.Counter()
         self._per_job: dict[tuple[str, str], Observed] = {}  # (job type, outcome)
         self._per_lane: dict[str, Observed] = {}  # executor
         self.registry.register(_Observations(self))
@@ -241,6 +243,15 @@ class _Scraped:
         for (was, to), count in sorted(m.transitions.items()):
             moved.add_metric([was, to], count)
         yield moved
+
+        restarts = CounterMetricFamily(
+            "poel_service_restarts_total",
+            "Times each background service died and was restarted.",
+            labels=["service"],
+        )
+        for service, count in sorted(m.restarts.items()):
+            restarts.add_metric([service], count)
+        yield restarts
 
         depth = GaugeMetricFamily(
             "poel_queue_depth",

@@ -11,7 +11,8 @@ with its traceback, restarts the service with backoff, and reports it as failing
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import gevent
@@ -75,9 +76,11 @@ class Periodic(Service):
 class Supervisor:
     """Runs services, restarts those that die, and knows which are failing."""
 
-    def __init__(self, *, log: Any) -> None:
+    def __init__(self, *, log: Any, problems: MutableMapping[str, str] | None = None) -> None:
         self.log = log
-        self.failing: dict[str, str] = {}  # service name -> why it last died
+        # service name -> why it last died (with the worker's other problems, if given)
+        self.failing: MutableMapping[str, str] = problems if problems is not None else {}
+        self.restarts: collections.Counter[str] = collections.Counter()  # for /metrics
         self.greenlets: list[gevent.Greenlet] = []
 
     def start(self, service: Service) -> gevent.Greenlet:
@@ -98,7 +101,8 @@ class Supervisor:
                 return  # nothing (more) to do: a scheduler without scheduled jobs
             except Exception as exc:  # reported, then restarted
                 deaths += 1
-                self.failing[service.name] = error_text(exc)
+                self.restarts[service.name] += 1
+                self.failing[service.name] = f"died and is restarting: {error_text(exc)}"
                 self.log.error(
                     "service died; restarting",
                     service=service.name,

@@ -39,6 +39,7 @@ from poel_host.worker.leases import LeaseKeeper
 from poel_host.worker.listener import Listener
 from poel_host.worker.metrics import Lane as MetricsLane
 from poel_host.worker.metrics import Metrics, Summary
+from poel_host.worker.problems import Problems
 from poel_host.worker.processes import ProcessPool
 from poel_host.worker.producer import Lane, Producer
 from poel_host.worker.promoter import BATCH as PROMOTE_BATCH
@@ -66,9 +67,11 @@ class Worker:
         self.held: Held = {}
         self.stopping = gevent.event.Event()
         self.cancelling = gevent.event.Event()  # running jobs asked to stop (shutdown)
-        self.supervisor = Supervisor(log=log)
-        self.health = Health(settings, failing=self.supervisor.failing)
+        self.problems = Problems()  # why it cannot work now: /health's 503 (problems.py)
+        self.supervisor = Supervisor(log=log, problems=self.problems)
+        self.health = Health(settings, failing=self.problems)
         self.metrics = Metrics(self._gauges, self._counters, self._lanes_in_use)
+        self.metrics.restarts = self.supervisor.restarts
         self.slots: Runners[HeldJob] = Runners(settings.worker_concurrency, self._run)
         self.processes: ProcessPool | None = None
         self.threads: Threads | None = None
@@ -114,7 +117,7 @@ class Worker:
             held=self.held,
             log=self.log,
             max_handbacks=s.max_handbacks,
-            problems=self.supervisor.failing,
+            problems=self.problems,
         )
         self.lanes = self._lanes()
         self.registration = Registration(
@@ -341,7 +344,14 @@ class Worker:
         ]
 
     def _counters(self) -> dict[str, tuple[str, int]]:
-        return self.processes.counters() if self.processes is not None else {}
+        counters = {
+            "poel_outcome_write_failures_total": (
+                "Statements recording outcomes that failed (an outage, or a row that could "
+                "not be written).",
+                self.completer.failures if self.queue_pool is not None else 0,
+            ),
+        }
+        return {**counters, **(self.processes.counters() if self.processes is not None else {})}
 
     def _running(self) -> int:
         lanes = self.producer.lanes if self.queue_pool is not None else []
