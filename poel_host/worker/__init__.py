@@ -5,7 +5,8 @@ Nothing here is public API (plugins reach the host only through ``poel_host``'s 
 | module | holds |
 |---|---|
 | ``worker.py`` | :class:`Worker`: pools, run/stop/run_once, the drain; starts the services |
-| ``supervisor.py`` | restarting services that die, and knowing which are failing |
+| ``supervisor.py`` | restarting services that die; the loop of the periodic ones |
+| ``problems.py`` | why the worker cannot work now (``/health``'s 503) |
 | ``producer.py`` | the lanes (one per executor) and their claim loops |
 | ``runners.py`` | the greenlets claimed jobs run on |
 | ``executor.py`` | running one job and deciding its outcome |
@@ -15,10 +16,11 @@ Nothing here is public API (plugins reach the host only through ``poel_host``'s 
 | ``threads.py`` | the thread executor: a bounded pool of real threads |
 | ``job_connections.py`` | lending job-pool connections to handlers |
 | ``completer.py`` | writing outcomes in batches; handing jobs back |
-| ``held.py`` | the jobs this worker holds |
+| ``held.py`` | the attempts this worker holds, and their one state machine |
 | ``leases.py`` | renewing leases, from an OS thread |
 | ``registry.py`` | this worker's row in the registry of live workers |
 | ``rescuer.py`` | requeueing jobs whose worker died; marking dead workers gone |
+| ``promoter.py`` | making future jobs claimable once they are due |
 | ``pruner.py`` | deleting finished jobs past their retention |
 | ``scheduler.py`` | enqueueing periodic jobs once per slot |
 | ``listener.py`` | LISTEN for inserted jobs, or polling alone |
