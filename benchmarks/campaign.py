@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def main() -> int:
         keep_database=a.keep_database,
         log_dir=a.log_dir,
     )
+    # SIGTERM (a timeout, a closed terminal) unwinds like Ctrl-C: the run's finally stops
+    # its serves, kills its helpers and drops its database.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = Campaign(options).run()
     print(json.dumps(report, indent=2, default=str))
     return (

@@ -53,6 +53,7 @@ def test_no_job_is_lost(report, figures):
 
 def test_every_serve_is_healthy_at_the_end_and_exits_0(report):
     assert report["unhealthy"] == []
+    assert report["counts"]["unexplained_serve_deaths"] == 0, report["faults"]
 
 
 def test_no_collateral_failure_beyond_the_known_bullets(report):

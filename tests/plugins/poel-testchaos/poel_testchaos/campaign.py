@@ -242,6 +242,7 @@ class Campaign:
         self.database = f"poel_campaign_{self.run_id}"
         self.dsn = database_url(options.server, self.database)
         self.log_dir = options.log_dir or Path(tempfile.mkdtemp(prefix="poel-campaign-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.behaviour_of: dict[int, Behaviour] = {}
         self.drawn: list[Behaviour] = []
         self.serves: list[Serve] = []
@@ -357,6 +358,17 @@ class Campaign:
         )
         self.faults["postgres_restarts"] += 1
 
+    def revive(self) -> None:
+        """Start a new serve in the place of each one that died: a job that kills its
+        worker is part of the test (a death no job explains shows as collateral)."""
+        for i, serve in enumerate(self.serves):
+            code = serve.proc.poll()
+            if code is not None:
+                replacement = self.start_serve(serve.index)
+                replacement.deaths = [*serve.deaths, code]
+                self.serves[i] = replacement
+                self.faults["serve_deaths"] += 1
+
     def drive(self) -> bool:
         """Run the serves until every job is final or the deadline; True if all are."""
         self.serves = [self.start_serve(i) for i in range(self.o.serves)]
@@ -365,13 +377,7 @@ class Campaign:
         every_restart = self.o.restart_postgres_every_s
         next_restart = start + every_restart if every_restart else float("inf")
         while time.monotonic() - start < self.o.deadline_s:
-            for i, serve in enumerate(self.serves):
-                code = serve.proc.poll()
-                if code is not None:  # a job killed it (or a bug did): part of the test
-                    replacement = self.start_serve(serve.index)
-                    replacement.deaths = [*serve.deaths, code]
-                    self.serves[i] = replacement
-                    self.faults["serve_deaths"] += 1
+            self.revive()
             now = time.monotonic()
             if now >= next_cut:
                 self.terminate()
@@ -400,6 +406,7 @@ class Campaign:
         """Each serve's health (polled for a while: one just restarted may still be
         starting) and its exit code on SIGTERM."""
         problems = []
+        self.revive()  # one killed just before the end is not unhealthy: it was replaced
         for serve in self.serves:
             status = poll(lambda s=serve: self.health(s) == 200 and 200, timeout=30) or (
                 self.health(serve)
@@ -486,6 +493,8 @@ class Campaign:
             if verdict["unexplained"]:
                 report["collateral"].append({**seen, "state": job["state"], **verdict})
             report["collateral_retries"].update(verdict["collateral_retries"])
+        killers = {i for i, b in self.behaviour_of.items() if b.kills_serve}
+        report["serve_killer_runs"] = sum(len(runs_of.get(i, [])) for i in killers)
         report["by_behaviour"] = {k: dict(v) for k, v in sorted(by_behaviour.items())}
         report["jobs"] = len(jobs)
         return report
@@ -495,6 +504,7 @@ class Campaign:
     def run(self) -> dict[str, Any]:
         began = time.monotonic()
         self.create()
+        helpers: list[str] | None = None
         try:
             self.enqueue()
             finished = self.drive()
@@ -502,10 +512,13 @@ class Campaign:
             unhealthy = self.stop()
             helpers = self.leftover_helpers()
             report = self.check()
-        finally:
+        finally:  # also on an interrupted run: nothing of ours may outlive it
             for serve in self.serves:
                 if serve.proc.poll() is None:
                     serve.proc.kill()
+                    serve.proc.wait(timeout=10)
+            if helpers is None:
+                self.leftover_helpers()
             if not self.o.keep_database:
                 self.drop()
         executors = Counter(b.executor for b in self.behaviour_of.values())
@@ -527,6 +540,10 @@ class Campaign:
             "collateral": len(report["collateral"]),
             "collateral_retries": sum(report["collateral_retries"].values()),
             "unhealthy": len(unhealthy),
+            # Each run of a serve killer kills one serve; any other death is a crash.
+            "unexplained_serve_deaths": max(
+                0, self.faults["serve_deaths"] - report["serve_killer_runs"]
+            ),
             "leftover_helpers": len(helpers),
         }
         report["collateral_retries"] = dict(report["collateral_retries"])
