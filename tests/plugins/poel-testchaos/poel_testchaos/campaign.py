@@ -367,7 +367,13 @@ class Campaign:
                 replacement = self.start_serve(serve.index)
                 replacement.deaths = [*serve.deaths, code]
                 self.serves[i] = replacement
-                self.faults["serve_deaths"] += 1
+                if code == 4 and "cannot connect to PostgreSQL" in serve.log.read_text(
+                    "utf-8", "replace"
+                ):
+                    # Started while the server restarted: refusing to start is the contract.
+                    self.faults["serve_starts_refused_database_down"] += 1
+                else:
+                    self.faults["serve_deaths"] += 1
 
     def drive(self) -> bool:
         """Run the serves until every job is final or the deadline; True if all are."""

@@ -129,10 +129,6 @@ def act(payload: Chaos, ctx: JobContext) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         if step == "segfault":
             ctypes.string_at(0)
-        if step == "leak_timer":
-            import gevent
-
-            gevent.Timeout(0.05).start()  # never cancelled: fires in whatever runs next
         if step in ("block_hub", "spin"):
             _busy(payload.seconds)
         if step == "enqueue":
@@ -144,6 +140,12 @@ def act(payload: Chaos, ctx: JobContext) -> None:
         if step == "helper":
             _helper(payload.key)
     _note(ctx, run, "end")
+    if "leak_timer" in payload.do:
+        # Started last, never cancelled: it fires after the handler returned, in whatever
+        # the worker runs next on this greenlet (its bookkeeping, or the next job).
+        import gevent
+
+        gevent.Timeout(0.05).start()
 
 
 def _types(suffix: str = "", **options: object) -> list[Job]:
