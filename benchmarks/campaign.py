@@ -5,8 +5,9 @@
 Needs the poel-testchaos plugin installed in this Python (``serve`` loads it) and
 PostgreSQL on ``BENCH_DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432``).
 ``--restart-postgres-every`` restarts the whole server (``pg_ctlcluster``): never on a
-server other work shares. The logic and the checks are in ``poel_testchaos.campaign``,
-shared with the reduced run in ``tests/chaos/test_campaign.py``. Exit code 1 when any
+server other work shares. The run is in ``poel_testchaos.campaign`` and the checks in
+``poel_testchaos.verdicts``, shared with the reduced run in ``tests/chaos/test_campaign.py``.
+Exit code 1 when any
 check found a violation.
 """
 

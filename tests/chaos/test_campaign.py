@@ -14,7 +14,8 @@ import json
 from typing import Any
 
 import pytest
-from poel_testchaos.campaign import KNOWN_BULLETS, KNOWN_ERRORS, Campaign, Options
+from poel_testchaos.campaign import Campaign, Options
+from poel_testchaos.verdicts import KNOWN_BULLETS, KNOWN_ERRORS
 
 from poel_host.testing import server_dsn
 
