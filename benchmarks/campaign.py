@@ -7,8 +7,7 @@ PostgreSQL on ``BENCH_DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:
 ``--restart-postgres-every`` restarts the whole server (``pg_ctlcluster``): never on a
 server other work shares. The run is in ``poel_testchaos.campaign`` and the checks in
 ``poel_testchaos.verdicts``, shared with the reduced run in ``tests/chaos/test_campaign.py``.
-Exit code 1 when any
-check found a violation.
+Exit code 1 when any check found a violation.
 """
 
 from __future__ import annotations
