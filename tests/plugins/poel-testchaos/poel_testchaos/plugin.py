@@ -2,16 +2,26 @@
 
 A payload lists what the handler does, in order (``do``): succeed, raise errors no
 database column can hold (a NUL byte, a lone surrogate, megabytes of text, an exception
-whose ``str()`` raises), sleep, and so on. Each attempt is recorded in
+whose ``str()`` raises), leak a gevent timer, block the hub, burn CPU, overrun the job's
+timeout, enqueue or query from the handler, kill its own process (``os._exit``, SIGKILL,
+a segfault) or leave a helper program behind. Each attempt is recorded in
 ``public.poel_chaos_attempts`` on a connection of its own (autocommit, outside the job's
-transaction) when it starts and when it ends, so that tests can count runs, tell which
-attempt ran where, and check that no two attempts of one job overlapped.
+transaction): a "start" row when the handler starts and an "end" row only when it returns
+normally, both with a ``run`` id of their own, so that an attempt without "end" is one
+that was cut short, and tests and the campaign (:mod:`poel_testchaos.campaign`) can check
+that no two attempts of one job overlapped.
+
+The ``*.timed`` job types are the same handler with a 1 s timeout, for ``overrun``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import subprocess
 import time
+import uuid
 from typing import Literal
 
 import psycopg
@@ -28,7 +38,18 @@ Act = Literal[
     "error_nul_str",
     "sleep",
     "exit_process",
+    "sigkill_self",
+    "segfault",
+    "leak_timer",
+    "block_hub",
+    "spin",
+    "overrun",
+    "enqueue",
+    "connection",
+    "helper",
 ]
+TIMED_TIMEOUT_S = 1.0
+HELPER_PREFIX = "poel-chaos-helper-"  # argv[0] of a helper: how leftovers are found
 
 
 class Chaos(BaseModel):
@@ -50,19 +71,45 @@ class NulText(Exception):
         return "tag \x00 title \udcff end"
 
 
-def _note(ctx: JobContext, what: str) -> None:
+def _note(ctx: JobContext, run: str, what: str) -> None:
+    """Record a step of this run. The campaign terminates connections on purpose: the
+    record is the test's instrument, not the job's work, so it retries (a duplicate row
+    of the same run is harmless: readers take the first start and the last end)."""
     settings = ctx.settings
     assert settings is not None
-    with psycopg.connect(settings.dsn, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO public.poel_chaos_attempts (job_id, job_type, attempt, pid, what)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            [ctx.job_id, ctx.job_type, ctx.attempt, os.getpid(), what],
-        )
+    for attempt in range(20):
+        try:
+            with psycopg.connect(settings.dsn, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(
+                    "INSERT INTO public.poel_chaos_attempts"
+                    " (job_id, job_type, attempt, pid, what, run) VALUES (%s, %s, %s, %s, %s, %s)",
+                    [ctx.job_id, ctx.job_type, ctx.attempt, os.getpid(), what, run],
+                )
+            return
+        except psycopg.OperationalError:
+            if attempt == 19:
+                raise
+            time.sleep(0.1)
+
+
+def _busy(seconds: float) -> int:
+    """Pure-Python work that never yields (no I/O, no sleep): it holds the GIL, and on a
+    greenlet the hub, for ``seconds``."""
+    end, n = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        n = (n * 31 + 7) % 1_000_003
+    return n
+
+
+def _helper(key: str) -> None:
+    """Start ``sleep 600`` named after the job and leave it running: an external decoder
+    the handler forgot. Its argv[0] carries the key so that leftovers can be traced."""
+    subprocess.Popen([HELPER_PREFIX + key, "600"], executable="/bin/sleep")
 
 
 def act(payload: Chaos, ctx: JobContext) -> None:
-    _note(ctx, "start")
+    run = uuid.uuid4().hex
+    _note(ctx, run, "start")
     for step in payload.do:
         if step == "error_nul":
             raise ValueError("bad\x00byte")
@@ -74,33 +121,53 @@ def act(payload: Chaos, ctx: JobContext) -> None:
             raise Unprintable
         if step == "error_nul_str":
             raise NulText
-        if step == "sleep":
+        if step in ("sleep", "overrun"):
             time.sleep(payload.seconds)
         if step == "exit_process":
             os._exit(70)  # whatever process runs it: serve itself for a greenlet job
-    _note(ctx, "end")
+        if step == "sigkill_self":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step == "segfault":
+            ctypes.string_at(0)
+        if step in ("block_hub", "spin"):
+            _busy(payload.seconds)
+        if step == "enqueue":
+            child = {"key": f"{payload.key}/child", "do": ["ok"]}
+            ctx.enqueue("chaos.greenlet", child, max_attempts=10)
+        if step == "connection":
+            with ctx.connection() as conn:
+                conn.execute("SELECT pg_sleep(0.01)")
+        if step == "helper":
+            _helper(payload.key)
+    _note(ctx, run, "end")
+    if "leak_timer" in payload.do:
+        # Started last, never cancelled: it fires after the handler returned, in whatever
+        # the worker runs next on this greenlet (its bookkeeping, or the next job).
+        import gevent
+
+        gevent.Timeout(0.05).start()
+
+
+def _types(suffix: str = "", **options: object) -> list[Job]:
+    return [
+        Job(
+            type=f"chaos.{executor}{suffix}",
+            schema=Chaos,
+            handler=act,
+            max_attempts=2,
+            backoff=0.05,
+            executor=executor,
+            **options,  # type: ignore[arg-type]
+        )
+        for executor in ("greenlet", "thread", "process")
+    ]
 
 
 @hookimpl
 def register_jobs() -> list[Job]:
     return [
-        Job(type="chaos.greenlet", schema=Chaos, handler=act, max_attempts=2, backoff=0.05),
-        Job(
-            type="chaos.thread",
-            schema=Chaos,
-            handler=act,
-            max_attempts=2,
-            backoff=0.05,
-            executor="thread",
-        ),
-        Job(
-            type="chaos.process",
-            schema=Chaos,
-            handler=act,
-            max_attempts=2,
-            backoff=0.05,
-            executor="process",
-        ),
+        *_types(),
+        *_types(".timed", timeout=TIMED_TIMEOUT_S),
         # A backoff no interval can hold: its retry must still be recorded.
         Job(
             type="chaos.far_backoff",
@@ -129,5 +196,13 @@ def register_migrations() -> list[Migration]:
                 at timestamptz NOT NULL DEFAULT clock_timestamp()
             );
             """,
-        )
+        ),
+        Migration(
+            2,
+            "chaos_attempt_runs",
+            # One id per run of the handler, shared by its start and end rows: attempts
+            # that do not count (a hand-back) run again under the same attempt number.
+            "ALTER TABLE public.poel_chaos_attempts ADD COLUMN run text;"
+            " CREATE INDEX ON public.poel_chaos_attempts (job_id);",
+        ),
     ]
