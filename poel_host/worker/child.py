@@ -1,6 +1,6 @@
 """A child process of the process executor: runs jobs one at a time for its ``serve``.
 
-Started by :mod:`poel_host.worker.processes` as a fresh interpreter
+Started by :mod:`poel_host.worker.child_pool` as a fresh interpreter
 (``python -m poel_host.worker.child``), never as a fork of the running, patched and
 connected serve process: no gevent here, no inherited connections or greenlets. It loads
 the serve process's plugins (``POEL_CHILD_PLUGINS``), calls their ``process_started`` hook
@@ -10,10 +10,12 @@ once (warm state), says ``ready``, then runs each job it is sent in its main thr
 (its events sent to serve, which logs them), cancellation.
 
 The protocol is one JSON object a line: on stdin ``{"job": …}``, ``{"cancel": true}``,
-``{"exit": true}``; on the saved stdout ``{"ready": pid}``, ``{"log": event}`` and
-``{"done": …}``. Anything a handler prints goes to stderr instead (fd 1 is pointed
-there), which serve forwards line by line; fd 0 reads ``/dev/null`` (the protocol's input
-is a copy of it), so a handler or a helper program reading stdin takes nothing of it.
+``{"exit": true}``; on the saved stdout ``{"ready": pid}``, ``{"log": event}``, and for
+each job ``{"started": id}`` (before any of its code runs: serve charges the job's attempt
+for a death only after it) then ``{"done": …}``. Anything a handler prints goes to
+stderr instead (fd 1 is pointed there), which serve forwards line by line; fd 0 reads
+``/dev/null`` (the protocol's input is a copy of it), so a handler or a helper program
+reading stdin takes nothing of it.
 
 No child outlives its serve, nor does anything its jobs started: a reader thread watches
 the protocol's input, and at its end (serve exited, even by ``kill -9``) the child kills
@@ -55,6 +57,7 @@ from poel_host.store import Store
 from poel_host.worker.job_connections import bounded_transaction
 
 PLUGINS_VARIABLE = "POEL_CHILD_PLUGINS"  # JSON [[plugin name, module], ...]
+ERROR_PREFIX = "poel-host worker process: error: "  # the line a child that cannot start prints
 # Children run below serve's CPU priority, as batch tasks: on a machine whose cores they
 # fill, serve's claims, lease renewals and /health still get the CPU at once.
 NICENESS = 5
@@ -154,6 +157,9 @@ class Child:
         self.enqueuer.close()
 
     def run(self, message: dict[str, Any]) -> dict[str, Any]:
+        # Before any of the job's code: a death from here on is the job's (serve charges
+        # the attempt); one before it is not.
+        self.send({"started": message["id"]})
         job = self.plugins.jobs[message["job_type"]]
         deadline = time.monotonic() + float(message["timeout_s"])
         ctx = JobContext(
@@ -224,6 +230,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, PARENT_GONE_SIGNAL)  # PR_SET_PDEATHSIG
 
 
+def _import(plugin: str, module: str) -> tuple[str, Any]:
+    """A plugin's module, or a one-line error naming the plugin (what serve reports when
+    no child can start)."""
+    try:
+        return plugin, importlib.import_module(module)
+    except Exception as exc:  # whatever its import raises, reported as one line
+        raise PoelError(
+            f"plugin {plugin!r} failed to import in the worker process: {error_text(exc)}"
+        ) from exc
+
+
 def main() -> int:
     channel = Channel(os.fdopen(os.dup(1), "wb"))  # the protocol's channel
     inbox = os.fdopen(os.dup(0), "rb")  # and its input: fd 0 then reads /dev/null
@@ -248,11 +265,9 @@ def main() -> int:
         )
         forward_logging(channel.log, level=settings.log_level)
         modules = json.loads(os.environ.get(PLUGINS_VARIABLE, "[]"))
-        plugins = load_plugins(
-            [], extra=[(name, importlib.import_module(module)) for name, module in modules]
-        )
+        plugins = load_plugins([], extra=[_import(name, module) for name, module in modules])
     except (PoelError, ImportError, ValueError) as exc:
-        print(f"poel-host worker process: error: {error_text(exc)}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{error_text(exc)}", file=sys.stderr)
         return 3
     log = get_logger()
     for failed in plugins.failed:

@@ -19,6 +19,8 @@ from typing import Any
 import gevent
 import gevent.subprocess
 
+from poel_host.worker.child import ERROR_PREFIX
+
 STOP_GRACE_S = 1.0
 _LEVELS = {"debug", "info", "warning", "error", "critical"}
 _SIGNAL_HINTS = {signal.SIGKILL: " (out of memory?)", signal.SIGSEGV: " (segmentation fault)"}
@@ -34,6 +36,7 @@ class ChildProcess:
     def __init__(self, env: dict[str, str], *, log: Any) -> None:
         self.log = log
         self.jobs_done = 0
+        self.last_line = ""  # the last line it wrote that is not JSON (its error, if any)
         self.proc = gevent.subprocess.Popen(
             [sys.executable, "-m", "poel_host.worker.child"],
             stdin=gevent.subprocess.PIPE,
@@ -54,7 +57,14 @@ class ChildProcess:
                 sys.stderr.write(line + "\n")  # a library's log line, already JSON
                 sys.stderr.flush()
             elif line:
+                self.last_line = line
                 self.log.info("worker process output", pid=self.pid, line=line[:4000])
+
+    @property
+    def error_line(self) -> str:
+        """Why the child could not start, in its own words (read once it has ended): the
+        line it printed last, which is its error, or a traceback's last line."""
+        return self.last_line.removeprefix(ERROR_PREFIX).strip()[:1000]
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
