@@ -113,6 +113,8 @@ class ChildProcess:
             with contextlib.suppress(gevent.subprocess.TimeoutExpired):
                 self.proc.wait(timeout=grace)
         self.signal_group(signal.SIGKILL)
+        if self.proc.poll() is None:  # not its own group after all: the child alone
+            self.proc.kill()
         self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
