@@ -175,8 +175,8 @@ class Children:
         try:
             child.send({"job": _job_message(entry.row, entry.deadline - sent)})
             with gevent.Timeout(max(0.0, entry.deadline - time.monotonic())):
-                message = child.receive()
-                started = True  # {"started": id}, before any of the job's code ran
+                child.receive()  # {"started": id}, sent before any of the job's code ran
+                started = True
                 message = child.receive()
         except gevent.Timeout:  # even before "started": a live child is the job's to wait for
             self.counts["timed_out"] += 1
