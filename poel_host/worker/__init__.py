@@ -10,7 +10,8 @@ Nothing here is public API (plugins reach the host only through ``poel_host``'s 
 | ``producer.py`` | the lanes (one per executor) and their claim loops |
 | ``runners.py`` | the greenlets claimed jobs run on |
 | ``executor.py`` | running one job and deciding its outcome |
-| ``processes.py`` | the process executor: the pool of child processes (a lane) |
+| ``processes.py`` | the process executor's lane: claiming for the children, claiming ahead |
+| ``child_pool.py`` | the children: starting, handing out, running a job in one, replacing |
 | ``children.py`` | a child process as serve sees it: pipes, messages, stopping it |
 | ``child.py`` | a child process's side: ``python -m poel_host.worker.child`` |
 | ``threads.py`` | the thread executor: a bounded pool of real threads |

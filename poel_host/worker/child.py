@@ -1,6 +1,6 @@
 """A child process of the process executor: runs jobs one at a time for its ``serve``.
 
-Started by :mod:`poel_host.worker.processes` as a fresh interpreter
+Started by :mod:`poel_host.worker.child_pool` as a fresh interpreter
 (``python -m poel_host.worker.child``), never as a fork of the running, patched and
 connected serve process: no gevent here, no inherited connections or greenlets. It loads
 the serve process's plugins (``POEL_CHILD_PLUGINS``), calls their ``process_started`` hook
@@ -10,11 +10,19 @@ once (warm state), says ``ready``, then runs each job it is sent in its main thr
 (its events sent to serve, which logs them), cancellation.
 
 The protocol is one JSON object a line: on stdin ``{"job": …}``, ``{"cancel": true}``,
-``{"exit": true}``; on the saved stdout ``{"ready": pid}``, ``{"log": event}`` and
-``{"done": …}``. Anything a handler prints goes to stderr instead (fd 1 is pointed
-there), which serve forwards line by line. A reader thread watches
-stdin: at its end (serve exited, even by ``kill -9``) the child exits at once, whatever
-its handler is doing, so no child outlives its serve.
+``{"exit": true}``; on the saved stdout ``{"ready": pid}``, ``{"log": event}``, and for
+each job ``{"started": id}`` (before any of its code runs: serve charges the job's attempt
+for a death only after it) then ``{"done": …}``. Anything a handler prints goes to
+stderr instead (fd 1 is pointed there), which serve forwards line by line; fd 0 reads
+``/dev/null`` (the protocol's input is a copy of it), so a handler or a helper program
+reading stdin takes nothing of it.
+
+No child outlives its serve, nor does anything its jobs started: a reader thread watches
+the protocol's input, and at its end (serve exited, even by ``kill -9``) the child kills
+its own process group (itself and its helper programs) at once, whatever its handler is
+doing. On Linux serve's death also sends the child ``SIGHUP`` (``PR_SET_PDEATHSIG``),
+whose handler does the same. (A handler inside native code that holds the GIL delays
+both until that call returns.)
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import io
 import json
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -48,10 +57,12 @@ from poel_host.store import Store
 from poel_host.worker.job_connections import bounded_transaction
 
 PLUGINS_VARIABLE = "POEL_CHILD_PLUGINS"  # JSON [[plugin name, module], ...]
+ERROR_PREFIX = "poel-host worker process: error: "  # the line a child that cannot start prints
 # Children run below serve's CPU priority, as batch tasks: on a machine whose cores they
 # fill, serve's claims, lease renewals and /health still get the CPU at once.
 NICENESS = 5
 PARENT_GONE_EXIT = 70
+PARENT_GONE_SIGNAL = signal.SIGHUP  # a signal the child handles (SIGKILL would orphan helpers)
 
 
 class Connections:
@@ -135,7 +146,7 @@ class Child:
                 self.cancel.set()
             elif message.get("exit"):
                 self.todo.put(None)
-        os._exit(PARENT_GONE_EXIT)  # serve is gone: never outlive it, even mid-job
+        end_group()  # serve is gone: never outlive it, even mid-job
 
     def serve(self) -> None:
         self.send({"ready": os.getpid()})
@@ -146,6 +157,9 @@ class Child:
         self.enqueuer.close()
 
     def run(self, message: dict[str, Any]) -> dict[str, Any]:
+        # Before any of the job's code: a death from here on is the job's (serve charges
+        # the attempt); one before it is not.
+        self.send({"started": message["id"]})
         job = self.plugins.jobs[message["job_type"]]
         deadline = time.monotonic() + float(message["timeout_s"])
         ctx = JobContext(
@@ -193,17 +207,46 @@ def rss_kb() -> int:
         return 0
 
 
+def end_group() -> None:
+    """Serve is gone: end this process and everything its jobs started, at once.
+
+    Started by serve, the child leads a process group of its own (``start_new_session``),
+    and SIGKILL to that group ends it and its helper programs together. Run any other way
+    (its group is not its own: a terminal's, serve's) it only exits.
+    """
+    pid = os.getpid()
+    if pid > 1 and os.getpgrp() == pid:
+        os.killpg(pid, signal.SIGKILL)
+    os._exit(PARENT_GONE_EXIT)
+
+
 def _die_with_parent() -> None:
-    """Linux: be sent SIGKILL when serve dies (belt and braces beside stdin's end)."""
+    """Linux: be sent ``PARENT_GONE_SIGNAL`` when serve dies (belt and braces beside
+    stdin's end), handled by ending the process group."""
+    signal.signal(PARENT_GONE_SIGNAL, lambda signum, frame: end_group())
     with contextlib.suppress(Exception):  # not Linux, or no libc: stdin's end still works
         import ctypes
-        import signal
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, PARENT_GONE_SIGNAL)  # PR_SET_PDEATHSIG
+
+
+def _import(plugin: str, module: str) -> tuple[str, Any]:
+    """A plugin's module, or a one-line error naming the plugin (what serve reports when
+    no child can start)."""
+    try:
+        return plugin, importlib.import_module(module)
+    except Exception as exc:  # whatever its import raises, reported as one line
+        raise PoelError(
+            f"plugin {plugin!r} failed to import in the worker process: {error_text(exc)}"
+        ) from exc
 
 
 def main() -> int:
     channel = Channel(os.fdopen(os.dup(1), "wb"))  # the protocol's channel
+    inbox = os.fdopen(os.dup(0), "rb")  # and its input: fd 0 then reads /dev/null
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
     os.dup2(2, 1)  # a handler's print() (and a C library's output) goes to stderr,
     if isinstance(sys.stdout, io.TextIOWrapper):  # a line at a time, as it is printed
         sys.stdout.reconfigure(line_buffering=True)
@@ -222,18 +265,16 @@ def main() -> int:
         )
         forward_logging(channel.log, level=settings.log_level)
         modules = json.loads(os.environ.get(PLUGINS_VARIABLE, "[]"))
-        plugins = load_plugins(
-            [], extra=[(name, importlib.import_module(module)) for name, module in modules]
-        )
+        plugins = load_plugins([], extra=[_import(name, module) for name, module in modules])
     except (PoelError, ImportError, ValueError) as exc:
-        print(f"poel-host worker process: error: {error_text(exc)}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{error_text(exc)}", file=sys.stderr)
         return 3
     log = get_logger()
     for failed in plugins.failed:
         log.error("plugin failed to load in worker process", plugin=failed.name, error=failed.error)
     plugins.call("process_started", log, settings=settings)
     child = Child(settings, plugins, channel, log)
-    threading.Thread(target=child.read, args=(sys.stdin.buffer,), daemon=True).start()
+    threading.Thread(target=child.read, args=(inbox,), daemon=True).start()
     child.serve()
     return 0
 

@@ -1,16 +1,25 @@
 """A child process of the process executor as serve sees it: its pipes, its messages,
-why it ended, and stopping it. (The child's own side is :mod:`poel_host.worker.child`.)"""
+why it ended, and stopping it. (The child's own side is :mod:`poel_host.worker.child`.)
+
+Each child leads a process group of its own (``start_new_session``), which holds whatever
+its jobs started: helper programs (an external decoder, say) and their own children.
+Stopping a child signals that whole group, so that nothing a job started outlives it; the
+group is never serve's own.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 from typing import Any
 
 import gevent
 import gevent.subprocess
+
+from poel_host.worker.child import ERROR_PREFIX
 
 STOP_GRACE_S = 1.0
 _LEVELS = {"debug", "info", "warning", "error", "critical"}
@@ -27,6 +36,7 @@ class ChildProcess:
     def __init__(self, env: dict[str, str], *, log: Any) -> None:
         self.log = log
         self.jobs_done = 0
+        self.last_line = ""  # the last line it wrote that is not JSON (its error, if any)
         self.proc = gevent.subprocess.Popen(
             [sys.executable, "-m", "poel_host.worker.child"],
             stdin=gevent.subprocess.PIPE,
@@ -47,7 +57,14 @@ class ChildProcess:
                 sys.stderr.write(line + "\n")  # a library's log line, already JSON
                 sys.stderr.flush()
             elif line:
+                self.last_line = line
                 self.log.info("worker process output", pid=self.pid, line=line[:4000])
+
+    @property
+    def error_line(self) -> str:
+        """Why the child could not start, in its own words (read once it has ended): the
+        line it printed last, which is its error, or a traceback's last line."""
+        return self.last_line.removeprefix(ERROR_PREFIX).strip()[:1000]
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -88,21 +105,53 @@ class ChildProcess:
         return f"exited with code {code}"
 
     def stop(self, grace: float = STOP_GRACE_S) -> None:
-        """SIGTERM, ``grace`` seconds, then SIGKILL; waits for the process to end."""
+        """SIGTERM to the child's group, ``grace`` seconds for the child to end, then
+        SIGKILL to the group; waits for the child to end. The group is killed even when
+        the child had ended by itself (a crash, an exit): its helpers go with it."""
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
+            self.signal_group(signal.SIGTERM)
+            with contextlib.suppress(gevent.subprocess.TimeoutExpired):
                 self.proc.wait(timeout=grace)
-            except gevent.subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.signal_group(signal.SIGKILL)
+        if self.proc.poll() is None:  # not its own group after all: the child alone
+            self.proc.kill()
+        self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 stream.close()
         self._forwarding.join(timeout=1)
 
-    def exit(self) -> None:
-        """Let the child finish and exit on its own (recycling), then reap it."""
-        with contextlib.suppress(ChildDied):  # gone already: reaped below
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to the child's process group (its pid, as the child leads it).
+
+        Never to serve's own group, nor to pgid 0 or 1 (which would mean everything). Once
+        the child has been reaped its pid stays reserved while any member of its group
+        lives; a process now holding that pid therefore means the group is gone and the
+        number is a stranger's, and nothing is sent.
+        """
+        pgid = self.pid
+        if pgid <= 1 or pgid == os.getpgrp():
+            return
+        if self.proc.returncode is not None and _pid_in_use(pgid):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # nobody left
+            os.killpg(pgid, signum)
+
+    def exit(self, grace: float = 5.0) -> None:
+        """Let the child finish and exit on its own (recycling), then end its group."""
+        with contextlib.suppress(ChildDied):  # gone already: stopped below
             self.send({"exit": True})
-        self.stop(grace=5.0)
+        with contextlib.suppress(gevent.subprocess.TimeoutExpired):
+            self.proc.wait(timeout=grace)
+        self.stop()
+
+
+def _pid_in_use(pid: int) -> bool:
+    """Whether a process with this pid exists (someone else's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -162,7 +162,12 @@ class Worker:
             lanes.append(Lane("thread", types["thread"], Runners(s.threads, self._run)))
         if types["process"]:
             self.processes = ProcessPool(
-                s, self.plugins, self._run, hand_back=self._hand_back, log=self.log
+                s,
+                self.plugins,
+                self._run,
+                hand_back=self._hand_back,
+                log=self.log,
+                problems=self.problems,  # children that cannot start: /health 503
             )
             lanes.append(Lane("process", types["process"], self.processes))
         return lanes

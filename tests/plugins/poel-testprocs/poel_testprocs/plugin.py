@@ -3,6 +3,10 @@
 Each run is recorded in ``public.poel_proc_runs`` with the pid it ran in and how many
 times this process's warm state was built (``process_started``), so that tests can count
 executions exactly and tell which process ran what.
+
+With ``TESTPROCS_BROKEN_IN_CHILD`` naming a file, this module fails to import in a
+worker process (not in serve) while that file exists: a library only the children need
+that is missing, the way a plugin's children fail to start in production.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Literal
@@ -17,6 +23,11 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from poel_host import Job, JobContext, Migration, hookimpl
+
+_BROKEN = os.environ.get("TESTPROCS_BROKEN_IN_CHILD")
+_MAIN = getattr(sys.modules["__main__"], "__spec__", None)
+if _BROKEN and os.path.exists(_BROKEN) and getattr(_MAIN, "name", "") == "poel_host.worker.child":
+    import poel_testprocs_missing_decoder  # type: ignore[import-not-found]  # noqa: F401
 
 WARM_BUILDS = 0  # process_started calls in this process
 
@@ -34,6 +45,12 @@ class Crash(BaseModel):
 class Grow(BaseModel):
     key: str = ""
     mb: int = Field(default=50, ge=0)
+
+
+class Helper(BaseModel):
+    key: str = ""
+    seconds: float = Field(default=60.0, ge=0)
+    then: Literal["spin", "exit"] = "spin"
 
 
 class Fanout(BaseModel):
@@ -79,6 +96,17 @@ def crash(payload: Crash, ctx: JobContext) -> None:
     elif payload.how == "segfault":
         ctypes.string_at(0)  # reads address 0: SIGSEGV
     os._exit(3)
+
+
+def helper(payload: Helper, ctx: JobContext) -> None:
+    """Starts a helper program (as a job running an external decoder would), records its
+    pid (note ``helper PID``), then computes for ``seconds`` or exits the child."""
+    program = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL)
+    record(ctx, payload.key, f"helper {program.pid}")
+    if payload.then == "exit":
+        os._exit(3)
+    burn(payload.seconds, ctx)
+    record(ctx, payload.key, "end")
 
 
 def grow(payload: Grow, ctx: JobContext) -> None:
@@ -133,12 +161,15 @@ def process_started(settings) -> None:
 @hookimpl
 def register_jobs() -> list[Job]:
     process = {"executor": "process", "max_attempts": 2}
+    once = {"executor": "process", "max_attempts": 1}
     return [
         Job("testprocs.spin", Spin, spin, **process),
         Job("testprocs.spin_once", Spin, spin, executor="process", max_attempts=1),
         Job("testprocs.spin_timeout", Spin, spin, executor="process", timeout=1.0),
         Job("testprocs.crash", Crash, crash, **process),
         Job("testprocs.grow", Grow, grow, executor="process"),
+        Job("testprocs.helper", Helper, helper, **once),
+        Job("testprocs.helper_timeout", Helper, helper, **once, timeout=1.0),
         Job("testprocs.fanout", Fanout, fanout, executor="process"),
         Job("testprocs.fail", Spin, fail, executor="process", max_attempts=1),
         Job("testprocs.noop", Spin, noop, executor="process"),
