@@ -23,6 +23,7 @@ import collections
 import json
 import os
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import gevent
@@ -51,7 +52,7 @@ class Children:
     """``POEL_PROCESSES`` children: ``idle`` ones, ``busy`` ones, and their starters."""
 
     def __init__(
-        self, settings: Settings, plugins: Plugins, *, problems: dict[str, str], log: Any
+        self, settings: Settings, plugins: Plugins, *, problems: MutableMapping[str, str], log: Any
     ) -> None:
         self.settings = settings
         self.size = settings.processes

@@ -18,7 +18,7 @@ to a child (timeouts, crashes, recycling, children that cannot start) is the poo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import gevent
@@ -50,7 +50,7 @@ class ProcessPool:
         *,
         hand_back: Callable[[HeldJob], None],
         log: Any,
-        problems: dict[str, str] | None = None,
+        problems: MutableMapping[str, str] | None = None,
     ) -> None:
         self.children = Children(
             settings, plugins, problems=problems if problems is not None else {}, log=log
