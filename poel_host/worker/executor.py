@@ -24,6 +24,7 @@ from poel_host.plugins import Plugins
 from poel_host.settings import Settings
 from poel_host.worker.held import Held, HeldJob
 from poel_host.worker.job_connections import JobConnections
+from poel_host.worker.threads import ThreadTimedOut
 
 # What an outcome is counted as (metrics, summaries, the job_finished hook).
 LABELS = {"succeeded": "succeeded", "failed": "failed", "queued": "retry", "released": "released"}
@@ -150,19 +151,23 @@ class Executor:
             # The child validates again (it needs the model) and enforces no timer of its
             # own: the pool stops the child at the deadline.
             return self.processes.execute(entry, seconds)  # type: ignore[no-any-return]
-        timer = gevent.Timeout(seconds)  # the deadline was set just now, by run()
+        # A thread's timeout counts from when its thread starts it (Threads.call); a
+        # greenlet's from now (run() set the deadline just now).
+        timer = gevent.Timeout(None if job.executor == "thread" else seconds)
         timer.start()
         error: str | None = None
         stopped = False
         try:
             if job.executor == "thread":
-                result = self.threads.call(job.handler, payload, ctx)
+                result = self.threads.call(job.handler, payload, ctx, entry.loans, seconds)
             else:
                 result = job.handler(payload, ctx)
             if result is not None:
                 ctx.log.debug("handler returned a value; it is ignored", value=repr(result)[:200])
         except gevent.Timeout as exc:
             error = f"timed out after {seconds:g}s" if exc is timer else f"Timeout: {exc}"
+        except ThreadTimedOut:
+            error = f"timed out after {seconds:g}s"
         except psycopg.errors.QueryCanceled as exc:
             # The handler connection's statement_timeout is the job's remaining time: when
             # the server cancels first, it is the same timeout, reported the same way.
