@@ -11,6 +11,7 @@ a failure (the dead letter), or a hand-back at shutdown that does not count the 
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,10 @@ class Ran:
     error: str | None = None  # None: the handler returned
     stopped: bool = False  # the worker stopped it (shutdown): not the job's fault
     final: bool = False  # retrying cannot help (an invalid payload, a worker bug)
-    traceback: str | None = None  # where the handler raised (process jobs)
+    traceback: str | None = None  # where the handler raised
+
+
+TRACEBACK_CHARS = 16_000  # the end of a traceback kept in the error history: where it raised
 
 
 RETURNED = Ran()  # the handler returned: one shared instance (never changed) for speed
@@ -156,6 +160,7 @@ class Executor:
         timer = gevent.Timeout(None if job.executor == "thread" else seconds)
         timer.start()
         error: str | None = None
+        trace: str | None = None
         stopped = False
         try:
             if job.executor == "thread":
@@ -185,14 +190,16 @@ class Executor:
             error = None if stopped else error_text(exc)
         except BaseException as exc:
             error = error_text(exc)
+            trace = traceback.format_exc()[-TRACEBACK_CHARS:]  # only on failure: no cost else
             ctx.log.debug("handler raised", exc_info=exc)
         finally:
             timer.close()
             misuse = self.connections.reclaim(entry.loans, ctx.log)
         if stopped:
             return STOPPED
-        error = error or misuse
-        return RETURNED if error is None else Ran(error)
+        if error is None and misuse is None:
+            return RETURNED
+        return Ran(error or misuse, traceback=trace)
 
     def _report(self, entry: HeldJob, outcome: Outcome, duration: float) -> None:
         """Count the outcome, log it, and call the job_finished hook."""
