@@ -28,7 +28,7 @@ def test_thread_and_greenlet_jobs_log_at_once_without_deadlock(
         + [JobRequest("test.fanout", {"key": f"g{i}", **lines}) for i in range(4)]
     )
     wait_sql("SELECT count(*) = 8 FROM poel.jobs WHERE state = 'succeeded'", timeout=60)
-    logged = [line for line in worker.logs() if line.get("msg") == "fanning out"]
+    logged = [line for line in worker.logs if line.get("msg") == "fanning out"]
     assert len(logged) == 8 * 2000
     assert all(json.dumps(line) for line in logged)
 
