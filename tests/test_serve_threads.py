@@ -17,11 +17,13 @@ from tests.test_serve_metrics import samples, scrape, value
 
 pytestmark = pytest.mark.process
 
+PLUGINS = "poel-testjobs,poel-testthreads"  # the thread job types
+
 
 def test_thread_and_greenlet_jobs_log_at_once_without_deadlock(
     serve: Any, poel_queue: Any, wait_sql: Any
 ) -> None:
-    worker = serve(POEL_THREADS=4)
+    worker = serve(POEL_THREADS=4, POEL_LOAD_PLUGINS=PLUGINS)
     lines = {"count": 0, "log": 2000}
     poel_queue.enqueue_many(
         [JobRequest("test.thread_fanout", {"key": f"t{i}", **lines}) for i in range(4)]
@@ -37,7 +39,7 @@ def test_a_stuck_thread_shows_in_metrics_and_health_until_it_returns(
     serve: Any, poel_queue: Any, wait_sql: Any
 ) -> None:
     # Lease 3 s: a renewal interval (the grace) of 1 s.
-    worker = serve(POEL_THREADS=1, POEL_LEASE_MS=3000)
+    worker = serve(POEL_THREADS=1, POEL_LEASE_MS=3000, POEL_LOAD_PLUGINS=PLUGINS)
     poel_queue.enqueue("test.thread_overrun", {"key": "s", "seconds": 4}, max_attempts=1)
     wait_sql("SELECT count(*) = 1 FROM poel_test_runs WHERE key = 's'")
     started = time.monotonic()

@@ -37,7 +37,8 @@ def start_worker(poel_dsn: str) -> Iterator[Any]:
             POEL_RETRY_BACKOFF_MS=10,
             HEALTH_CHECK_PORT=0,
         )
-        worker = Worker(settings, load_plugins(["poel-testjobs"]), log=get_logger())
+        plugins = load_plugins(["poel-testjobs", "poel-testthreads"])
+        worker = Worker(settings, plugins, log=get_logger())
         running.append((worker, gevent.spawn(worker.run)))
         return worker
 

@@ -276,32 +276,8 @@ def register_jobs() -> list[Job]:
         Job(type="test.hold", schema=Sleep, handler=hold, max_attempts=3),
         Job(type="test.cooperative", schema=Keyed, handler=cooperative, max_attempts=1),
         Job(type="test.fanout", schema=Fanout, handler=fanout, max_attempts=1),
-        Job(
-            type="test.thread_fanout",
-            schema=Fanout,
-            handler=fanout,
-            max_attempts=1,
-            timeout=20,
-            executor="thread",
-        ),
-        Job(
-            type="test.thread_overrun",
-            schema=Overrun,
-            handler=overrun,
-            timeout=0.5,
-            max_attempts=2,
-            backoff=0.05,
-            executor="thread",
-        ),
         Job(type="test.leak_timer", schema=Leak, handler=leak_timer),
         Job(type="test.missing_key", schema=Keyed, handler=missing_key, max_attempts=1),
-        Job(
-            type="test.thread_missing_key",
-            schema=Keyed,
-            handler=missing_key,
-            max_attempts=1,
-            executor="thread",
-        ),
     ]
 
 
