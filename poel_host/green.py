@@ -8,6 +8,8 @@ only enqueues must not be monkey-patched by an import).
 from __future__ import annotations
 
 import sys
+import weakref
+from typing import Any
 
 from poel_host.errors import GreenError
 
@@ -23,12 +25,44 @@ def patch() -> None:
     gevent.config.track_greenlet_tree = False
     if not monkey.is_module_patched("socket"):
         monkey.patch_all()
+    native_write_locks()
     try:
         import psycogreen.gevent
     except ImportError:  # pragma: no cover - psycogreen is a dependency
         return
     if "psycopg2" in sys.modules or _importable("psycopg2"):
         psycogreen.gevent.patch_psycopg()
+
+
+def native_write_locks() -> None:
+    """Make structlog's per-file write locks native locks.
+
+    structlog's ``PrintLogger`` writes each line under a lock per file, made with
+    ``threading.Lock()`` when the first logger is built: after the patch that is gevent's
+    lock, owned by the event loop. A thread job logging (``ctx.log``) while a greenlet
+    held it, or the reverse, deadlocked the process. A native lock is held only for the
+    write of one line, which never switches greenlets, so the event loop waits at most that
+    long for a thread (and a thread for it)."""
+    try:
+        import structlog._output as output
+    except ImportError:  # pragma: no cover - structlog is a dependency
+        return
+    locks = getattr(output, "WRITE_LOCKS", None)
+    if isinstance(locks, weakref.WeakKeyDictionary) and not isinstance(locks, _NativeLocks):
+        output.WRITE_LOCKS = _NativeLocks()  # loggers built before the patch keep theirs
+
+
+class _NativeLocks(weakref.WeakKeyDictionary):  # type: ignore[type-arg]
+    """structlog's table of write locks (file -> lock), making native locks (structlog
+    asks ``.get(file)`` and makes a lock itself only when it gets None)."""
+
+    def get(self, file: Any, default: Any = None) -> Any:
+        lock = super().get(file)
+        if lock is None:
+            from gevent import monkey
+
+            lock = self[file] = monkey.get_original("_thread", "allocate_lock")()
+        return lock
 
 
 def _importable(name: str) -> bool:

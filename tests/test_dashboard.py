@@ -207,3 +207,15 @@ def test_the_dashboard_refuses_an_out_of_date_schema_in_one_line(poel_cli, poel_
     assert result.returncode == 5, result.stderr
     assert "Traceback" not in result.stderr
     assert "poel-host:0008_dashboard" in result.stderr and "poel-host migrate" in result.stderr
+
+
+def test_a_greenlet_or_thread_jobs_failure_shows_its_traceback(run_job, dashboard):
+    """Not only process jobs: the error history of every executor keeps the traceback,
+    and the job's page shows it under its error."""
+    ids = [run_job(t, {"key": "x"}).id for t in ("test.missing_key", "test.thread_missing_key")]
+    browser = dashboard()
+    for job_id in ids:
+        page = browser.get(f"/jobs/{job_id}")
+        assert page.status == 200
+        assert "<summary>traceback</summary>" in page.text
+        assert "Traceback (most recent call last)" in page.text and "in missing_key" in page.text

@@ -152,3 +152,41 @@ def test_reserved_slots_count_as_taken_until_unreserved():
     assert runners.free_count() == 3
     runners.unreserve(1)
     assert runners.join(timeout=5)
+
+
+def test_a_timer_one_item_leaked_never_fails_the_next_item_on_the_same_runner():
+    """An item that starts a ``gevent.Timeout`` and returns without cancelling it: when
+    the timer fires, its runner runs another item (or idles), which is not interrupted."""
+    done: list[str] = []
+
+    def run(item: str) -> None:
+        if item == "leak":
+            gevent.Timeout(0.05).start()
+        else:
+            gevent.sleep(0.2)  # the leaked timer fires meanwhile
+        done.append(item)
+
+    runners: Runners[str] = Runners(1, run)
+    runners.submit("leak")
+    assert runners.join(timeout=5)
+    runners.submit("innocent")
+    assert runners.join(timeout=5)
+    assert done == ["leak", "innocent"]
+
+
+def test_a_timer_fires_into_the_item_that_started_it_even_in_a_copied_context():
+    """The guard only drops timers of finished items: an item's own timer interrupts it,
+    also where the item runs code in a copy of its context."""
+    caught: list[str] = []
+
+    def run(item: int) -> None:
+        try:
+            with gevent.Timeout(0.05):
+                contextvars.copy_context().run(gevent.sleep, 5)
+        except gevent.Timeout as exc:
+            caught.append(str(exc))
+
+    runners: Runners[int] = Runners(1, run)
+    runners.submit(1)
+    assert runners.join(timeout=5)
+    assert caught == ["0.05 seconds"]

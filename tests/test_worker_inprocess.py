@@ -10,6 +10,7 @@ import weakref
 
 import gevent
 import pytest
+import structlog
 from pydantic import BaseModel, field_validator
 
 from poel_host import Job, JobContext, JobRequest, Queue, hookimpl
@@ -446,3 +447,28 @@ def test_a_bug_on_the_job_path_does_not_strand_the_job(harness, poel_conn):
     )
     assert harness.worker.held == {}
     assert get_row(poel_conn, harness.run("test.record", {"key": "next"}))["state"] == "succeeded"
+
+
+def test_a_leaked_timer_fails_neither_the_next_job_nor_its_own(run_job, poel_conn):
+    """A handler that starts a gevent.Timeout and returns: the next job on the same runner
+    greenlet, running when the timer fires, succeeds; a warning names the leaking type."""
+    leaker = run_job("test.leak_timer", {"key": "leak", "seconds": 0.2})
+    assert leaker.state == "succeeded"
+    innocent = run_job.queue.enqueue("test.sleep", {"key": "innocent", "seconds": 0.5})
+    with structlog.testing.capture_logs() as logs:  # the timer's warning is no job's log
+        assert run_job.worker.run_once() == [innocent]
+    row = get_row(poel_conn, innocent)
+    assert (row["state"], row["last_error"]) == ("succeeded", None)
+    [warning] = [e for e in logs if e["event"] == "a finished job's gevent.Timeout fired; ignored"]
+    assert warning["leaked_by"] == "test.leak_timer"
+    assert get_row(poel_conn, leaker.id)["state"] == "succeeded"
+
+
+@pytest.mark.parametrize("job_type", ["test.missing_key", "test.thread_missing_key"])
+def test_a_failure_keeps_its_traceback_on_every_executor(run_job, job_type):
+    result = run_job(job_type, {"key": "x"})
+    assert (result.state, result.error) == ("failed", "KeyError: 'x'")
+    [error] = result.row["errors"]
+    assert error["traceback"].startswith("Traceback (most recent call last):")
+    assert "in missing_key" in error["traceback"]
+    assert error["traceback"].rstrip().endswith("KeyError: 'x'")

@@ -11,6 +11,7 @@ a failure (the dead letter), or a hand-back at shutdown that does not count the 
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from poel_host.settings import Settings
 from poel_host.store import OutcomeRow
 from poel_host.worker.held import HANDING_BACK, PENDING, RUNNING, Held, HeldJob
 from poel_host.worker.job_connections import JobConnections
+from poel_host.worker.threads import ThreadTimedOut
 
 # What an outcome is counted as (metrics, summaries, the job_finished hook).
 LABELS = {"succeeded": "succeeded", "failed": "failed", "queued": "retry", "released": "released"}
@@ -54,7 +56,10 @@ class Ran:
     error: str | None = None  # None: the handler returned
     stopped: bool = False  # the worker stopped it (shutdown): not the job's fault
     final: bool = False  # retrying cannot help (an invalid payload, a worker bug)
-    traceback: str | None = None  # where the handler raised (process jobs)
+    traceback: str | None = None  # where the handler raised
+
+
+TRACEBACK_CHARS = 16_000  # the end of a traceback kept in the error history: where it raised
 
 
 RETURNED = Ran()  # the handler returned: one shared instance (never changed) for speed
@@ -157,19 +162,24 @@ class Executor:
             # The child validates again (it needs the model) and enforces no timer of its
             # own: the pool stops the child at the deadline.
             return self.processes.execute(entry, seconds)  # type: ignore[no-any-return]
-        timer = gevent.Timeout(seconds)  # the deadline was set just now, by run()
+        # A thread's timeout counts from when its thread starts it (Threads.call); a
+        # greenlet's from now (run() set the deadline just now).
+        timer = gevent.Timeout(None if job.executor == "thread" else seconds)
         timer.start()
         error: str | None = None
+        trace: str | None = None
         stopped = False
         try:
             if job.executor == "thread":
-                result = self.threads.call(job.handler, payload, ctx)
+                result = self.threads.call(job.handler, payload, ctx, entry.loans, seconds)
             else:
                 result = job.handler(payload, ctx)
             if result is not None:
                 ctx.log.debug("handler returned a value; it is ignored", value=repr(result)[:200])
         except gevent.Timeout as exc:
             error = f"timed out after {seconds:g}s" if exc is timer else f"Timeout: {exc}"
+        except ThreadTimedOut:
+            error = f"timed out after {seconds:g}s"
         except psycopg.errors.QueryCanceled as exc:
             # The handler connection's statement_timeout is the job's remaining time: when
             # the server cancels first, it is the same timeout, reported the same way.
@@ -187,14 +197,16 @@ class Executor:
             error = None if stopped else error_text(exc)
         except BaseException as exc:
             error = error_text(exc)
+            trace = traceback.format_exc()[-TRACEBACK_CHARS:]  # only on failure: no cost else
             ctx.log.debug("handler raised", exc_info=exc)
         finally:
             timer.close()
             misuse = self.connections.reclaim(entry.loans, ctx.log)
         if stopped:
             return STOPPED
-        error = error or misuse
-        return RETURNED if error is None else Ran(error)
+        if error is None and misuse is None:
+            return RETURNED
+        return Ran(error or misuse, traceback=trace)
 
     def _report(self, entry: HeldJob, outcome: Outcome, duration: float) -> None:
         """Count the outcome, log it, and call the job_finished hook."""

@@ -11,19 +11,68 @@ Each item runs in a new, empty ``contextvars.Context``, as it would on a new gre
 context variables a job sets (``structlog.contextvars.bind_contextvars``, a tracing span)
 never leak into the next job on the same runner. Greenlet-local state (``threading.local``
 under gevent) does persist from job to job, as it does on a thread pool's threads.
+
+A ``gevent.Timeout`` throws into the greenlet that started it, whatever that greenlet
+runs by then: a timer one job started and never cancelled would fail the next, innocent
+job on the same runner. So each item's context holds the item (``_ITEM``), a timer
+started on a runner remembers the item it was started for, and one that fires when its
+greenlet's context holds another item (or none: an idle runner) is dropped with a warning
+naming the leaking job. Context copies an item makes carry the item too, so its own timers
+still interrupt it there. The cost: a context variable set per item, and a lookup per
+timer started.
 """
 
 from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import gevent
 import gevent.event
 import gevent.queue
+import gevent.timeout
+
+from poel_host.logs import get_logger
 
 T = TypeVar("T")
+
+_ITEM: contextvars.ContextVar[Any] = contextvars.ContextVar("poel_runner_item")
+_GUARDED = "_poel_item"  # the attribute of a started Timeout: the item it was started for
+
+
+def guard_timeouts() -> None:
+    """Make gevent's timers drop what they would throw into a runner's later item (once)."""
+    cls: Any = gevent.timeout.Timeout
+    if getattr(cls, "_poel_guarded", False):
+        return
+    start, expire = cls.start, cls._on_expiration
+
+    def start_for_item(self: Any) -> None:
+        setattr(self, _GUARDED, _ITEM.get(None))
+        start(self)
+
+    def expire_into_item(self: Any, greenlet: Any, exc: Any) -> None:
+        item = getattr(self, _GUARDED, None)
+        if item is not None:
+            context = greenlet.gr_context
+            if context is None or context.get(_ITEM) is not item:
+                setattr(self, _GUARDED, None)  # nor keep the finished item alive
+                get_logger().warning(
+                    "a finished job's gevent.Timeout fired; ignored",
+                    leaked_by=describe(item),
+                    timeout=str(self),
+                )
+                return
+        expire(self, greenlet, exc)
+
+    cls.start, cls._on_expiration, cls._poel_guarded = start_for_item, expire_into_item, True
+
+
+def describe(item: Any) -> str:
+    """What a log line calls an item: its job type for a held job."""
+    job_type = getattr(getattr(item, "ctx", None), "job_type", None)
+    return str(job_type) if job_type is not None else type(item).__name__
 
 
 class Runners(Generic[T]):
@@ -42,6 +91,7 @@ class Runners(Generic[T]):
         self._space.set()
         self._empty = gevent.event.Event()  # set while no item is busy
         self._empty.set()
+        guard_timeouts()
 
     def __len__(self) -> int:
         """Items submitted and not finished yet."""
@@ -103,15 +153,18 @@ class Runners(Generic[T]):
                         return  # idle too long; submit() starts another when needed
                     continue
                 except gevent.Timeout:
-                    # A timer a finished job started and never cancelled, firing into the
-                    # greenlet that ran it: that job is over, and this runner is idle.
+                    # A timer started outside any item (not guarded), firing while this
+                    # runner is idle: nothing of it runs here.
                     continue
                 self._running += 1
+                context = contextvars.Context()
                 try:
-                    contextvars.Context().run(self._run, item)
+                    context.run(_ITEM.set, item)
+                    context.run(self._run, item)
                 finally:
                     self._running -= 1
                     self.unreserve(1)
-                    del item  # an idle runner must not keep its last job (and payload) alive
+                    # An idle runner must not keep its last job (and payload) alive.
+                    del item, context
         finally:
             self._greenlets.discard(gevent.getcurrent())

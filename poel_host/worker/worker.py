@@ -158,7 +158,9 @@ class Worker:
             types[job.executor].append(job.type)
         lanes = [Lane("greenlet", types["greenlet"], self.slots)]
         if types["thread"]:
-            self.threads = Threads(s, self.store)
+            # Stuck threads make /health unhealthy through the supervisor's problems.
+            problems = self.supervisor.failing
+            self.threads = Threads(s, self.store, jobs=self.plugins.jobs, problems=problems)
             lanes.append(Lane("thread", types["thread"], Runners(s.threads, self._run)))
         if types["process"]:
             self.processes = ProcessPool(
@@ -300,10 +302,12 @@ class Worker:
         loans = Loans()
         borrow: Any = self.connections.borrow
         cancel: Any = self.cancelling
+        enqueue: Any = self._enqueue
         if lane.executor == "thread":
             assert self.threads is not None
             borrow = self.threads.borrow  # a connection of the thread's own
-            cancel = self.threads.cancel  # a native thread cannot wait on gevent's event
+            enqueue = self.threads.enqueue  # so is its enqueue's: none of the hub's
+            cancel = self.threads.cancel.new()  # its own: set at its timeout or shutdown
         ctx = JobContext(
             job_id=row["id"],
             job_type=row["job_type"],
@@ -314,7 +318,7 @@ class Worker:
             log=self.log.bind(jobId=row["id"], jobType=row["job_type"], attempt=row["attempts"]),
             settings=self.settings,
             _connection_factory=partial(borrow, loans),
-            _enqueue=self._enqueue,
+            _enqueue=enqueue,
             _cancel_event=cancel,
         )
         entry = HeldJob(row=row, ctx=ctx, loans=loans, counts=self.metrics.transitions)
@@ -339,6 +343,7 @@ class Worker:
             "poel_worker_concurrency": ("WORKER_CONCURRENCY.", self.settings.worker_concurrency),
             "poel_worker_draining": ("1 while shutting down.", int(self.stopping.is_set())),
             **(self.processes.gauges() if self.processes is not None else {}),
+            **(self.threads.gauges() if self.threads is not None else {}),
         }
 
     def _lanes_in_use(self) -> list[MetricsLane]:

@@ -9,6 +9,7 @@ import time
 from typing import Any, Literal
 
 import gevent
+import psycopg
 from pydantic import BaseModel, Field
 
 from poel_host import Job, JobContext, Migration, hookimpl
@@ -194,13 +195,65 @@ def cooperative(payload: Keyed, ctx: JobContext) -> None:
 class Fanout(BaseModel):
     key: str = ""
     count: int = Field(ge=0, le=1000)
+    follow_up: str = "test.record"
+    log: int = Field(default=0, ge=0)  # log lines to write after the follow-ups
 
 
 def fanout(payload: Fanout, ctx: JobContext) -> None:
-    """Enqueues ``count`` follow-up ``test.record`` jobs through ``ctx.enqueue`` (keys
-    ``KEY.0``, ``KEY.1``...)."""
+    """Enqueues ``count`` follow-up jobs (``test.record`` unless ``follow_up`` says
+    otherwise) through ``ctx.enqueue`` (keys ``KEY.0``, ``KEY.1``...), then writes ``log``
+    lines through ``ctx.log``."""
     for i in range(payload.count):
-        ctx.enqueue("test.record", {"key": f"{payload.key}.{i}"})
+        ctx.enqueue(payload.follow_up, {"key": f"{payload.key}.{i}"})
+    for n in range(payload.log):
+        ctx.log.info("fanning out", line=n)
+
+
+class Overrun(BaseModel):
+    key: str = ""
+    seconds: float = Field(ge=0)
+    heed: bool = False  # stop early when asked to (ctx.wait_cancelled)
+
+
+def overrun(payload: Overrun, ctx: JobContext) -> None:
+    """Records its start, runs ``seconds`` (past its timeout, when asked to: ignoring
+    cancellation unless ``heed``), then records its end and whether it was asked to stop
+    (note ``end cancelled=True``)."""
+    record(ctx, payload.key, "start")
+    if payload.heed:
+        ctx.wait_cancelled(payload.seconds)
+    else:
+        deadline = time.monotonic() + payload.seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    note = f"end cancelled={ctx.cancelled}"
+    # Past its deadline ctx.connection()'s statements time out at once: its own connection.
+    assert ctx.settings is not None
+    with psycopg.connect(ctx.settings.dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO public.poel_test_runs (job_id, job_type, key, attempt, pid, note)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            [ctx.job_id, ctx.job_type, payload.key, ctx.attempt, os.getpid(), note],
+        )
+
+
+class Leak(BaseModel):
+    key: str = ""
+    seconds: float = Field(gt=0)
+
+
+def leak_timer(payload: Leak, ctx: JobContext) -> None:
+    """Starts a ``gevent.Timeout`` and returns without cancelling it (a careless handler):
+    it fires ``seconds`` later into whatever its greenlet runs then."""
+    record(ctx, payload.key)
+    gevent.Timeout(payload.seconds).start()
+
+
+def missing_key(payload: Keyed, ctx: JobContext) -> None:
+    """Fails with a ``KeyError``: its error text alone says little without a traceback."""
+    record(ctx, payload.key)
+    lookup: dict[str, int] = {}
+    lookup[payload.key or "x"] += 1
 
 
 @hookimpl
@@ -223,6 +276,8 @@ def register_jobs() -> list[Job]:
         Job(type="test.hold", schema=Sleep, handler=hold, max_attempts=3),
         Job(type="test.cooperative", schema=Keyed, handler=cooperative, max_attempts=1),
         Job(type="test.fanout", schema=Fanout, handler=fanout, max_attempts=1),
+        Job(type="test.leak_timer", schema=Leak, handler=leak_timer),
+        Job(type="test.missing_key", schema=Keyed, handler=missing_key, max_attempts=1),
     ]
 
 
