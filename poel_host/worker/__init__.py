@@ -5,6 +5,9 @@ Nothing here is public API (plugins reach the host only through ``poel_host``'s 
 | module | holds |
 |---|---|
 | ``worker.py`` | :class:`Worker`: pools, run/stop/run_once, the drain; starts the services |
+| ``attempts.py`` | making a claimed row an attempt: its context, per executor |
+| ``drain.py`` | stopping in the order that loses nothing |
+| ``readings.py`` | what ``/metrics`` reads off the worker at each scrape |
 | ``supervisor.py`` | restarting services that die; the loop of the periodic ones |
 | ``problems.py`` | why the worker cannot work now (``/health``'s 503) |
 | ``producer.py`` | the lanes (one per executor) and their claim loops |

@@ -1,19 +1,21 @@
 """The worker: opens the pools, starts and supervises the services, drains at shutdown.
 
 Services, each on its own supervised greenlet (see the modules named after them):
-the producer's claim loops, the completer, the lease keeper, the rescuer, the pruner, the
-scheduler, the listener and the summary. The worker keeps its row in the registry of
-workers (``registry.py``): written at start, kept fresh by the lease keeper's heartbeat,
-marked draining on stop and deleted once drained. Claimed jobs run on runner greenlets
-(``runners.py``) through the executor. The queue's own traffic has its own small pool, so
-handlers saturating the job pool never stall claiming or lease renewal.
+the producer's claim loops, the completer, the lease keeper, the rescuer, the promoter,
+the pruner, the scheduler, the listener, the queue depths and the summary. Each claimed
+row becomes an attempt (``attempts.py``) in the held table, whose life is ``held.py``'s
+state machine; the drain (``drain.py``) hands back what did not finish. The worker keeps
+its row in the registry of workers (``registry.py``): written at start, kept fresh by the
+lease keeper's heartbeat, marked draining on stop and deleted once drained. Claimed jobs
+run on runner greenlets (``runners.py``) through the executor. The queue's own traffic has
+its own small pool, so handlers saturating the job pool never stall claiming or lease
+renewal.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -25,19 +27,20 @@ import gevent.event
 from poel_host.database import Pool, make_pool
 from poel_host.errors import DatabaseUnavailable, one_line
 from poel_host.health import Health
-from poel_host.jobs import JobContext
 from poel_host.plugins import Plugins
 from poel_host.queue import Queue
 from poel_host.settings import Settings
 from poel_host.store import Store
+from poel_host.worker import readings
+from poel_host.worker.attempts import Attempts
 from poel_host.worker.completer import Completer
 from poel_host.worker.depths import QueueDepths
+from poel_host.worker.drain import drain
 from poel_host.worker.executor import Executor
-from poel_host.worker.held import CLAIMED, HANDED_BACK, HANDING_BACK, Held, HeldJob
-from poel_host.worker.job_connections import JobConnections, Loans
+from poel_host.worker.held import Held, HeldJob
+from poel_host.worker.job_connections import JobConnections
 from poel_host.worker.leases import LeaseKeeper
 from poel_host.worker.listener import Listener
-from poel_host.worker.metrics import Lane as MetricsLane
 from poel_host.worker.metrics import Metrics, Summary
 from poel_host.worker.problems import Problems
 from poel_host.worker.processes import ProcessPool
@@ -70,7 +73,11 @@ class Worker:
         self.problems = Problems()  # why it cannot work now: /health's 503 (problems.py)
         self.supervisor = Supervisor(log=log, problems=self.problems)
         self.health = Health(settings, failing=self.problems)
-        self.metrics = Metrics(self._gauges, self._counters, self._lanes_in_use)
+        self.metrics = Metrics(
+            partial(readings.gauges, self),
+            partial(readings.counters, self),
+            partial(readings.lanes, self),
+        )
         self.metrics.restarts = self.supervisor.restarts
         self.slots: Runners[HeldJob] = Runners(settings.worker_concurrency, self._run)
         self.processes: ProcessPool | None = None
@@ -125,6 +132,15 @@ class Worker:
             self.plugins,
             owner=self.owner,
             executors={lane.executor for lane in self.lanes if lane.job_types},
+        )
+        self.attempts = Attempts(
+            s,
+            connections=self.connections,
+            enqueue=self._enqueue,
+            cancelling=self.cancelling,
+            threads=self.threads,
+            transitions=self.metrics.transitions,
+            log=self.log,
         )
         self.executor = Executor(
             s,
@@ -211,7 +227,7 @@ class Worker:
             self.supervisor.start(
                 QueueDepths(self.store, self.metrics, interval=s.queue_metrics_interval_s, log=log)
             )
-        self._completing = self.supervisor.start(self.completer)
+        self.completing = self.supervisor.start(self.completer)
         self.plugins.call("startup", self.log, settings=s)
         self.log.info(
             "worker started",
@@ -224,7 +240,7 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming; ``run()`` then drains and returns."""
         if not self.stopping.is_set():
-            self.log.info("worker stopping", running=self._running())
+            self.log.info("worker stopping", running=self.running())
         self.health.draining = True
         self.stopping.set()
         if self.queue_pool is not None:
@@ -239,7 +255,7 @@ class Worker:
             self.stop()
             self._registry("marking the worker draining", self.registration.drain)
             gevent.joinall(claiming)  # no claim in flight while draining
-            self._drain()
+            drain(self)
 
     def run_once(self, limit: int | None = None) -> list[int]:
         """Claim the jobs due now (up to ``limit``), run them, and record their outcomes,
@@ -283,6 +299,9 @@ class Worker:
 
     # The registry -----------------------------------------------------------------------
 
+    def leave_registry(self) -> None:
+        self._registry("leaving the registry", self.registration.unregister)
+
     def _register(self) -> None:
         """Enter the registry; if the database is away, the first heartbeat does it."""
         self._registry("registering the worker", self.registration.register)
@@ -296,32 +315,7 @@ class Worker:
     # Jobs -------------------------------------------------------------------------------
 
     def _spawn(self, lane: Lane, row: dict[str, Any]) -> None:
-        # The context's connection factory holds the loans, never the entry (which holds
-        # the context): a cycle per job would leave every finished job to the cyclic
-        # garbage collector, whose collections then took a fifth of a no-op job's CPU.
-        loans = Loans()
-        borrow: Any = self.connections.borrow
-        cancel: Any = self.cancelling
-        enqueue: Any = self._enqueue
-        if lane.executor == "thread":
-            assert self.threads is not None
-            borrow = self.threads.borrow  # a connection of the thread's own
-            enqueue = self.threads.enqueue  # so is its enqueue's: none of the hub's
-            cancel = self.threads.cancel.new()  # its own: set at its timeout or shutdown
-        ctx = JobContext(
-            job_id=row["id"],
-            job_type=row["job_type"],
-            attempt=row["attempts"],
-            max_attempts=row["max_attempts"],
-            queue=row["queue"],
-            enqueued_at=row["created_at"],
-            log=self.log.bind(jobId=row["id"], jobType=row["job_type"], attempt=row["attempts"]),
-            settings=self.settings,
-            _connection_factory=partial(borrow, loans),
-            _enqueue=enqueue,
-            _cancel_event=cancel,
-        )
-        entry = HeldJob(row=row, ctx=ctx, loans=loans, counts=self.metrics.transitions)
+        entry = self.attempts.make(lane.executor, row)
         self.held[entry.id] = entry
         lane.slots.submit(entry)
 
@@ -336,80 +330,7 @@ class Worker:
         assert self._enqueuer is not None
         return self._enqueuer.enqueue(job_type, payload, **options)
 
-    def _gauges(self) -> dict[str, tuple[str, int]]:
-        return {
-            "poel_jobs_running": ("Jobs running now.", self._running()),
-            "poel_jobs_held": ("Jobs holding a lease of this worker.", len(self.held)),
-            "poel_worker_concurrency": ("WORKER_CONCURRENCY.", self.settings.worker_concurrency),
-            "poel_worker_draining": ("1 while shutting down.", int(self.stopping.is_set())),
-            **(self.processes.gauges() if self.processes is not None else {}),
-            **(self.threads.gauges() if self.threads is not None else {}),
-        }
-
-    def _lanes_in_use(self) -> list[MetricsLane]:
-        if self.queue_pool is None:
-            return []
-        return [
-            MetricsLane(lane.executor, len(lane.slots), lane.size) for lane in self.producer.lanes
-        ]
-
-    def _counters(self) -> dict[str, tuple[str, int]]:
-        counters = {
-            "poel_outcome_write_failures_total": (
-                "Statements recording outcomes that failed (an outage, or a row that could "
-                "not be written).",
-                self.completer.failures if self.queue_pool is not None else 0,
-            ),
-        }
-        return {**counters, **(self.processes.counters() if self.processes is not None else {})}
-
-    def _running(self) -> int:
+    def running(self) -> int:
+        """Jobs submitted to the lanes and not finished."""
         lanes = self.producer.lanes if self.queue_pool is not None else []
         return sum(len(lane.slots) for lane in lanes) if lanes else len(self.slots)
-
-    # Draining ---------------------------------------------------------------------------
-
-    def _drain(self) -> None:
-        grace = self.settings.shutdown_timeout_ms / 1000
-        lanes = [lane.slots for lane in self.producer.lanes]
-        self.log.info("worker draining", running=self._running(), grace_seconds=grace)
-        _join(lanes, grace)
-        if self._running():
-            self.cancelling.set()
-            if self.threads is not None:
-                self.threads.cancel.set()
-            if self.processes is not None:
-                self.processes.cancel_all()
-            _join(lanes, min(1.0, grace) if grace else 0)
-            for lane in lanes:
-                for entry in lane.kill(timeout=5):
-                    entry.move(HANDING_BACK)
-        # Stopped mid-run (counted toward POEL_MAX_HANDBACKS), or never started.
-        back = [e for e in self.held.values() if e.phase in (CLAIMED, HANDING_BACK)]
-        started = [e for e in back if e.started]
-        self.completer.release(started, started=True)
-        self.completer.release([e for e in back if not e.started], started=False)
-        released = [e.id for e in back if e.phase == HANDED_BACK]
-        if self.producer.unanswered:
-            try:
-                self.producer.release_unanswered()
-            except DatabaseUnavailable as exc:
-                self.log.warning(
-                    "jobs of a claim whose answer was lost return when their lease expires",
-                    error=one_line(exc),
-                )
-        self.completer.close()
-        self._completing.join(timeout=30)
-        self.supervisor.stop(timeout=5)
-        # After the lease keeper stopped: its heartbeat would register the worker again.
-        self._registry("leaving the registry", self.registration.unregister)
-        self.plugins.call("shutdown", self.log, settings=self.settings)
-        self.close()
-        self.log.info("worker stopped", handed_back=len(released), **self.metrics.finished)
-
-
-def _join(lanes: list[Any], timeout: float) -> None:
-    """Wait until every lane has finished its jobs, for ``timeout`` seconds in all."""
-    deadline = time.monotonic() + timeout
-    for lane in lanes:
-        lane.join(timeout=max(0.0, deadline - time.monotonic()))
