@@ -53,7 +53,6 @@ from poel_testchaos.verdicts import (
     CHILD,
     Behaviour,
     explain,
-    known_bullets,
     overlaps,
 )
 
@@ -433,5 +432,4 @@ class Campaign:
             "leftover_helpers": len(helpers),
         }
         report["collateral_retries"] = dict(report["collateral_retries"])
-        report["known_bullets"] = known_bullets(report)
         return report

@@ -3,14 +3,13 @@
 The catalogue of behaviours (:data:`CATALOGUE`) is what :mod:`.campaign` draws jobs from:
 each fixes its job type, its steps and its expected final state and errors, so that a
 job's fate is known from its payload before it runs. :func:`overlaps` and :func:`explain`
-judge one job from the database and the handlers' attempt log; :func:`known_bullets`
-names the unfixed issue-16 bullet behind a violation, if one does.
+judge one job from the database and the handlers' attempt log.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,26 +123,6 @@ def _catalogue() -> list[Behaviour]:
 CATALOGUE = {b.name: b for b in _catalogue()}
 CHILD = Behaviour("greenlet.child", "chaos.greenlet", ("ok",), 0)  # enqueued by handlers
 
-# Behaviours whose check fails on a branch where an issue-16 bullet is not fixed yet:
-# the runner names the bullet beside the violation (the invariant itself is unchanged).
-KNOWN_BULLETS = {
-    "thread.overrun": "thread timeouts run jobs twice (a timed-out thread's slot is free)",
-    "thread.enqueue": "thread jobs touch the hub (ctx.enqueue from a native thread)",
-    "thread.connection": "thread jobs touch the hub (ctx.connection from a native thread)",
-    "greenlet.leak_timer": "a leaked gevent.Timeout fails the next, innocent job",
-    "process.helper": "helper programs outlive their job (process group not killed)",
-    "process.helper_overrun": "helper programs outlive their job (process group not killed)",
-    "process.exit_process": "an idle child that dies costs the next job an attempt",
-    "process.sigkill_self": "an idle child that dies costs the next job an attempt",
-    "process.segfault": "an idle child that dies costs the next job an attempt",
-}
-# The same, recognised from an innocent job's foreign error.
-KNOWN_ERRORS = {
-    "Timeout: 0.05": KNOWN_BULLETS["greenlet.leak_timer"],
-    "another command is already in progress": KNOWN_BULLETS["thread.enqueue"],
-    "worker process died": KNOWN_BULLETS["process.segfault"],
-}
-
 
 def overlaps(runs: list[dict[str, Any]], finished_at: Any) -> str | None:
     """Why a job's runs overlap, or None.
@@ -196,17 +175,3 @@ def explain(behaviour: Behaviour | None, job: dict[str, Any]) -> dict[str, Any]:
         else:
             unexplained.append(re.sub(r"\s+", " ", text)[:200])
     return {"unexplained": unexplained, "collateral_retries": retries}
-
-
-def known_bullets(report: dict[str, Any]) -> dict[str, list[str]]:
-    """The issue-16 bullets that explain the violations found, by check."""
-    named: dict[str, set[str]] = defaultdict(set)
-    for check in ("overlapping", "collateral"):
-        for item in report[check]:
-            bullet = KNOWN_BULLETS.get(item["behaviour"])
-            for text in item.get("unexplained", []):
-                bullet = bullet or next((b for e, b in KNOWN_ERRORS.items() if e in text), None)
-            named[check].add(bullet or f"UNKNOWN ({item['behaviour']})")
-    for key in report["leftover_helpers"]:
-        named["leftover_helpers"].add(KNOWN_BULLETS["process.helper"] + f" [{key}]")
-    return {k: sorted(v) for k, v in named.items()}
