@@ -24,7 +24,7 @@ from adapters.poel import PoelExecutor
 from common import create_database, drop_database, scratch_name
 from psycopg.rows import dict_row
 
-from poel_host.store import claim_parameters, claim_query
+from poel_host.store import Store
 
 
 def timed(conn: psycopg.Connection[Any], query: Any, params: Any, n: int) -> str:
@@ -49,16 +49,14 @@ def main() -> int:
     url = create_database(name)
     try:
         poel.install(url)
-        job_types = ["bench.cpu", "bench.noop_process"]
-        claim = claim_query("poel", len(job_types))
+        claim = Store("poel")._q["claim_jobs"]
         params = {
-            **claim_parameters(job_types),
+            "job_types": ["bench.cpu", "bench.noop_process"],
             "queues": None,
             "limit": 1,
             "owner": "claim-latency",
             "token": "00000000-0000-4000-8000-000000000000",
             "lease_ms": 30_000,
-            "held": [],
         }
         with psycopg.connect(url, autocommit=True) as conn:
             poel.insert(conn, args.rows, "noop")

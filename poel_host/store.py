@@ -47,37 +47,10 @@ def _blocks() -> dict[str, str]:
     return parse_blocks(read_sql("queries.sql"))
 
 
-# Blocks with placeholders of their own besides {schema}, composed by their own function.
-CLAIM_BLOCKS = ("claim_jobs", "claim_branch")
-
-
 @functools.cache
 def queries(schema: str) -> dict[str, sql.Composed]:
     """Every block of ``queries.sql`` with ``schema`` filled in, composed once per schema."""
-    return {
-        name: with_schema(text, schema)
-        for name, text in _blocks().items()
-        if name not in CLAIM_BLOCKS
-    }
-
-
-@functools.cache
-def claim_query(schema: str, job_types: int) -> sql.Composed:
-    """``claim_jobs`` for ``job_types`` types: one ``claim_branch`` each, whose type is the
-    parameter ``job_type_<i>`` (see the SQL). Composed once per schema and count."""
-    blocks, name = _blocks(), sql.Identifier(schema)
-    branches = sql.SQL(" UNION ALL ").join(
-        sql.SQL(blocks["claim_branch"]).format(
-            schema=name, job_type=sql.Placeholder(f"job_type_{i}")
-        )
-        for i in range(job_types)
-    )
-    return sql.SQL(blocks["claim_jobs"]).format(schema=name, branches=branches)
-
-
-def claim_parameters(job_types: Sequence[str]) -> dict[str, str]:
-    """The parameters ``claim_query(schema, len(job_types))`` takes for the types."""
-    return {f"job_type_{i}": job_type for i, job_type in enumerate(job_types)}
+    return {name: with_schema(text, schema) for name, text in _blocks().items()}
 
 
 class Store:
@@ -172,25 +145,18 @@ class Store:
         owner: str,
         token: str,
         lease_ms: int,
-        held: Sequence[int],
     ) -> list[dict[str, Any]]:
         """Claim up to ``limit`` due jobs under the lease token ``token`` (new for each
         claim; see ``claim_jobs`` in the SQL)."""
-        if not job_types:
-            return []
         params = {
-            **claim_parameters(job_types),
+            "job_types": list(job_types),
             "queues": None if queues is None else list(queues),
             "limit": limit,
             "owner": owner,
             "token": token,
             "lease_ms": lease_ms,
-            "held": list(held),
         }
-        query = claim_query(self.schema, len(job_types))
-        return self._run(
-            lambda conn: conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
-        )
+        return self._all("claim_jobs", params)
 
     def promote_due(self, *, limit: int, connection: Conn | None = None) -> int:
         """Mark ready up to ``limit`` future jobs that have become due; how many."""

@@ -3,8 +3,7 @@ takes. 100,000 future jobs of distinct priorities made each claim walk every pri
 (300 ms instead of 1 ms: ``benchmarks/claim_shapes.py``), and the due jobs of a type the
 worker does not handle, ahead in priority, were read through on every claim. Measured
 here by what the server reads (EXPLAIN ANALYZE's rows), not by time, so the test cannot
-be flaky: a claim of 10 reads about 10 rows of the index per type it handles, and locks
-only the rows it takes."""
+be flaky: a claim of 10 reads about 10 rows of the index per type it handles."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-from poel_host.store import Store, claim_parameters, claim_query
+from poel_host.store import Store, queries
 
 ROWS = 20_000
 LIMIT = 10
@@ -37,19 +36,18 @@ SHAPES = {
 
 def params(job_types: list[str]) -> dict[str, Any]:
     return {
-        **claim_parameters(job_types),
+        "job_types": job_types,
         "queues": None,
         "limit": LIMIT,
         "owner": "shapes",
         "lease_ms": 30_000,
         "token": str(uuid.uuid4()),
-        "held": [],
     }
 
 
 def rows_read(conn, job_types: list[str]) -> int:
     """Rows the claim's scans of the jobs table returned, in a transaction rolled back."""
-    explain = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + claim_query("poel", len(job_types))
+    explain = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + queries("poel")["claim_jobs"]
     with conn.transaction(force_rollback=True):
         plan = conn.execute(explain, params(job_types)).fetchone()["QUERY PLAN"][0]["Plan"]
 
@@ -84,13 +82,13 @@ def test_future_jobs_are_claimed_once_promoted_and_only_then(poel_conn):
         " RETURNING id, ready"
     ).fetchone()
     assert soon["ready"] is False  # the trigger: a future job is not ready
-    claimed = poel_conn.execute(claim_query("poel", 1), params(["test.noop"])).fetchall()
+    claimed = poel_conn.execute(queries("poel")["claim_jobs"], params(["test.noop"])).fetchall()
     assert claimed == []
     poel_conn.execute("UPDATE poel.jobs SET run_at = now() - interval '1 second'")
     assert store.promote_due(limit=10, connection=poel_conn) == 0  # the trigger did it
     row = poel_conn.execute("SELECT ready FROM poel.jobs WHERE id = %s", [soon["id"]]).fetchone()
     assert row["ready"] is True
-    [taken] = poel_conn.execute(claim_query("poel", 1), params(["test.noop"])).fetchall()
+    [taken] = poel_conn.execute(queries("poel")["claim_jobs"], params(["test.noop"])).fetchall()
     assert taken["id"] == soon["id"]
 
 

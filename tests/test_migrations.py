@@ -14,7 +14,7 @@ from psycopg import sql
 from poel_host import Migration, migrations
 from poel_host.database import connection
 from poel_host.errors import PoelError, SchemaOutOfDate
-from poel_host.store import claim_parameters, claim_query
+from poel_host.store import queries
 
 
 def schema_exists(conn, schema: str) -> bool:
@@ -151,20 +151,19 @@ def test_concurrent_migrations_apply_once(poel_dsn):
     assert results[3] == [*host_names(), "poel-many:0001_many"]
 
 
-def test_claim_query_merges_the_ready_index_of_each_type(poel_conn):
-    query = claim_query("poel", 2)
+def test_claim_query_reads_the_ready_index_of_each_type(poel_conn):
+    query = queries("poel")["claim_jobs"]
     poel_conn.execute("SET enable_seqscan = off")
     plan = poel_conn.execute(
         sql.SQL("EXPLAIN ") + query,
         {
-            **claim_parameters(["test.noop", "test.record"]),
+            "job_types": ["test.noop", "test.record"],
             "queues": None,
             "limit": 10,
             "owner": "explain",
             "lease_ms": 1000,
             "token": "00000000-0000-4000-8000-000000000000",
-            "held": [],
         },
     ).fetchall()
     text = "\n".join(row["QUERY PLAN"] for row in plan)
-    assert "jobs_ready_idx" in text and "Merge Append" in text, text
+    assert "jobs_ready_idx" in text, text

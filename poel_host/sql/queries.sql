@@ -40,28 +40,34 @@ WHERE job_type = %(job_type)s AND unique_key = %(unique_key)s AND state IN ('que
 
 -- claim_jobs --
 -- Take up to `limit` due jobs of the types this worker handles, highest priority first,
--- then oldest run_at, skipping rows other workers are claiming and jobs this worker still
--- holds (`held`: a retry due before its last outcome was confirmed); each gets a lease
--- owned by this worker, and the claim's token (`token`: new for each claim, so new for each
+-- then oldest run_at, skipping rows other workers are claiming; each gets a lease owned
+-- by this worker, and the claim's token (`token`: new for each claim, so new for each
 -- attempt), which every later statement about the attempt matches on. The payload comes
 -- back as text, parsed by the worker for each job: one that Python cannot parse (nested
 -- thousands deep, a 5,000-digit number) then fails that job alone instead of the whole
 -- claim.
--- The branches are one claim_branch per job type (the store writes them, a parameter each):
--- each reads the ready jobs of its type in claim order from jobs_ready_idx, and the
--- planner merges them (a Merge Append), reading each only as far as the claim needs. The
--- lock is taken on the merged rows, one at a time, until `limit` are locked: no row is
--- locked that is not claimed, and a row another worker holds is passed, not waited for.
--- So a claim reads about `limit` index entries per type, whatever the priorities, the
--- future jobs, the finished ones or the other types' backlog.
+-- Each job type's ready jobs are read from jobs_ready_idx in claim order (an ordered
+-- index scan that stops after `limit` rows it could lock), and the types' rows are merged
+-- by priority. A claim reads about `limit` index entries per job type it handles, whatever
+-- the priorities, the future jobs, the finished ones or the other types' backlog. Rows are
+-- locked by the scan of their own type, SKIP LOCKED, as before issue 16: a lane of several
+-- types may lock up to `limit` rows of each for the statement's few milliseconds and
+-- claim only `limit` of them (a row locked by a join over the merged types instead made
+-- each concurrent claim re-read every type's index: seconds a claim under load).
 WITH due AS (
-    SELECT j.id
-    FROM ({branches}) AS c
-    JOIN {schema}.jobs AS j ON j.id = c.id
-    WHERE j.state = 'queued'
-    ORDER BY c.priority DESC, c.run_at, c.id
+    SELECT d.id, d.priority, d.run_at
+    FROM unnest(%(job_types)s::text[]) AS t(job_type)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM {schema}.jobs
+        WHERE state = 'queued' AND ready AND job_type = t.job_type
+          AND run_at <= now()
+          AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+        ORDER BY priority DESC, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS d
+    ORDER BY d.priority DESC, d.run_at, d.id
     LIMIT %(limit)s
-    FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempts = j.attempts + 1, lease_owner = %(owner)s,
@@ -72,15 +78,6 @@ FROM due
 WHERE j.id = due.id
 RETURNING j.id, j.queue, j.job_type, j.payload::text AS payload, j.attempts, j.max_attempts,
           j.created_at
-
--- claim_branch --
--- One job type's ready jobs in claim order, for claim_jobs (the type is its parameter).
-(SELECT id, priority, run_at FROM {schema}.jobs
- WHERE state = 'queued' AND ready AND job_type = {job_type}
-   AND run_at <= now()
-   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-   AND id <> ALL(%(held)s::bigint[])
- ORDER BY priority DESC, run_at, id)
 
 -- promote_due --
 -- Mark ready the future jobs that have become due (up to `limit`, oldest first), so that
@@ -121,7 +118,8 @@ SET state = o.state::{schema}.job_state,
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[], %(errors)s::text[],
             %(delays_ms)s::bigint[], %(tracebacks)s::text[])
      AS o(id, token, state, error, delay_ms, traceback)
-WHERE j.id = o.id AND j.lease_token = o.token AND j.state = 'running'
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
+  AND j.state = 'running'
 RETURNING j.id
 
 -- finish_succeeded --
@@ -130,7 +128,8 @@ UPDATE {schema}.jobs AS j
 SET state = 'succeeded', finished_at = now(), lease_owner = NULL, lease_token = NULL,
     lease_expires_at = NULL, updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
-WHERE j.id = o.id AND j.lease_token = o.token AND j.state = 'running'
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
+  AND j.state = 'running'
 RETURNING j.id
 
 -- release_jobs --
@@ -145,7 +144,7 @@ WITH released AS (
     FROM {schema}.jobs AS j
     JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
       ON j.id = o.id AND j.lease_token = o.token
-    WHERE j.state = 'running'
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state = 'running'
     FOR UPDATE OF j
 )
 UPDATE {schema}.jobs AS j
@@ -194,7 +193,8 @@ WITH beat AS (
     UPDATE {schema}.jobs AS j
     SET lease_expires_at = now() + %(lease_ms)s * interval '1 millisecond'
     FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
-    WHERE j.id = o.id AND j.lease_token = o.token AND j.state = 'running'
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
+  AND j.state = 'running'
     RETURNING j.id
 )
 SELECT EXISTS (SELECT FROM beat) AS registered, ARRAY(SELECT id FROM renewed) AS renewed

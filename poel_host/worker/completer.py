@@ -123,7 +123,7 @@ class Completer(Service):
         others = [o for o in batch if o.state != "succeeded"]
         written = self._write_group(succeeded) | self._write_group(others)
         for outcome in batch:
-            entry = self.held.pop(outcome.job_id, None)
+            entry = self._forget(outcome)
             if outcome.job_id in written:
                 if entry is not None:
                     entry.move(WRITTEN)
@@ -135,6 +135,16 @@ class Completer(Service):
                 jobId=outcome.job_id,
                 outcome=outcome.state,
             )
+
+    def _forget(self, outcome: Outcome) -> HeldJob | None:
+        """Take the outcome's attempt out of the held table. Only its own: once its fate is
+        in the database the job may be claimed again, by this worker too, and the held
+        entry under its id is then the new attempt's (another token)."""
+        entry = self.held.get(outcome.job_id)
+        if entry is None or entry.token != outcome.token:
+            return None
+        del self.held[outcome.job_id]
+        return entry
 
     def _write_group(self, group: list[Outcome]) -> set[int]:
         if not group:

@@ -131,10 +131,6 @@ class Producer:
                 owner=self.owner,
                 token=token,
                 lease_ms=self.settings.lease_ms,
-                # A retry becomes due while its last attempt's outcome is still being
-                # written (or retried through an outage): this worker must not claim it
-                # again until that attempt has left the held table.
-                held=list(self.held),
             )
         except DatabaseUnavailable:
             self.unanswered.append(token)
