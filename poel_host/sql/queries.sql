@@ -93,6 +93,10 @@ FROM (SELECT id FROM {schema}.jobs
 WHERE j.id = w.id
 RETURNING j.id
 -- finish_jobs --
+-- (A lease token is set by a claim and cleared by whatever ends its attempt: finish,
+-- hand-back, rescue. Matching one is matching a running attempt, so these statements
+-- name no state: the rows are found by primary key, whatever the statistics say of the
+-- running rows' index.)
 -- Record outcomes in one statement: succeeded, failed, or queued again with a delay for
 -- a retry; an error (with its traceback, when the worker has one) joins the history.
 -- Only the attempt each outcome belongs to is touched (its id and lease token), so a
@@ -119,7 +123,6 @@ FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[], %(errors)
             %(delays_ms)s::bigint[], %(tracebacks)s::text[])
      AS o(id, token, state, error, delay_ms, traceback)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
-  AND j.state = 'running'
 RETURNING j.id
 
 -- finish_succeeded --
@@ -129,7 +132,6 @@ SET state = 'succeeded', finished_at = now(), lease_owner = NULL, lease_token = 
     lease_expires_at = NULL, updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
-  AND j.state = 'running'
 RETURNING j.id
 
 -- release_jobs --
@@ -144,7 +146,7 @@ WITH released AS (
     FROM {schema}.jobs AS j
     JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
       ON j.id = o.id AND j.lease_token = o.token
-    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state = 'running'
+    WHERE j.id = ANY(%(ids)s::bigint[])
     FOR UPDATE OF j
 )
 UPDATE {schema}.jobs AS j
@@ -194,7 +196,6 @@ WITH beat AS (
     SET lease_expires_at = now() + %(lease_ms)s * interval '1 millisecond'
     FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
     WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
-  AND j.state = 'running'
     RETURNING j.id
 )
 SELECT EXISTS (SELECT FROM beat) AS registered, ARRAY(SELECT id FROM renewed) AS renewed
