@@ -44,7 +44,6 @@ class Completer(Service):
         self,
         store: Store,
         *,
-        owner: str,
         held: Held,
         log: Any,
         max_handbacks: int = 3,
@@ -52,7 +51,6 @@ class Completer(Service):
     ) -> None:
         super().__init__()
         self.store = store
-        self.owner = owner
         self.held = held
         self.log = log
         self.max_handbacks = max_handbacks

@@ -36,7 +36,6 @@ from poel_host.worker.job_connections import Loans
 
 CLAIMED, RUNNING, PENDING = "claimed", "running", "pending"
 HANDING_BACK, HANDED_BACK, WRITTEN, LOST = "handing back", "handed back", "written", "lost"
-PHASES = (CLAIMED, RUNNING, PENDING, HANDING_BACK, HANDED_BACK, WRITTEN, LOST)
 ENDED = frozenset({HANDED_BACK, WRITTEN, LOST})
 NEXT: dict[str, frozenset[str]] = {
     CLAIMED: frozenset({RUNNING, HANDING_BACK, LOST}),

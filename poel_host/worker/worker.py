@@ -120,7 +120,6 @@ class Worker:
         self._enqueuer = Queue.for_settings(s, self.plugins.jobs)
         self.completer = Completer(
             self.store,
-            owner=self.owner,
             held=self.held,
             log=self.log,
             max_handbacks=s.max_handbacks,
@@ -174,9 +173,8 @@ class Worker:
             types[job.executor].append(job.type)
         lanes = [Lane("greenlet", types["greenlet"], self.slots)]
         if types["thread"]:
-            # Stuck threads make /health unhealthy through the supervisor's problems.
-            problems = self.supervisor.failing
-            self.threads = Threads(s, self.store, jobs=self.plugins.jobs, problems=problems)
+            # Stuck threads make /health unhealthy through the worker's problems.
+            self.threads = Threads(s, self.store, jobs=self.plugins.jobs, problems=self.problems)
             lanes.append(Lane("thread", types["thread"], Runners(s.threads, self._run)))
         if types["process"]:
             self.processes = ProcessPool(
