@@ -24,7 +24,7 @@ from adapters.poel import PoelExecutor
 from common import create_database, drop_database, scratch_name
 from psycopg.rows import dict_row
 
-from poel_host.store import Store
+from poel_host.store import claim_query
 
 
 def timed(conn: psycopg.Connection[Any], query: Any, params: Any, n: int) -> str:
@@ -49,7 +49,7 @@ def main() -> int:
     url = create_database(name)
     try:
         poel.install(url)
-        claim = Store("poel")._q["claim_jobs"]
+        claim = claim_query("poel", 2)
         params = {
             "job_types": ["bench.cpu", "bench.noop_process"],
             "queues": None,

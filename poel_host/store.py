@@ -47,10 +47,32 @@ def _blocks() -> dict[str, str]:
     return parse_blocks(read_sql("queries.sql"))
 
 
+# Blocks written into a statement for each lane (one branch per job type), not alone.
+_TEMPLATES = {"claim_jobs", "ready_jobs"}
+
+
 @functools.cache
 def queries(schema: str) -> dict[str, sql.Composed]:
     """Every block of ``queries.sql`` with ``schema`` filled in, composed once per schema."""
-    return {name: with_schema(text, schema) for name, text in _blocks().items()}
+    return {
+        name: with_schema(text, schema)
+        for name, text in _blocks().items()
+        if name not in _TEMPLATES
+    }
+
+
+@functools.cache
+def claim_query(schema: str, job_types: int) -> sql.Composed:
+    """``claim_jobs`` for a lane of ``job_types`` types: one ``ready_jobs`` branch each,
+    so that the server merges the types' index scans in claim order."""
+    blocks, name = _blocks(), sql.Identifier(schema)
+    branches = [
+        sql.SQL(blocks["ready_jobs"]).format(schema=name, type_number=sql.Literal(number))
+        for number in range(1, job_types + 1)
+    ]
+    return sql.SQL(blocks["claim_jobs"]).format(
+        schema=name, ready_jobs=sql.SQL(" UNION ALL ").join(branches)
+    )
 
 
 class Store:
@@ -156,7 +178,13 @@ class Store:
             "token": token,
             "lease_ms": lease_ms,
         }
-        return self._all("claim_jobs", params)
+        if not job_types:
+            return []
+        query = claim_query(self.schema, len(job_types))
+        return self._run(
+            lambda conn: conn.cursor(row_factory=dict_row).execute(query, params).fetchall(),
+            None,
+        )
 
     def promote_due(self, *, limit: int, connection: Conn | None = None) -> int:
         """Mark ready up to ``limit`` future jobs that have become due; how many."""

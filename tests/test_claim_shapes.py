@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-from poel_host.store import Store, queries
+from poel_host.database import connection
+from poel_host.store import Store, claim_query
 
 ROWS = 20_000
 LIMIT = 10
@@ -47,7 +48,7 @@ def params(job_types: list[str]) -> dict[str, Any]:
 
 def rows_read(conn, job_types: list[str]) -> int:
     """Rows the claim's scans of the jobs table returned, in a transaction rolled back."""
-    explain = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + queries("poel")["claim_jobs"]
+    explain = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + claim_query("poel", len(job_types))
     with conn.transaction(force_rollback=True):
         plan = conn.execute(explain, params(job_types)).fetchone()["QUERY PLAN"][0]["Plan"]
 
@@ -82,13 +83,13 @@ def test_future_jobs_are_claimed_once_promoted_and_only_then(poel_conn):
         " RETURNING id, ready"
     ).fetchone()
     assert soon["ready"] is False  # the trigger: a future job is not ready
-    claimed = poel_conn.execute(queries("poel")["claim_jobs"], params(["test.noop"])).fetchall()
+    claimed = poel_conn.execute(claim_query("poel", 1), params(["test.noop"])).fetchall()
     assert claimed == []
     poel_conn.execute("UPDATE poel.jobs SET run_at = now() - interval '1 second'")
     assert store.promote_due(limit=10, connection=poel_conn) == 0  # the trigger did it
     row = poel_conn.execute("SELECT ready FROM poel.jobs WHERE id = %s", [soon["id"]]).fetchone()
     assert row["ready"] is True
-    [taken] = poel_conn.execute(queries("poel")["claim_jobs"], params(["test.noop"])).fetchall()
+    [taken] = poel_conn.execute(claim_query("poel", 1), params(["test.noop"])).fetchall()
     assert taken["id"] == soon["id"]
 
 
@@ -109,3 +110,50 @@ def test_the_promoter_makes_jobs_ready_once_due(poel_conn):
         "SELECT count(*) AS n FROM poel.jobs WHERE ready AND id = ANY(%s)", [ids]
     ).fetchone()
     assert ready["n"] == 5
+
+
+@pytest.mark.parametrize("backlog", ["both types", "one type locked by another claim"])
+def test_a_claim_locks_only_the_rows_it_claims(poel_dsn, poel_conn, backlog):
+    # A lane of several job types: each type's scan may find `limit` rows, but a claim
+    # takes `limit` in all. A row locked and not claimed is hidden from every other
+    # worker's claim (SKIP LOCKED) for the statement's time, for nothing.
+    poel_conn.execute(
+        "INSERT INTO poel.jobs (job_type, priority) SELECT t, p FROM unnest("
+        "array['test.noop', 'test.record']) AS t, generate_series(1, 10) AS p"
+    )
+    with connection(poel_dsn) as other, connection(poel_dsn) as claimer:
+        if backlog == "one type locked by another claim":
+            other.execute("BEGIN")
+            held = other.execute(
+                "SELECT id FROM poel.jobs WHERE job_type = 'test.noop'"
+                " ORDER BY priority DESC LIMIT 4 FOR UPDATE"
+            ).fetchall()
+        else:
+            held = []
+        claimer.execute("BEGIN")
+        claimed = claimer.execute(
+            claim_query("poel", 2), params(["test.noop", "test.record"]) | {"limit": 5}
+        ).fetchall()
+        # Rows the claim holds: every row a third session cannot lock, but those of `other`.
+        free = poel_conn.execute(
+            "SELECT id FROM poel.jobs WHERE state = 'queued' FOR UPDATE SKIP LOCKED"
+        ).fetchall()
+        queued = poel_conn.execute("SELECT id FROM poel.jobs").fetchall()
+        locked = {r["id"] for r in queued} - {r["id"] for r in free} - {r["id"] for r in held}
+        assert len(claimed) == 5
+        assert locked == {r["id"] for r in claimed}
+        # The highest priorities of both types were taken (those `other` holds aside).
+        taken = claimer.execute(
+            "SELECT job_type, priority FROM poel.jobs WHERE id = ANY(%s)",
+            [[r["id"] for r in claimed]],
+        ).fetchall()
+        if backlog == "both types":
+            assert sorted(r["priority"] for r in taken) == [8, 9, 9, 10, 10]
+        else:  # the next rows in merged order: test.record's 10 to 7, then a 6
+            assert sorted(r["priority"] for r in taken) == [6, 7, 8, 9, 10]
+            assert {("test.record", p) for p in (7, 8, 9, 10)} <= {
+                (r["job_type"], r["priority"]) for r in taken
+            }
+        claimer.execute("ROLLBACK")
+        if held:
+            other.execute("ROLLBACK")

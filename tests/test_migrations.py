@@ -14,7 +14,7 @@ from psycopg import sql
 from poel_host import Migration, migrations
 from poel_host.database import connection
 from poel_host.errors import PoelError, SchemaOutOfDate
-from poel_host.store import queries
+from poel_host.store import claim_query
 
 
 def schema_exists(conn, schema: str) -> bool:
@@ -152,7 +152,7 @@ def test_concurrent_migrations_apply_once(poel_dsn):
 
 
 def test_claim_query_reads_the_ready_index_of_each_type(poel_conn):
-    query = queries("poel")["claim_jobs"]
+    query = claim_query("poel", 2)
     poel_conn.execute("SET enable_seqscan = off")
     plan = poel_conn.execute(
         sql.SQL("EXPLAIN ") + query,

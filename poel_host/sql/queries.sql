@@ -46,27 +46,26 @@ WHERE job_type = %(job_type)s AND unique_key = %(unique_key)s AND state IN ('que
 -- back as text, parsed by the worker for each job: one that Python cannot parse (nested
 -- thousands deep, a 5,000-digit number) then fails that job alone instead of the whole
 -- claim.
--- Each job type's ready jobs are read from jobs_ready_idx in claim order (an ordered
--- index scan that stops after `limit` rows it could lock), and the types' rows are merged
--- by priority. A claim reads about `limit` index entries per job type it handles, whatever
--- the priorities, the future jobs, the finished ones or the other types' backlog. Rows are
--- locked by the scan of their own type, SKIP LOCKED, as before issue 16: a lane of several
--- types may lock up to `limit` rows of each for the statement's few milliseconds and
--- claim only `limit` of them (a row locked by a join over the merged types instead made
--- each concurrent claim re-read every type's index: seconds a claim under load).
+-- The due jobs of each type are read from jobs_ready_idx in claim order (ready_jobs,
+-- one branch per type: the store writes in as many as the lane has types), and the
+-- branches are merged in that order as they are read (a Merge Append), so a claim reads
+-- about `limit` index entries in all, plus one per type, whatever the priorities, the
+-- future jobs, the finished ones or the other types' backlog.
+-- Rows are locked one at a time in merged order, each by its primary key, SKIP LOCKED,
+-- until `limit` are: a claim locks only the rows it claims (locking `limit` per type
+-- and keeping `limit` hid the others from every other worker for nothing), and takes
+-- the next rows when other claims hold the first ones. The lock is taken by the scan of
+-- one row (a LATERAL subquery), so a row another claim changed meanwhile is checked
+-- again alone: a lock taken through the merged scans made each such row re-read them
+-- all, seconds a claim under load.
 WITH due AS (
-    SELECT d.id, d.priority, d.run_at
-    FROM unnest(%(job_types)s::text[]) AS t(job_type)
+    SELECT locked.id
+    FROM (SELECT * FROM ({ready_jobs}) AS ready ORDER BY priority DESC, run_at, id) AS c
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_at FROM {schema}.jobs
-        WHERE state = 'queued' AND ready AND job_type = t.job_type
-          AND run_at <= now()
-          AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-        ORDER BY priority DESC, run_at, id
-        LIMIT %(limit)s
+        SELECT id FROM {schema}.jobs
+        WHERE id = c.id AND state = 'queued' AND ready
         FOR UPDATE SKIP LOCKED
-    ) AS d
-    ORDER BY d.priority DESC, d.run_at, d.id
+    ) AS locked
     LIMIT %(limit)s
 )
 UPDATE {schema}.jobs AS j
@@ -78,6 +77,15 @@ FROM due
 WHERE j.id = due.id
 RETURNING j.id, j.queue, j.job_type, j.payload::text AS payload, j.attempts, j.max_attempts,
           j.created_at
+
+-- ready_jobs --
+-- One branch of claim_jobs: the due jobs of one of the lane's job types (the store
+-- numbers the branches), in claim order.
+(SELECT id, priority, run_at FROM {schema}.jobs
+ WHERE state = 'queued' AND ready AND job_type = (%(job_types)s::text[])[{type_number}]
+   AND run_at <= now()
+   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+ ORDER BY priority DESC, run_at, id)
 
 -- promote_due --
 -- Mark ready the future jobs that have become due (up to `limit`, oldest first), so that
