@@ -63,8 +63,8 @@ def _missing_schema(exc: Exception, settings: Settings) -> PoelError | None:
 
     if not isinstance(exc, psycopg.errors.UndefinedTable):
         return None
+    from poel_host.dsn import redact_dsn
     from poel_host.errors import SchemaOutOfDate
-    from poel_host.settings import redact_dsn
 
     return SchemaOutOfDate(
         f"Poel's tables are not in schema {settings.schema_name!r} of "

@@ -15,8 +15,8 @@ import psycopg_pool
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from poel_host.dsn import redact_dsn
 from poel_host.errors import DatabaseUnavailable, one_line
-from poel_host.settings import redact_dsn
 from poel_host.sqlfiles import parse_blocks, read_sql, with_schema
 
 T = TypeVar("T")
