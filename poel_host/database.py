@@ -25,8 +25,9 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from poel_host.dsn import redact_dsn
 from poel_host.errors import DatabaseUnavailable, one_line
-from poel_host.settings import Settings, redact_dsn
+from poel_host.settings import Settings
 
 APPLICATION_NAME = "poel-host"
 CHECKOUT_TIMEOUT_S = 5.0  # waiting longer for a pooled connection means the pool is stuck

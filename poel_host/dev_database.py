@@ -16,7 +16,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from poel_host.settings import Settings, redact_dsn
+from poel_host.dsn import redact_dsn
+from poel_host.settings import Settings
 
 
 def uses_embedded(settings: Settings) -> bool:

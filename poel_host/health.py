@@ -16,8 +16,9 @@ from typing import Any
 import gevent
 
 from poel_host.database import KeptConnection
+from poel_host.dsn import redact_dsn
 from poel_host.errors import DatabaseUnavailable
-from poel_host.settings import Settings, redact_dsn
+from poel_host.settings import Settings
 from poel_host.store import Store
 
 CHECK_TIMEOUT_S = 3.0

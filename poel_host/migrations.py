@@ -19,7 +19,7 @@ from psycopg import sql
 
 from poel_host.errors import DatabaseUnavailable, PoelError, SchemaOutOfDate, one_line
 from poel_host.sqlfiles import Migration, read_sql, with_schema
-from poel_host.store import Store
+from poel_host.store import MigrationStore
 
 __all__ = ["HOST", "Migration", "check_up_to_date", "host_migrations", "migrate", "pending"]
 
@@ -50,7 +50,7 @@ def pending(
     plugin_migrations: Iterable[tuple[str, Migration]] = (),
 ) -> list[tuple[str, Migration]]:
     """The migrations not yet applied, host first, each owner's in version order."""
-    done = Store(schema).applied_migrations(conn)
+    done = MigrationStore(schema).applied_migrations(conn)
     todo = [(HOST, m) for m in host_migrations()]
     todo += sorted(plugin_migrations, key=lambda pm: (pm[0], pm[1].version))
     return [(owner, m) for owner, m in todo if (owner, m.version) not in done]
@@ -63,7 +63,7 @@ def migrate(
 ) -> list[str]:
     """Apply what is pending; returns ``owner:version_name`` for each migration applied."""
     applied = []
-    store = Store(schema)
+    store = MigrationStore(schema)
     try:
         with conn.transaction():
             store.lock_migrations(conn, lock_key(schema))

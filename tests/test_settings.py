@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from poel_host.dsn import redact_dsn
 from poel_host.errors import SettingsError
-from poel_host.settings import DEFAULT_DATABASE_URL, Settings, load_settings, redact_dsn
+from poel_host.settings import DEFAULT_DATABASE_URL, Settings, load_settings
 
 VARIABLES = [str(field.validation_alias) for field in Settings.model_fields.values()]
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from poel_host.settings import Settings, looks_like_transaction_pooler
+from poel_host.dsn import looks_like_transaction_pooler
+from poel_host.settings import Settings
 
 POOLER = "postgresql://postgres.abcd:secret@aws-0-eu-central-1.pooler.supabase.com:6543/postgres"
 SESSION = "postgresql://postgres.abcd:secret@aws-0-eu-central-1.pooler.supabase.com:5432/postgres"

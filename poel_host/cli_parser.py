@@ -1,0 +1,140 @@
+"""The ``poel-host`` command line's arguments: every command's options and help text.
+
+Kept apart from what the commands do (:mod:`poel_host.cli_commands`) and from the entry
+point (:mod:`poel_host.cli`): the help is read and changed on its own, and building the
+parser imports nothing of the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+from poel_host import __version__
+from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, JOB_STATES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poel-host",
+        description="Poel: a PostgreSQL job worker whose handlers come from installed plugins. "
+        "Configured by environment variables (and .env); see the README.",
+    )
+    parser.add_argument("--version", action="version", version=f"poel-host {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    commands.add_parser(
+        "serve",
+        help="run the worker and the HTTP app (health, plugins)",
+        description="Claim and run jobs with a greenlet pool of WORKER_CONCURRENCY, and serve "
+        "GET /health and GET /plugins on HEALTH_CHECK_HOST:HEALTH_CHECK_PORT. SIGTERM or "
+        "SIGINT drains (POEL_SHUTDOWN_TIMEOUT_MS) and exits 0; a second signal exits at once.",
+    )
+    commands.add_parser(
+        "migrate",
+        help="create or upgrade Poel's schema and the plugins' tables",
+        description="Apply the host's and the loaded plugins' pending SQL migrations in one "
+        "transaction under an advisory lock (safe to run from many processes at once).",
+    )
+
+    enqueue = commands.add_parser(
+        "enqueue",
+        help="enqueue one job",
+        description="Enqueue a job of TYPE with a JSON object payload. When TYPE's plugin is "
+        "installed the payload is validated first. Prints the new job's id.",
+    )
+    enqueue.add_argument("type", metavar="TYPE", help="job type, e.g. process_new_record")
+    enqueue.add_argument(
+        "payload",
+        metavar="JSON",
+        nargs="?",
+        default="{}",
+        help='payload, a JSON object (default {}); "-" reads standard input',
+    )
+    when = enqueue.add_mutually_exclusive_group()
+    when.add_argument(
+        "--run-at",
+        type=_timestamp,
+        metavar="ISO8601",
+        help="earliest start, e.g. 2026-12-01T09:00:00+00:00",
+    )
+    when.add_argument("--delay", type=float, metavar="SECONDS", help="start after this delay")
+    enqueue.add_argument("--priority", type=int, help="higher runs first (default: the job's)")
+    enqueue.add_argument("--queue", help="queue name (default: the job's)")
+    enqueue.add_argument(
+        "--max-attempts",
+        type=int,
+        help=f"attempts before failing (default: the job's, else {DEFAULT_MAX_ATTEMPTS})",
+    )
+    enqueue.add_argument("--unique-key", help="refuse if a live job of TYPE has this key")
+    enqueue.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="enqueue a TYPE no installed plugin defines, unvalidated",
+    )
+
+    plugins = commands.add_parser(
+        "plugins",
+        help="list loaded plugins and their job types",
+        description="What GET /plugins returns: each loaded plugin with its job types, and any "
+        "plugin that failed to load.",
+    )
+    plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    psql = commands.add_parser(
+        "psql",
+        help="open psql on Poel's database",
+        description="Run psql on the database the other commands use (DATABASE_URL, the "
+        "local server, or the embedded PostgreSQL, kept running meanwhile). ARGS go to psql, "
+        "e.g. poel-host psql -c 'SELECT 1'. The embedded package's psql is used when "
+        "installed, else the one on PATH.",
+    )
+    psql.usage = "poel-host psql [ARGS ...]"
+
+    jobs = commands.add_parser("jobs", help="inspect jobs", description="Inspect the jobs table.")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    listing = jobs_commands.add_parser("list", help="recent jobs, newest first")
+    listing.add_argument("--state", choices=JOB_STATES)
+    listing.add_argument("--type", dest="job_type")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--json", action="store_true")
+    show = jobs_commands.add_parser("show", help="one job with its error history")
+    show.add_argument("id", type=int)
+    jobs_commands.add_parser("stats", help="how many jobs are in each state")
+    cancel = jobs_commands.add_parser("cancel", help="cancel a queued job")
+    cancel.add_argument("id", type=int)
+    retry = jobs_commands.add_parser(
+        "retry", help="queue a failed or cancelled job again with fresh attempts"
+    )
+    retry.add_argument("id", type=int)
+
+    workers = commands.add_parser(
+        "workers",
+        help="list the registered workers",
+        description="Every `poel-host serve` registered in the database: host, pid, status "
+        "(alive, draining, or gone: its heartbeat stopped), version, capacity, plugins, and "
+        "how long ago its last heartbeat was. Gone workers are listed until they are "
+        "cleaned up (POEL_GONE_WORKERS_KEEP_S).",
+    )
+    workers.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve the web dashboard",
+        description="Serve the dashboard (queues, jobs and their errors, running jobs, "
+        "schedules, workers) on HOST:PORT, loopback by default. Read-only unless "
+        "POEL_DASHBOARD_TOKEN is set; payloads are hidden in production unless "
+        "POEL_DASHBOARD_PAYLOADS=shown. SIGTERM or SIGINT stops it.",
+    )
+    dashboard.add_argument("--host", help="address to bind (default POEL_DASHBOARD_HOST)")
+    dashboard.add_argument(
+        "--port", type=int, help="port, 0 for a free one (default POEL_DASHBOARD_PORT)"
+    )
+    return parser
+
+
+def _timestamp(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a time zone, e.g. +00:00")
+    return value

@@ -1,0 +1,177 @@
+"""The store's job path: what moves a job from enqueued to finished. Enqueueing (the
+queue client, the scheduler), and the worker's claim, finish, lease renewal, release,
+rescue, promotion and pruning: the statements that run on every job, kept apart from the
+looking and changing that people do (:mod:`.operators`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg.rows import dict_row
+
+from poel_host.storable import storable_delay_ms, storable_error, storable_traceback
+from poel_host.store.base import Conn, StoreBase, claim_query
+
+# One attempt's outcome: (job id, lease token, state, error, retry delay ms, traceback).
+OutcomeRow = tuple[int, str, str, str | None, float, str | None]
+
+
+class JobStore(StoreBase):
+    """Enqueueing and the worker's job path."""
+
+    # Enqueueing -------------------------------------------------------------------------
+
+    def enqueue_jobs(
+        self, columns: dict[str, list[Any]], connection: Conn | None = None
+    ) -> list[int | None]:
+        """Insert jobs given as columns (``job_types``, ``payloads``, ...; see the SQL):
+        their ids in request order, ``None`` where a live job holds the unique key."""
+        rows = self._all("enqueue_jobs", {**columns, "schema": self.schema}, connection)
+        return [None if row["id"] is None else int(row["id"]) for row in rows]
+
+    def find_live_unique(
+        self, job_type: str, unique_key: str, connection: Conn | None = None
+    ) -> int | None:
+        params = {"job_type": job_type, "unique_key": unique_key}
+        row = self._one("find_live_unique", params, connection)
+        return None if row is None else int(row["id"])
+
+    def enqueue_slot(
+        self, *, job_type: str, slot: Any, priority: int, queue: str, max_attempts: int
+    ) -> int | None:
+        """Enqueue a periodic job for ``slot`` unless a worker did; its id, or None."""
+        params = {
+            "job_type": job_type,
+            "slot": slot,
+            "priority": priority,
+            "queue": queue,
+            "max_attempts": max_attempts,
+        }
+        row = self._one("enqueue_slot", params)
+        return None if row is None else int(row["id"])
+
+    def prune_slots(self) -> None:
+        """Forget old slots (keeping each type's latest)."""
+        self._execute("prune_slots")
+
+    # The worker's job path --------------------------------------------------------------
+
+    def claim_jobs(
+        self,
+        *,
+        job_types: Sequence[str],
+        queues: Sequence[str] | None,
+        limit: int,
+        owner: str,
+        token: str,
+        lease_ms: int,
+    ) -> list[dict[str, Any]]:
+        """Claim up to ``limit`` due jobs under the lease token ``token`` (new for each
+        claim; see ``claim_jobs`` in the SQL)."""
+        params = {
+            "job_types": list(job_types),
+            "queues": None if queues is None else list(queues),
+            "limit": limit,
+            "owner": owner,
+            "token": token,
+            "lease_ms": lease_ms,
+        }
+        if not job_types:
+            return []
+        query = claim_query(self.schema, len(job_types))
+        return self._run(
+            lambda conn: conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
+        )
+
+    def promote_due(self, *, limit: int, connection: Conn | None = None) -> int:
+        """Mark ready up to ``limit`` future jobs that have become due; how many."""
+        return len(self._all("promote_due", {"limit": limit}, connection))
+
+    def finish(self, outcomes: Sequence[OutcomeRow]) -> set[int]:
+        """Record ``(job id, lease token, state, error, retry delay ms, traceback)``
+        outcomes; the ids written (an attempt whose lease was lost is not). Every text is
+        made storable here, and every delay clamped: nothing a handler raised can make the
+        statement fail for the outcomes beside it."""
+        succeeded = [o for o in outcomes if o[2] == "succeeded"]
+        others = [o for o in outcomes if o[2] != "succeeded"]
+
+        def write(conn: Conn) -> set[int]:
+            # Two autocommit statements, not a transaction (two more round trips a batch):
+            # written again after a failure, the first's rows are simply not returned.
+            written: set[int] = set()
+            if succeeded:
+                # The common case, through a statement with two array parameters.
+                params: dict[str, Any] = {
+                    "ids": [o[0] for o in succeeded],
+                    "tokens": [o[1] for o in succeeded],
+                }
+                written.update(r["id"] for r in conn.execute(self._q["finish_succeeded"], params))
+            if others:
+                params = {
+                    "ids": [o[0] for o in others],
+                    "tokens": [o[1] for o in others],
+                    "states": [o[2] for o in others],
+                    "errors": [storable_error(o[3]) for o in others],
+                    "delays_ms": [storable_delay_ms(o[4]) for o in others],
+                    "tracebacks": [storable_traceback(o[5]) for o in others],
+                }
+                written.update(r["id"] for r in conn.execute(self._q["finish_jobs"], params))
+            return written
+
+        return self._run(write)
+
+    def release_jobs(
+        self, attempts: Sequence[tuple[int, str]], *, started: bool, max_handbacks: int
+    ) -> dict[int, bool]:
+        """Hand ``(job id, lease token)`` attempts back to the queue: {id: whether the
+        hand-back counted as an attempt} for those released. Only ``started`` attempts
+        (stopped by a shutdown) count toward ``max_handbacks`` (see the SQL)."""
+        params = {
+            "ids": [a[0] for a in attempts],
+            "tokens": [a[1] for a in attempts],
+            "started": started,
+            "max_handbacks": max_handbacks,
+        }
+        return {int(r["id"]): bool(r["counted"]) for r in self._all("release_jobs", params)}
+
+    def release_claims(self, tokens: Sequence[str]) -> list[int]:
+        """Hand back the jobs of claims whose answer was lost; the ids released."""
+        return sorted(self._ids("release_claims", {"tokens": list(tokens)}))
+
+    def heartbeat(
+        self, owner: str, *, attempts: Sequence[tuple[int, str]], lease_ms: int, draining: bool
+    ) -> tuple[bool, set[int]]:
+        """The worker's heartbeat and the renewal of the leases of ``(job id, lease
+        token)`` attempts, in one statement: (whether its registry row exists, the ids
+        renewed; the others are lost)."""
+        params = {
+            "ids": [a[0] for a in attempts],
+            "tokens": [a[1] for a in attempts],
+            "owner": owner,
+            "lease_ms": lease_ms,
+            "draining": draining,
+        }
+        row = self._one("heartbeat", params)
+        assert row is not None  # the statement always answers one row
+        return bool(row["registered"]), {int(i) for i in row["renewed"]}
+
+    def recover_expired(self, *, base_ms: int, max_ms: int) -> list[dict[str, Any]]:
+        """Requeue after a backoff (or fail) jobs whose lease expired: ``[{id, state}]``."""
+        return self._all("recover_expired", {"base_ms": base_ms, "max_ms": max_ms})
+
+    def prune_finished(
+        self, *, succeeded_hours: float, failed_hours: float | None, batch: int
+    ) -> int:
+        """Delete up to ``batch`` finished jobs past their retention; how many."""
+        params = {"succeeded_hours": succeeded_hours, "failed_hours": failed_hours, "batch": batch}
+        return len(self._all("prune_finished", params))
+
+    def set_statement_timeout(self, conn: Conn, ms: int, *, local: bool) -> None:
+        """Bound the statements a handler runs on ``conn`` (see the SQL's comment)."""
+        self._execute("set_statement_timeout", {"ms": str(ms), "local": local}, conn)
+
+    def listen(self, conn: Conn) -> None:
+        """Subscribe ``conn`` to the notification the jobs table sends on insert."""
+        self._execute("listen", None, conn)
