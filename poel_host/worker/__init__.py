@@ -12,6 +12,7 @@ Nothing here is public API (plugins reach the host only through ``poel_host``'s 
 | ``problems.py`` | why the worker cannot work now (``/health``'s 503) |
 | ``producer.py`` | the lanes (one per executor) and their claim loops |
 | ``runners.py`` | the greenlets claimed jobs run on |
+| ``slots.py`` | counting every lane's taken slots: claims in flight, jobs not finished |
 | ``executor.py`` | running one job and deciding its outcome |
 | ``processes.py`` | the process executor's lane: claiming for the children, claiming ahead |
 | ``child_pool.py`` | the children: starting, handing out, running a job in one, replacing |
