@@ -16,6 +16,7 @@ Nothing here is public API (plugins reach the host only through ``poel_host``'s 
 | ``executor.py`` | running one job and deciding its outcome |
 | ``processes.py`` | the process executor's lane: claiming for the children, claiming ahead |
 | ``child_pool.py`` | the children: starting, handing out, running a job in one, replacing |
+| ``process_readings.py`` | what ``/metrics`` reads off the process executor's children |
 | ``children.py`` | a child process as serve sees it: pipes, messages, stopping it |
 | ``child.py`` | a child process's side: ``python -m poel_host.worker.child`` |
 | ``threads.py`` | the thread executor: a bounded pool of real threads |

@@ -28,6 +28,7 @@ import gevent.queue
 
 from poel_host.plugins import Plugins
 from poel_host.settings import Settings
+from poel_host.worker import process_readings
 from poel_host.worker.child_pool import START_TIMEOUT_S, Children
 from poel_host.worker.children import ChildProcess
 from poel_host.worker.executor import Ran
@@ -83,10 +84,10 @@ class ProcessPool:
         self.children.cancel_all()
 
     def gauges(self) -> dict[str, tuple[str, int]]:
-        return self.children.gauges()
+        return process_readings.gauges(self.children)
 
     def counters(self) -> dict[str, tuple[str, int]]:
-        return self.children.counters()
+        return process_readings.counters(self.children)
 
     # Running one job --------------------------------------------------------------------
 
