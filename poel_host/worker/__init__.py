@@ -7,6 +7,7 @@ Nothing here is public API (plugins reach the host only through ``poel_host``'s 
 | ``worker.py`` | :class:`Worker`: pools, run/stop/run_once, the drain; starts the services |
 | ``attempts.py`` | making a claimed row an attempt: its context, per executor |
 | ``drain.py`` | stopping in the order that loses nothing |
+| ``run_once.py`` | the test kit's way in: claim, run and record the jobs due now, inline |
 | ``readings.py`` | what ``/metrics`` reads off the worker at each scrape |
 | ``supervisor.py`` | restarting services that die; the loop of the periodic ones |
 | ``problems.py`` | why the worker cannot work now (``/health``'s 503) |
