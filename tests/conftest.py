@@ -12,6 +12,8 @@ what only the host's tests need: running ``poel-host`` as a real subprocess.
   returns a :class:`Browser` (urllib with cookies) for it.
 - ``wait_for(predicate)`` polls until ``predicate()`` is truthy, with a deadline;
   ``wait_sql(query)`` does the same for the first column of a query's first row.
+- ``job(job_id)`` reads a job's row; ``alive(pid)`` and ``gone_within(*pids)`` tell
+  whether processes serve started (children, their helpers) still run.
 
 The test process is patched by gevent (the project opts in: ``poel_gevent = true`` in
 pyproject.toml, read by ``poel_host.testing``), so the reader "threads"
@@ -330,6 +332,53 @@ def wait_sql(poel_dsn: str) -> Callable[..., Any]:
         return wait_until(check, timeout=timeout, what=f"SQL condition: {query}")  # type: ignore[no-any-return]
 
     return wait
+
+
+@pytest.fixture
+def job(poel_conn: Any) -> Callable[[int], dict[str, Any]]:
+    """``job(job_id)``: the job's row in ``poel.jobs`` (a dict), read on ``poel_conn``."""
+
+    def row(job_id: int) -> dict[str, Any]:
+        found: dict[str, Any] = poel_conn.execute(
+            "SELECT * FROM poel.jobs WHERE id = %s", [job_id]
+        ).fetchone()
+        return found
+
+    return row
+
+
+# Processes serve starts (children, the helpers they start) ----------------------------
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "\nState:\tZ" not in status.read()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def alive() -> Callable[[int], bool]:
+    """``alive(pid)``: whether ``pid`` is a live process (not a zombie)."""
+    return process_alive
+
+
+@pytest.fixture
+def gone_within() -> Callable[..., bool]:
+    """``gone_within(*pids, seconds=5)``: wait until none of ``pids`` is alive; False if
+    one still is after ``seconds``."""
+
+    def gone(*pids: int, seconds: float = 5.0) -> bool:
+        deadline = time.monotonic() + seconds
+        while any(process_alive(pid) for pid in pids):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    return gone
 
 
 # Cutting the test database off (outages) ---------------------------------------------

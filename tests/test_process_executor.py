@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,25 +26,12 @@ def runs(conn, job_id: int | None = None) -> list[dict]:
     return conn.execute(query + " WHERE job_id = %s ORDER BY id", [job_id]).fetchall()
 
 
-def job(conn, job_id: int) -> dict:
-    return conn.execute("SELECT * FROM poel.jobs WHERE id = %s", [job_id]).fetchone()
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            return "\nState:\tZ" not in status.read()
-    except FileNotFoundError:
-        return False
-
-
 def wait_state(wait_sql, job_id: int, state: str, timeout: float = 20.0) -> None:
     wait_sql("SELECT state = %s FROM poel.jobs WHERE id = %s", [state, job_id], timeout=timeout)
 
 
 def test_cpu_heavy_jobs_run_once_and_the_workers_stay_healthy(
-    serve, poel_queue, poel_conn, wait_sql, wait_for
+    serve, poel_queue, poel_conn, wait_sql, wait_for, job
 ):
     env = {"POEL_LOAD_PLUGINS": PROCS, "POEL_LEASE_MS": 2000, "POEL_PROCESSES": 1}
     workers = [serve(**env), serve(**env)]
@@ -75,7 +61,7 @@ def test_cpu_heavy_jobs_run_once_and_the_workers_stay_healthy(
     assert slowest < 0.1, f"/health took {slowest * 1000:.0f} ms while children computed"
 
     for job_id in ids:
-        row = job(poel_conn, job_id)
+        row = job(job_id)
         assert (row["state"], row["attempts"], row["errors"]) == ("succeeded", 1, [])
         assert [r["note"] for r in runs(poel_conn, job_id)] == ["start", "end"]  # once
     serve_pids = {w.pid for w in workers}
@@ -86,7 +72,7 @@ def test_cpu_heavy_jobs_run_once_and_the_workers_stay_healthy(
 
 
 def test_a_job_past_its_timeout_has_its_child_killed_and_is_retried(
-    serve, poel_queue, poel_conn, wait_sql
+    serve, poel_queue, poel_conn, wait_sql, job, gone_within
 ):
     worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=1)
     job_id = poel_queue.enqueue("testprocs.spin_timeout", {"key": "t", "seconds": 30})
@@ -96,14 +82,11 @@ def test_a_job_past_its_timeout_has_its_child_killed_and_is_retried(
         timeout=30,
     )
 
-    row = job(poel_conn, job_id)
+    row = job(job_id)
     assert row["errors"][0]["error"] == "timed out after 1s"
     first, second = (r["pid"] for r in runs(poel_conn, job_id)[:2])
     assert first != second  # the second attempt ran in a new child
-    wait_for_gone = time.monotonic() + 5
-    while alive(first) and time.monotonic() < wait_for_gone:
-        time.sleep(0.05)
-    assert not alive(first), "the timed-out child is still running"
+    assert gone_within(first), "the timed-out child is still running"
     worker.wait_log("worker process replaced", reason="timed out")
 
 
@@ -116,16 +99,16 @@ def test_a_job_past_its_timeout_has_its_child_killed_and_is_retried(
     ],
 )
 def test_a_child_that_dies_fails_only_its_attempt(
-    serve, poel_queue, poel_conn, wait_sql, how, cause
+    serve, poel_queue, poel_conn, wait_sql, job, how, cause
 ):
     serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=2, POEL_RETRY_BACKOFF_MS=60_000)
     beside = poel_queue.enqueue("testprocs.spin", {"key": "beside", "seconds": 2})
     crashing = poel_queue.enqueue("testprocs.crash", {"key": "c", "how": how})
     wait_sql("SELECT attempts = 1 AND state = 'queued' FROM poel.jobs WHERE id = %s", [crashing])
-    row = job(poel_conn, crashing)
+    row = job(crashing)
     assert row["last_error"] == cause
     wait_state(wait_sql, beside, "succeeded")  # the other child's job was not touched
-    assert job(poel_conn, beside)["attempts"] == 1
+    assert job(beside)["attempts"] == 1
     # The pool is whole again: a new job runs in a replacement child.
     after = poel_queue.enqueue("testprocs.spin", {"key": "after", "seconds": 0})
     wait_state(wait_sql, after, "succeeded")
@@ -133,11 +116,11 @@ def test_a_child_that_dies_fails_only_its_attempt(
     assert runs(poel_conn, after)[0]["pid"] != crashed_pid
 
 
-def test_an_exception_comes_back_with_its_traceback(serve, poel_queue, poel_conn, wait_sql):
+def test_an_exception_comes_back_with_its_traceback(serve, poel_queue, wait_sql, job):
     serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=1)
     job_id = poel_queue.enqueue("testprocs.fail", {})
     wait_state(wait_sql, job_id, "failed")
-    [error] = job(poel_conn, job_id)["errors"]
+    [error] = job(job_id)["errors"]
     assert error["error"].startswith("ValueError: failing in ")
     assert "Traceback (most recent call last)" in error["traceback"]
     assert 'in fail\n    raise ValueError(f"failing in {os.getpid()}")' in error["traceback"]
@@ -178,7 +161,7 @@ def test_a_child_past_the_memory_cap_is_recycled_after_its_job(
 
 
 def test_sigterm_while_children_compute_hands_their_jobs_back(
-    serve, poel_queue, poel_conn, wait_sql
+    serve, poel_queue, poel_conn, wait_sql, job, alive
 ):
     worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=2, POEL_SHUTDOWN_TIMEOUT_MS=500)
     # One stops when asked (ctx.check_cancelled); the other only when killed.
@@ -192,13 +175,15 @@ def test_sigterm_while_children_compute_hands_their_jobs_back(
     worker.signal(signal.SIGTERM)
     assert worker.wait_exit(timeout=15) == 0
     for job_id in (cooperative, stubborn):
-        row = job(poel_conn, job_id)
+        row = job(job_id)
         assert (row["state"], row["attempts"], row["lease_owner"]) == ("queued", 0, None)
     for pid in child_pids:
         assert not alive(pid), f"child {pid} outlived its serve"
 
 
-def test_no_child_outlives_a_killed_serve(serve, poel_queue, poel_conn, wait_sql):
+def test_no_child_outlives_a_killed_serve(
+    serve, poel_queue, poel_conn, wait_sql, alive, gone_within
+):
     worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=2)
     for key in ("a", "b"):
         poel_queue.enqueue("testprocs.spin", {"key": key, "seconds": 60})
@@ -207,10 +192,7 @@ def test_no_child_outlives_a_killed_serve(serve, poel_queue, poel_conn, wait_sql
     assert all(alive(pid) for pid in child_pids)
 
     worker.kill()  # SIGKILL: no drain, no clean-up
-    deadline = time.monotonic() + 5
-    while any(alive(pid) for pid in child_pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [pid for pid in child_pids if alive(pid)]
+    assert gone_within(*child_pids), [pid for pid in child_pids if alive(pid)]
     assert os.getpid() not in child_pids
 
 
@@ -245,7 +227,7 @@ def short_jobs_then_a_long_one(poel_queue, wait_sql, seconds: float) -> tuple[in
 
 
 def test_short_jobs_claimed_ahead_of_a_long_one_go_back_to_the_queue(
-    serve, poel_queue, poel_conn, wait_sql
+    serve, poel_queue, poel_conn, wait_sql, job
 ):
     worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=1)
     long, behind = short_jobs_then_a_long_one(poel_queue, wait_sql, seconds=3)
@@ -254,7 +236,7 @@ def test_short_jobs_claimed_ahead_of_a_long_one_go_back_to_the_queue(
     assert handed["jobId"] in behind
     wait_sql("SELECT bool_and(state = 'succeeded') FROM poel.jobs WHERE id = ANY(%s)", [behind])
     for job_id in [long, *behind]:
-        row = job(poel_conn, job_id)
+        row = job(job_id)
         assert (row["state"], row["attempts"]) == ("succeeded", 1), row  # not counted
     assert [r["note"] for r in runs(poel_conn, long)] == ["start", "end"]
     metrics = worker.http("/metrics").text
@@ -264,7 +246,7 @@ def test_short_jobs_claimed_ahead_of_a_long_one_go_back_to_the_queue(
     assert handed_back and float(handed_back[0].split()[-1]) >= 1, metrics
 
 
-def test_sigterm_hands_back_jobs_waiting_for_a_busy_child(serve, poel_queue, poel_conn, wait_sql):
+def test_sigterm_hands_back_jobs_waiting_for_a_busy_child(serve, poel_queue, wait_sql, job):
     worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=1, POEL_SHUTDOWN_TIMEOUT_MS=200)
     long, behind = short_jobs_then_a_long_one(poel_queue, wait_sql, seconds=60)
     wait_sql(
@@ -274,5 +256,5 @@ def test_sigterm_hands_back_jobs_waiting_for_a_busy_child(serve, poel_queue, poe
     worker.signal(signal.SIGTERM)
     assert worker.wait_exit(timeout=15) == 0
     for job_id in [long, *behind]:
-        row = job(poel_conn, job_id)
+        row = job(job_id)
         assert (row["state"], row["attempts"], row["lease_owner"]) == ("queued", 0, None), row

@@ -7,14 +7,17 @@ Nothing here is public API (plugins reach the host only through ``poel_host``'s 
 | ``worker.py`` | :class:`Worker`: pools, run/stop/run_once, the drain; starts the services |
 | ``attempts.py`` | making a claimed row an attempt: its context, per executor |
 | ``drain.py`` | stopping in the order that loses nothing |
+| ``run_once.py`` | the test kit's way in: claim, run and record the jobs due now, inline |
 | ``readings.py`` | what ``/metrics`` reads off the worker at each scrape |
 | ``supervisor.py`` | restarting services that die; the loop of the periodic ones |
 | ``problems.py`` | why the worker cannot work now (``/health``'s 503) |
 | ``producer.py`` | the lanes (one per executor) and their claim loops |
 | ``runners.py`` | the greenlets claimed jobs run on |
+| ``slots.py`` | counting every lane's taken slots: claims in flight, jobs not finished |
 | ``executor.py`` | running one job and deciding its outcome |
 | ``processes.py`` | the process executor's lane: claiming for the children, claiming ahead |
 | ``child_pool.py`` | the children: starting, handing out, running a job in one, replacing |
+| ``process_readings.py`` | what ``/metrics`` reads off the process executor's children |
 | ``children.py`` | a child process as serve sees it: pipes, messages, stopping it |
 | ``child.py`` | a child process's side: ``python -m poel_host.worker.child`` |
 | ``threads.py`` | the thread executor: a bounded pool of real threads |

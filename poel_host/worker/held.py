@@ -119,7 +119,7 @@ class HeldJob:
     def deadline(self) -> float:
         """``time.monotonic()`` by which the handler must be done (0: not started). Kept
         with the loans: the context's connection factory needs it and must not hold this
-        entry (see ``Worker._spawn``)."""
+        entry (see ``Worker.spawn``)."""
         return self.loans.deadline
 
     @deadline.setter

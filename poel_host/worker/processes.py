@@ -14,6 +14,8 @@ to a child (timeouts, crashes, recycling, children that cannot start) is the poo
   are never claimed ahead. A job claimed ahead that finds no child within
   ``AHEAD_WAIT_S`` (a long job arrived among short ones) goes back to the queue, its
   attempt not counted, and claiming ahead stops until short jobs are seen again.
+  Which slots are taken is counted as for every lane (``slots.py``); only how many
+  there are (``capacity``) and when a claim may start (``free_count``) are this lane's.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import gevent
-import gevent.event
 import gevent.queue
 
 from poel_host.plugins import Plugins
 from poel_host.settings import Settings
+from poel_host.worker import process_readings
 from poel_host.worker.child_pool import START_TIMEOUT_S, Children
 from poel_host.worker.children import ChildProcess
 from poel_host.worker.executor import Ran
 from poel_host.worker.held import HANDING_BACK, HeldJob
+from poel_host.worker.slots import Slots
 
 AHEAD_BUDGET_S = 0.010  # work claimed ahead per busy child, at the recent jobs' pace
 AHEAD_MAX = 16  # jobs claimed ahead per busy child
@@ -59,11 +62,10 @@ class ProcessPool:
         self.run_item = run
         self.hand_back = hand_back
         self.log = log
-        self._reserved = 0
-        self._jobs: set[gevent.Greenlet] = set()
-        self._room = self.children.room  # a child became free, or a job ended
-        self._empty = gevent.event.Event()
-        self._empty.set()
+        # Taken from submit() until the job's greenlet ended; ``room`` is the children's,
+        # set also when a child becomes free or ready (capacity() grows).
+        self.slots = Slots(room=self.children.room)
+        self._jobs: set[gevent.Greenlet] = set()  # for kill()
         self._taken: dict[int, ChildProcess] = {}  # job id -> the child it waited for
         self.pace = float("inf")  # recent seconds a job in a child; inf: not known to be short
 
@@ -82,10 +84,10 @@ class ProcessPool:
         self.children.cancel_all()
 
     def gauges(self) -> dict[str, tuple[str, int]]:
-        return self.children.gauges()
+        return process_readings.gauges(self.children)
 
     def counters(self) -> dict[str, tuple[str, int]]:
-        return self.children.counters()
+        return process_readings.counters(self.children)
 
     # Running one job --------------------------------------------------------------------
 
@@ -100,7 +102,7 @@ class ProcessPool:
     # The lane (the producer's view) -----------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._jobs) + self._reserved
+        return len(self.slots)
 
     def ahead(self) -> int:
         """Jobs claimed ahead per busy child now: none unless recent jobs were short."""
@@ -116,7 +118,7 @@ class ProcessPool:
 
     def free_count(self) -> int:
         capacity = self.capacity()
-        free = capacity - len(self._jobs) - self._reserved
+        free = self.slots.free_count(capacity)
         if capacity > self.size and free < capacity // 2:
             # Claiming ahead: wait until half of it is free, so that a claim takes many
             # rows (a statement costs serve and the database about the same for 1 or 20).
@@ -124,22 +126,19 @@ class ProcessPool:
         return free
 
     def wait_available(self, timeout: float | None = None) -> None:
-        self._room.clear()
-        if self.free_count() <= 0:
-            self._room.wait(timeout)
+        self.slots.wait_room(self.free_count, timeout)
 
     def reserve(self, n: int) -> None:
-        self._reserved += n
-        self._empty.clear()
+        self.slots.reserve(n)
 
     def unreserve(self, n: int) -> None:
-        self._reserved -= n
-        self._check_empty()
+        self.slots.unreserve(n)
 
     def submit(self, entry: HeldJob) -> None:
+        self.slots.take()
         job = gevent.spawn(self._job, entry)
         self._jobs.add(job)
-        self._empty.clear()
+        # A link, not a ``finally`` in _job: it runs also for a job killed before it began.
         job.link(self._job_done)
 
     def _job(self, entry: HeldJob) -> None:
@@ -169,16 +168,12 @@ class ProcessPool:
                 self.children.put(unused)
 
     def _job_done(self, job: gevent.Greenlet) -> None:
+        """The job's greenlet has ended: its child was given back or is being stopped."""
         self._jobs.discard(job)
-        self._room.set()
-        self._check_empty()
-
-    def _check_empty(self) -> None:
-        if not self._jobs and not self._reserved:
-            self._empty.set()
+        self.slots.finished()
 
     def join(self, timeout: float | None = None) -> bool:
-        return bool(self._empty.wait(timeout))
+        return self.slots.join(timeout)
 
     def kill(self, timeout: float | None = None) -> list[HeldJob]:
         """Stop the jobs (GreenletExit: each running one stops its child, each waiting one

@@ -36,7 +36,9 @@ CLAIMERS = 2  # claim loops per lane
 
 
 class Capacity(Protocol):
-    """What runs a lane's jobs: :class:`Runners`, or the process pool."""
+    """What runs a lane's jobs: :class:`Runners`, or the process pool. Each counts its
+    taken slots with a :class:`~poel_host.worker.slots.Slots` (the same rule for when a
+    slot frees) and says itself how many slots it has (``capacity``, ``free_count``)."""
 
     def __len__(self) -> int: ...
     def capacity(self) -> int: ...

@@ -29,11 +29,11 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import gevent
-import gevent.event
 import gevent.queue
 import gevent.timeout
 
 from poel_host.logs import get_logger
+from poel_host.worker.slots import Slots
 
 T = TypeVar("T")
 
@@ -85,45 +85,34 @@ class Runners(Generic[T]):
         self._todo: gevent.queue.SimpleQueue[T] = gevent.queue.SimpleQueue()
         self._greenlets: set[gevent.Greenlet] = set()
         self._running = 0  # items being run now
-        self._busy = 0  # items submitted and not yet finished (queued or running)
+        self.slots = Slots()  # taken from submit() until the item's run returned
         self._closing = False
-        self._space = gevent.event.Event()  # set while fewer than ``size`` items are busy
-        self._space.set()
-        self._empty = gevent.event.Event()  # set while no item is busy
-        self._empty.set()
         guard_timeouts()
 
     def __len__(self) -> int:
-        """Items submitted and not finished yet."""
-        return self._busy
+        """Items submitted and not finished yet, and slots held by claims in flight."""
+        return len(self.slots)
 
     def capacity(self) -> int:
         return self.size
 
     def free_count(self) -> int:
-        return self.size - self._busy
+        return self.slots.free_count(self.size)
 
     def wait_available(self, timeout: float | None = None) -> None:
-        self._space.wait(timeout)
+        self.slots.wait_room(self.free_count, timeout)
 
     def reserve(self, n: int) -> None:
         """Hold ``n`` slots for items about to be submitted (a claim in flight), so that
         ``free_count()`` counts them as taken; ``unreserve()`` gives them back."""
-        self._busy += n
-        self._empty.clear()
-        if self._busy >= self.size:
-            self._space.clear()
+        self.slots.reserve(n)
 
     def unreserve(self, n: int) -> None:
-        self._busy -= n
-        if self._busy < self.size:
-            self._space.set()
-        if not self._busy:
-            self._empty.set()
+        self.slots.unreserve(n)
 
     def submit(self, item: T) -> None:
         """Queue ``item`` for the next free runner, starting one if none is free."""
-        self.reserve(1)
+        self.slots.take()
         self._todo.put(item)
         idle = len(self._greenlets) - self._running
         if self._todo.qsize() > idle and len(self._greenlets) < self.size:
@@ -131,7 +120,7 @@ class Runners(Generic[T]):
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until every submitted item has finished; False on timeout."""
-        return bool(self._empty.wait(timeout))
+        return self.slots.join(timeout)
 
     def kill(self, timeout: float | None = None) -> list[T]:
         """Stop the runners (GreenletExit in running jobs); returns the items never started."""
@@ -139,7 +128,7 @@ class Runners(Generic[T]):
         unstarted: list[T] = []
         while not self._todo.empty():
             unstarted.append(self._todo.get_nowait())
-        self.unreserve(len(unstarted))
+        self.slots.finished(len(unstarted))  # dropped: no handler of theirs runs
         gevent.killall(list(self._greenlets), timeout=timeout)
         return unstarted
 
@@ -163,7 +152,7 @@ class Runners(Generic[T]):
                     context.run(self._run, item)
                 finally:
                     self._running -= 1
-                    self.unreserve(1)
+                    self.slots.finished()  # its handler returned (or raised)
                     # An idle runner must not keep its last job (and payload) alive.
                     del item, context
         finally:

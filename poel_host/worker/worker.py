@@ -45,11 +45,11 @@ from poel_host.worker.metrics import Metrics, Summary
 from poel_host.worker.problems import Problems
 from poel_host.worker.processes import ProcessPool
 from poel_host.worker.producer import Lane, Producer
-from poel_host.worker.promoter import BATCH as PROMOTE_BATCH
 from poel_host.worker.promoter import Promoter
 from poel_host.worker.pruner import Pruner
 from poel_host.worker.registry import Registration
 from poel_host.worker.rescuer import Rescuer
+from poel_host.worker.run_once import run_once
 from poel_host.worker.runners import Runners
 from poel_host.worker.scheduler import Scheduler
 from poel_host.worker.supervisor import Supervisor
@@ -159,7 +159,7 @@ class Worker:
             owner=self.owner,
             lanes=self.lanes,
             held=self.held,
-            spawn=self._spawn,
+            spawn=self.spawn,
             stopping=self.stopping,
             log=self.log,
             on_claim=self.metrics.claimed,
@@ -257,29 +257,8 @@ class Worker:
 
     def run_once(self, limit: int | None = None) -> list[int]:
         """Claim the jobs due now (up to ``limit``), run them, and record their outcomes,
-        on this greenlet: no services, no signals. What the test kit's ``run_job`` runs;
-        returns the ids run."""
-        self.open()
-        while self.store.promote_due(limit=PROMOTE_BATCH) >= PROMOTE_BATCH:
-            pass  # retries whose backoff is over, delayed jobs now due
-        ran = []
-        for lane in self.producer.lanes:
-            if lane.slots is self.processes:
-                # Children are started only once a process job is due (then kept until
-                # close()): most of a plugin's tests never need one.
-                rows = self.producer.claim(lane, limit or self.processes.size)
-                if rows:
-                    self.processes.start()
-                    self.processes.wait_ready()
-            else:
-                rows = self.producer.claim(lane, min(limit or lane.size, lane.slots.free_count()))
-            for row in rows:
-                self._spawn(lane, row)
-            ran += [row["id"] for row in rows]
-        for lane in self.producer.lanes:
-            lane.slots.join()
-        self.completer.drain_now()
-        return ran
+        on this greenlet: no services, no signals (``run_once.py``); returns the ids run."""
+        return run_once(self, limit)
 
     def close(self) -> None:
         """Stop the children and threads, and close the pools opened by ``open()``."""
@@ -312,7 +291,8 @@ class Worker:
 
     # Jobs -------------------------------------------------------------------------------
 
-    def _spawn(self, lane: Lane, row: dict[str, Any]) -> None:
+    def spawn(self, lane: Lane, row: dict[str, Any]) -> None:
+        """Make a claimed row an attempt, held, and hand it to its lane."""
         entry = self.attempts.make(lane.executor, row)
         self.held[entry.id] = entry
         lane.slots.submit(entry)
