@@ -46,15 +46,20 @@ def configure_logging(*, environment: str, log_format: str = "json", level: str 
 
 
 def forward_logging(send: Any, *, level: str = "info") -> None:
-    """Configure structlog in a child process of the process executor: each event goes
-    to ``send`` (as a dict, on the channel its results take) and its serve logs it, so a
-    job's lines come out in serve's stream and format, in order with its outcome, and a
-    test kit capturing serve's logs sees them too."""
+    """Configure structlog and the standard library's logging in a child process of the
+    process executor: each event goes to ``send`` (as a dict, on the channel its results
+    take) and its serve logs it, so a job's lines come out in serve's stream and format,
+    in order with its outcome, and a test kit capturing serve's logs sees them too."""
 
     def forward(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
         send(event)
         raise structlog.DropEvent
 
+    handler = _Forward(send)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(_LEVELS[level], logging.INFO))
+    logging.getLogger("psycopg.pool").setLevel(max(_LEVELS[level], logging.WARNING))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -66,6 +71,29 @@ def forward_logging(send: Any, *, level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+class _Forward(logging.Handler):
+    """Libraries' standard-library logs in a child process, sent to serve on the channel
+    like structlog's events: the child's stderr then carries only what it prints, which
+    serve logs as the child's output and never passes on as lines of its own."""
+
+    def __init__(self, send: Any) -> None:
+        super().__init__()
+        self.send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event = {
+                "event": record.getMessage(),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+            }
+            if record.exc_info:
+                event["exception"] = logging.Formatter().formatException(record.exc_info)
+            self.send(event)
+        except Exception:  # noqa: BLE001 - as logging.Handler does: report it on stderr
+            self.handleError(record)
 
 
 def _route_stdlib_logging(pre: list[Any], renderer: Any, level: int) -> None:

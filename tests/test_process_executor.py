@@ -203,8 +203,27 @@ def test_a_child_logs_in_the_same_stream_and_format(serve, poel_queue, wait_sql)
     line = worker.wait_log("a log line from the child")
     assert (line["jobId"], line["jobType"], line["attempt"]) == (job_id, "testprocs.print", 1)
     assert line["answer"] == 42 and line["level"] == "info" and line["service"] == "poel-worker"
+    assert line["child_pid"] != worker.pid  # marked as the child's
     printed = worker.wait_log("worker process output")
     assert printed["line"] == "plain text from a handler"
+    library = worker.wait_log("a library's line from the child")
+    assert library["level"] == "warning" and library["logger"] == "some.library"
+    assert library["child_pid"] == line["child_pid"]
+
+
+def test_a_childs_output_never_passes_for_serves_own_lines(serve, poel_queue, wait_sql):
+    # A handler in a child process printing what looks like one of serve's log lines
+    # (on stdout, or straight on its stderr) reaches the stream as the child's output,
+    # inside a line of serve's, never as a line of its own.
+    worker = serve(POEL_LOAD_PLUGINS=PROCS, POEL_PROCESSES=1)
+    job_id = poel_queue.enqueue("testprocs.print", {"key": "p"})
+    wait_state(wait_sql, job_id, "succeeded")
+    worker.wait_log("a log line from the child")
+    forged = [e for e in worker.logs if e.get("line", "").startswith('{"level": "error"')]
+    assert len(forged) == 2, forged
+    assert all(e["msg"] == "worker process output" and e["level"] == "info" for e in forged)
+    assert worker.find_log("forged by a handler") is None
+    assert not [raw for raw in worker.lines if raw.startswith('{"level": "error", "msg": "forged')]
 
 
 def test_follow_up_jobs_enqueued_in_a_child(serve, poel_queue, poel_conn, wait_sql):

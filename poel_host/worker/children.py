@@ -49,14 +49,14 @@ class ChildProcess:
         self._forwarding = gevent.spawn(self._forward_log)
 
     def _forward_log(self) -> None:
-        """Copy the child's stderr to serve's, whole lines only, so lines never mix."""
+        """Log each line the child writes on stderr (a handler's print, a C library's
+        output, a crash's traceback) as the child's output: a field of a line of serve's,
+        so a printed line that looks like one of serve's own is never taken for one. The
+        child's log events come on its channel instead (see ``receive``)."""
         assert self.proc.stderr is not None
         for raw in self.proc.stderr:
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            if line.startswith("{") and line.endswith("}"):
-                sys.stderr.write(line + "\n")  # a library's log line, already JSON
-                sys.stderr.flush()
-            elif line:
+            if line:
                 self.last_line = line
                 self.log.info("worker process output", pid=self.pid, line=line[:4000])
 
@@ -87,9 +87,11 @@ class ChildProcess:
             self._emit(message["log"])
 
     def _emit(self, event: dict[str, Any]) -> None:
-        """Log a child's event with serve's logger: same stream, same format."""
+        """Log a child's event with serve's logger: same stream, same format, marked with
+        the child's pid."""
         level = event.pop("level", "info")
         text = event.pop("event", "")
+        event["child_pid"] = self.pid
         method = getattr(self.log, level if level in _LEVELS else "info")
         method(text, **event)
 

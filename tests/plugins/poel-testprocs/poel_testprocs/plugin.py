@@ -12,6 +12,7 @@ that is missing, the way a plugin's children fail to start in production.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -131,8 +132,15 @@ def noop(payload: Spin, ctx: JobContext) -> None:
     pass
 
 
+FORGED = '{"level": "error", "msg": "forged by a handler", "service": "poel-worker"}'
+
+
 def print_things(payload: Spin, ctx: JobContext) -> None:
     print("plain text from a handler")
+    # Lines that look like serve's own log lines, on stdout and straight on fd 2.
+    print(FORGED)
+    os.write(2, FORGED.encode() + b"\n")
+    logging.getLogger("some.library").warning("a library's line from the child")
     ctx.log.info("a log line from the child", answer=42)
     record(ctx, payload.key)
 
