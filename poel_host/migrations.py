@@ -83,6 +83,8 @@ def migrate(
                     ) from None
                 store.record_migration(conn, owner, migration.version, migration.name)
                 applied.append(f"{owner}:{migration.version:04d}_{migration.name}")
+            # Every time, so a database migrated before this step closes too.
+            store.close_schema(conn)
     except DatabaseUnavailable as exc:
         raise DatabaseUnavailable(f"migration interrupted: {exc}") from None
     except psycopg.OperationalError as exc:  # the transaction's own COMMIT or ROLLBACK

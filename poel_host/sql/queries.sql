@@ -435,6 +435,17 @@ WHERE id = %(id)s AND state IN ('failed', 'cancelled')
 RETURNING id
 
 
+-- close_schema --
+-- Run at the end of every migration: nothing in Poel's schema is anyone's but its owner's
+-- and the roles granted it by name. PostgreSQL gives EXECUTE on every new function to
+-- PUBLIC, so on Supabase (whose API roles anon and authenticated get USAGE on a schema
+-- exposed to its API) any function a migration adds would be theirs to call: revoked
+-- here after each migration, whichever role ran it, and by default for the next ones.
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA {schema} FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC
+
 -- lock_migrations --
 -- Serialise migrations of one schema across processes, until the transaction ends.
 SELECT pg_advisory_xact_lock(%(key)s)

@@ -21,6 +21,10 @@ class MigrationStore(StoreBase):
             return set()
         return {(r["plugin"], r["version"]) for r in self._all("applied_migrations", None, conn)}
 
+    def close_schema(self, conn: Conn) -> None:
+        """Take from PUBLIC whatever it holds in the schema (see ``close_schema``)."""
+        self._execute("close_schema", None, conn)
+
     def run_script(self, conn: Conn, script: sql.SQL | sql.Composed) -> None:
         """Run a migration's (or the bootstrap's) SQL text on the migrating connection."""
         self._run(lambda c: c.execute(script), conn)
