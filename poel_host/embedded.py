@@ -108,7 +108,7 @@ class EmbeddedServer(EmbeddedCluster):
         :meth:`detach` (or this process's exit) the server is not stopped by another."""
         if self._users is not None:
             return self.url
-        self._bin = reachable_binaries(self.run_as)
+        self.user.bin = reachable_binaries(self.user.name)
         self._prepare_parent()
         with self._state_lock():
             self.started = self._ensure_running()

@@ -1,6 +1,7 @@
 """One embedded PostgreSQL data directory and its server, as one process sees it: where
 it listens, making it (``initdb``), configuring it, starting it, finding and verifying its
-``postmaster``, stopping it, and running its programs as the server's user.
+``postmaster``, and stopping it (its programs run as the server's user:
+:mod:`poel_host.embedded_user`).
 
 Sharing the server between processes (who uses it, who stops it) is
 :mod:`poel_host.embedded`'s; this module never takes a lock, so each step can be read as
@@ -33,7 +34,6 @@ import os
 import shutil
 import signal
 import stat
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
@@ -45,12 +45,11 @@ from poel_host.embedded_build import (
     MAJOR,
     EmbeddedError,
     alive,
-    clean_environment,
     is_root,
     psql_path,
-    reachable_binaries,
     tail,
 )
+from poel_host.embedded_user import ServerUser
 
 PORT = 5432
 SUPERUSER = "postgres"
@@ -82,9 +81,8 @@ class EmbeddedCluster:
             raise EmbeddedError("it runs on Linux and macOS only: set DATABASE_URL")
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.conf = dict(conf or {})
-        self.run_as = RUN_AS_WHEN_ROOT if is_root() else None
+        self.user = ServerUser(RUN_AS_WHEN_ROOT if is_root() else None)
         self._socket_dir: Path | None = None
-        self._bin: Path | None = None
 
     # Paths -------------------------------------------------------------------------------
 
@@ -206,9 +204,9 @@ class EmbeddedCluster:
         building = self.data_dir.with_name(self.data_dir.name + ".initdb")
         shutil.rmtree(building, ignore_errors=True)
         building.mkdir(mode=0o700)
-        self._give(building)
-        self._check_reachable(building)
-        self._run(
+        self.user.give(building)
+        self.user.check_reachable(building)
+        self.user.run(
             "initdb",
             "--pgdata",
             str(building),
@@ -241,7 +239,7 @@ class EmbeddedCluster:
         lines = [f"{name} = '{_conf_quote(value)}'" for name, value in settings.items()]
         conf = self.data_dir / "poel.conf"
         conf.write_text("\n".join(lines) + "\n")
-        self._give(conf)
+        self.user.give(conf)
 
     def _private_socket_dir(self, path: Path) -> None:
         """The socket's folder under the shared temporary directory, its name known in
@@ -249,11 +247,11 @@ class EmbeddedCluster:
         them stand in for the server, so it is refused."""
         try:
             path.mkdir(mode=0o700)
-            self._give(path)
+            self.user.give(path)
         except FileExistsError:
             pass
         info = path.lstat()
-        owner = self._server_uid()
+        owner = self.user.uid()
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != owner or info.st_mode & 0o077:
             raise EmbeddedError(
                 f"{path}, the embedded PostgreSQL's socket folder, exists but is not a "
@@ -261,17 +259,10 @@ class EmbeddedCluster:
                 "POEL_DATA_DIR (whose socket then stays in the data directory)"
             )
 
-    def _server_uid(self) -> int:
-        if self.run_as is None:
-            return os.getuid()
-        import pwd
-
-        return pwd.getpwnam(self.run_as).pw_uid
-
     def _start(self) -> None:
-        self._check_reachable(self.data_dir)
+        self.user.check_reachable(self.data_dir)
         try:
-            self._run(
+            self.user.run(
                 "pg_ctl",
                 "start",
                 "--pgdata",
@@ -285,55 +276,6 @@ class EmbeddedCluster:
             )
         except EmbeddedError as exc:
             raise EmbeddedError(f"{exc}\n{tail(self.log_path)}") from None
-
-    def _give(self, path: Path) -> None:
-        """Hand ``path`` to the server's user (only when running as root)."""
-        if self.run_as is not None:
-            import pwd
-
-            entry = pwd.getpwnam(self.run_as)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-
-    def _check_reachable(self, folder: Path) -> None:
-        """As root: refuse, rather than open up its parents, a data directory the server's
-        unprivileged user cannot reach."""
-        if self.run_as is None:
-            return
-        done = subprocess.run(
-            ["/bin/sh", "-c", 'test -w "$1" && test -x "$1"', "sh", str(folder)],
-            user=self.run_as,
-            env=clean_environment(),
-            cwd="/",
-            check=False,
-        )
-        if done.returncode != 0:
-            raise EmbeddedError(
-                f"PostgreSQL cannot run as root, so the embedded server runs as the user "
-                f"{self.run_as!r}, who cannot reach {folder}: choose a POEL_DATA_DIR outside "
-                "root's home (the default is under /var/lib/poel), or let others through "
-                "every folder above it (chmod o+x); Poel does not open them itself"
-            )
-
-    def _run(self, program: str, *args: str) -> None:
-        path = (self._bin or reachable_binaries(self.run_as)) / program
-        try:
-            done = subprocess.run(
-                [str(path), *args],
-                user=self.run_as,
-                env=clean_environment(),
-                cwd="/",
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                check=False,
-                start_new_session=True,  # the terminal's Ctrl-C is serve's, not the server's
-                timeout=START_TIMEOUT_S + 30,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise EmbeddedError(f"{program} failed: {exc}") from None
-        if done.returncode != 0:
-            output = (done.stderr or done.stdout).strip()
-            raise EmbeddedError(f"{program} failed (exit {done.returncode}): {output}")
 
 
 def _conf_quote(value: str) -> str:
