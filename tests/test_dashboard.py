@@ -66,10 +66,13 @@ def test_pages_show_failures_escaped_and_bad_input_gets_a_clear_4xx(dashboard, p
         answer = browser.get(path)
         assert answer.status == status, (path, answer.text)
         assert says in answer.text and "Traceback" not in answer.text, path
-    # Read-only without a token: no action, no sign-in.
+    # Read-only without a token: no action, no sign-in, and every page says so.
     refused = browser.post(f"/jobs/{job_id}/retry", {})
     assert refused.status == 403 and "read-only" in refused.text
     assert 'id="actions"' not in page.text
+    assert browser.get("/signin").status == 403
+    for answer in (overview, page, listing, refused, browser.get("/nowhere")):
+        assert 'id="open"' in answer.text and "POEL_DASHBOARD_TOKEN" in answer.text
 
 
 def test_payloads_are_hidden_in_production(dashboard, poel_conn):
@@ -85,11 +88,11 @@ def test_actions_need_the_token_a_session_and_the_forms_csrf_token_and_are_audit
     browser = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
 
     assert browser.post(f"/jobs/{job_id}/retry", {}).status == 403  # not signed in
-    wrong = browser.post("/login", {"name": "mallory", "token": "not-the-token-at-all"})
+    wrong = browser.post("/signin", {"name": "mallory", "token": "not-the-token-at-all"})
     assert wrong.status == 403 and "wrong token" in wrong.text
-    assert browser.post("/login", {"name": "ada", "token": TOKEN}).status == 200
+    assert browser.post("/signin", {"name": "ada", "token": TOKEN}).status == 200
     page = browser.get(f"/jobs/{job_id}")
-    assert 'id="retry"' in page.text and "ada" in page.text
+    assert 'id="retry"' in page.text and "ada" in page.text and 'id="open"' not in page.text
     csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)
 
     forged = browser.post(f"/jobs/{job_id}/retry", {"csrf": "0" * 64})
@@ -116,9 +119,17 @@ def test_actions_need_the_token_a_session_and_the_forms_csrf_token_and_are_audit
     assert states == [{"state": "queued"}]
 
     audit = poel_conn.execute(
-        "SELECT actor, action, job_id, job_type, detail FROM poel.audit ORDER BY id"
+        "SELECT actor, address, action, job_id, job_type, detail FROM poel.audit ORDER BY id"
     ).fetchall()
+    assert [row.pop("address") for row in audit] == ["127.0.0.1"] * 3
     assert audit == [
+        {
+            "actor": "ada",
+            "action": "sign_in",
+            "job_id": None,
+            "job_type": None,
+            "detail": {},
+        },
         {
             "actor": "ada",
             "action": "retry",
@@ -150,7 +161,8 @@ def test_the_workers_page_lists_two_serves_with_their_plugins(serve, dashboard):
 
 def test_mounted_under_a_prefix_as_a_wsgi_app_its_links_and_cookie_carry_the_prefix(poel_dsn):
     """What a Flask or Django project does with ``make_app()``: call it as a WSGI app under
-    a SCRIPT_NAME of its own."""
+    a SCRIPT_NAME of its own. Also where the scheme and the peer can be set: the cookie is
+    ``Secure`` over HTTPS, and ``X-Forwarded-*`` count only from a trusted proxy."""
     import io
     import wsgiref.util
 
@@ -160,43 +172,78 @@ def test_mounted_under_a_prefix_as_a_wsgi_app_its_links_and_cookie_carry_the_pre
     from poel_host.settings import load_settings
     from poel_host.store import Store
 
-    settings = load_settings(DATABASE_URL=poel_dsn, POEL_DASHBOARD_TOKEN=TOKEN)
     pool = make_pool(poel_dsn, name="dashboard-test", min_size=0, max_size=1)
-    app = make_app(settings, store=Store("poel", pool), plugins=load_plugins([]))
 
-    def call(method: str, path: str, form: dict[str, str] | None = None):
+    def app_with(**env):
+        settings = load_settings(DATABASE_URL=poel_dsn, POEL_DASHBOARD_TOKEN=TOKEN, **env)
+        return make_app(settings, store=Store("poel", pool), plugins=load_plugins([]))
+
+    def call(app, method: str, path: str, form: dict[str, str] | None = None, **extra):
         environ: dict = {}
         wsgiref.util.setup_testing_defaults(environ)
         body = urllib.parse.urlencode(form or {}).encode()
         environ.update(
-            REQUEST_METHOD=method,
-            SCRIPT_NAME="/poel",
-            PATH_INFO=path,
-            CONTENT_TYPE="application/x-www-form-urlencoded",
-            CONTENT_LENGTH=str(len(body)),
+            {
+                "REQUEST_METHOD": method,
+                "SCRIPT_NAME": "/poel",
+                "PATH_INFO": path,
+                "REMOTE_ADDR": "127.0.0.1",
+                "CONTENT_TYPE": "application/x-www-form-urlencoded",
+                "CONTENT_LENGTH": str(len(body)),
+                **extra,
+            }
         )
         environ["wsgi.input"] = io.BytesIO(body)
         answer: dict = {}
 
         def start_response(status, headers, exc_info=None):
-            answer["status"], answer["headers"] = int(status.split()[0]), headers
+            answer["status"], answer["headers"] = int(status.split()[0]), dict(headers)
 
         answer["text"] = b"".join(app(environ, start_response)).decode()
         return answer
 
+    def sign_in(app, **extra) -> str:
+        answer = call(app, "POST", "/signin", {"name": "ada", "token": TOKEN}, **extra)
+        assert answer["status"] == 303, answer["text"]
+        return str(answer["headers"]["Set-Cookie"])
+
+    app = app_with()
     try:
-        overview = call("GET", "/")
-        assert overview["status"] == 200
-        assert 'href="/poel/jobs"' in overview["text"] and 'href="/poel/login"' in overview["text"]
-        signed_in = call("POST", "/login", {"name": "ada", "token": TOKEN})
+        stranger = call(app, "GET", "/")
+        assert stranger["status"] == 303
+        assert stranger["headers"]["Location"] == "/poel/signin?next=%2F"
+        form = call(app, "GET", "/signin")
+        assert form["status"] == 200 and 'action="/poel/signin"' in form["text"]
+        assert 'href="/poel/jobs"' not in form["text"]  # a stranger is shown no page
+        signed_in = call(app, "POST", "/signin", {"name": "ada", "token": TOKEN})
         assert signed_in["status"] == 303
-        headers = dict(signed_in["headers"])
-        assert headers["Location"].endswith("/poel/")
-        cookie = headers["Set-Cookie"]
-        assert (
-            "Path=/poel/" in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
-        )
-        assert call("GET", "/jobs/12345")["status"] == 404
+        assert signed_in["headers"]["Location"] == "/poel/"
+        cookie = signed_in["headers"]["Set-Cookie"]
+        assert "Path=/poel/" in cookie and "HttpOnly" in cookie
+        assert "samesite=strict" in cookie.lower() and "secure" not in cookie.lower()
+        session = cookie.split(";")[0]
+        overview = call(app, "GET", "/", HTTP_COOKIE=session)
+        assert overview["status"] == 200 and 'href="/poel/jobs"' in overview["text"]
+        assert call(app, "GET", "/jobs/12345", HTTP_COOKIE=session)["status"] == 404
+
+        # Secure over HTTPS; a forwarded scheme or address from anyone else is not believed.
+        assert "; secure" in sign_in(app, **{"wsgi.url_scheme": "https"}).lower()
+        forged = {"HTTP_X_FORWARDED_PROTO": "https", "HTTP_X_FORWARDED_FOR": "198.51.100.7"}
+        assert "secure" not in sign_in(app, **forged).lower()
+        behind = app_with(POEL_DASHBOARD_TRUSTED_PROXIES="10.0.0.0/8")
+        proxied = {
+            "REMOTE_ADDR": "10.1.2.3",
+            "HTTP_X_FORWARDED_PROTO": "https",
+            "HTTP_X_FORWARDED_FOR": "198.51.100.7, 203.0.113.9, 10.0.0.5",
+        }
+        assert "; secure" in sign_in(behind, **proxied).lower()
+        assert "secure" not in sign_in(behind, **{**proxied, "REMOTE_ADDR": "127.0.0.1"}).lower()
+        with pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT address FROM poel.dashboard_sessions ORDER BY id"
+            ).fetchall()
+        # 198.51.100.7 was written by the client; the proxy saw 203.0.113.9
+        assert [r["address"] for r in rows] == ["127.0.0.1"] * 3 + ["203.0.113.9", "127.0.0.1"]
     finally:
         pool.close()
 
