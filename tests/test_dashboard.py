@@ -148,6 +148,151 @@ def test_actions_need_the_token_a_session_and_the_forms_csrf_token_and_are_audit
     assert "retry_failed_type" in browser.get("/audit").text
 
 
+PAGES = ("/", "/jobs", "/jobs?state=failed", "/running", "/schedules", "/workers", "/audit")
+
+
+def sign_in(browser, name: str = "ada", token: str = TOKEN, follow: bool = True, **form: str):
+    return browser.post("/signin", {"name": name, "token": token, **form}, follow=follow)
+
+
+def sent_to_sign_in(answer, path: str) -> bool:
+    """A stranger's answer: a 303 to the sign-in page, back to ``path`` afterwards."""
+    location = answer.headers["Location"] if answer.status == 303 else ""
+    return location == "/signin?" + urllib.parse.urlencode({"next": path})
+
+
+def csrf_of(page) -> str:
+    return re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)
+
+
+def test_with_a_token_every_page_and_path_sends_a_stranger_to_sign_in(dashboard, poel_conn):
+    job_id = failed_job(poel_conn)
+    browser = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
+    paths = (*PAGES, f"/jobs/{job_id}", f"/jobs/{job_id}?full=1", "/jobs/abc", "/nowhere")
+    for path in (*paths, "/static/style.css", "/favicon.ico", "/signout"):
+        answer = browser.get(path, follow=False)
+        assert sent_to_sign_in(answer, path), (path, answer.status, answer.headers)
+        assert "test.fail" not in answer.text and "ValueError" not in answer.text, path
+    for path in (f"/jobs/{job_id}/retry", "/retry-failed", "/signout", "/audit"):
+        refused = browser.post(path, {}, follow=False)
+        assert refused.status == 403 and "sign in" in refused.text, path
+    # The sign-in page is all a stranger sees: no menu, no job, not the audit log.
+    form = browser.get("/jobs", follow=True)
+    assert form.url.endswith("/signin?next=%2Fjobs") and 'id="signin"' in form.text
+    assert 'href="/jobs"' not in form.text and 'name="next" value="/jobs"' in form.text
+    assert poel_conn.execute("SELECT count(*) FROM poel.dashboard_sessions").fetchone() == {
+        "count": 0
+    }
+    # Signing in goes back to the page asked for, which now shows.
+    page = sign_in(browser, next=f"/jobs/{job_id}?full=1")
+    assert page.status == 200 and page.url.endswith(f"/jobs/{job_id}?full=1")
+    assert "test.fail" in page.text
+    for path in paths:
+        assert browser.get(path, follow=False).status in (200, 400, 404), path
+
+
+def test_sign_in_goes_back_only_to_a_local_path(dashboard, poel_conn):
+    browser = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
+    for elsewhere in (
+        "//evil.example/jobs",
+        "https://evil.example/",
+        "/\\evil.example",
+        "/\\/evil.example",
+        "javascript:alert(1)",
+        "jobs",
+        "/jobs\r\nLocation: https://evil.example",
+        "/signin",
+    ):
+        form = browser.get("/signin?" + urllib.parse.urlencode({"next": elsewhere}))
+        assert form.status == 200 and 'name="next"' not in form.text, elsewhere
+        answer = sign_in(browser, next=elsewhere, follow=False)
+        assert answer.status == 303 and answer.headers["Location"] == "/", elsewhere
+        poel_conn.execute("DELETE FROM poel.dashboard_signins")  # not the limit's test
+
+
+def test_an_expired_signed_out_or_forged_session_is_refused(dashboard, poel_conn):
+    browser = dashboard(POEL_DASHBOARD_TOKEN=TOKEN, POEL_DASHBOARD_SESSION_HOURS="0.5")
+    sign_in(browser)
+    row = poel_conn.execute(
+        "SELECT actor, address, expires_at - issued_at AS lasts, revoked_at,"
+        " octet_length(id_hash) AS hashed FROM poel.dashboard_sessions"
+    ).fetchone()
+    assert row["actor"] == "ada" and row["address"] == "127.0.0.1"
+    assert row["lasts"].total_seconds() == 1800 and row["revoked_at"] is None
+    sid = browser.cookie()
+    assert len(sid) == 43 and row["hashed"] == 32  # an opaque id; the server keeps a hash
+    assert browser.get("/workers", follow=False).status == 200
+
+    # Expired on the server, whatever the browser's cookie says.
+    poel_conn.execute("UPDATE poel.dashboard_sessions SET expires_at = now()")
+    answer = browser.get("/workers", follow=False)
+    assert sent_to_sign_in(answer, "/workers")
+    assert "poel_dashboard=;" in answer.headers["Set-Cookie"].replace('""', "")
+
+    # Signed out: revoked on the server, so a copy of the cookie is refused too.
+    page = sign_in(browser)
+    copy = browser.cookie()
+    assert copy != sid
+    out = browser.post("/signout", {"csrf": csrf_of(page)}, follow=False)
+    assert out.status == 303 and out.headers["Location"] == "/signin"
+    revoked = poel_conn.execute(
+        "SELECT count(*) FROM poel.dashboard_sessions WHERE revoked_at IS NOT NULL"
+    ).fetchone()
+    assert revoked == {"count": 1}
+    stolen = browser.get("/audit", headers={"Cookie": f"poel_dashboard={copy}"}, follow=False)
+    assert sent_to_sign_in(stolen, "/audit")
+
+    # Crafted: a made-up id; the old signed format; a row planted without the token.
+    planted = "p" * 43
+    poel_conn.execute(
+        "INSERT INTO poel.dashboard_sessions (id_hash, token_mac, actor, expires_at)"
+        " VALUES (sha256(%s::bytea), sha256('guess'::bytea), 'eve', now() + interval '1 h')",
+        [planted.encode()],
+    )
+    old_format = "YWRh.00112233445566778899aabbccddeeff." + "0" * 64
+    for cookie in ("x" * 43, old_format, planted, "", "a" * 5000):
+        answer = browser.get("/", headers={"Cookie": f"poel_dashboard={cookie}"}, follow=False)
+        assert sent_to_sign_in(answer, "/"), cookie[:50]
+
+    actions = poel_conn.execute("SELECT actor, action FROM poel.audit ORDER BY id").fetchall()
+    assert [(a["actor"], a["action"]) for a in actions] == [
+        ("ada", "sign_in"),
+        ("ada", "sign_in"),
+        ("ada", "sign_out"),
+    ]
+
+
+def test_a_session_from_a_previous_token_is_refused(dashboard, poel_conn):
+    before = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
+    sign_in(before)
+    sid = before.cookie()
+    assert before.get("/jobs", follow=False).status == 200
+    after = dashboard(POEL_DASHBOARD_TOKEN="another-long-token-9876543210")
+    answer = after.get("/jobs", headers={"Cookie": f"poel_dashboard={sid}"}, follow=False)
+    assert sent_to_sign_in(answer, "/jobs")
+    # still live in the table, and still good with the token it was made under
+    assert before.get("/jobs", follow=False).status == 200
+
+
+def test_sign_in_attempts_are_limited_per_address(dashboard, poel_conn):
+    browser = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
+    for _ in range(5):
+        assert sign_in(browser, token="not-the-token-at-all").status == 403
+    for forged in ({}, {"X-Forwarded-For": "198.51.100.7"}):
+        limited = browser.post(
+            "/signin", {"name": "ada", "token": TOKEN}, headers=forged, follow=False
+        )
+        assert limited.status == 429 and "too many sign-in attempts" in limited.text
+        assert 1 <= int(limited.headers["Retry-After"]) <= 60
+        assert "Set-Cookie" not in limited.headers
+    # another dashboard process on the same database counts the same attempts
+    other = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
+    assert sign_in(other).status == 429
+    # the window over, the address may try again
+    poel_conn.execute("UPDATE poel.dashboard_signins SET window_start = now() - interval '61 s'")
+    assert sign_in(other).status == 200
+
+
 def test_the_workers_page_lists_two_serves_with_their_plugins(serve, dashboard):
     plain = serve()
     hooked = serve(POEL_LOAD_PLUGINS="poel-testjobs,poel-testhooks")
