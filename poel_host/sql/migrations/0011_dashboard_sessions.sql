@@ -3,6 +3,7 @@
 -- who signed in, from where and when, and when it ends. A session counts while it is
 -- neither expired nor revoked (signed out) and its token_mac, an HMAC of its id keyed
 -- with POEL_DASHBOARD_TOKEN, matches the current token: changing the token ends them all.
+-- Each sign-in and sign-out is also written to the audit table (actions sign_in, sign_out).
 CREATE TABLE {schema}.dashboard_sessions (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id_hash    bytea NOT NULL UNIQUE,     -- SHA-256 of the cookie's random id
