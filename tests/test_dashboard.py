@@ -293,6 +293,15 @@ def test_sign_in_attempts_are_limited_per_address(dashboard, poel_conn):
     assert sign_in(other).status == 200
 
 
+def test_sign_ins_are_counted_by_address_an_ipv6_client_by_its_64():
+    from poel_host.dashboard.client import limit_key
+
+    assert limit_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert limit_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert limit_key("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert limit_key("::ffff:192.0.2.1") == limit_key("192.0.2.1") == "192.0.2.1"
+
+
 def test_the_workers_page_lists_two_serves_with_their_plugins(serve, dashboard):
     plain = serve()
     hooked = serve(POEL_LOAD_PLUGINS="poel-testjobs,poel-testhooks")
