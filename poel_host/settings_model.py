@@ -8,6 +8,7 @@ reads as the list of what the host can be told.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -140,6 +141,19 @@ class Settings(BaseSettings):
     dashboard_payloads: Literal["shown", "hidden"] | None = Field(
         default=None, validation_alias="POEL_DASHBOARD_PAYLOADS"
     )
+    dashboard_session_hours: float = Field(
+        default=12,
+        gt=0,
+        le=720,
+        allow_inf_nan=False,
+        validation_alias="POEL_DASHBOARD_SESSION_HOURS",
+    )
+    dashboard_secure_cookies: Literal["auto", "always"] = Field(
+        default="auto", validation_alias="POEL_DASHBOARD_SECURE_COOKIES"
+    )
+    dashboard_trusted_proxies: str | None = Field(
+        default=None, validation_alias="POEL_DASHBOARD_TRUSTED_PROXIES"
+    )
     processes: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,
@@ -172,6 +186,13 @@ class Settings(BaseSettings):
     def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters (a random string)")
+        return value
+
+    @field_validator("dashboard_trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str | None) -> str | None:
+        for part in _split(value or ""):
+            ipaddress.ip_network(part, strict=False)  # a ValueError names the bad part
         return value
 
     @field_validator("schema_name")
@@ -226,6 +247,12 @@ class Settings(BaseSettings):
         if self.dashboard_payloads is None:
             return self.env == "development"
         return self.dashboard_payloads == "shown"
+
+    @property
+    def trusted_proxies(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The proxies whose X-Forwarded-For and X-Forwarded-Proto the dashboard believes."""
+        parts = _split(self.dashboard_trusted_proxies or "")
+        return [ipaddress.ip_network(part, strict=False) for part in parts]
 
     @property
     def plugins_to_load(self) -> list[str] | None:

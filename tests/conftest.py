@@ -436,32 +436,52 @@ class Answer:
     status: int
     text: str
     url: str
+    headers: Any = None
+
+
+class _Stay(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: the 303 itself is the answer."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 class Browser:
-    """urllib with a cookie jar, against one dashboard."""
+    """urllib with a cookie jar, against one dashboard. ``follow=False`` answers a
+    redirect itself instead of following it."""
 
     def __init__(self, port: int) -> None:
         self.base = f"http://127.0.0.1:{port}"
-        self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
-        )
+        self.jar = http.cookiejar.CookieJar()
+        cookies = urllib.request.HTTPCookieProcessor(self.jar)
+        self.opener = urllib.request.build_opener(cookies)
+        self.staying = urllib.request.build_opener(cookies, _Stay)
 
-    def get(self, path: str) -> Answer:
-        return self._open(urllib.request.Request(self.base + path))
+    def get(self, path: str, headers: dict[str, str] | None = None, follow: bool = True):
+        return self._open(urllib.request.Request(self.base + path, headers=headers or {}), follow)
 
-    def post(self, path: str, form: dict[str, str], headers: dict[str, str] | None = None):
+    def post(
+        self,
+        path: str,
+        form: dict[str, str],
+        headers: dict[str, str] | None = None,
+        follow: bool = True,
+    ) -> Answer:
         data = urllib.parse.urlencode(form).encode()
-        return self._open(
-            urllib.request.Request(self.base + path, data=data, headers=headers or {})
-        )
+        request = urllib.request.Request(self.base + path, data=data, headers=headers or {})
+        return self._open(request, follow)
 
-    def _open(self, request: urllib.request.Request) -> Answer:
+    def cookie(self, name: str = "poel_dashboard") -> str | None:
+        return next((c.value for c in self.jar if c.name == name), None)
+
+    def _open(self, request: urllib.request.Request, follow: bool = True) -> Answer:
+        opener = self.opener if follow else self.staying
         try:
-            with self.opener.open(request, timeout=10) as response:
-                return Answer(response.status, response.read().decode(), response.url)
+            with opener.open(request, timeout=10) as response:
+                text = response.read().decode()
+                return Answer(response.status, text, response.url, response.headers)
         except urllib.error.HTTPError as exc:
-            return Answer(exc.code, exc.read().decode(), request.full_url)
+            return Answer(exc.code, exc.read().decode(), request.full_url, exc.headers)
 
 
 @pytest.fixture

@@ -66,10 +66,13 @@ def test_pages_show_failures_escaped_and_bad_input_gets_a_clear_4xx(dashboard, p
         answer = browser.get(path)
         assert answer.status == status, (path, answer.text)
         assert says in answer.text and "Traceback" not in answer.text, path
-    # Read-only without a token: no action, no sign-in.
+    # Read-only without a token: no action, no sign-in, and every page says so.
     refused = browser.post(f"/jobs/{job_id}/retry", {})
     assert refused.status == 403 and "read-only" in refused.text
     assert 'id="actions"' not in page.text
+    assert browser.get("/signin").status == 403
+    for answer in (overview, page, listing, refused, browser.get("/nowhere")):
+        assert 'id="open"' in answer.text and "POEL_DASHBOARD_TOKEN" in answer.text
 
 
 def test_payloads_are_hidden_in_production(dashboard, poel_conn):
@@ -85,11 +88,11 @@ def test_actions_need_the_token_a_session_and_the_forms_csrf_token_and_are_audit
     browser = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
 
     assert browser.post(f"/jobs/{job_id}/retry", {}).status == 403  # not signed in
-    wrong = browser.post("/login", {"name": "mallory", "token": "not-the-token-at-all"})
+    wrong = browser.post("/signin", {"name": "mallory", "token": "not-the-token-at-all"})
     assert wrong.status == 403 and "wrong token" in wrong.text
-    assert browser.post("/login", {"name": "ada", "token": TOKEN}).status == 200
+    assert browser.post("/signin", {"name": "ada", "token": TOKEN}).status == 200
     page = browser.get(f"/jobs/{job_id}")
-    assert 'id="retry"' in page.text and "ada" in page.text
+    assert 'id="retry"' in page.text and "ada" in page.text and 'id="open"' not in page.text
     csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)
 
     forged = browser.post(f"/jobs/{job_id}/retry", {"csrf": "0" * 64})
@@ -116,9 +119,17 @@ def test_actions_need_the_token_a_session_and_the_forms_csrf_token_and_are_audit
     assert states == [{"state": "queued"}]
 
     audit = poel_conn.execute(
-        "SELECT actor, action, job_id, job_type, detail FROM poel.audit ORDER BY id"
+        "SELECT actor, address, action, job_id, job_type, detail FROM poel.audit ORDER BY id"
     ).fetchall()
+    assert [row.pop("address") for row in audit] == ["127.0.0.1"] * 3
     assert audit == [
+        {
+            "actor": "ada",
+            "action": "sign_in",
+            "job_id": None,
+            "job_type": None,
+            "detail": {},
+        },
         {
             "actor": "ada",
             "action": "retry",
@@ -137,6 +148,160 @@ def test_actions_need_the_token_a_session_and_the_forms_csrf_token_and_are_audit
     assert "retry_failed_type" in browser.get("/audit").text
 
 
+PAGES = ("/", "/jobs", "/jobs?state=failed", "/running", "/schedules", "/workers", "/audit")
+
+
+def sign_in(browser, name: str = "ada", token: str = TOKEN, follow: bool = True, **form: str):
+    return browser.post("/signin", {"name": name, "token": token, **form}, follow=follow)
+
+
+def sent_to_sign_in(answer, path: str) -> bool:
+    """A stranger's answer: a 303 to the sign-in page, back to ``path`` afterwards."""
+    location = answer.headers["Location"] if answer.status == 303 else ""
+    return location == "/signin?" + urllib.parse.urlencode({"next": path})
+
+
+def csrf_of(page) -> str:
+    return re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)
+
+
+def test_with_a_token_every_page_and_path_sends_a_stranger_to_sign_in(dashboard, poel_conn):
+    job_id = failed_job(poel_conn)
+    browser = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
+    paths = (*PAGES, f"/jobs/{job_id}", f"/jobs/{job_id}?full=1", "/jobs/abc", "/nowhere")
+    for path in (*paths, "/static/style.css", "/favicon.ico", "/signout"):
+        answer = browser.get(path, follow=False)
+        assert sent_to_sign_in(answer, path), (path, answer.status, answer.headers)
+        assert "test.fail" not in answer.text and "ValueError" not in answer.text, path
+    for path in (f"/jobs/{job_id}/retry", "/retry-failed", "/signout", "/audit"):
+        refused = browser.post(path, {}, follow=False)
+        assert refused.status == 403 and "sign in" in refused.text, path
+    # The sign-in page is all a stranger sees: no menu, no job, not the audit log.
+    form = browser.get("/jobs", follow=True)
+    assert form.url.endswith("/signin?next=%2Fjobs") and 'id="signin"' in form.text
+    assert 'href="/jobs"' not in form.text and 'name="next" value="/jobs"' in form.text
+    assert poel_conn.execute("SELECT count(*) FROM poel.dashboard_sessions").fetchone() == {
+        "count": 0
+    }
+    # Signing in goes back to the page asked for, which now shows.
+    page = sign_in(browser, next=f"/jobs/{job_id}?full=1")
+    assert page.status == 200 and page.url.endswith(f"/jobs/{job_id}?full=1")
+    assert "test.fail" in page.text
+    for path in paths:
+        assert browser.get(path, follow=False).status in (200, 400, 404), path
+
+
+def test_sign_in_goes_back_only_to_a_local_path(dashboard, poel_conn):
+    browser = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
+    for elsewhere in (
+        "//evil.example/jobs",
+        "https://evil.example/",
+        "/\\evil.example",
+        "/\\/evil.example",
+        "javascript:alert(1)",
+        "jobs",
+        "/jobs\r\nLocation: https://evil.example",
+        "/signin",
+    ):
+        form = browser.get("/signin?" + urllib.parse.urlencode({"next": elsewhere}))
+        assert form.status == 200 and 'name="next"' not in form.text, elsewhere
+        answer = sign_in(browser, next=elsewhere, follow=False)
+        assert answer.status == 303 and answer.headers["Location"] == "/", elsewhere
+        poel_conn.execute("DELETE FROM poel.dashboard_signins")  # not the limit's test
+
+
+def test_an_expired_signed_out_or_forged_session_is_refused(dashboard, poel_conn):
+    browser = dashboard(POEL_DASHBOARD_TOKEN=TOKEN, POEL_DASHBOARD_SESSION_HOURS="0.5")
+    sign_in(browser)
+    row = poel_conn.execute(
+        "SELECT actor, address, expires_at - issued_at AS lasts, revoked_at,"
+        " octet_length(id_hash) AS hashed FROM poel.dashboard_sessions"
+    ).fetchone()
+    assert row["actor"] == "ada" and row["address"] == "127.0.0.1"
+    assert row["lasts"].total_seconds() == 1800 and row["revoked_at"] is None
+    sid = browser.cookie()
+    assert len(sid) == 43 and row["hashed"] == 32  # an opaque id; the server keeps a hash
+    assert browser.get("/workers", follow=False).status == 200
+
+    # Expired on the server, whatever the browser's cookie says.
+    poel_conn.execute("UPDATE poel.dashboard_sessions SET expires_at = now()")
+    answer = browser.get("/workers", follow=False)
+    assert sent_to_sign_in(answer, "/workers")
+    assert "poel_dashboard=;" in answer.headers["Set-Cookie"].replace('""', "")
+
+    # Signed out: revoked on the server, so a copy of the cookie is refused too.
+    page = sign_in(browser)
+    copy = browser.cookie()
+    assert copy != sid
+    out = browser.post("/signout", {"csrf": csrf_of(page)}, follow=False)
+    assert out.status == 303 and out.headers["Location"] == "/signin"
+    revoked = poel_conn.execute(
+        "SELECT count(*) FROM poel.dashboard_sessions WHERE revoked_at IS NOT NULL"
+    ).fetchone()
+    assert revoked == {"count": 1}
+    stolen = browser.get("/audit", headers={"Cookie": f"poel_dashboard={copy}"}, follow=False)
+    assert sent_to_sign_in(stolen, "/audit")
+
+    # Crafted: a made-up id; the old signed format; a row planted without the token.
+    planted = "p" * 43
+    poel_conn.execute(
+        "INSERT INTO poel.dashboard_sessions (id_hash, token_mac, actor, expires_at)"
+        " VALUES (sha256(%s::bytea), sha256('guess'::bytea), 'eve', now() + interval '1 h')",
+        [planted.encode()],
+    )
+    old_format = "YWRh.00112233445566778899aabbccddeeff." + "0" * 64
+    for cookie in ("x" * 43, old_format, planted, "", "a" * 5000):
+        answer = browser.get("/", headers={"Cookie": f"poel_dashboard={cookie}"}, follow=False)
+        assert sent_to_sign_in(answer, "/"), cookie[:50]
+
+    actions = poel_conn.execute("SELECT actor, action FROM poel.audit ORDER BY id").fetchall()
+    assert [(a["actor"], a["action"]) for a in actions] == [
+        ("ada", "sign_in"),
+        ("ada", "sign_in"),
+        ("ada", "sign_out"),
+    ]
+
+
+def test_a_session_from_a_previous_token_is_refused(dashboard, poel_conn):
+    before = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
+    sign_in(before)
+    sid = before.cookie()
+    assert before.get("/jobs", follow=False).status == 200
+    after = dashboard(POEL_DASHBOARD_TOKEN="another-long-token-9876543210")
+    answer = after.get("/jobs", headers={"Cookie": f"poel_dashboard={sid}"}, follow=False)
+    assert sent_to_sign_in(answer, "/jobs")
+    # still live in the table, and still good with the token it was made under
+    assert before.get("/jobs", follow=False).status == 200
+
+
+def test_sign_in_attempts_are_limited_per_address(dashboard, poel_conn):
+    browser = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
+    for _ in range(5):
+        assert sign_in(browser, token="not-the-token-at-all").status == 403
+    for forged in ({}, {"X-Forwarded-For": "198.51.100.7"}):
+        limited = browser.post(
+            "/signin", {"name": "ada", "token": TOKEN}, headers=forged, follow=False
+        )
+        assert limited.status == 429 and "too many sign-in attempts" in limited.text
+        assert 1 <= int(limited.headers["Retry-After"]) <= 60
+        assert "Set-Cookie" not in limited.headers
+    # another dashboard process on the same database counts the same attempts
+    other = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
+    assert sign_in(other).status == 429
+    # the window over, the address may try again
+    poel_conn.execute("UPDATE poel.dashboard_signins SET window_start = now() - interval '61 s'")
+    assert sign_in(other).status == 200
+
+
+def test_sign_ins_are_counted_by_address_an_ipv6_client_by_its_64():
+    from poel_host.dashboard.client import limit_key
+
+    assert limit_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert limit_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert limit_key("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert limit_key("::ffff:192.0.2.1") == limit_key("192.0.2.1") == "192.0.2.1"
+
+
 def test_the_workers_page_lists_two_serves_with_their_plugins(serve, dashboard):
     plain = serve()
     hooked = serve(POEL_LOAD_PLUGINS="poel-testjobs,poel-testhooks")
@@ -150,7 +315,8 @@ def test_the_workers_page_lists_two_serves_with_their_plugins(serve, dashboard):
 
 def test_mounted_under_a_prefix_as_a_wsgi_app_its_links_and_cookie_carry_the_prefix(poel_dsn):
     """What a Flask or Django project does with ``make_app()``: call it as a WSGI app under
-    a SCRIPT_NAME of its own."""
+    a SCRIPT_NAME of its own. Also where the scheme and the peer can be set: the cookie is
+    ``Secure`` over HTTPS, and ``X-Forwarded-*`` count only from a trusted proxy."""
     import io
     import wsgiref.util
 
@@ -160,43 +326,78 @@ def test_mounted_under_a_prefix_as_a_wsgi_app_its_links_and_cookie_carry_the_pre
     from poel_host.settings import load_settings
     from poel_host.store import Store
 
-    settings = load_settings(DATABASE_URL=poel_dsn, POEL_DASHBOARD_TOKEN=TOKEN)
     pool = make_pool(poel_dsn, name="dashboard-test", min_size=0, max_size=1)
-    app = make_app(settings, store=Store("poel", pool), plugins=load_plugins([]))
 
-    def call(method: str, path: str, form: dict[str, str] | None = None):
+    def app_with(**env):
+        settings = load_settings(DATABASE_URL=poel_dsn, POEL_DASHBOARD_TOKEN=TOKEN, **env)
+        return make_app(settings, store=Store("poel", pool), plugins=load_plugins([]))
+
+    def call(app, method: str, path: str, form: dict[str, str] | None = None, **extra):
         environ: dict = {}
         wsgiref.util.setup_testing_defaults(environ)
         body = urllib.parse.urlencode(form or {}).encode()
         environ.update(
-            REQUEST_METHOD=method,
-            SCRIPT_NAME="/poel",
-            PATH_INFO=path,
-            CONTENT_TYPE="application/x-www-form-urlencoded",
-            CONTENT_LENGTH=str(len(body)),
+            {
+                "REQUEST_METHOD": method,
+                "SCRIPT_NAME": "/poel",
+                "PATH_INFO": path,
+                "REMOTE_ADDR": "127.0.0.1",
+                "CONTENT_TYPE": "application/x-www-form-urlencoded",
+                "CONTENT_LENGTH": str(len(body)),
+                **extra,
+            }
         )
         environ["wsgi.input"] = io.BytesIO(body)
         answer: dict = {}
 
         def start_response(status, headers, exc_info=None):
-            answer["status"], answer["headers"] = int(status.split()[0]), headers
+            answer["status"], answer["headers"] = int(status.split()[0]), dict(headers)
 
         answer["text"] = b"".join(app(environ, start_response)).decode()
         return answer
 
+    def sign_in(app, **extra) -> str:
+        answer = call(app, "POST", "/signin", {"name": "ada", "token": TOKEN}, **extra)
+        assert answer["status"] == 303, answer["text"]
+        return str(answer["headers"]["Set-Cookie"])
+
+    app = app_with()
     try:
-        overview = call("GET", "/")
-        assert overview["status"] == 200
-        assert 'href="/poel/jobs"' in overview["text"] and 'href="/poel/login"' in overview["text"]
-        signed_in = call("POST", "/login", {"name": "ada", "token": TOKEN})
+        stranger = call(app, "GET", "/")
+        assert stranger["status"] == 303
+        assert stranger["headers"]["Location"] == "/poel/signin?next=%2F"
+        form = call(app, "GET", "/signin")
+        assert form["status"] == 200 and 'action="/poel/signin"' in form["text"]
+        assert 'href="/poel/jobs"' not in form["text"]  # a stranger is shown no page
+        signed_in = call(app, "POST", "/signin", {"name": "ada", "token": TOKEN})
         assert signed_in["status"] == 303
-        headers = dict(signed_in["headers"])
-        assert headers["Location"].endswith("/poel/")
-        cookie = headers["Set-Cookie"]
-        assert (
-            "Path=/poel/" in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
-        )
-        assert call("GET", "/jobs/12345")["status"] == 404
+        assert signed_in["headers"]["Location"] == "/poel/"
+        cookie = signed_in["headers"]["Set-Cookie"]
+        assert "Path=/poel/" in cookie and "HttpOnly" in cookie
+        assert "samesite=strict" in cookie.lower() and "secure" not in cookie.lower()
+        session = cookie.split(";")[0]
+        overview = call(app, "GET", "/", HTTP_COOKIE=session)
+        assert overview["status"] == 200 and 'href="/poel/jobs"' in overview["text"]
+        assert call(app, "GET", "/jobs/12345", HTTP_COOKIE=session)["status"] == 404
+
+        # Secure over HTTPS; a forwarded scheme or address from anyone else is not believed.
+        assert "; secure" in sign_in(app, **{"wsgi.url_scheme": "https"}).lower()
+        forged = {"HTTP_X_FORWARDED_PROTO": "https", "HTTP_X_FORWARDED_FOR": "198.51.100.7"}
+        assert "secure" not in sign_in(app, **forged).lower()
+        behind = app_with(POEL_DASHBOARD_TRUSTED_PROXIES="10.0.0.0/8")
+        proxied = {
+            "REMOTE_ADDR": "10.1.2.3",
+            "HTTP_X_FORWARDED_PROTO": "https",
+            "HTTP_X_FORWARDED_FOR": "198.51.100.7, 203.0.113.9, 10.0.0.5",
+        }
+        assert "; secure" in sign_in(behind, **proxied).lower()
+        assert "secure" not in sign_in(behind, **{**proxied, "REMOTE_ADDR": "127.0.0.1"}).lower()
+        with pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT address FROM poel.dashboard_sessions ORDER BY id"
+            ).fetchall()
+        # 198.51.100.7 was written by the client; the proxy saw 203.0.113.9
+        assert [r["address"] for r in rows] == ["127.0.0.1"] * 3 + ["203.0.113.9", "127.0.0.1"]
     finally:
         pool.close()
 

@@ -73,6 +73,26 @@ def text_of(driver, element_id: str) -> str:
     return driver.find_element(By.ID, element_id).text  # type: ignore[no-any-return]
 
 
+def sign_in(driver, token: str = TOKEN, shot_as: str | None = None) -> None:
+    """Fill in the sign-in page the browser is on, and wait for the page it leads to."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.NAME, "name").send_keys("ada")
+    driver.find_element(By.NAME, "token").send_keys(token)
+    if shot_as:
+        shot(driver, shot_as)
+    driver.find_element(By.CSS_SELECTOR, "#signin button").click()
+    # A click does not wait for the page it loads: wait for a signed-in page.
+    wait(driver, lambda d: d.find_elements(By.ID, "signout"), "sign-in")
+
+
+def at_sign_in(driver, base: str, path: str) -> bool:
+    """Whether the browser was sent to sign in, to come back to ``path``."""
+    from urllib.parse import urlencode
+
+    return bool(driver.current_url == f"{base}/signin?{urlencode({'next': path})}")
+
+
 def test_failures_their_history_no_script_and_retry_only_with_the_token(
     chromium,
     dashboard,
@@ -107,13 +127,8 @@ def test_failures_their_history_no_script_and_retry_only_with_the_token(
     shot(driver, "refused")
 
     writable = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
-    driver.get(writable.base + "/login")
-    driver.find_element(By.NAME, "name").send_keys("ada")
-    driver.find_element(By.NAME, "token").send_keys(TOKEN)
-    shot(driver, "login")
-    driver.find_element(By.CSS_SELECTOR, "#login button").click()
-    # A click does not wait for the page it loads: wait for the signed-in overview.
-    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "header .who button"), "sign-in")
+    driver.get(writable.base + "/signin")
+    sign_in(driver, shot_as="signin")
     driver.get(f"{writable.base}/jobs/{job_id}")
     driver.find_element(By.ID, "retry").click()
     wait(driver, lambda d: text_of(d, "state") == "queued", "the job queued again")
@@ -142,3 +157,57 @@ def test_failures_their_history_no_script_and_retry_only_with_the_token(
         driver.get(f"{writable.base}/{page}")
         assert driver.find_element(By.ID, page).is_displayed()
         shot(driver, page)
+
+
+def test_with_a_token_a_stranger_sees_only_sign_in_and_ended_sessions_are_refused(
+    chromium, dashboard, poel_conn
+):
+    """Each page sends a stranger to sign in; a session expired on the server, signed out,
+    or made under a previous token is refused the same way."""
+    from selenium.webdriver.common.by import By
+
+    job_id = failed_job(poel_conn)
+    closed = dashboard(POEL_DASHBOARD_TOKEN=TOKEN)
+    driver = chromium
+    pages = ("/", "/jobs", "/jobs?state=failed", f"/jobs/{job_id}", "/running", "/schedules")
+    for path in (*pages, "/workers", "/audit", "/nowhere"):
+        driver.get(closed.base + path)
+        assert at_sign_in(driver, closed.base, path), (path, driver.current_url)
+        assert "test.fail" not in driver.page_source and "ValueError" not in driver.page_source
+        assert driver.find_elements(By.CSS_SELECTOR, "header a[href='/jobs']") == []
+    shot(driver, "stranger")
+
+    # Signing in leads back to the page asked for.
+    sign_in(driver)
+    assert driver.current_url == f"{closed.base}/nowhere"  # a 404 page, signed in
+    driver.get(f"{closed.base}/jobs/{job_id}")
+    assert driver.find_element(By.ID, "retry").is_displayed()
+
+    # Expired on the server: the browser still holds its cookie, and is refused.
+    poel_conn.execute("UPDATE poel.dashboard_sessions SET expires_at = now()")
+    driver.get(f"{closed.base}/jobs/{job_id}")
+    assert at_sign_in(driver, closed.base, f"/jobs/{job_id}")
+    shot(driver, "expired")
+
+    # Signed out: a copy of the cookie taken before is refused.
+    sign_in(driver)
+    kept = driver.get_cookie("poel_dashboard")
+    assert kept["httpOnly"] and kept["sameSite"] == "Strict"
+    driver.find_element(By.CSS_SELECTOR, "#signout button").click()
+    wait(driver, lambda d: d.find_elements(By.ID, "signin"), "the sign-in page")
+    assert driver.get_cookie("poel_dashboard") is None
+    driver.add_cookie({"name": "poel_dashboard", "value": kept["value"], "path": "/"})
+    driver.get(closed.base + "/audit")
+    assert at_sign_in(driver, closed.base, "/audit")
+    shot(driver, "signed-out")
+
+    # A session from before the token changed: another dashboard on the same database with
+    # a new token gets the same cookie (cookies do not tell ports apart) and refuses it.
+    sign_in(driver)
+    assert driver.get_cookie("poel_dashboard") is not None
+    renewed = dashboard(POEL_DASHBOARD_TOKEN="another-long-token-9876543210")
+    driver.get(renewed.base + "/workers")
+    assert at_sign_in(driver, renewed.base, "/workers")
+    sign_in(driver, token="another-long-token-9876543210")
+    assert driver.current_url == f"{renewed.base}/workers"
+    shot(driver, "new-token")

@@ -13,9 +13,11 @@ serves it on its own port, and a team can mount it inside its own web applicatio
     application = DispatcherMiddleware(get_wsgi_application(), {"/poel": make_app()})
 
 Pages are rendered on the server (bottle's templates, every value escaped); no JavaScript.
-It is read-only unless ``POEL_DASHBOARD_TOKEN`` is set; then an operator who signs in with
-the token can retry, cancel or delete a job, or retry every failed job of a type, each
-action checked against cross-site requests and written to ``<schema>.audit``.
+Without ``POEL_DASHBOARD_TOKEN`` it is read-only, open to whoever reaches it (loopback by
+default), and every page says so. With it, every page needs a session signed in with the
+token, kept on the server (:mod:`.signin`); a signed-in operator can retry, cancel or
+delete a job, or retry every failed job of a type, each action checked against cross-site
+requests and written to ``<schema>.audit``.
 """
 
 from __future__ import annotations

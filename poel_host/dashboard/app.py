@@ -6,8 +6,9 @@ key, counts use the partial indexes of queued, running, finished and failed jobs
 (an unknown id, a bad filter, a missing or wrong token) gets a 4xx page saying what was
 wrong; an unexpected error a 500 page without a traceback (logged instead).
 
-The pages are :mod:`.pages`, signing in and the actions :mod:`.actions`, what they share
-:mod:`.base`; this module builds the application and maps the routes.
+The pages are :mod:`.pages`, the actions :mod:`.actions`, signing in and the gate that
+keeps strangers out :mod:`.signin`, what they share :mod:`.base`; this module builds the
+application and maps the routes.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class _Dashboard(Pages, Actions):
         super().__init__(settings, store, plugins, log)
         app = self.app = bottle.Bottle()
         app.config["catchall"] = True
+        # Before any route is matched, so that unknown paths and wrong methods are behind
+        # it too: a stranger learns nothing of what exists.
+        app.add_hook("before_request", self._gate)
         routes: list[tuple[str, str, Callable[..., Any]]] = [
             ("GET", "/", self.overview),
             ("GET", "/jobs", self.jobs),
@@ -70,13 +74,13 @@ class _Dashboard(Pages, Actions):
             ("GET", "/schedules", self.schedules),
             ("GET", "/workers", self.workers),
             ("GET", "/audit", self.audit),
-            ("GET", "/login", self.login_form),
-            ("POST", "/login", self.login),
-            ("POST", "/logout", self.logout),
+            ("GET", "/signin", self.signin_form),
+            ("POST", "/signin", self.signin),
+            ("POST", "/signout", self.signout),
             ("POST", "/jobs/<job_id>/<action>", self.act),
             ("POST", "/retry-failed", self.retry_failed),
         ]
         for method, path, view in routes:
             app.route(path, method, self._guarded(view))
-        for code in (400, 403, 404, 405, 500):
+        for code in (400, 403, 404, 405, 429, 500, 503):
             app.error(code)(self._error_page)

@@ -1,11 +1,13 @@
 """``poel-host dashboard``: the dashboard on its own port, in a gevent WSGI server.
 
 It binds to loopback unless told otherwise (``--host``/``POEL_DASHBOARD_HOST``), like the
-health app; SIGTERM or SIGINT stops it.
+health app; SIGTERM or SIGINT stops it. Told to listen beyond loopback without
+``POEL_DASHBOARD_TOKEN``, it warns: every page would then be open to the network.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 from typing import Any
 
@@ -36,6 +38,12 @@ def serve_dashboard(settings: Settings, *, host: str, port: int, plugins: Any, l
         actions="enabled" if settings.dashboard_token else "read-only",
         payloads="shown" if settings.dashboard_shows_payloads else "hidden",
     )
+    if not settings.dashboard_token and not _loopback(host):
+        log.warning(
+            "dashboard open beyond loopback",
+            host=host,
+            hint="without POEL_DASHBOARD_TOKEN every page is open to whoever reaches it",
+        )
     stopping = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
@@ -43,3 +51,12 @@ def serve_dashboard(settings: Settings, *, host: str, port: int, plugins: Any, l
     server.stop(timeout=2)
     log.info("dashboard stopped")
     return 0
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -572,3 +572,46 @@ VALUES (%(actor)s, %(address)s, %(action)s, %(job_id)s, %(job_type)s, %(detail)s
 -- The latest operator actions.
 SELECT id, at, actor, address, action, job_id, job_type, detail
 FROM {schema}.audit ORDER BY id DESC LIMIT %(limit)s
+
+-- dashboard_session_start --
+-- A new signed-in session: the hash of its cookie's id, the token's MAC of that id, who
+-- and from where, ending lifetime_s seconds from now (the server's clock, like every check).
+INSERT INTO {schema}.dashboard_sessions (id_hash, token_mac, actor, address, expires_at)
+VALUES (%(id_hash)s, %(token_mac)s, %(actor)s, %(address)s,
+        now() + make_interval(secs => %(lifetime_s)s))
+RETURNING id, issued_at, expires_at
+
+-- dashboard_session --
+-- The live session a cookie's hashed id names: not expired, not signed out. The caller
+-- checks token_mac against the current token.
+SELECT id, token_mac, actor, address, issued_at, expires_at
+FROM {schema}.dashboard_sessions
+WHERE id_hash = %(id_hash)s AND revoked_at IS NULL AND expires_at > now()
+
+-- dashboard_session_end --
+-- Sign-out: the session is revoked on the server, whatever the browser keeps.
+UPDATE {schema}.dashboard_sessions SET revoked_at = now()
+WHERE id_hash = %(id_hash)s AND revoked_at IS NULL
+RETURNING id
+
+-- dashboard_signin_attempt --
+-- Count one sign-in attempt of an address in a fixed window of window_s seconds, in one
+-- atomic upsert (the row lock orders concurrent attempts): the attempts of the window so
+-- far, this one included, and the seconds until the window ends.
+INSERT INTO {schema}.dashboard_signins AS s (address) VALUES (%(address)s)
+ON CONFLICT (address) DO UPDATE SET
+    window_start = CASE WHEN s.window_start <= now() - make_interval(secs => %(window_s)s)
+                        THEN now() ELSE s.window_start END,
+    attempts = CASE WHEN s.window_start <= now() - make_interval(secs => %(window_s)s)
+                    THEN 1 ELSE s.attempts + 1 END
+RETURNING attempts,
+    ceil(extract(epoch FROM s.window_start + make_interval(secs => %(window_s)s) - now()))::int
+        AS retry_after_s
+
+-- dashboard_sessions_prune --
+-- Forget sessions a day past their end and the counts of windows long over; run at each
+-- sign-in, which the limit above keeps rare.
+WITH sessions AS (
+    DELETE FROM {schema}.dashboard_sessions WHERE expires_at < now() - interval '1 day'
+)
+DELETE FROM {schema}.dashboard_signins WHERE window_start < now() - interval '1 hour'

@@ -10,8 +10,9 @@ so every service catches one exception and every message has the password masked
 
 The methods live in one module per caller: :mod:`.jobs` (enqueueing and the worker's job
 path), :mod:`.workers` (the registry of workers), :mod:`.operators` (the CLI, the
-dashboard and the test kit), :mod:`.migrations`; :mod:`.base` holds the plumbing they
-share. :class:`Store` is all of them, so one store serves a worker or a dashboard.
+dashboard and the test kit), :mod:`.sessions` (the dashboard's sign-ins),
+:mod:`.migrations`; :mod:`.base` holds the plumbing they share. :class:`Store` is all of
+them, so one store serves a worker or a dashboard.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from poel_host.store.base import DB_ERRORS, Conn, Source, StoreBase, claim_query
 from poel_host.store.jobs import JobStore, OutcomeRow
 from poel_host.store.migrations import MigrationStore
 from poel_host.store.operators import OperatorStore
+from poel_host.store.sessions import SessionStore
 from poel_host.store.workers import WorkerStore
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "MigrationStore",
     "OperatorStore",
     "OutcomeRow",
+    "SessionStore",
     "Source",
     "Store",
     "StoreBase",
@@ -38,5 +41,5 @@ __all__ = [
 ]
 
 
-class Store(JobStore, WorkerStore, OperatorStore, MigrationStore):
+class Store(JobStore, WorkerStore, OperatorStore, SessionStore, MigrationStore):
     """Poel's tables in one schema, reached through ``source``: every part of the store."""

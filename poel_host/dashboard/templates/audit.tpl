@@ -1,4 +1,4 @@
-% rebase('layout.tpl', title=title, root=root, session=session, writable=writable, refresh=refresh)
+% rebase('layout.tpl', title=title, root=root, session=session, csrf=csrf, writable=writable, refresh=refresh)
 <table id="audit">
 <tr><th>when</th><th>who</th><th>from</th><th>action</th><th>job</th><th>job type</th><th>detail</th></tr>
 % for a in rows:

@@ -1,4 +1,4 @@
-% rebase('layout.tpl', title=title, root=root, session=session, writable=writable, refresh=refresh)
+% rebase('layout.tpl', title=title, root=root, session=session, csrf=csrf, writable=writable, refresh=refresh)
 <table id="job">
 <tr><th>type</th><td>{{job['job_type']}}</td></tr>
 <tr><th>queue</th><td>{{job['queue']}}</td></tr>

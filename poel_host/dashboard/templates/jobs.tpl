@@ -1,4 +1,4 @@
-% rebase('layout.tpl', title=title, root=root, session=session, writable=writable, refresh=refresh)
+% rebase('layout.tpl', title=title, root=root, session=session, csrf=csrf, writable=writable, refresh=refresh)
 <form method="get" action="{{root}}/jobs" id="filters">
 <label>state <select name="state"><option value="">any</option>
 % for s in states:

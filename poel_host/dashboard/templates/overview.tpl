@@ -1,4 +1,4 @@
-% rebase('layout.tpl', title=title, root=root, session=session, writable=writable, refresh=refresh)
+% rebase('layout.tpl', title=title, root=root, session=session, csrf=csrf, writable=writable, refresh=refresh)
 <p id="workers">Workers alive: <strong>{{alive}}</strong>
 % if gone:
  (and {{gone}} gone, see <a href="{{root}}/workers">Workers</a>)

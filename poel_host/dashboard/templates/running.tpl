@@ -1,4 +1,4 @@
-% rebase('layout.tpl', title=title, root=root, session=session, writable=writable, refresh=refresh)
+% rebase('layout.tpl', title=title, root=root, session=session, csrf=csrf, writable=writable, refresh=refresh)
 <table id="running">
 <tr><th>id</th><th>type</th><th>queue</th><th>attempt</th><th>worker</th><th>running for</th><th>lease renewed</th><th>lease left</th></tr>
 % for r in rows:

@@ -1,4 +1,4 @@
-% rebase('layout.tpl', title=title, root=root, session=session, writable=writable, refresh=refresh)
+% rebase('layout.tpl', title=title, root=root, session=session, csrf=csrf, writable=writable, refresh=refresh)
 <table id="schedules">
 <tr><th>job type</th><th>schedule</th><th>queue</th><th>last slot</th><th>next run</th></tr>
 % for r in rows:

@@ -1,4 +1,4 @@
-% rebase('layout.tpl', title=title, root=root, session=session, writable=writable, refresh=refresh)
+% rebase('layout.tpl', title=title, root=root, session=session, csrf=csrf, writable=writable, refresh=refresh)
 <table id="workers">
 <tr><th>host</th><th>pid</th><th>status</th><th>version</th><th>heartbeat</th><th>started</th><th>capacity</th><th>queues</th><th>plugins</th><th>job types</th></tr>
 % for w in rows:
