@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     import psycopg
+    from supabase import Client as SupabaseClient
 
     from poel_host.settings import Settings
 
@@ -137,6 +138,8 @@ class JobContext:
     ``connection()`` lends a pooled, green psycopg connection: the block is one
     transaction, committed when it ends and rolled back on an exception. ``enqueue()``
     queues a follow-up job (pass ``connection=conn`` to make it part of your transaction).
+    ``supabase`` is the process's supabase-py client for ``SUPABASE_URL`` and
+    ``SUPABASE_SERVICE_ROLE_KEY``, made on first use (see :mod:`poel_host.supabase_client`).
     """
 
     job_id: int
@@ -150,6 +153,7 @@ class JobContext:
     _connection_factory: Callable[[], Any] | None = field(default=None, repr=False)
     _enqueue: Callable[..., int] | None = field(default=None, repr=False)
     _cancel_event: Any = field(default=None, repr=False)
+    _supabase: Any = field(default=None, repr=False)  # a client given instead (the test kit)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -158,6 +162,20 @@ class JobContext:
             raise RuntimeError("this JobContext has no database connection pool")
         with self._connection_factory() as conn:
             yield conn
+
+    @property
+    def supabase(self) -> SupabaseClient:
+        """The official supabase-py client, acting as the service role: one per process,
+        made on first use, shared by every job of the process, its I/O green under gevent.
+
+        :raises poel_host.supabase_client.SupabaseNotConfigured: naming ``SUPABASE_URL`` or
+            ``SUPABASE_SERVICE_ROLE_KEY`` when they are not set (the job fails saying so).
+        """
+        if self._supabase is not None:
+            return self._supabase  # type: ignore[no-any-return]
+        from poel_host.supabase_client import client_for
+
+        return client_for(self.settings)
 
     def enqueue(self, job_type: str, payload: Any = None, **options: Any) -> int:
         """Enqueue a follow-up job; same options as :meth:`poel_host.Queue.enqueue`."""

@@ -111,6 +111,8 @@ def _route_stdlib_logging(pre: list[Any], renderer: Any, level: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.INFO))
     logging.getLogger("psycopg.pool").setLevel(max(level, logging.WARNING))
+    # ctx.supabase's httpx logs every request at info: a line per request of every job.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
 
 
 def _add_service(environment: str) -> Any:

@@ -16,7 +16,12 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings
 
 from poel_host.errors import SettingsError
-from poel_host.settings_model import _SECRET_FIELDS, DEFAULT_DATABASE_URL, Settings
+from poel_host.settings_model import (
+    _SECRET_FIELDS,
+    DEFAULT_DATABASE_URL,
+    Settings,
+    runtime_env,
+)
 
 __all__ = ["DEFAULT_DATABASE_URL", "Settings", "format_errors", "load_settings"]
 
@@ -25,8 +30,9 @@ def load_settings(**overrides: Any) -> Settings:
     """Read the settings, or raise one SettingsError that names every bad variable."""
     # Checked on its own so that it is reported beside the other bad variables.
     problems = []
-    if _production_without_database_url(overrides):
-        problems.append("  DATABASE_URL: must be set when POEL_ENV=production")
+    said = _production_without_database_url(overrides)
+    if said:
+        problems.append(f"  DATABASE_URL: must be set when {said}=production")
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -37,16 +43,28 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 class _Production(BaseSettings):
-    """Just POEL_ENV and whether DATABASE_URL is given, read from the same sources."""
+    """Just the mode (POEL_ENV, or DENO_ENV or NODE_ENV without it) and whether
+    DATABASE_URL is given, read from the same sources."""
 
     model_config = Settings.model_config
     env: Any = Field(default=None, validation_alias="POEL_ENV")
+    deno_env: Any = Field(default=None, validation_alias="DENO_ENV")
+    node_env: Any = Field(default=None, validation_alias="NODE_ENV")
     database_url: Any = Field(default=None, validation_alias="DATABASE_URL")
 
 
-def _production_without_database_url(overrides: dict[str, Any]) -> bool:
+def _production_without_database_url(overrides: dict[str, Any]) -> str | None:
+    """The variable that asked for production without a DATABASE_URL, if one did."""
     probe = _Production(**overrides)
-    return probe.env == "production" and probe.database_url is None
+    if probe.database_url is not None:
+        return None
+    if probe.env is not None:
+        return "POEL_ENV" if probe.env == "production" else None
+    env, source = runtime_env(
+        probe.deno_env if isinstance(probe.deno_env, str) else None,
+        probe.node_env if isinstance(probe.node_env, str) else None,
+    )
+    return source if env == "production" else None
 
 
 def format_errors(exc: ValidationError) -> str:

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     env: Literal["development", "production"] = Field(
         default="development", validation_alias="POEL_ENV"
     )
+    # A .env written for the Deno worker Poel replaces (or a Node app's) says its mode
+    # with DENO_ENV (NODE_ENV): read as POEL_ENV when that is unset (see runtime_env).
+    deno_env: str | None = Field(default=None, validation_alias="DENO_ENV", exclude=True)
+    node_env: str | None = Field(default=None, validation_alias="NODE_ENV", exclude=True)
     worker_concurrency: int = Field(
         default=10, ge=1, le=10_000, validation_alias="WORKER_CONCURRENCY"
     )
@@ -172,6 +176,8 @@ class Settings(BaseSettings):
     # Why the pooler was chosen: "inferred" when POEL_POOLER is unset and DATABASE_URL
     # looks like Supabase's transaction pooler (serve logs a warning saying so).
     _pooler_inferred: bool = PrivateAttr(default=False)
+    # The variable the mode was read from (POEL_ENV, or DENO_ENV or NODE_ENV without it).
+    _env_from: str = PrivateAttr(default="POEL_ENV")
 
     @field_validator("database_url", "local_database_url")
     @classmethod
@@ -213,6 +219,17 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _env_from_deno_or_node(self) -> Settings:
+        """POEL_ENV unset: DENO_ENV, else NODE_ENV, says the mode, as it did for the Deno
+        worker (production when it says ``production``, development otherwise)."""
+        if "env" not in self.model_fields_set:
+            env, source = runtime_env(self.deno_env, self.node_env)
+            if source is not None:
+                self.env = env
+                self._env_from = source
+        return self
+
+    @model_validator(mode="after")
     def _infer_pooler(self) -> Settings:
         """A Supabase transaction-pooler URL with POEL_POOLER unset means polling only:
         LISTEN cannot work through it, and prepared statements would fail."""
@@ -226,6 +243,12 @@ class Settings(BaseSettings):
     @property
     def dsn(self) -> str:
         return self.database_url.get_secret_value()
+
+    @property
+    def env_from(self) -> str:
+        """The variable ``env`` was read from: ``POEL_ENV`` (or its default), ``DENO_ENV``
+        or ``NODE_ENV``."""
+        return self._env_from
 
     @property
     def pooler_inferred(self) -> bool:
@@ -292,6 +315,18 @@ class Settings(BaseSettings):
                 value = "true" if value else "false"
             env[str(field.validation_alias)] = str(value)
         return env
+
+
+def runtime_env(
+    deno_env: str | None, node_env: str | None
+) -> tuple[Literal["development", "production"], str | None]:
+    """The mode a Deno or Node deployment's variables say, and which one said it (``None``
+    when neither is set): DENO_ENV first, production only when it says ``production``, as
+    in the Deno worker (NODE_ENV's ``test`` or ``staging`` mean development, not an error)."""
+    for name, value in (("DENO_ENV", deno_env), ("NODE_ENV", node_env)):
+        if value and value.strip():
+            return ("production" if value.strip().lower() == "production" else "development"), name
+    return "development", None
 
 
 def _split(value: str) -> list[str]:

@@ -10,6 +10,9 @@ what only the host's tests need: running ``poel-host`` as a real subprocess.
 - ``poel_cli(*args, **env)`` runs one ``python -m poel_host`` command to completion.
 - ``dashboard(**env)`` starts ``python -m poel_host dashboard`` on the test's database and
   returns a :class:`Browser` (urllib with cookies) for it.
+- ``fake_supabase`` is a local HTTP server answering like Supabase's REST (PostgREST) and
+  Storage endpoints, recording each request (method, path, headers, timings); ``serve``
+  subprocesses reach it on 127.0.0.1.
 - ``wait_for(predicate)`` polls until ``predicate()`` is truthy, with a deadline;
   ``wait_sql(query)`` does the same for the first column of a query's first row.
 - ``job(job_id)`` reads a job's row; ``alive(pid)`` and ``gone_within(*pids)`` tell
@@ -23,6 +26,7 @@ below are greenlets and the pipes are cooperative: any wait here yields to them.
 from __future__ import annotations
 
 import http.cookiejar
+import http.server
 import json
 import os
 import signal
@@ -55,6 +59,9 @@ _HOST_VARIABLES = {
     "JOB_TIMEOUT_MS",
     "HEALTH_CHECK_PORT",
     "HEALTH_CHECK_HOST",
+    # read as POEL_ENV when that is unset (a Deno or Node deployment's .env)
+    "DENO_ENV",
+    "NODE_ENV",
 }
 
 START_TIMEOUT_S = 20.0
@@ -501,3 +508,131 @@ def dashboard(poel_dsn, tmp_path_factory):
     yield start
     for handle in started:
         assert handle.stop() == 0, handle.output()
+
+
+# A stand-in for Supabase's HTTP API ---------------------------------------------------
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str  # without the query string
+    query: str
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+    started: float  # time.monotonic() of this process
+    finished: float = 0.0
+
+
+class FakeSupabase:
+    """Answers like Supabase's endpoints and records what they would receive.
+
+    ``/rest/v1/<table>``: GET answers ``rows`` (a list of objects); POST and PATCH answer
+    the body sent, as a one-row list (``Prefer: return=representation``). ``/storage/v1/
+    object/<bucket>/<path>``: GET answers ``files[(bucket, path)]`` (404 without it).
+    Every answer waits ``delay`` seconds first; with ``fail_status`` set, every request
+    gets that status and an error body like PostgREST's. ``max_in_flight`` is the most
+    requests it was answering at once.
+
+    Its handlers are threads, which the patched test process makes greenlets: it answers
+    while the test waits (any sleep of the test yields to it).
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self.rows: list[dict[str, Any]] = [{"id": 1, "title": "take 1"}]
+        self.files: dict[tuple[str, str], bytes] = {}
+        self.delay = 0.0
+        self.fail_status: int | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as Supabase's edge
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                fake._answer(self)
+
+            do_POST = do_PATCH = do_DELETE = do_HEAD = do_GET
+
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 1024  # a hundred clients connect at once
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def paths(self, method: str | None = None) -> list[str]:
+        return [r.path for r in self.requests if method is None or r.method == method]
+
+    def _answer(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        path, _, query = handler.path.partition("?")
+        length = int(handler.headers.get("Content-Length") or 0)
+        request = RecordedRequest(
+            handler.command,
+            urllib.parse.unquote(path),
+            query,
+            {name.lower(): value for name, value in handler.headers.items()},
+            handler.rfile.read(length) if length else b"",
+            time.monotonic(),
+        )
+        with self._lock:
+            self.requests.append(request)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            status, content_type, body = self._response(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+        request.finished = time.monotonic()
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(body)
+
+    def _response(self, request: RecordedRequest) -> tuple[int, str, bytes]:
+        def answer(status: int, value: Any) -> tuple[int, str, bytes]:
+            return status, "application/json", json.dumps(value).encode()
+
+        if self.fail_status is not None:
+            return answer(
+                self.fail_status,
+                {"code": "XX000", "message": "internal error", "details": None, "hint": None},
+            )
+        parts = request.path.strip("/").split("/")
+        if parts[:2] == ["rest", "v1"] and len(parts) == 3:
+            if request.method in ("POST", "PATCH"):
+                return answer(201 if request.method == "POST" else 200, [json.loads(request.body)])
+            return answer(200, self.rows)
+        if parts[:3] == ["storage", "v1", "object"] and len(parts) >= 5:
+            content = self.files.get((parts[3], "/".join(parts[4:])))
+            if content is not None and request.method == "GET":
+                return 200, "application/octet-stream", content
+            return answer(
+                400, {"statusCode": "404", "error": "not_found", "message": "Object not found"}
+            )
+        return answer(404, {"message": f"no route {request.path}"})
+
+
+@pytest.fixture
+def fake_supabase() -> Iterator[FakeSupabase]:
+    """A :class:`FakeSupabase` on a free loopback port, closed after the test."""
+    fake = FakeSupabase()
+    yield fake
+    fake.close()

@@ -16,6 +16,7 @@ import pytest
 
 HEAVY = ["psycopg", "psycopg_pool", "gevent", "pydantic", "pydantic_settings", "pluggy"]
 HEAVY += ["structlog", "bottle", "croniter", "psycogreen"]
+HEAVY += ["supabase", "httpx", "poel_host.supabase_client"]  # ctx.supabase: on first use only
 
 
 def run_python(code: str, **env: str) -> dict:

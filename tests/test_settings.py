@@ -236,3 +236,75 @@ def test_schema_identifiers_accepted(monkeypatch, schema):
 def test_overrides_by_variable_name():
     s = Settings(WORKER_CONCURRENCY=2, POEL_SCHEMA="other")
     assert (s.worker_concurrency, s.schema_name) == (2, "other")
+
+
+# The Deno worker's configuration (issue 17, part 5) ---------------------------------
+
+DENO_DOTENV = """\
+DATABASE_URL=postgresql://worker:s3cret@db.example:5432/postgres
+SUPABASE_URL=https://abcd.supabase.co
+SUPABASE_SERVICE_ROLE_KEY=service-role-key-of-the-seed
+DENO_ENV=production
+WORKER_CONCURRENCY=5
+JOB_TIMEOUT_MS=600000
+HEALTH_CHECK_PORT=8000
+"""
+
+
+def test_the_deno_workers_dotenv_starts_poel_in_the_same_mode(tmp_path):
+    (tmp_path / ".env").write_text(DENO_DOTENV, encoding="utf-8")
+
+    s = load_settings()
+
+    assert (s.env, s.env_from) == ("production", "DENO_ENV")
+    assert s.dsn == "postgresql://worker:s3cret@db.example:5432/postgres"
+    assert s.supabase_url == "https://abcd.supabase.co"
+    assert s.supabase_service_role_key.get_secret_value() == "service-role-key-of-the-seed"
+    assert (s.worker_concurrency, s.job_timeout_ms, s.health_check_port) == (5, 600_000, 8000)
+    assert s.should_auto_migrate is False  # production: as with POEL_ENV=production
+    # a child of the process executor is told the mode in Poel's own words
+    assert s.as_environment()["POEL_ENV"] == "production"
+    assert "service-role-key-of-the-seed" not in repr(s.public())
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"DENO_ENV": "production"}, ("production", "DENO_ENV")),
+        ({"NODE_ENV": "production"}, ("production", "NODE_ENV")),
+        ({"NODE_ENV": "Production "}, ("production", "NODE_ENV")),
+        # what a Node toolchain sets is not an error: anything but production is development
+        ({"NODE_ENV": "test"}, ("development", "NODE_ENV")),
+        ({"DENO_ENV": "staging"}, ("development", "DENO_ENV")),
+        # DENO_ENV (the seed's) before NODE_ENV, POEL_ENV before both
+        ({"DENO_ENV": "development", "NODE_ENV": "production"}, ("development", "DENO_ENV")),
+        ({"POEL_ENV": "development", "DENO_ENV": "production"}, ("development", "POEL_ENV")),
+        ({"POEL_ENV": "production", "NODE_ENV": "development"}, ("production", "POEL_ENV")),
+        ({"DENO_ENV": ""}, ("development", "POEL_ENV")),
+    ],
+)
+def test_deno_env_and_node_env_count_as_poel_env_when_it_is_unset(monkeypatch, variables, expected):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db.example/app")
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    s = load_settings()
+    assert (s.env, s.env_from) == expected
+
+
+def test_production_from_deno_env_requires_database_url_naming_it(monkeypatch):
+    monkeypatch.setenv("DENO_ENV", "production")
+    with pytest.raises(SettingsError, match="DATABASE_URL: must be set when DENO_ENV=production"):
+        load_settings()
+    monkeypatch.setenv("POEL_ENV", "development")  # POEL_ENV wins: no database needed
+    assert load_settings().env == "development"
+
+
+@pytest.mark.process
+def test_serve_reports_the_mode_deno_env_set(serve):
+    handle = serve(DENO_ENV="production", NODE_ENV="development", WORKER_CONCURRENCY=3)
+
+    health = handle.http("/health")
+
+    assert health.status == 200
+    assert health.body["environment"] == "production"
+    assert handle.find_log("worker started")["environment"] == "production"

@@ -7,7 +7,9 @@ author's tests just use the fixtures::
         result = run_job("process_new_record", {"record_id": 1})
         assert result.state == "succeeded"
 
-Fixtures: ``poel_dsn`` (a fresh migrated database), ``poel_settings``, ``poel_queue``,
+Fixtures: ``poel_dsn`` (a fresh migrated database), ``poel_settings`` (with
+``poel_settings_overrides``, a fixture to override: ``SUPABASE_URL`` of a test server for
+``ctx.supabase``...), ``poel_queue``,
 ``poel_conn`` (autocommit, dict rows), ``run_job`` (enqueue and run through the worker;
 ``run_job.retry(job_id)`` runs a retry's next attempt at once), ``poel_context`` (a
 :class:`CapturedContext` to call a handler directly, its logs captured), ``enqueued``
@@ -46,6 +48,7 @@ from poel_host.testing.fixtures import (
     poel_plugins,
     poel_queue,
     poel_settings,
+    poel_settings_overrides,
     poel_template,
     run_job,
 )
@@ -97,6 +100,7 @@ __all__ = [
     "poel_plugins",
     "poel_queue",
     "poel_settings",
+    "poel_settings_overrides",
     "poel_template",
     "pytest_addoption",
     "pytest_load_initial_conftests",

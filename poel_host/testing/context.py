@@ -68,8 +68,13 @@ def make_context(
     attempt: int = 1,
     max_attempts: int = 3,
     queue_name: str = "default",
+    supabase: Any = None,
 ) -> CapturedContext:
-    """A :class:`CapturedContext` on the database ``dsn`` (what ``poel_context`` returns)."""
+    """A :class:`CapturedContext` on the database ``dsn`` (what ``poel_context`` returns).
+
+    ``ctx.supabase`` is the process's client for ``settings``' ``SUPABASE_URL`` and
+    ``SUPABASE_SERVICE_ROLE_KEY`` (a test server's, say), or ``supabase`` when given (any
+    object standing in for the client)."""
     capture = structlog.testing.LogCapture()
     log = structlog.wrap_logger(
         None, processors=[capture], wrapper_class=structlog.BoundLogger
@@ -97,5 +102,6 @@ def make_context(
         _connection_factory=transaction,
         _enqueue=queue.enqueue if queue is not None else None,
         _cancel_event=gevent.event.Event(),
+        _supabase=supabase,
         logs=capture.entries,  # type: ignore[arg-type]  # structlog's event dicts
     )

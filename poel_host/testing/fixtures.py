@@ -65,8 +65,21 @@ def poel_dsn(poel_template: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def poel_settings(poel_dsn: str) -> Settings:
-    """Settings for the fresh database, with quick polling and retries for tests."""
+def poel_settings_overrides() -> dict[str, Any]:
+    """Variables added to ``poel_settings`` (empty). Override it to point the handlers of
+    ``run_job`` and ``poel_context`` elsewhere, e.g. ``ctx.supabase`` at a test server::
+
+        @pytest.fixture
+        def poel_settings_overrides(fake_supabase):
+            return {"SUPABASE_URL": fake_supabase.url, "SUPABASE_SERVICE_ROLE_KEY": "test-key"}
+    """
+    return {}
+
+
+@pytest.fixture
+def poel_settings(poel_dsn: str, poel_settings_overrides: dict[str, Any]) -> Settings:
+    """Settings for the fresh database, with quick polling and retries for tests, and
+    ``poel_settings_overrides``."""
     from poel_host.settings import Settings
 
     overrides: dict[str, Any] = {
@@ -74,6 +87,7 @@ def poel_settings(poel_dsn: str) -> Settings:
         "POEL_POLL_INTERVAL_MS": 50,
         "POEL_RETRY_BACKOFF_MS": 10,
         "HEALTH_CHECK_PORT": 0,
+        **poel_settings_overrides,
     }
     return Settings(**overrides)
 

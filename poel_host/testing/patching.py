@@ -15,6 +15,8 @@ nothing but pytest until then, and gevent only to patch.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 INI = "poel_gevent"
@@ -64,9 +66,22 @@ def opted_in(config: pytest.Config) -> bool:
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     if opted_in(early_config):
+        from gevent.monkey import MonkeyPatchWarning
+
         from poel_host.green import patch
 
-        patch()
+        # pytest imports every installed pytest plugin before any hook runs, and anyio's
+        # (anyio comes with httpx, which supabase-py needs) imports ssl. gevent then warns
+        # that ssl was imported before its patch: the names anyio took from it serve its
+        # asyncio TLS streams, which nothing green uses; the sync clients a handler uses
+        # (httpx, psycopg) take theirs after the patch. Other late imports still warn.
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                message="Monkey-patching ssl after ssl has already been imported",
+                category=MonkeyPatchWarning,
+            )
+            patch()
 
 
 def require_patched(config: pytest.Config) -> None:
