@@ -8,7 +8,6 @@ reads as the list of what the host can be told.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from poel_host.dsn import looks_like_transaction_pooler, redact_dsn
+from poel_host.settings_dashboard import DashboardSettings, comma_list
 from poel_host.storable import INT4_MAX
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -38,7 +38,7 @@ _CENTURY_H = 100 * 366 * 24
 _JSONB_MAX_BYTES = 255 * 1024 * 1024  # jsonb's own limit
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, DashboardSettings):
     """Everything the host can be told. Field aliases are the environment variable names."""
 
     model_config = SettingsConfigDict(
@@ -137,27 +137,6 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         validation_alias="POEL_QUEUE_METRICS_INTERVAL_S",
     )
-    dashboard_host: str = Field(default="127.0.0.1", validation_alias="POEL_DASHBOARD_HOST")
-    dashboard_port: int = Field(
-        default=8081, ge=0, le=65_535, validation_alias="POEL_DASHBOARD_PORT"
-    )
-    dashboard_token: SecretStr | None = Field(default=None, validation_alias="POEL_DASHBOARD_TOKEN")
-    dashboard_payloads: Literal["shown", "hidden"] | None = Field(
-        default=None, validation_alias="POEL_DASHBOARD_PAYLOADS"
-    )
-    dashboard_session_hours: float = Field(
-        default=12,
-        gt=0,
-        le=720,
-        allow_inf_nan=False,
-        validation_alias="POEL_DASHBOARD_SESSION_HOURS",
-    )
-    dashboard_secure_cookies: Literal["auto", "always"] = Field(
-        default="auto", validation_alias="POEL_DASHBOARD_SECURE_COOKIES"
-    )
-    dashboard_trusted_proxies: str | None = Field(
-        default=None, validation_alias="POEL_DASHBOARD_TRUSTED_PROXIES"
-    )
     processes: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,
@@ -185,20 +164,6 @@ class Settings(BaseSettings):
         url = value.get_secret_value()
         if not url.startswith(("postgresql://", "postgres://")) and "=" not in url:
             raise ValueError("must be a postgresql:// URL or a libpq key=value string")
-        return value
-
-    @field_validator("dashboard_token")
-    @classmethod
-    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 16:
-            raise ValueError("must be at least 16 characters (a random string)")
-        return value
-
-    @field_validator("dashboard_trusted_proxies")
-    @classmethod
-    def _networks(cls, value: str | None) -> str | None:
-        for part in _split(value or ""):
-            ipaddress.ip_network(part, strict=False)  # a ValueError names the bad part
         return value
 
     @field_validator("schema_name")
@@ -272,24 +237,18 @@ class Settings(BaseSettings):
         return self.dashboard_payloads == "shown"
 
     @property
-    def trusted_proxies(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        """The proxies whose X-Forwarded-For and X-Forwarded-Proto the dashboard believes."""
-        parts = _split(self.dashboard_trusted_proxies or "")
-        return [ipaddress.ip_network(part, strict=False) for part in parts]
-
-    @property
     def plugins_to_load(self) -> list[str] | None:
         """``None`` loads every installed plugin; an empty list loads none."""
-        return None if self.load_plugins is None else _split(self.load_plugins)
+        return None if self.load_plugins is None else comma_list(self.load_plugins)
 
     @property
     def plugins_disabled(self) -> list[str]:
-        return _split(self.disabled_plugins)
+        return comma_list(self.disabled_plugins)
 
     @property
     def queue_names(self) -> list[str] | None:
         """``None`` means every queue."""
-        return None if self.queues is None else _split(self.queues)
+        return None if self.queues is None else comma_list(self.queues)
 
     def public(self) -> dict[str, Any]:
         """The settings with secrets masked: safe for logs and HTTP answers."""
@@ -327,7 +286,3 @@ def runtime_env(
         if value and value.strip():
             return ("production" if value.strip().lower() == "production" else "development"), name
     return "development", None
-
-
-def _split(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
