@@ -78,6 +78,10 @@ def serve(settings: Settings) -> int:
         watchdog.start()
     plugins = load_selected_plugins(settings, log)
     prepare_schema(settings, plugins, log)
+    if settings.supabase_url and settings.supabase_service_role_key:
+        from poel_host.supabase_client import warm_up  # (it imports httpx)
+
+        warm_up(log)
     worker = Worker(settings, plugins, log=log)
     if settings.blocking_warn_ms:
         worker.metrics.event_loop_blocks = watchdog.blocks_seen

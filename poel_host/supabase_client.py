@@ -81,6 +81,17 @@ def _acquire(lock: Any) -> None:
         pause = min(pause * 2, 0.02)
 
 
+def warm_up(log: Any) -> None:
+    """Import supabase-py at start (serve's, a child's; called when the settings are
+    there), so the first job to read ``ctx.supabase`` does not pay for it on its time (a
+    second on a busy machine, with the event loop blocked). A broken install is said
+    here, and again by the first job that uses the client."""
+    try:
+        import supabase  # noqa: F401
+    except ImportError as exc:
+        log.warning("supabase client cannot be imported", error=str(exc))
+
+
 def missing_settings(settings: Settings | None) -> list[str]:
     """The variables ``ctx.supabase`` needs that ``settings`` lacks."""
     if settings is None:

@@ -145,6 +145,7 @@ def test_reserved_slots_count_as_taken_until_unreserved():
     runners: Runners[int] = Runners(4, lambda _: None)
     runners.reserve(4)  # a claim of four in flight
     assert runners.free_count() == 0
+    assert (len(runners), runners.running()) == (4, 0)  # taken, but nothing runs yet
     assert not runners.join(timeout=0.01)
     gevent.spawn_later(0.05, runners.unreserve, 3)  # it came back with one job
     with gevent.Timeout(5):

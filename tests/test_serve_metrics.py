@@ -117,3 +117,25 @@ def test_metrics_parse_and_count_jobs_claims_capacity_and_queue_depths(
     names = {family.name for family in openmetrics_families(text)}
     assert {"poel_jobs_finished", "poel_job_duration_seconds", "poel_queue_depth"} <= names
     assert worker.stop() == 0
+
+
+def test_a_claim_in_flight_is_not_counted_as_running(poel_settings, poel_plugins, poel_green):
+    # An idle worker scraped while a claim is in flight read as busy with the claim's
+    # limit (the slots it holds): /metrics counts jobs, not reservations.
+    from poel_host.logs import get_logger
+    from poel_host.worker import Worker
+    from poel_host.worker.readings import gauges, lanes
+
+    worker = Worker(poel_settings, poel_plugins, log=get_logger())
+    worker.open()  # pools and services, none started
+    try:
+        lane = worker.producer.lanes[0]
+        lane.slots.reserve(lane.batch)
+        assert len(lane.slots) == lane.batch
+        readings = lanes(worker)
+        assert readings[0].executor == lane.executor == "greenlet"
+        assert [r.busy for r in readings] == [0] * len(readings)
+        assert gauges(worker)["poel_jobs_running"][1] == 0
+        lane.slots.unreserve(lane.batch)
+    finally:
+        worker.close()

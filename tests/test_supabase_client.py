@@ -289,6 +289,30 @@ def test_serve_without_the_settings_fails_the_job_naming_them(
         )
 
 
+@pytest.mark.process
+@pytest.mark.parametrize("configured", [True, False])
+def test_serve_and_its_children_import_it_at_start_when_configured(
+    serve: Any, poel_queue: Any, poel_conn: Any, fake_supabase: Any, wait_for: Any, configured
+) -> None:
+    # The first job to read ctx.supabase must not pay for the import (a second, with the
+    # event loop blocked): serve and each child import it at start, but only when told
+    # where Supabase is.
+    handle = serve(
+        POEL_LOAD_PLUGINS=PLUGIN,
+        POEL_PROCESSES=1,
+        **(supabase_env(fake_supabase) if configured else {}),
+    )
+    ids = [
+        poel_queue.enqueue("test.supabase", {"op": "nothing"}),
+        poel_queue.enqueue("test.supabase_process", {"op": "nothing"}),
+    ]
+    rows = wait_for(lambda: finished(poel_conn, ids), timeout=60, what="the jobs")
+    assert {row["state"] for row in rows} == {"succeeded"}
+    seen = {row["jobId"]: row for row in handle.logs if row.get("msg") == "supabase imported"}
+    assert [seen[i]["imported"] for i in ids] == [configured, configured]
+    assert seen[ids[0]]["pid"] == handle.pid != seen[ids[1]]["pid"]
+
+
 def test_nothing_is_made_before_first_use() -> None:
     """A worker whose handlers never read ctx.supabase never imports supabase."""
     code = (

@@ -270,6 +270,10 @@ def main() -> int:
         print(f"{ERROR_PREFIX}{error_text(exc)}", file=sys.stderr)
         return 3
     log = get_logger()
+    if settings.supabase_url and settings.supabase_service_role_key:
+        from poel_host.supabase_client import warm_up  # (it imports httpx)
+
+        warm_up(log)
     for failed in plugins.failed:
         log.error("plugin failed to load in worker process", plugin=failed.name, error=failed.error)
     plugins.call("process_started", log, settings=settings)

@@ -28,7 +28,7 @@ def drain(worker: Worker) -> None:
     lanes = [lane.slots for lane in worker.producer.lanes]
     worker.log.info("worker draining", running=worker.running(), grace_seconds=grace)
     _join(lanes, grace)
-    if worker.running():
+    if any(len(lane) for lane in lanes):  # jobs still running, or a claim still in flight
         worker.cancelling.set()
         if worker.threads is not None:
             worker.threads.cancel.set()

@@ -104,6 +104,10 @@ class ProcessPool:
     def __len__(self) -> int:
         return len(self.slots)
 
+    def running(self) -> int:
+        """Jobs sent to a child or waiting for one (a claim in flight runs nothing)."""
+        return self.slots.items
+
     def ahead(self) -> int:
         """Jobs claimed ahead per busy child now: none unless recent jobs were short."""
         if self.pace >= AHEAD_BUDGET_S:

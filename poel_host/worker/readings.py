@@ -25,7 +25,7 @@ def gauges(worker: Worker) -> dict[str, tuple[str, int]]:
 def lanes(worker: Worker) -> list[Lane]:
     if worker.queue_pool is None:
         return []
-    return [Lane(lane.executor, len(lane.slots), lane.size) for lane in worker.producer.lanes]
+    return [Lane(lane.executor, lane.slots.running(), lane.size) for lane in worker.producer.lanes]
 
 
 def counters(worker: Worker) -> dict[str, tuple[str, int]]:

@@ -93,6 +93,10 @@ class Runners(Generic[T]):
         """Items submitted and not finished yet, and slots held by claims in flight."""
         return len(self.slots)
 
+    def running(self) -> int:
+        """Items submitted and not finished yet (a claim in flight runs nothing)."""
+        return self.slots.items
+
     def capacity(self) -> int:
         return self.size
 

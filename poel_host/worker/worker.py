@@ -218,7 +218,7 @@ class Worker:
             Pruner(self.store, s, log=self.log),
             Promoter(self.store, interval=s.poll_interval_ms / 1000, on_promoted=wake, log=log),
             Scheduler(list(self.plugins.jobs.values()), self.store, log=self.log),
-            Summary(self.metrics, running=lambda: len(self.slots), log=self.log),
+            Summary(self.metrics, running=self.running, log=self.log),
         ):
             self.supervisor.start(service)
         if s.queue_metrics_interval_s:
@@ -309,6 +309,7 @@ class Worker:
         return self._enqueuer.enqueue(job_type, payload, **options)
 
     def running(self) -> int:
-        """Jobs submitted to the lanes and not finished."""
+        """Jobs submitted to the lanes and not finished (claims in flight are not jobs:
+        counting them made an idle worker read as busy at a scrape during a claim)."""
         lanes = self.producer.lanes if self.queue_pool is not None else []
-        return sum(len(lane.slots) for lane in lanes) if lanes else len(self.slots)
+        return sum(lane.slots.running() for lane in lanes) if lanes else self.slots.running()

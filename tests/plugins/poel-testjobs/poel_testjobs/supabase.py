@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 from typing import Literal
 
@@ -26,7 +27,8 @@ class Call(BaseModel):
 
 
 def call(payload: Call, ctx: JobContext) -> None:
-    if payload.op == "nothing":
+    if payload.op == "nothing":  # but say whether supabase-py was imported before this job
+        ctx.log.info("supabase imported", imported="supabase" in sys.modules, pid=os.getpid())
         return
     client = ctx.supabase
     ctx.log.info(
