@@ -8,6 +8,8 @@
     python benchmarks/run.py cpu     [--cpu-jobs 400] [--cpu-ms 100] [--processes 2]
                                      [--concurrency 1,2,4] (procrastinate's)
     python benchmarks/run.py procdrain [--n 20000] [--processes 2]
+    python benchmarks/run.py soak    [--rate 2000] [--duration 600] [--serves 1] [--plot PNG]
+                                     (issue 18: a steady producer for a long time; soak.py)
     python benchmarks/run.py all     (drain to rss with their defaults, then a table)
 
 --poel-before VENV adds ``poel-before``, Poel from another virtualenv (the code before a
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import soak
 from adapters import System
 from adapters.pgqueuer_peer import PgQueuer
 from adapters.poel import Poel, PoelBefore, PoelExecutor
@@ -491,6 +494,17 @@ def bench_procdrain(args: argparse.Namespace, templates: Templates) -> str:
     return table + "\n".join(lines) + "\n"
 
 
+def bench_soak(args: argparse.Namespace, templates: Templates) -> str:
+    """A producer at ``--rate`` for ``--duration`` s against ``--serves`` serves, on a
+    server with production defaults, sampled for drift (``soak.py``; no templates: one
+    database, made and dropped by the soak)."""
+    if args.poel_before:
+        raise SystemExit("soak runs one Poel: --poel VENV runs another virtualenv's")
+    if args.quiet is not None:
+        note(f"[soak] machine busy before: {wait_quiet(args.quiet, args.quiet_wait):.2f} cores")
+    return soak.bench(args)
+
+
 # Machine description --------------------------------------------------------------------
 
 
@@ -543,6 +557,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace, Templates], str]] = {
     "rss": bench_rss,
     "cpu": bench_cpu,
     "procdrain": bench_procdrain,
+    "soak": bench_soak,
 }
 ALL = ["drain", "latency", "io", "scale", "rss"]  # what `all` runs (the issue 5 suite)
 DEFAULT_CONCURRENCY = {
@@ -551,7 +566,9 @@ DEFAULT_CONCURRENCY = {
     "io": [1000],
     "rss": [1000],
     "cpu": [1, 2, 4],  # procrastinate's concurrency: it runs sync tasks on that many threads
+    "soak": [100],
 }
+DEFAULT_RATE = {"latency": 20.0, "soak": 2000.0}  # jobs a second
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -561,7 +578,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=20_000, help="jobs to drain")
     parser.add_argument("--concurrency", type=_ints, help="e.g. 10,100")
     parser.add_argument("--count", type=int, default=200, help="latency: jobs measured")
-    parser.add_argument("--rate", type=float, default=20, help="latency: jobs a second")
+    parser.add_argument(
+        "--rate", type=float, help="latency (default 20), soak (2000): jobs a second"
+    )
     parser.add_argument("--jobs", type=int, default=1000, help="io: one-second jobs")
     parser.add_argument("--background", type=_ints, default=[10_000, 1_000_000])
     parser.add_argument("--slow-n", type=int, default=SLOW_N, help="jobs for slow systems")
@@ -604,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quiet-wait", type=float, default=600, help="--quiet: at most this many s a run"
     )
+    soak.add_arguments(parser)
     args = parser.parse_args(argv)
     os.environ["BENCH_SYNCHRONOUS_COMMIT"] = args.synchronous_commit
     if args.quiet is not None:
@@ -625,12 +645,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             ns = argparse.Namespace(**vars(args))
             if args.concurrency is None:
                 ns.concurrency = DEFAULT_CONCURRENCY.get(name, [10])
+            if args.rate is None:
+                ns.rate = DEFAULT_RATE.get(name, 20.0)
             tables.append(BENCHES[name](ns, templates))
     finally:
         templates.drop()
     print()
-    print(machine())
-    print()
+    if args.bench != "soak":  # the soak describes its own server (not this one)
+        print(machine())
+        print()
     print("\n".join(tables))
     return 0
 
