@@ -19,8 +19,8 @@ class ServerStore(StoreBase):
         table does not set ``autovacuum_enabled``), or None without a jobs table."""
         return self._one("autovacuum_settings", {"schema": self.schema}, connection)
 
-    def jobs_table_stats(self) -> dict[str, Any] | None:
+    def jobs_table_stats(self, connection: Conn | None = None) -> dict[str, Any] | None:
         """``{live_tuples, dead_tuples, last_vacuum_age_s, autovacuums, table_bytes,
         index_bytes: {index name: bytes}}`` (``last_vacuum_age_s`` None if never vacuumed
         since the statistics were reset), or None without a jobs table."""
-        return self._one("jobs_table_stats", {"schema": self.schema})
+        return self._one("jobs_table_stats", {"schema": self.schema}, connection)
