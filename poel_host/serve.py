@@ -15,12 +15,14 @@ from typing import Any
 import gevent
 
 from poel_host import migrations
+from poel_host.autovacuum import check_autovacuum
 from poel_host.database import connection_for
 from poel_host.green import check_green
 from poel_host.httpapp import make_app, start_server
 from poel_host.logs import get_logger
 from poel_host.plugins import Plugins, load_plugins
 from poel_host.settings import Settings
+from poel_host.store import Store
 from poel_host.watchdog import HubWatchdog
 from poel_host.worker import Worker
 
@@ -39,7 +41,8 @@ def load_selected_plugins(settings: Settings, log: Any) -> Plugins:
 
 
 def prepare_schema(settings: Settings, plugins: Plugins, log: Any) -> None:
-    """Migrate (POEL_AUTO_MIGRATE) or refuse to start on an out-of-date schema."""
+    """Migrate (POEL_AUTO_MIGRATE) or refuse to start on an out-of-date schema; then, on
+    the same connection, warn if autovacuum cannot clean the jobs table."""
     with connection_for(settings, "migrate") as conn:
         if settings.should_auto_migrate:
             applied = migrations.migrate(conn, settings.schema_name, plugins.migrations())
@@ -47,6 +50,7 @@ def prepare_schema(settings: Settings, plugins: Plugins, log: Any) -> None:
                 log.info("migrations applied", migrations=applied)
         else:
             migrations.check_up_to_date(conn, settings.schema_name, plugins.migrations())
+        check_autovacuum(Store(settings.schema_name), conn, log)
 
 
 def settle_memory() -> None:

@@ -111,6 +111,10 @@ def test_statements_about_attempts_read_no_jobs_beyond_theirs(big_table, name):
     assert scans and all(kind != "Seq Scan" for kind, _ in scans), scans
 
 
+def test_the_jobs_tables_statistics_read_no_row_of_it(big_table):
+    assert scans_of_jobs(plan(big_table, "jobs_table_stats", {"schema": "poel"})) == []
+
+
 JOBS_PAGE = {
     "before": 2**63 - 1,
     "limit": 50,

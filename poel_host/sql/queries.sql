@@ -331,6 +331,41 @@ CROSS JOIN LATERAL (
 ) AS o
 WHERE d.depth > 0
 
+-- jobs_table_stats --
+-- For /metrics, after queue_depths on the same connection: how the server sees the jobs
+-- table. Row versions live and dead (the statistics system's estimates, flushed by each
+-- backend within a second or so), seconds since its last vacuum by hand or by autovacuum
+-- (NULL if never since the statistics were reset), how many times autovacuum ran on it,
+-- and the size on disk of the table and of each of its indexes. Reads statistics views
+-- and file sizes, no row of the table. No row at all if the table is not there.
+SELECT t.n_live_tup AS live_tuples,
+       t.n_dead_tup AS dead_tuples,
+       extract(epoch FROM now() - greatest(t.last_vacuum, t.last_autovacuum))::float8
+           AS last_vacuum_age_s,
+       t.autovacuum_count AS autovacuums,
+       pg_catalog.pg_relation_size(t.relid) AS table_bytes,
+       (SELECT coalesce(
+                   jsonb_object_agg(i.indexrelname, pg_catalog.pg_relation_size(i.indexrelid)),
+                   jsonb_build_object())
+        FROM pg_catalog.pg_stat_user_indexes AS i
+        WHERE i.relid = t.relid) AS index_bytes
+FROM pg_catalog.pg_stat_user_tables AS t
+WHERE t.schemaname = %(schema)s AND t.relname = 'jobs'
+
+-- autovacuum_settings --
+-- At serve's start: whether autovacuum can clean the jobs table. The server's switches
+-- (autovacuum, and track_counts, without which autovacuum never knows a table needs it)
+-- and the table's own storage parameter autovacuum_enabled (NULL when the table does not
+-- set it). All three are readable by any role. No row if the table is not there.
+SELECT current_setting('autovacuum')::boolean AS server_autovacuum,
+       current_setting('track_counts')::boolean AS track_counts,
+       (SELECT o.option_value::boolean
+        FROM pg_catalog.pg_options_to_table(c.reloptions) AS o
+        WHERE o.option_name = 'autovacuum_enabled') AS table_autovacuum
+FROM pg_catalog.pg_class AS c
+JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relname = 'jobs' AND c.relkind IN ('r', 'p')
+
 -- get_job --
 -- One job by id.
 SELECT id, queue, job_type, payload, state::text AS state, priority, run_at, attempts,

@@ -11,7 +11,8 @@ so every service catches one exception and every message has the password masked
 The methods live in one module per caller: :mod:`.jobs` (enqueueing and the worker's job
 path), :mod:`.workers` (the registry of workers), :mod:`.operators` (the CLI, the
 dashboard and the test kit), :mod:`.sessions` (the dashboard's sign-ins),
-:mod:`.migrations`; :mod:`.base` holds the plumbing they share. :class:`Store` is all of
+:mod:`.migrations`, :mod:`.server` (the server's own settings and statistics about the jobs
+table); :mod:`.base` holds the plumbing they share. :class:`Store` is all of
 them, so one store serves a worker or a dashboard.
 """
 
@@ -21,6 +22,7 @@ from poel_host.store.base import DB_ERRORS, Conn, Source, StoreBase, claim_query
 from poel_host.store.jobs import JobStore, OutcomeRow
 from poel_host.store.migrations import MigrationStore
 from poel_host.store.operators import OperatorStore
+from poel_host.store.server import ServerStore
 from poel_host.store.sessions import SessionStore
 from poel_host.store.workers import WorkerStore
 
@@ -31,6 +33,7 @@ __all__ = [
     "MigrationStore",
     "OperatorStore",
     "OutcomeRow",
+    "ServerStore",
     "SessionStore",
     "Source",
     "Store",
@@ -41,5 +44,5 @@ __all__ = [
 ]
 
 
-class Store(JobStore, WorkerStore, OperatorStore, SessionStore, MigrationStore):
+class Store(JobStore, WorkerStore, OperatorStore, SessionStore, MigrationStore, ServerStore):
     """Poel's tables in one schema, reached through ``source``: every part of the store."""

@@ -14,9 +14,11 @@ its own metrics, never collide. Three kinds of values:
   each executor's capacity and how much of it is in use, draining, the lease keeper's
   counts (written by its OS thread alone, so plain integers there: a lock of gevent's is
   not for other threads), event-loop blocks (the watchdog's thread), the process pool's.
-- **Queue depths** by queue and job type, with the oldest due job's age: from the
-  database, by :class:`~poel_host.worker.depths.QueueDepths` every few seconds, never on a
-  scrape; a scrape reads its last answer.
+- **Queue depths** by queue and job type, with the oldest due job's age, and **the jobs
+  table as the server sees it** (live and dead row versions, the last vacuum's age,
+  autovacuum runs, sizes): from the database, by
+  :class:`~poel_host.worker.depths.QueueDepths` every few seconds, never on a scrape; a
+  scrape reads its last answer.
 
 Names and units follow Prometheus' conventions (``_total`` counters, ``_seconds``).
 """
@@ -62,6 +64,18 @@ class LeaseCounts:
 
 
 @dataclass(frozen=True)
+class JobsTable:
+    """The jobs table as the server's statistics see it (``jobs_table_stats`` in the SQL)."""
+
+    live_tuples: int
+    dead_tuples: int
+    last_vacuum_age_s: float  # NaN: never vacuumed since the statistics were reset
+    autovacuums: int
+    table_bytes: int
+    index_bytes: Mapping[str, int]  # index name -> bytes
+
+
+@dataclass(frozen=True)
 class Lane:
     """One executor's capacity, as a scrape sees it."""
 
@@ -86,6 +100,8 @@ class Metrics:
         self.event_loop_blocks: Callable[[], int] | None = None
         # (queue, job type) -> (due jobs, oldest due job's age in seconds): QueueDepths'.
         self.queues: dict[tuple[str, str], tuple[int, float]] = {}
+        # The jobs table's statistics, QueueDepths' too (None: not read yet, or unreadable).
+        self.jobs_table: JobsTable | None = None
         # (from phase, to phase) -> times: the held attempts' transitions (see held.py).
         self.transitions: collections.Counter[tuple[str, str]] = collections.Counter()
         # service -> times it died and was restarted: the supervisor's.
@@ -269,6 +285,50 @@ class _Scraped:
             oldest.add_metric([queue, job_type], age)
         yield depth
         yield oldest
+        yield from _jobs_table(m.jobs_table)
+
+
+def _jobs_table(table: JobsTable | None) -> Iterator[Metric]:
+    """The jobs table's gauges (and autovacuum's counter): without samples until read."""
+    gauges = {
+        "poel_jobs_table_live_tuples": (
+            "Live rows of the jobs table (the server's estimate, n_live_tup).",
+            "live_tuples",
+        ),
+        "poel_jobs_table_dead_tuples": (
+            "Dead row versions in the jobs table that no vacuum has removed yet (n_dead_tup).",
+            "dead_tuples",
+        ),
+        "poel_jobs_table_last_vacuum_age_seconds": (
+            "Seconds since the jobs table was last vacuumed, by hand or by autovacuum "
+            "(NaN if never since the server's statistics were reset).",
+            "last_vacuum_age_s",
+        ),
+        "poel_jobs_table_size_bytes": (
+            "Size of the jobs table's heap on disk (without indexes or TOAST).",
+            "table_bytes",
+        ),
+    }
+    for name, (text, field) in gauges.items():
+        gauge = GaugeMetricFamily(name, text)
+        if table is not None:
+            gauge.add_metric([], getattr(table, field))
+        yield gauge
+    autovacuums = CounterMetricFamily(
+        "poel_jobs_table_autovacuums",
+        "Times autovacuum vacuumed the jobs table (the server's count, autovacuum_count).",
+    )
+    indexes = GaugeMetricFamily(
+        "poel_jobs_index_size_bytes",
+        "Size on disk of each index of the jobs table (jobs_ready_idx: the claim's).",
+        labels=["index"],
+    )
+    if table is not None:
+        autovacuums.add_metric([], table.autovacuums)
+        for index, size in sorted(table.index_bytes.items()):
+            indexes.add_metric([index], size)
+    yield autovacuums
+    yield indexes
 
 
 class Summary(Service):
