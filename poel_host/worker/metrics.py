@@ -43,6 +43,9 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 from poel_host.worker.supervisor import Service
+from poel_host.worker.table_metrics import JobsTable, jobs_table_families
+
+__all__ = ["JobsTable", "Lane", "Metrics", "Summary"]
 
 SUMMARY_INTERVAL_S = 10.0
 # Jobs last from a millisecond (a no-op) to an hour (JOB_TIMEOUT_MS allows more).
@@ -61,18 +64,6 @@ class LeaseCounts:
     failures: int = 0  # renewal statements that failed (the database unavailable)
     lost: int = 0  # leases found lost (expired, or the job taken by another worker)
     given_up: int = 0  # leases no longer renewed: their job ran past its timeout
-
-
-@dataclass(frozen=True)
-class JobsTable:
-    """The jobs table as the server's statistics see it (``jobs_table_stats`` in the SQL)."""
-
-    live_tuples: int
-    dead_tuples: int
-    last_vacuum_age_s: float  # NaN: never vacuumed since the statistics were reset
-    autovacuums: int
-    table_bytes: int
-    index_bytes: Mapping[str, int]  # index name -> bytes
 
 
 @dataclass(frozen=True)
@@ -285,50 +276,7 @@ class _Scraped:
             oldest.add_metric([queue, job_type], age)
         yield depth
         yield oldest
-        yield from _jobs_table(m.jobs_table)
-
-
-def _jobs_table(table: JobsTable | None) -> Iterator[Metric]:
-    """The jobs table's gauges (and autovacuum's counter): without samples until read."""
-    gauges = {
-        "poel_jobs_table_live_tuples": (
-            "Live rows of the jobs table (the server's estimate, n_live_tup).",
-            "live_tuples",
-        ),
-        "poel_jobs_table_dead_tuples": (
-            "Dead row versions in the jobs table that no vacuum has removed yet (n_dead_tup).",
-            "dead_tuples",
-        ),
-        "poel_jobs_table_last_vacuum_age_seconds": (
-            "Seconds since the jobs table was last vacuumed, by hand or by autovacuum "
-            "(NaN if never since the server's statistics were reset).",
-            "last_vacuum_age_s",
-        ),
-        "poel_jobs_table_size_bytes": (
-            "Size of the jobs table's heap on disk (without indexes or TOAST).",
-            "table_bytes",
-        ),
-    }
-    for name, (text, field) in gauges.items():
-        gauge = GaugeMetricFamily(name, text)
-        if table is not None:
-            gauge.add_metric([], getattr(table, field))
-        yield gauge
-    autovacuums = CounterMetricFamily(
-        "poel_jobs_table_autovacuums",
-        "Times autovacuum vacuumed the jobs table (the server's count, autovacuum_count).",
-    )
-    indexes = GaugeMetricFamily(
-        "poel_jobs_index_size_bytes",
-        "Size on disk of each index of the jobs table (jobs_ready_idx: the claim's).",
-        labels=["index"],
-    )
-    if table is not None:
-        autovacuums.add_metric([], table.autovacuums)
-        for index, size in sorted(table.index_bytes.items()):
-            indexes.add_metric([index], size)
-    yield autovacuums
-    yield indexes
+        yield from jobs_table_families(m.jobs_table)
 
 
 class Summary(Service):
