@@ -31,7 +31,8 @@ Nothing here is public API (plugins reach the host only through ``poel_host``'s 
 | ``pruner.py`` | deleting finished jobs past their retention |
 | ``scheduler.py`` | enqueueing periodic jobs once per slot |
 | ``listener.py`` | LISTEN for inserted jobs, or polling alone |
-| ``metrics.py`` | counters for ``/metrics`` and the periodic summary |
+| ``metrics.py`` | counters for ``/metrics`` (``table_metrics.py``: the jobs table's) |
+| ``summary.py`` | the periodic "jobs finished" log line |
 """
 
 from __future__ import annotations

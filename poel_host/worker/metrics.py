@@ -1,4 +1,4 @@
-"""This worker's metrics (``GET /metrics``) and the periodic "jobs finished" summary.
+"""This worker's metrics (``GET /metrics``; the "jobs finished" log line is ``summary.py``'s).
 
 Built on ``prometheus_client``, with a registry of each worker's own (never the process-wide
 default), so that two workers in one test process, or a web app that imports Poel beside
@@ -29,9 +29,7 @@ import bisect
 import collections
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-import gevent
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -42,12 +40,10 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
-from poel_host.worker.supervisor import Service
 from poel_host.worker.table_metrics import JobsTable, jobs_table_families
 
-__all__ = ["JobsTable", "Lane", "Metrics", "Summary"]
+__all__ = ["JobsTable", "Lane", "Metrics"]
 
-SUMMARY_INTERVAL_S = 10.0
 # Jobs last from a millisecond (a no-op) to an hour (JOB_TIMEOUT_MS allows more).
 JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 # A claim is one statement: around a millisecond, far more when the database struggles.
@@ -277,28 +273,3 @@ class _Scraped:
         yield depth
         yield oldest
         yield from jobs_table_families(m.jobs_table)
-
-
-class Summary(Service):
-    """Logs how many jobs finished, by outcome, every SUMMARY_INTERVAL_S (if any did):
-    per-job lines are at debug, since at info they cost as much CPU as a no-op job."""
-
-    name = "summary"
-
-    def __init__(self, metrics: Metrics, *, running: Callable[[], int], log: Any) -> None:
-        super().__init__()
-        self.metrics = metrics
-        self.running = running
-        self.log = log
-
-    def run(self) -> None:
-        reported: collections.Counter[str] = collections.Counter()
-        while True:
-            gevent.sleep(SUMMARY_INTERVAL_S)
-            window = self.metrics.finished - reported
-            if window:
-                reported = self.metrics.finished.copy()
-                self.log.info(
-                    "jobs finished", window_s=SUMMARY_INTERVAL_S, running=self.running(), **window
-                )
-            self.passed()

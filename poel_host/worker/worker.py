@@ -41,7 +41,7 @@ from poel_host.worker.held import Held, HeldJob
 from poel_host.worker.job_connections import JobConnections
 from poel_host.worker.leases import LeaseKeeper
 from poel_host.worker.listener import Listener
-from poel_host.worker.metrics import Metrics, Summary
+from poel_host.worker.metrics import Metrics
 from poel_host.worker.problems import Problems
 from poel_host.worker.processes import ProcessPool
 from poel_host.worker.producer import Lane, Producer
@@ -52,6 +52,7 @@ from poel_host.worker.rescuer import Rescuer
 from poel_host.worker.run_once import run_once
 from poel_host.worker.runners import Runners
 from poel_host.worker.scheduler import Scheduler
+from poel_host.worker.summary import Summary
 from poel_host.worker.supervisor import Supervisor
 from poel_host.worker.threads import Threads
 
