@@ -98,5 +98,6 @@ class PackageSql:
         return sql.SQL(self.blocks[name]).format(**names)
 
     def migration(self, version: int, name: str) -> Migration:
-        """``Migration(version, name, <sql/migrations/NNNN_name.sql>)``."""
+        """``Migration(version, name, <sql/migrations/NNNN_name.sql>)``, outside a
+        transaction if the file has the line ``-- poel: no-transaction``."""
         return Migration(version, name, self.read("migrations", f"{version:04d}_{name}.sql"))
