@@ -100,6 +100,10 @@ class Run:
             self._migrate(find_pending)
         except _Failed as failed:  # raised here, once its transaction has rolled back
             raise PoelError(self._message(failed)) from None
+        except DatabaseUnavailable as exc:  # the run's own statements (pending, record)
+            if self.conn.broken or not isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
+                raise
+            raise PoelError(self._lock_message("migrate", "nothing was applied")) from None
 
     def _migrate(self, find_pending: Callable[[psycopg.Connection[Any]], Pending]) -> None:
         conn, store = self.conn, self.store
@@ -164,7 +168,12 @@ class Run:
     def _message(self, failed: _Failed) -> str:
         outside = not failed.migration.transaction
         if isinstance(failed.cause, psycopg.errors.LockNotAvailable):
-            return self._lock_message(failed, outside)
+            done = (
+                "its statements before that one stay applied (it runs outside a transaction)"
+                if outside
+                else "it was rolled back"
+            )
+            return self._lock_message(f"migration {failed.label}", done)
         message = f"migration {failed.label} failed: {one_line(failed.cause)}"
         if outside:
             message += (
@@ -173,15 +182,9 @@ class Run:
             )
         return message
 
-    def _lock_message(self, failed: _Failed, outside: bool) -> str:
-        ms = self.lock_timeout_ms
-        done = (
-            "its statements before that one stay applied (it runs outside a transaction)"
-            if outside
-            else "it was rolled back"
-        )
+    def _lock_message(self, who: str, done: str) -> str:
         return (
-            f"migration {failed.label} could not take a lock within {ms} ms "
+            f"{who} could not take a lock within {self.lock_timeout_ms} ms "
             f"(POEL_MIGRATION_LOCK_TIMEOUT_MS), and {done}: a transaction holds a table it "
             "changes, and waiting for it would have held up every claim behind it. "
             f"{self._holders()}Find it in pg_stat_activity (oldest xact_start), let it end "

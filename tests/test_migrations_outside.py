@@ -249,3 +249,24 @@ def test_a_concurrent_build_waits_for_old_transactions_past_the_lock_timeout(poe
         migrator.join(timeout=10)
         assert migrator.value == ["poel-cw:0001_cw_index"], migrator.exception
         assert index_valid(watcher, "public.cw_v_idx") is True
+
+
+def test_the_cli_takes_the_lock_timeout_from_the_environment(poel_dsn, poel_cli):
+    """``POEL_MIGRATION_LOCK_TIMEOUT_MS`` reaches ``migrate``; a lock on the run's own
+    bookkeeping is refused as clearly as one on a migration's table."""
+    with connection(poel_dsn, autocommit=False) as blocker:
+        blocker.execute("LOCK TABLE poel.migrations IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        result = poel_cli(
+            "migrate",
+            DATABASE_URL=poel_dsn,
+            POEL_LOAD_PLUGINS="",
+            POEL_MIGRATION_LOCK_TIMEOUT_MS=300,
+        )
+        assert time.monotonic() - started < 30
+        assert result.returncode != 0
+        assert "migrate could not take a lock within 300 ms" in result.stderr, result.stderr
+        assert f"pid {blocker.info.backend_pid} " in result.stderr
+        assert "Traceback" not in result.stderr
+    result = poel_cli("migrate", DATABASE_URL=poel_dsn, POEL_LOAD_PLUGINS="")
+    assert result.returncode == 0, result.stderr
