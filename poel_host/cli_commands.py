@@ -34,7 +34,12 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
     plugins = load_selected_plugins(settings, get_logger())
     with connection_for(settings, "migrate") as conn:
-        applied = migrations.migrate(conn, settings.schema_name, plugins.migrations())
+        applied = migrations.migrate(
+            conn,
+            settings.schema_name,
+            plugins.migrations(),
+            lock_timeout_ms=settings.migration_lock_timeout_ms,
+        )
     if applied:
         for name in applied:
             print(f"applied {name}")

@@ -38,8 +38,10 @@ def register_migrations() -> list[Any]:  # type: ignore[empty-body]
     """Return this plugin's :class:`poel_host.Migration` objects (versioned SQL).
 
     ``poel-host migrate`` applies those not yet applied, in version order, in the same
-    transaction as the host's, and records them under the plugin's name. Use it to create
-    the tables your handlers work on.
+    transaction as the host's (one with ``transaction=False``, or whose SQL has the line
+    ``-- poel: no-transaction``, outside any: for ``CREATE INDEX CONCURRENTLY``), and
+    records them under the plugin's name. Use it to create the tables your handlers work
+    on.
     """
 
 

@@ -1,7 +1,10 @@
 """Versioned SQL migrations for the host and for plugins, applied by ``poel-host migrate``.
 
-Migrations run in one transaction under an advisory lock, so any number of processes can
-run ``migrate`` at once: the first applies, the others wait and find nothing to do. Each
+A run holds an advisory lock of the session, so any number of processes can run
+``migrate`` at once: the first applies, the others wait and find nothing to do. Pending
+migrations run in transactions, except those that say they must not
+(``Migration.transaction``, the line ``-- poel: no-transaction``), and every statement
+waits for a lock no longer than ``lock_timeout_ms`` (see :mod:`poel_host.migrating`). Each
 applied migration is recorded in ``<schema>.migrations`` under its owner (``poel-host``
 or the plugin's name).
 """
@@ -15,15 +18,24 @@ from importlib import resources
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from poel_host.errors import DatabaseUnavailable, PoelError, SchemaOutOfDate, one_line
-from poel_host.sqlfiles import Migration, read_sql, with_schema
+from poel_host.errors import DatabaseUnavailable, SchemaOutOfDate, one_line
+from poel_host.migrating import HOST, Run, autocommit, session_lock
+from poel_host.sqlfiles import Migration
 from poel_host.store import MigrationStore
 
-__all__ = ["HOST", "Migration", "check_up_to_date", "host_migrations", "migrate", "pending"]
+__all__ = [
+    "DEFAULT_LOCK_TIMEOUT_MS",
+    "HOST",
+    "Migration",
+    "check_up_to_date",
+    "host_migrations",
+    "migrate",
+    "pending",
+]
 
-HOST = "poel-host"
+# How long a migration's statement may wait for a lock (POEL_MIGRATION_LOCK_TIMEOUT_MS).
+DEFAULT_LOCK_TIMEOUT_MS = 5_000
 _FILE = re.compile(r"^(?P<version>\d+)_(?P<name>[\w-]+)\.sql$")
 
 
@@ -60,36 +72,31 @@ def migrate(
     conn: psycopg.Connection[Any],
     schema: str,
     plugin_migrations: Iterable[tuple[str, Migration]] = (),
+    *,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
 ) -> list[str]:
-    """Apply what is pending; returns ``owner:version_name`` for each migration applied."""
-    applied = []
+    """Apply what is pending; returns ``owner:version_name`` for each migration applied.
+
+    Every statement may wait ``lock_timeout_ms`` for a lock (0: for ever), except the
+    ``CONCURRENTLY`` ones of a migration outside a transaction, which wait as long as they
+    need and have no statement_timeout: their locks stop no claim.
+    """
     store = MigrationStore(schema)
+    plugin_migrations = list(plugin_migrations)
     try:
-        with conn.transaction():
-            store.lock_migrations(conn, lock_key(schema))
-            store.run_script(conn, with_schema(read_sql("schema.sql"), schema))
-            for owner, migration in pending(conn, schema, plugin_migrations):
-                text = migration.sql
-                statement = with_schema(text, schema) if owner == HOST else sql.SQL(text)
-                try:
-                    store.run_script(conn, statement)
-                except (DatabaseUnavailable, psycopg.Error) as exc:
-                    if isinstance(exc, DatabaseUnavailable) and conn.broken:
-                        raise  # the connection was lost, not the migration wrong
-                    cause = exc.__cause__ if isinstance(exc, DatabaseUnavailable) else exc
-                    raise PoelError(
-                        f"migration {owner} {migration.version:04d}_{migration.name} failed: "
-                        f"{one_line(cause or exc)}"
-                    ) from None
-                store.record_migration(conn, owner, migration.version, migration.name)
-                applied.append(f"{owner}:{migration.version:04d}_{migration.name}")
-            # Every time, so a database migrated before this step closes too.
-            store.close_schema(conn)
+        with autocommit(conn), session_lock(conn, store, lock_key(schema)):
+            saved = store.migration_timeouts(conn)
+            run = Run(conn, store, lock_timeout_ms)
+            try:
+                run.migrate(lambda c: pending(c, schema, plugin_migrations))
+            finally:
+                if not conn.broken:
+                    store.set_migration_timeouts(conn, **saved)
     except DatabaseUnavailable as exc:
         raise DatabaseUnavailable(f"migration interrupted: {exc}") from None
-    except psycopg.OperationalError as exc:  # the transaction's own COMMIT or ROLLBACK
+    except psycopg.OperationalError as exc:  # a transaction's own COMMIT or ROLLBACK
         raise DatabaseUnavailable(f"migration interrupted: {one_line(exc)}") from None
-    return applied
+    return run.applied
 
 
 def check_up_to_date(

@@ -45,7 +45,12 @@ def prepare_schema(settings: Settings, plugins: Plugins, log: Any) -> None:
     the same connection, warn if autovacuum cannot clean the jobs table."""
     with connection_for(settings, "migrate") as conn:
         if settings.should_auto_migrate:
-            applied = migrations.migrate(conn, settings.schema_name, plugins.migrations())
+            applied = migrations.migrate(
+                conn,
+                settings.schema_name,
+                plugins.migrations(),
+                lock_timeout_ms=settings.migration_lock_timeout_ms,
+            )
             if applied:
                 log.info("migrations applied", migrations=applied)
         else:

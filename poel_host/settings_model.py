@@ -98,6 +98,10 @@ class Settings(BaseSettings, DashboardSettings):
         default=5, ge=1, le=3_600, validation_alias="POEL_CONNECT_TIMEOUT_S"
     )
     auto_migrate: bool | None = Field(default=None, validation_alias="POEL_AUTO_MIGRATE")
+    # How long a migration's statement waits for a lock (0: for ever); poel_host.migrating
+    migration_lock_timeout_ms: int = Field(
+        default=5_000, ge=0, le=_HOUR_MS, validation_alias="POEL_MIGRATION_LOCK_TIMEOUT_MS"
+    )
     pooler: Literal["none", "transaction"] = Field(default="none", validation_alias="POEL_POOLER")
     local_database_url: SecretStr = Field(
         default=SecretStr(DEFAULT_DATABASE_URL), validation_alias="POEL_LOCAL_DATABASE_URL"

@@ -17,6 +17,9 @@ from importlib import resources
 from psycopg import sql
 
 _BLOCK = re.compile(r"^-- (?P<name>[a-z_]+) --$", re.MULTILINE)
+# The line by which a migration's SQL says it must run outside a transaction.
+NO_TRANSACTION = "-- poel: no-transaction"
+_NO_TRANSACTION = re.compile(rf"^[ \t]*{re.escape(NO_TRANSACTION)}[ \t]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,24 @@ class Migration:
 
     Host migrations may use ``{schema}`` for the configured schema; a plugin's SQL is run
     as written.
+
+    ``transaction=False`` (or a line ``-- poel: no-transaction`` in the SQL, which sets it)
+    runs the statements one by one outside a transaction, as ``CREATE INDEX CONCURRENTLY``
+    needs, and records the migration once they all succeeded. A failure part way leaves
+    the statements before it applied and the migration pending, so such a migration must
+    be safe to run again from its start: ``DROP INDEX CONCURRENTLY IF EXISTS x;`` before
+    ``CREATE INDEX CONCURRENTLY x ...`` (a failed build leaves an INVALID index that
+    ``IF NOT EXISTS`` would keep), ``ADD COLUMN IF NOT EXISTS``.
     """
 
     version: int
     name: str
     sql: str
+    transaction: bool = True
+
+    def __post_init__(self) -> None:
+        if self.transaction and _NO_TRANSACTION.search(self.sql):
+            object.__setattr__(self, "transaction", False)
 
 
 def read_sql(name: str) -> str:
@@ -82,5 +98,6 @@ class PackageSql:
         return sql.SQL(self.blocks[name]).format(**names)
 
     def migration(self, version: int, name: str) -> Migration:
-        """``Migration(version, name, <sql/migrations/NNNN_name.sql>)``."""
+        """``Migration(version, name, <sql/migrations/NNNN_name.sql>)``, outside a
+        transaction if the file has the line ``-- poel: no-transaction``."""
         return Migration(version, name, self.read("migrations", f"{version:04d}_{name}.sql"))

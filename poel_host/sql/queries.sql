@@ -482,8 +482,36 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM PUBLIC;
 ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC
 
 -- lock_migrations --
--- Serialise migrations of one schema across processes, until the transaction ends.
-SELECT pg_advisory_xact_lock(%(key)s)
+-- Serialise migrations of one schema across processes, for the whole run (a migration
+-- outside a transaction commits part way). Tried, not waited on: a session waiting in
+-- pg_advisory_lock holds a snapshot, which CREATE INDEX CONCURRENTLY in the session
+-- holding the lock waits to end. The caller polls instead. A migrator of an older
+-- version waiting in pg_advisory_xact_lock on the same key is still kept out.
+SELECT pg_try_advisory_lock(%(key)s) AS locked
+
+-- unlock_migrations --
+-- The end of a run (the session's end releases the lock too).
+SELECT pg_advisory_unlock(%(key)s) AS unlocked
+
+-- migration_timeouts --
+-- The session's timeouts before a run, restored after it.
+SELECT current_setting('lock_timeout') AS lock_timeout,
+       current_setting('statement_timeout') AS statement_timeout
+
+-- set_migration_timeouts --
+-- Session-wide, so that they hold inside the run's transactions and outside them.
+SELECT set_config('lock_timeout', %(lock_timeout)s, false),
+       set_config('statement_timeout', %(statement_timeout)s, false)
+
+-- long_transactions --
+-- The oldest transactions open longer than a migration waited for its lock: what to look
+-- at when it could not take the lock.
+SELECT pid, usename AS role, application_name,
+       extract(epoch FROM now() - xact_start)::int AS seconds, state
+FROM pg_stat_activity
+WHERE xact_start < now() - %(ms)s * interval '1 millisecond' AND pid <> pg_backend_pid()
+ORDER BY xact_start
+LIMIT 3
 
 -- migrations_table_exists --
 -- Whether the schema's migrations table exists yet (a fresh database has none).
