@@ -132,11 +132,7 @@ class Run:
         self.applied.append(f"{owner}:{migration.version:04d}_{migration.name}")
 
     def _apply_outside(self, owner: str, migration: Migration) -> None:
-        try:
-            statements = split_statements(migration.sql)
-        except ValueError as exc:
-            raise _Failed(owner, migration, exc) from None
-        for text in statements:
+        for text in split_statements(migration.sql):
             concurrently = bool(_CONCURRENTLY.search(text))
             if concurrently:
                 self._timeouts(concurrently=True)
