@@ -342,6 +342,29 @@ def wait_sql(poel_dsn: str) -> Callable[..., Any]:
 
 
 @pytest.fixture
+def job_lease() -> Callable[[Any, int], dict[str, Any]]:
+    """``job_lease(conn, job_id)``: the job's state, attempts, errors and lease, with
+    ``lease_until`` (when its lease ends, as every rescuer computes it: its own expiry if
+    it has one, else its worker's heartbeat plus that worker's ``stale_after_ms``) and
+    ``lease_ahead`` (whether that is still ahead of ``now()``)."""
+
+    def row(conn: Any, job_id: int) -> dict[str, Any]:
+        found: dict[str, Any] = conn.execute(
+            "SELECT *, lease_until > now() AS lease_ahead FROM ("
+            " SELECT j.state::text AS state, j.attempts, j.errors, j.lease_owner,"
+            " j.lease_expires_at, now() AS now, coalesce(j.lease_expires_at,"
+            "  w.heartbeat_at + w.stale_after_ms * interval '1 millisecond') AS lease_until"
+            " FROM poel.jobs AS j LEFT JOIN poel.workers AS w ON w.owner = j.lease_owner"
+            " WHERE j.id = %s) AS r",
+            [job_id],
+        ).fetchone()
+        assert found is not None, f"job {job_id} not found"
+        return found
+
+    return row
+
+
+@pytest.fixture
 def job(poel_conn: Any) -> Callable[[int], dict[str, Any]]:
     """``job(job_id)``: the job's row in ``poel.jobs`` (a dict), read on ``poel_conn``."""
 

@@ -29,14 +29,6 @@ LEASE_WARNINGS = (
 )
 
 
-def job_row(conn, job_id: int):
-    return conn.execute(
-        "SELECT state::text AS state, attempts, errors, lease_owner, lease_expires_at,"
-        " lease_expires_at > now() AS lease_ahead FROM poel.jobs WHERE id = %s",
-        [job_id],
-    ).fetchone()
-
-
 def runs(conn, job_id: int) -> list[dict]:
     return conn.execute(
         "SELECT attempt, pid, note FROM poel_test_runs WHERE job_id = %s ORDER BY id", [job_id]
@@ -59,7 +51,7 @@ def metric(worker, name: str) -> float:
 
 
 def test_a_blocking_handler_within_its_timeout_keeps_its_lease(
-    serve, poel_queue, poel_conn, wait_sql
+    serve, poel_queue, poel_conn, wait_sql, job_lease
 ):
     env = {"POEL_LEASE_MS": LEASE_MS, "JOB_TIMEOUT_MS": 30_000, "POEL_SHUTDOWN_TIMEOUT_MS": 1000}
     workers = [serve(**env), serve(**env)]
@@ -74,16 +66,16 @@ def test_a_blocking_handler_within_its_timeout_keeps_its_lease(
     expiries = set()
     deadline = began + 15
     while True:
-        row = job_row(poel_conn, job_id)
+        row = job_lease(poel_conn, job_id)
         if row["state"] != "running":
             break
         assert row["lease_ahead"], f"the lease expired during the spin: {dict(row)}"
-        expiries.add(row["lease_expires_at"])
+        expiries.add(row["lease_until"])
         assert time.monotonic() < deadline, f"the job did not finish: {dict(row)}"
         time.sleep(0.05)
     spun_s = time.monotonic() - began
 
-    final = job_row(poel_conn, job_id)
+    final = job_lease(poel_conn, job_id)
     assert (final["state"], final["attempts"], final["errors"]) == ("succeeded", 1, [])
     ran = runs(poel_conn, job_id)
     assert [(r["attempt"], r["note"]) for r in ran] == [(1, "start"), (1, "end")]
@@ -105,7 +97,7 @@ def test_a_blocking_handler_within_its_timeout_keeps_its_lease(
 
 
 def test_b_past_its_timeout_a_blocking_handler_gives_its_lease_up(
-    serve, poel_queue, poel_conn, wait_sql, wait_for
+    serve, poel_queue, poel_conn, wait_sql, wait_for, job_lease
 ):
     env = {"POEL_LEASE_MS": LEASE_MS, "JOB_TIMEOUT_MS": 2000, "POEL_SHUTDOWN_TIMEOUT_MS": 1000}
     workers = [serve(**env), serve(**env)]
@@ -122,7 +114,7 @@ def test_b_past_its_timeout_a_blocking_handler_gives_its_lease_up(
     # While the first worker still spins, the second rescues the job and runs it.
     wait_sql("SELECT state = 'succeeded' FROM poel.jobs WHERE id = %s", [job_id], timeout=12)
     rescued_s = time.monotonic() - began
-    final = job_row(poel_conn, job_id)
+    final = job_lease(poel_conn, job_id)
     assert final["attempts"] == 2
     assert len(final["errors"]) == 1 and final["errors"][0]["error"].startswith("worker lost")
     assert rescuer.find_log("job lease expired; worker lost", jobId=job_id)
@@ -147,7 +139,7 @@ def test_b_past_its_timeout_a_blocking_handler_gives_its_lease_up(
         timeout=15,
         what="the first worker's outcome dropped",
     )
-    after = job_row(poel_conn, job_id)
+    after = job_lease(poel_conn, job_id)
     assert (after["state"], after["attempts"], after["errors"]) == (
         "succeeded",
         2,
@@ -189,7 +181,7 @@ def test_c_metrics_count_event_loop_blocks(serve, poel_queue, wait_sql, wait_for
 
 
 def test_d_a_renewal_connection_lost_during_the_block_is_replaced_off_the_hub(
-    serve, poel_queue, poel_conn, wait_sql
+    serve, poel_queue, poel_conn, wait_sql, job_lease
 ):
     """The lease thread opens its connections itself: one the server ended while the hub
     was blocked is replaced at once, by the thread alone."""
@@ -201,7 +193,7 @@ def test_d_a_renewal_connection_lost_during_the_block_is_replaced_off_the_hub(
     began = time.monotonic()
     ended = None
     while True:
-        row = job_row(poel_conn, job_id)
+        row = job_lease(poel_conn, job_id)
         if row["state"] != "running":
             break
         assert row["lease_ahead"], f"the lease expired during the spin: {dict(row)}"
@@ -223,7 +215,7 @@ def test_d_a_renewal_connection_lost_during_the_block_is_replaced_off_the_hub(
         " WHERE datname = current_database() AND application_name = 'poel-host:leases'"
     ).fetchone()["pids"]
     assert now and ended[0] not in now
-    final = job_row(poel_conn, job_id)
+    final = job_lease(poel_conn, job_id)
     assert (final["state"], final["attempts"], final["errors"]) == ("succeeded", 1, [])
     assert blocks_logged(worker)
     # At most a renewal that was in flight when its connection ended failed (and was retried).

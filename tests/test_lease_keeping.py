@@ -1,9 +1,11 @@
 """Leases of running jobs, watched from the database while ``poel-host serve`` runs them.
 
-A running job's lease must stay ahead of ``now()`` for as long as its worker runs it,
-whatever else the worker does meanwhile (here: pruning finished jobs that take seconds to
-delete); a lease that expired with nobody taking the job (a blip) is still its attempt's
-to renew, and one whose job was rescued is not.
+A running job is held by its worker's heartbeat in the registry (``workers.heartbeat_at``
+plus the worker's ``stale_after_ms``), not by a lease of its own. That lease must stay
+ahead of ``now()`` for as long as its worker runs the job, whatever else the worker does
+meanwhile (here: pruning finished jobs that take seconds to delete); a heartbeat that fell
+behind with nobody taking the job (a blip) still holds its attempts, and an attempt whose
+job was rescued is not held any more.
 """
 
 from __future__ import annotations
@@ -39,16 +41,9 @@ def release(conn, key: str) -> None:
     )
 
 
-def job_row(conn, job_id: int):
-    return conn.execute(
-        "SELECT state::text AS state, attempts, lease_owner, lease_expires_at, errors,"
-        " lease_expires_at > now() AS lease_ahead, now() AS now"
-        " FROM poel.jobs WHERE id = %s",
-        [job_id],
-    ).fetchone()
-
-
-def test_a_long_prune_does_not_stop_lease_renewal(serve, poel_dsn, poel_queue, poel_conn):
+def test_a_long_prune_does_not_stop_lease_renewal(
+    serve, poel_dsn, poel_queue, poel_conn, job_lease
+):
     # Finished jobs past their retention, each slow to delete.
     poel_conn.execute(
         "INSERT INTO poel.jobs (job_type, payload, state, attempts, finished_at, created_at)"
@@ -71,15 +66,15 @@ def test_a_long_prune_does_not_stop_lease_renewal(serve, poel_dsn, poel_queue, p
     job_id = poel_queue.enqueue("test.hold", {"key": "held", "seconds": 30})
     serve(POEL_LEASE_MS=LEASE_MS, POEL_RETAIN_SUCCEEDED_HOURS=1, POEL_SHUTDOWN_TIMEOUT_MS=1000)
     try:
-        _watch_through_the_prune(poel_conn, job_id)
+        _watch_through_the_prune(poel_conn, job_id, job_lease)
     finally:
         release(poel_conn, "held")  # at once, if the test failed
 
-    final = job_row(poel_conn, job_id)
+    final = job_lease(poel_conn, job_id)
     assert (final["state"], final["attempts"], final["errors"]) == ("succeeded", 1, [])
 
 
-def _watch_through_the_prune(poel_conn, job_id: int) -> None:
+def _watch_through_the_prune(poel_conn, job_id: int, job_row) -> None:
     """Poll the held job until it finishes: its lease must stay ahead of now() all along.
     Once the prune is over and the lease was renewed more than once since, release it."""
     old_rows = (
@@ -94,20 +89,20 @@ def _watch_through_the_prune(poel_conn, job_id: int) -> None:
         left = poel_conn.execute(old_rows).fetchone()["n"]
         if row["state"] == "running":
             assert row["lease_ahead"], (
-                f"job {job_id}'s lease expired while its worker ran it: lease_expires_at"
-                f" {row['lease_expires_at']}, now {row['now']}, {left} of {OLD_ROWS}"
+                f"job {job_id}'s lease expired while its worker ran it: lease until"
+                f" {row['lease_until']}, now {row['now']}, {left} of {OLD_ROWS}"
                 " finished jobs not yet pruned"
             )
         elif row["state"] != "queued":
             break  # finished
         if lease_when_pruned is None and left == 0:
             assert row["state"] == "running", "the job must still run when the prune ends"
-            lease_when_pruned = row["lease_expires_at"]
+            lease_when_pruned = row["lease_until"]
         if (
             not released
             and lease_when_pruned is not None
-            and row["lease_expires_at"] is not None
-            and (row["lease_expires_at"] - lease_when_pruned).total_seconds() > LEASE_MS / 1000
+            and row["lease_until"] is not None
+            and (row["lease_until"] - lease_when_pruned).total_seconds() > LEASE_MS / 1000
         ):
             # Renewed more than once since the prune ended: the job may finish now.
             release(poel_conn, "held")
@@ -118,11 +113,12 @@ def _watch_through_the_prune(poel_conn, job_id: int) -> None:
 
 
 def test_an_expired_lease_nobody_took_is_kept_and_its_outcome_recorded(
-    serve, poel_dsn, poel_queue, poel_conn, wait_sql, wait_for
+    serve, poel_dsn, poel_queue, poel_conn, wait_sql, wait_for, job_lease
 ):
-    """A database blip longer than the lease: the attempt's token is still the job's (no
-    rescue ran), so its worker renews the lease and records its outcome, instead of
-    dropping its own finished work as lost and running the job again."""
+    """A database blip longer than the lease: the worker's heartbeat is late, but no
+    rescue ran, so the attempt's token is still the job's: the worker's next heartbeat
+    holds the job again and its outcome is recorded, instead of its own finished work
+    being dropped as lost and the job run again."""
     serve(POEL_LEASE_MS=LEASE_MS, POEL_SHUTDOWN_TIMEOUT_MS=1000)
     job_id = poel_queue.enqueue("test.hold", {"key": "held", "seconds": 30})
     wait_sql(
@@ -131,19 +127,19 @@ def test_an_expired_lease_nobody_took_is_kept_and_its_outcome_recorded(
     try:
         _expire_while_locked(poel_dsn, poel_conn, job_id, wait_for)
         row = wait_for(
-            lambda: (r := job_row(poel_conn, job_id))["lease_ahead"] and r,
-            what="the expired lease renewed by its worker",
+            lambda: (r := job_lease(poel_conn, job_id))["lease_ahead"] and r,
+            what="the late heartbeat written again by its worker",
         )
         assert (row["state"], row["attempts"]) == ("running", 1)
     finally:
         release(poel_conn, "held")
     wait_sql("SELECT state = 'succeeded' FROM poel.jobs WHERE id = %s", [job_id], timeout=15)
-    final = job_row(poel_conn, job_id)
+    final = job_lease(poel_conn, job_id)
     assert (final["attempts"], final["errors"]) == (1, [])
 
 
 def test_an_attempt_rescued_meanwhile_is_not_renewed_and_its_outcome_not_recorded(
-    serve, poel_queue, poel_conn, wait_sql
+    serve, poel_queue, poel_conn, wait_sql, job_lease
 ):
     """Once another worker's rescue took the job (its token changed), the old attempt's
     renewal and outcome match nothing: the job's fate is the new attempt's."""
@@ -161,33 +157,31 @@ def test_an_attempt_rescued_meanwhile_is_not_renewed_and_its_outcome_not_recorde
     host.wait_log("job lease lost; its outcome will not be recorded", jobId=job_id)
     release(poel_conn, "held")
     host.wait_log("job outcome not recorded: lease lost or already recorded", jobId=job_id)
-    row = job_row(poel_conn, job_id)
+    row = job_lease(poel_conn, job_id)
     assert (row["state"], row["attempts"], row["lease_owner"]) == ("queued", 1, None)
 
 
 def _expire_while_locked(poel_dsn: str, poel_conn, job_id: int, wait_for) -> None:
-    """Expire the running job's lease while its worker's next renewal waits for the row."""
-    # The lease expires while the row is locked by this transaction: the worker's next
-    # renewal waits for the lock (and any recovery skips the locked row), so when the
-    # transaction commits the renewal meets a lease that has expired already.
+    """Make the worker's heartbeat late while its next one waits for the registry row."""
+    # The heartbeat falls behind while the row is locked by this transaction: the worker's
+    # next heartbeat waits for the lock (and any rescue skips the locked row), so when the
+    # transaction commits the heartbeat meets a lease that has expired already.
     with connection(poel_dsn, autocommit=False) as locker:
         locker.execute(
-            "UPDATE poel.jobs SET lease_expires_at = now() - interval '1 hour'"
-            " WHERE id = %s AND state = 'running' RETURNING id",
+            "UPDATE poel.workers SET heartbeat_at = now() - interval '1 hour'"
+            " WHERE owner = (SELECT lease_owner FROM poel.jobs WHERE id = %s) RETURNING owner",
             [job_id],
         ).fetchone()
-        locked_at = time.monotonic()
         me = locker.info.backend_pid
 
-        def renewal_waiting_or_due() -> bool:
-            waiting = poel_conn.execute(
-                "SELECT count(*) > 0 AS w FROM pg_stat_activity"
-                " WHERE datname = current_database() AND %s = ANY(pg_blocking_pids(pid))",
-                [me],
-            ).fetchone()["w"]
-            # A renewal that skips locked rows never waits: a lease and a half is time
-            # enough for it to have tried.
-            return bool(waiting) or time.monotonic() - locked_at > 1.5 * LEASE_MS / 1000
+        def heartbeat_waiting() -> bool:
+            return bool(
+                poel_conn.execute(
+                    "SELECT count(*) > 0 AS w FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND %s = ANY(pg_blocking_pids(pid))",
+                    [me],
+                ).fetchone()["w"]
+            )
 
-        wait_for(renewal_waiting_or_due, what="the worker's renewal to wait for the row")
+        wait_for(heartbeat_waiting, what="the worker's heartbeat to wait for its row")
         locker.commit()

@@ -51,20 +51,12 @@ class Recorder:
 
 
 def running_job(conn) -> int:
-    """A job running under OWNER's lease."""
+    """A job running under OWNER's heartbeat (no lease of its own), as serve claims."""
     return conn.execute(
         "INSERT INTO poel.jobs (job_type, payload, state, attempts, lease_owner, lease_token,"
-        " lease_expires_at, started_at) VALUES ('test.noop', '{}', 'running', 1, %s, %s,"
-        " now() + %s * interval '1 millisecond', now()) RETURNING id",
-        [OWNER, TOKEN, LEASE_MS],
+        " started_at) VALUES ('test.noop', '{}', 'running', 1, %s, %s, now()) RETURNING id",
+        [OWNER, TOKEN],
     ).fetchone()["id"]
-
-
-def lease(conn, job_id: int):
-    return conn.execute(
-        "SELECT lease_expires_at, lease_expires_at > now() AS ahead FROM poel.jobs WHERE id = %s",
-        [job_id],
-    ).fetchone()
 
 
 def leases_connections(conn) -> int:
@@ -81,13 +73,25 @@ def block_the_hub(seconds: float) -> None:
 
 
 @pytest.fixture
-def keeper(poel_settings):
+def keeper(poel_settings, poel_conn, job_lease):
+    # OWNER's row in the registry, as serve writes it: its heartbeat holds OWNER's jobs.
+    poel_conn.execute(
+        "INSERT INTO poel.workers (owner, host, pid, version, concurrency, stale_after_ms)"
+        " VALUES (%s, 'test-host', 1, 'test', 10, %s)",
+        [OWNER, LEASE_MS],
+    )
     log = Recorder()
     held: dict[int, HeldJob] = {}
     settings = poel_settings.model_copy(update={"lease_ms": LEASE_MS})
     keeper = LeaseKeeper(settings, owner=OWNER, held=held, log=log, counts=LeaseCounts())
     supervisor = Supervisor(log=log)
-    yield SimpleNamespace(keeper=keeper, held=held, log=log, supervisor=supervisor)
+    yield SimpleNamespace(
+        keeper=keeper,
+        held=held,
+        log=log,
+        supervisor=supervisor,
+        lease=lambda job_id: job_lease(poel_conn, job_id),
+    )
     supervisor.stop(timeout=5)
 
 
@@ -105,11 +109,11 @@ def test_renews_while_the_hub_is_blocked_and_closes_its_connection_when_stopped(
     hold(keeper.held, job_id, deadline=time.monotonic() + 60)
     keeper.supervisor.start(keeper.keeper)
     gevent.sleep(0.05)  # let the keeper's greenlet start its thread
-    before = lease(poel_conn, job_id)["lease_expires_at"]
+    before = keeper.lease(job_id)["lease_until"]
     block_the_hub(2.5)  # two and a half leases: without renewal, it would have expired
-    after = lease(poel_conn, job_id)
-    assert after["ahead"]
-    assert (after["lease_expires_at"] - before).total_seconds() >= 1.5
+    after = keeper.lease(job_id)
+    assert after["lease_ahead"] and after["lease_expires_at"] is None
+    assert (after["lease_until"] - before).total_seconds() >= 1.5
     assert keeper.keeper.counts.renewals >= 3
     assert leases_connections(poel_conn) == 1
 
@@ -130,8 +134,8 @@ def test_a_job_past_its_timeout_is_given_up_once_and_others_still_renewed(keeper
     keeper.supervisor.start(keeper.keeper)
     gevent.sleep(0.05)
     block_the_hub(2.5)
-    assert lease(poel_conn, fine_id)["ahead"] and lease(poel_conn, waiting_id)["ahead"]
-    assert not lease(poel_conn, late_id)["ahead"]
+    assert keeper.lease(fine_id)["lease_ahead"] and keeper.lease(waiting_id)["lease_ahead"]
+    assert not keeper.lease(late_id)["lease_ahead"]
     assert [m for _, m, _ in late.ctx.log.lines] == [
         "job past its timeout: lease given up, another worker can take the job"
     ]
@@ -153,7 +157,7 @@ def test_an_outcome_not_written_keeps_its_lease_only_until_a_lease_past_its_dead
     keeper.supervisor.start(keeper.keeper)
     gevent.sleep(0.05)
     block_the_hub(0.6)  # within the recent one's lease of grace
-    assert lease(poel_conn, recent_id)["ahead"]
+    assert keeper.lease(recent_id)["lease_ahead"]
     assert recent.ctx.log.lines == []
     assert [m for _, m, _ in old.ctx.log.lines] == [
         "job outcome still not written a lease past its deadline: lease given up"
@@ -184,6 +188,6 @@ def test_a_dead_thread_is_reported_and_restarted_by_the_supervisor(keeper, poel_
     assert "a surprise in the lease thread" in died["error"]
     wait_for(lambda: "service running again" in keeper.log.messages(), what="restarted")
     assert keeper.supervisor.failing == {}
-    assert lease(poel_conn, job_id)["ahead"]
+    assert keeper.lease(job_id)["lease_ahead"]
     # The dead thread closed its own (its backend may take a moment to go).
     wait_for(lambda: leases_connections(poel_conn) == 1, what="one lease connection")

@@ -40,9 +40,12 @@ WHERE job_type = %(job_type)s AND unique_key = %(unique_key)s AND state IN ('que
 
 -- claim_jobs --
 -- Take up to `limit` due jobs of the types this worker handles, highest priority first,
--- then oldest run_at, skipping rows other workers are claiming; each gets a lease owned
--- by this worker, and the claim's token (`token`: new for each claim, so new for each
--- attempt), which every later statement about the attempt matches on. The payload comes
+-- then oldest run_at, skipping rows other workers are claiming; each is held by this
+-- worker (`owner`) under the claim's token (`token`: new for each claim, so new for each
+-- attempt), which every later statement about the attempt matches on. A worker in the
+-- registry passes no `lease_ms`: its heartbeat is the lease of all its jobs (see
+-- recover_expired). A claimer without a heartbeat (the test kit) passes one: its jobs'
+-- leases expire on their own. The payload comes
 -- back as text, parsed by the worker for each job: one that Python cannot parse (nested
 -- thousands deep, a 5,000-digit number) then fails that job alone instead of the whole
 -- claim.
@@ -71,7 +74,7 @@ WITH due AS (
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempts = j.attempts + 1, lease_owner = %(owner)s,
     lease_token = %(token)s::uuid,
-    lease_expires_at = now() + %(lease_ms)s * interval '1 millisecond',
+    lease_expires_at = now() + %(lease_ms)s::bigint * interval '1 millisecond',
     started_at = now(), updated_at = now()
 FROM due
 WHERE j.id = due.id
@@ -187,38 +190,80 @@ WHERE state = 'running' AND lease_token = ANY(%(tokens)s::uuid[])
 RETURNING id
 
 -- heartbeat --
--- The lease keeper's pass, in one statement: this worker's heartbeat in the registry, and
--- the renewal of the leases of the attempts (`ids` with their `tokens`; none when it holds
--- no job). An attempt is renewed if its token is still the job's, even if its lease ran
--- out meanwhile (a database blip longer than the lease): a rescue or a new claim would
--- have changed the token. `renewed` lists the ids kept; the others are lost.
--- `registered` is false when the worker's row is missing (it was found dead while frozen
--- or cut off, and cleaned up): the keeper then registers it again.
+-- The lease keeper's pass, in one statement: this worker's heartbeat in the registry, which
+-- is the lease of every job it holds, and which of its attempts (`ids` with their
+-- `tokens`) are still its own: read, not written. An attempt is kept while its token is
+-- still the job's, even if the heartbeat was late (a database blip longer than the lease)
+-- as long as no rescue took the job meanwhile (that changes the token). `kept` lists the
+-- ids kept; the others are lost. `registered` is false when the worker's row is missing
+-- (it was found dead while frozen or cut off, and cleaned up): the keeper then registers
+-- it again.
 WITH beat AS (
     UPDATE {schema}.workers
     SET heartbeat_at = now(), draining = %(draining)s, gone_at = NULL
     WHERE owner = %(owner)s
     RETURNING owner
-), renewed AS (
-    UPDATE {schema}.jobs AS j
-    SET lease_expires_at = now() + %(lease_ms)s * interval '1 millisecond'
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
-    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
-    RETURNING j.id
 )
-SELECT EXISTS (SELECT FROM beat) AS registered, ARRAY(SELECT id FROM renewed) AS renewed
+SELECT EXISTS (SELECT FROM beat) AS registered,
+       ARRAY(SELECT j.id
+             FROM {schema}.jobs AS j
+             JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
+               ON j.id = o.id AND j.lease_token = o.token
+             WHERE j.id = ANY(%(ids)s::bigint[])) AS kept
+
+-- give_up_leases --
+-- A worker gives up attempts past their timeout (a handler it cannot interrupt): their
+-- leases expire now, and any worker's rescuer queues the jobs again, while the worker
+-- itself lives on. lease_expires_at is in no index: the write can be a HOT update.
+-- Returns the ids given up (an attempt already rescued is not).
+UPDATE {schema}.jobs AS j
+SET lease_expires_at = now(), updated_at = now()
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
+RETURNING j.id
 
 -- recover_expired --
--- Jobs whose worker stopped renewing its lease (killed, frozen, cut off): queue them again
--- after a backoff, or fail them if that was their last attempt. The lost attempt is
--- recorded. The backoff (`base_ms` doubled each attempt up to `max_ms`, with a quarter of
+-- Jobs whose worker was lost (killed, frozen, cut off): queue them again after a backoff,
+-- or fail them if that was their last attempt. The lost attempt is recorded.
+-- A job is lost when its own lease expired (given up, or claimed with a lease of its
+-- own), or when it is held by its worker's heartbeat (no lease of its own) and that
+-- worker's heartbeat is older than its stale_after_ms, or the worker is not in the
+-- registry at all. The owners of running jobs are found one index probe each (a loose
+-- scan of jobs_running_idx); a stale worker's row is locked (SKIP LOCKED: one whose
+-- heartbeat is being written is alive), so that its heartbeat waits for the rescue to
+-- commit and then finds its attempts gone. The backoff (`base_ms` doubled each attempt up to `max_ms`, with a quarter of
 -- jitter either way) is what keeps a job that kills its worker (a segfault in a C
 -- extension, memory exhausted) from taking down the next worker at once, and the next: it
 -- ends in the dead letter after max_attempts, with a message that says so.
-WITH expired AS (
+WITH RECURSIVE owners AS (
+    (SELECT lease_owner FROM {schema}.jobs WHERE state = 'running' AND lease_owner IS NOT NULL
+     ORDER BY lease_owner LIMIT 1)
+    UNION ALL
+    SELECT next.lease_owner
+    FROM owners AS o
+    CROSS JOIN LATERAL (
+        SELECT j.lease_owner FROM {schema}.jobs AS j
+        WHERE j.state = 'running' AND j.lease_owner > o.lease_owner
+        ORDER BY j.lease_owner
+        LIMIT 1
+    ) AS next
+), stale AS (
+    SELECT w.owner FROM {schema}.workers AS w
+    WHERE w.owner IN (SELECT lease_owner FROM owners)
+      AND (w.gone_at IS NOT NULL
+           OR w.heartbeat_at < now() - w.stale_after_ms * interval '1 millisecond')
+    FOR UPDATE SKIP LOCKED
+), lost AS (
+    SELECT owner FROM stale
+    UNION ALL
+    SELECT o.lease_owner FROM owners AS o
+    WHERE NOT EXISTS (SELECT FROM {schema}.workers AS w WHERE w.owner = o.lease_owner)
+), expired AS (
     SELECT id FROM {schema}.jobs
-    WHERE state = 'running' AND lease_expires_at < now()
-    ORDER BY lease_expires_at
+    WHERE state = 'running'
+      AND (lease_expires_at < now()
+           OR (lease_expires_at IS NULL AND lease_owner IN (SELECT owner FROM lost)))
+    ORDER BY id
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
 )
@@ -531,7 +576,7 @@ VALUES (%(plugin)s, %(version)s, %(name)s)
 -- index: as many rows as run now).
 SELECT queue, job_type, count(*) AS count
 FROM {schema}.jobs
-WHERE state = 'running' AND lease_expires_at IS NOT NULL
+WHERE state = 'running'
 GROUP BY queue, job_type
 
 -- dashboard_failed_counts --
@@ -593,18 +638,20 @@ ORDER BY id DESC
 LIMIT %(limit)s
 
 -- dashboard_running --
--- What runs now: each running job, the worker holding it and how long ago its lease was
--- last renewed (its expiry less the worker's lease).
+-- What runs now: each running job, the worker holding it, how long ago that worker's
+-- heartbeat (the lease of the jobs it holds) was written, and how long the lease has left:
+-- the job's own expiry where it has one (given up, or an earlier version's worker), else
+-- the heartbeat's.
 SELECT j.id, j.queue, j.job_type, j.attempts, j.max_attempts, j.lease_owner,
        w.host, w.pid,
        extract(epoch FROM now() - j.started_at)::float8 AS running_s,
-       extract(epoch FROM now() - (j.lease_expires_at
-               - coalesce(w.stale_after_ms, 0) * interval '1 millisecond'))::float8
-           AS lease_age_s,
-       extract(epoch FROM j.lease_expires_at - now())::float8 AS lease_left_s
+       extract(epoch FROM now() - w.heartbeat_at)::float8 AS lease_age_s,
+       extract(epoch FROM coalesce(j.lease_expires_at,
+                                   w.heartbeat_at + w.stale_after_ms * interval '1 millisecond')
+                          - now())::float8 AS lease_left_s
 FROM {schema}.jobs AS j
 LEFT JOIN {schema}.workers AS w ON w.owner = j.lease_owner
-WHERE j.state = 'running' AND j.lease_expires_at IS NOT NULL
+WHERE j.state = 'running'
 ORDER BY j.started_at
 LIMIT %(limit)s
 

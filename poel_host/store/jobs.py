@@ -66,10 +66,11 @@ class JobStore(StoreBase):
         limit: int,
         owner: str,
         token: str,
-        lease_ms: int,
+        lease_ms: int | None,
     ) -> list[dict[str, Any]]:
         """Claim up to ``limit`` due jobs under the lease token ``token`` (new for each
-        claim; see ``claim_jobs`` in the SQL)."""
+        claim; see ``claim_jobs`` in the SQL), held by the worker's heartbeat, or with a
+        lease of ``lease_ms`` of their own when the claimer has no heartbeat."""
         params = {
             "job_types": list(job_types),
             "queues": None if queues is None else list(queues),
@@ -141,25 +142,34 @@ class JobStore(StoreBase):
         return sorted(self._ids("release_claims", {"tokens": list(tokens)}))
 
     def heartbeat(
-        self, owner: str, *, attempts: Sequence[tuple[int, str]], lease_ms: int, draining: bool
+        self, owner: str, *, attempts: Sequence[tuple[int, str]], draining: bool
     ) -> tuple[bool, set[int]]:
-        """The worker's heartbeat and the renewal of the leases of ``(job id, lease
-        token)`` attempts, in one statement: (whether its registry row exists, the ids
-        renewed; the others are lost)."""
+        """The worker's heartbeat (the lease of every job it holds), and which of its
+        ``(job id, lease token)`` attempts are still its own, in one statement: (whether
+        its registry row exists, the ids kept; the others are lost)."""
         params = {
             "ids": [a[0] for a in attempts],
             "tokens": [a[1] for a in attempts],
             "owner": owner,
-            "lease_ms": lease_ms,
             "draining": draining,
         }
         row = self._one("heartbeat", params)
         assert row is not None  # the statement always answers one row
-        return bool(row["registered"]), {int(i) for i in row["renewed"]}
+        return bool(row["registered"]), {int(i) for i in row["kept"]}
 
-    def recover_expired(self, *, base_ms: int, max_ms: int) -> list[dict[str, Any]]:
-        """Requeue after a backoff (or fail) jobs whose lease expired: ``[{id, state}]``."""
-        return self._all("recover_expired", {"base_ms": base_ms, "max_ms": max_ms})
+    def give_up_leases(self, attempts: Sequence[tuple[int, str]]) -> set[int]:
+        """Let the leases of ``(job id, lease token)`` attempts expire now, for any
+        rescuer to take their jobs back; the ids given up."""
+        params = {"ids": [a[0] for a in attempts], "tokens": [a[1] for a in attempts]}
+        return self._ids("give_up_leases", params)
+
+    def recover_expired(
+        self, *, base_ms: int, max_ms: int, connection: Conn | None = None
+    ) -> list[dict[str, Any]]:
+        """Requeue after a backoff (or fail) jobs whose worker was lost or whose own lease
+        expired: ``[{id, state}]``."""
+        params = {"base_ms": base_ms, "max_ms": max_ms}
+        return self._all("recover_expired", params, connection)
 
     def prune_finished(
         self, *, succeeded_hours: float, failed_hours: float | None, batch: int

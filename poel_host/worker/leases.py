@@ -1,11 +1,13 @@
 """Keeping the leases of the jobs this worker holds.
 
-Every third of ``POEL_LEASE_MS`` one statement renews the lease of every held job, and is
-the worker's heartbeat in the registry of workers (:mod:`poel_host.worker.registry`). A job
-whose lease was not renewed (it expired, or another worker rescued it) is marked lost: its
-outcome will not be recorded, since by now another worker may run it. This service does
-nothing else, so that no other work (a prune of a large backlog, a slow rescue) can delay
-a renewal past the lease.
+Every third of ``POEL_LEASE_MS`` one statement writes the worker's heartbeat in the registry
+of workers (:mod:`poel_host.worker.registry`), which is the lease of every job it holds:
+one row, whatever the number of jobs (a worker holding 1,000 long jobs used to rewrite
+1,000 rows each interval). The same statement reads which held attempts are still this
+worker's (their lease tokens): one that is not (another worker rescued it) is marked lost:
+its outcome will not be recorded, since by now another worker may run it. This service
+does nothing else, so that no other work (a prune of a large backlog, a slow rescue) can
+delay a heartbeat past the lease.
 
 **A thread, not a greenlet.** The renewals run on a real OS thread with a connection of
 its own. A greenlet handler that computes in pure Python (or calls a library gevent cannot
@@ -19,9 +21,10 @@ every few milliseconds.)
 **Past its timeout, a lease is given up.** A handler that blocks the hub cannot be
 interrupted by its gevent timeout. Once a job is past its deadline by more than one
 renewal interval (time enough for a timed-out handler to be taken back and its outcome
-handed to the completer), its lease is no longer renewed, and the job's log says so once;
-the lease expires and any worker's rescuer requeues the job ("worker lost"), for any worker
-to run again. (The watchdog names the code that blocks the hub.) If the handler finally
+handed to the completer), the keeper gives its lease up: it writes the job a lease of its
+own that has expired (``give_up_leases``; retried at the next pass if that fails), and
+the job's log says so once; any worker's rescuer requeues the job ("worker lost"), for
+any worker to run again. (The watchdog names the code that blocks the hub.) If the handler finally
 returns, its outcome is recorded only if no other worker took the job meanwhile: the
 completer writes only rows this worker still leases. A job whose outcome is with the
 completer, or that the drain is handing back, is renewed whatever its deadline.
@@ -117,6 +120,7 @@ class LeaseKeeper(Service):
         self.log = log
         self.counts = counts if counts is not None else LeaseCounts()
         self._given_up: dict[int, HeldJob] = {}  # the thread's: jobs whose lease it gave up
+        self._to_give_up: dict[int, HeldJob] = {}  # the thread's: given up, not yet written
 
     @property
     def interval(self) -> float:
@@ -190,8 +194,9 @@ class LeaseKeeper(Service):
             run.wake()
 
     def renew(self, store: Store) -> None:
-        """One pass (on the thread): renew the leases of the held attempts within their
-        time."""
+        """One pass (on the thread): give up the leases of held attempts past their time,
+        then the heartbeat, which renews the others and says which are still this
+        worker's."""
         held = self.held.copy()  # one C call: atomic with respect to the greenlets
         now = time.monotonic()
         renewing = []
@@ -205,18 +210,26 @@ class LeaseKeeper(Service):
         for job_id, entry in list(self._given_up.items()):
             if held.get(job_id) is not entry:
                 del self._given_up[job_id]  # forgotten: its job may be claimed again
+                self._to_give_up.pop(job_id, None)
+        giving_up = [e for e in self._to_give_up.values() if not e.lost]
+        if giving_up:
+            given = store.give_up_leases([(entry.id, entry.token) for entry in giving_up])
+            for entry in giving_up:
+                del self._to_give_up[entry.id]
+                if entry.id not in given and not entry.done and entry.move(LOST):
+                    self.counts.lost += 1  # rescued already: not this worker's any more
         registration = self.registration
         if not renewing and registration is None:
             return
         registered, kept = store.heartbeat(
             self.owner,
             attempts=[(entry.id, entry.token) for entry in renewing],
-            lease_ms=self.lease_ms,
             draining=registration is not None and registration.draining,
         )
         if renewing:
             self.counts.renewals += 1
         if registration is not None and not registered:
+            registration.registered = False  # no claim until it is written again
             registration.register(store)
             self.log.warning("worker registered again: its row was gone", owner=self.owner)
         for entry in renewing:
@@ -244,6 +257,7 @@ class LeaseKeeper(Service):
         if self._given_up.get(entry.id) is entry:
             return
         self._given_up[entry.id] = entry
+        self._to_give_up[entry.id] = entry
         self.counts.given_up += 1
         entry.ctx.log.warning(
             "job outcome still not written a lease past its deadline: lease given up"

@@ -29,6 +29,7 @@ from poel_host.errors import DatabaseUnavailable, one_line
 from poel_host.settings import Settings
 from poel_host.store import Store
 from poel_host.worker.held import Held
+from poel_host.worker.registry import Registration
 from poel_host.worker.supervisor import Service
 
 CLAIM_MIN = 25
@@ -91,8 +92,12 @@ class Producer:
         stopping: gevent.event.Event,
         log: Any,
         on_claim: Callable[[str, float, int], None] = lambda executor, seconds, jobs: None,
+        registration: Registration | None = None,
     ) -> None:
         self.store = store
+        # serve's: its heartbeat holds the jobs it claims. None (the test kit's run_job):
+        # each job claimed gets a lease of its own, POEL_LEASE_MS, that expires unrenewed.
+        self.registration = registration
         self.on_claim = on_claim  # Metrics.claimed: each claim's round trip
         self.settings = settings
         self.owner = owner
@@ -124,6 +129,12 @@ class Producer:
         are handed back, their attempts not counted, before the next claim."""
         if self.unanswered:
             self.release_unanswered()
+        lease_ms: int | None = self.settings.lease_ms
+        if self.registration is not None:
+            if not self.registration.registered:
+                # Raises DatabaseUnavailable while the database is away: no claim then.
+                self.registration.register(self.store)
+            lease_ms = None
         token = str(uuid.uuid4())
         started = time.perf_counter()
         try:
@@ -133,7 +144,7 @@ class Producer:
                 limit=limit,
                 owner=self.owner,
                 token=token,
-                lease_ms=self.settings.lease_ms,
+                lease_ms=lease_ms,
             )
         except DatabaseUnavailable:
             self.unanswered.append(token)

@@ -1,4 +1,9 @@
-"""Rescuing jobs whose worker died: their lease expired without being renewed.
+"""Rescuing jobs whose worker died: its heartbeat stopped (or their own lease expired).
+
+A running job is held by its worker's heartbeat in the registry; it is lost once that
+heartbeat is older than the worker's lease (``POEL_LEASE_MS``), or once the worker is not
+in the registry at all; a job given up past its timeout, or claimed with a lease of its own
+(the test kit's ``run_job``, workers of earlier versions), is lost once that lease expires.
 
 Every worker rescues, at the lease keeper's pace: a rescued job is queued again after a
 backoff (``POEL_RETRY_BACKOFF_MS`` doubled each attempt, with jitter) or, on its last

@@ -196,6 +196,9 @@ class Worker:
         if self.processes is not None:
             self.processes.start()
         log, wake = self.log, self.producer.wake
+        # serve's claims are held by its heartbeat (run_once's, with no registry row, by a
+        # lease of their own): the producer claims only once the row is written.
+        self.producer.registration = self.registration
         self._register()
         leases = LeaseKeeper(
             s,
@@ -281,7 +284,8 @@ class Worker:
         self._registry("leaving the registry", self.registration.unregister)
 
     def _register(self) -> None:
-        """Enter the registry; if the database is away, the first heartbeat does it."""
+        """Enter the registry; if the database is away, the first claim or heartbeat does
+        it."""
         self._registry("registering the worker", self.registration.register)
 
     def _registry(self, what: str, change: Callable[[Store], None]) -> None:

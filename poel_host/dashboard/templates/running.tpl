@@ -1,6 +1,6 @@
 % rebase('layout.tpl', title=title, root=root, session=session, csrf=csrf, writable=writable, refresh=refresh)
 <table id="running">
-<tr><th>id</th><th>type</th><th>queue</th><th>attempt</th><th>worker</th><th>running for</th><th>lease renewed</th><th>lease left</th></tr>
+<tr><th>id</th><th>type</th><th>queue</th><th>attempt</th><th>worker</th><th>running for</th><th>heartbeat</th><th>lease left</th></tr>
 % for r in rows:
 <tr><td><a href="{{root}}/jobs/{{r['id']}}">{{r['id']}}</a></td><td>{{r['job_type']}}</td><td>{{r['queue']}}</td>
 <td class="n">{{r['attempts']}}/{{r['max_attempts']}}</td>
