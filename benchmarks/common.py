@@ -205,6 +205,48 @@ class CpuShare:
         }
 
 
+@dataclass
+class ServerCost:
+    """What a run cost the database server: the WAL it wrote and the CPU its processes
+    spent, from ``start`` (before the jobs are inserted: enqueueing is part of a job's
+    life) to ``stop`` (once the last job is done, before the worker stops, while its
+    backends still exist to be read).
+
+    The WAL is the server's whole (``pg_current_wal_lsn``), so run it on a server nobody
+    else writes to (``BENCH_DATABASE_URL``); the CPU is the run database's backends, its
+    autovacuum workers included, and the WAL writer, checkpointer and background writer.
+    """
+
+    conn: psycopg.Connection[Any]
+    _lsn: str = "0/0"
+    _ticks: dict[int, int] = field(default_factory=dict)
+
+    def _backends(self) -> dict[int, int]:
+        rows = self.conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " OR backend_type IN ('walwriter', 'checkpointer', 'background writer')"
+        ).fetchall()
+        return {int(r[0]): process_jiffies(int(r[0]), reaped=False) for r in rows}
+
+    def start(self) -> ServerCost:
+        row = self.conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        self._lsn = str(row[0]) if row else "0/0"
+        self._ticks = self._backends()
+        return self
+
+    def stop(self, jobs: int) -> dict[str, float]:
+        ticks = self._backends()
+        row = self.conn.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::bigint", [self._lsn]
+        ).fetchone()
+        wal = int(row[0]) if row else 0
+        cpu = sum(t - self._ticks.get(pid, 0) for pid, t in ticks.items()) / CLK_TCK
+        return {
+            "wal_bytes_per_job": round(wal / max(jobs, 1), 1),
+            "server_cpu_us_per_job": round(cpu * 1e6 / max(jobs, 1), 1),
+        }
+
+
 def busy_cores(seconds: float) -> float:
     """Cores' worth of CPU the whole machine used over the next ``seconds``."""
     busy, _ = machine_jiffies()

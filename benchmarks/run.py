@@ -10,6 +10,10 @@
     python benchmarks/run.py procdrain [--n 20000] [--processes 2]
     python benchmarks/run.py soak    [--rate 2000] [--duration 600] [--serves 1] [--plot PNG]
                                      (issue 18: a steady producer for a long time; soak.py)
+    python benchmarks/run.py wal     [--n 20000] [--concurrency 100] (issue 18: WAL and server
+                                     CPU a job; on a server of its own: BENCH_DATABASE_URL)
+    python benchmarks/run.py held    [--jobs 1000] [--lease-ms 3000] [--window 15] (issue 18:
+                                     rows and WAL a worker writes while it holds long jobs)
     python benchmarks/run.py all     (drain to rss with their defaults, then a table)
 
 --poel-before VENV adds ``poel-before``, Poel from another virtualenv (the code before a
@@ -35,6 +39,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import held
 import psycopg
 import soak
 from adapters import System
@@ -48,6 +53,7 @@ from common import (
     CpuShare,
     Monitor,
     Results,
+    ServerCost,
     calibrate,
     create_database,
     drop_database,
@@ -193,6 +199,7 @@ def drain(
         if not done:
             raise TimeoutError(f"no job done in {time.monotonic() - started:.0f} s")
         cpu = share.stop()
+        server = cost[0].stop(done) if cost else {}
         seconds = system.window(conn, since)
         return {
             "jobs": done,
@@ -201,9 +208,16 @@ def drain(
             "jobs_per_s": round(done / seconds, 1),
             "wall_s": round(time.monotonic() - started, 2),
             **cpu,
+            **server,
         }
 
-    return run_worker(system, template, lambda c: system.insert(c, n, kind), body, env, kind)
+    cost: list[ServerCost] = []
+
+    def prepare(conn: psycopg.Connection[Any]) -> None:
+        cost.append(ServerCost(conn).start())
+        system.insert(conn, n, kind)
+
+    return run_worker(system, template, prepare, body, env, kind)
 
 
 def latency(system: System, template: str, count: int, rate: float) -> dict[str, Any]:
@@ -303,6 +317,31 @@ def bench_drain(args: argparse.Namespace, templates: Templates) -> str:
         lambda s, _: drain(s, templates.get(s), args.n, slow_n=args.slow_n),
     )
     return results.summarize("jobs_per_s")
+
+
+def bench_wal(args: argparse.Namespace, templates: Templates) -> str:
+    """What a job costs the database server (issue 18): WAL bytes and server CPU a job,
+    enqueue included, draining ``--n`` no-op jobs, for Poel, pgqueuer and the reference
+    loop. Run it against a server nobody else writes to (BENCH_DATABASE_URL): the WAL
+    figure is the server's whole."""
+    metrics = ["wal_bytes_per_job", "server_cpu_us_per_job", "jobs_per_s"]
+    results = Results("wal", metrics)
+    systems: list[System] = [Poel(c, "warning") for c in args.concurrency]
+    systems += [Reference(100), PgQueuer(0), Procrastinate(args.concurrency[-1])]
+    chosen = [(s, "") for s in select(systems, args.systems)]
+    interleave(
+        results,
+        chosen,
+        args.runs,
+        lambda s, _: drain(s, templates.get(s), args.n, slow_n=args.slow_n),
+    )
+    return results.summarize("wal_bytes_per_job", higher_is_better=False)
+
+
+def bench_held(args: argparse.Namespace, templates: Templates) -> str:
+    """What one worker holding ``--jobs`` long jobs writes (``held.py``)."""
+    systems = select([Poel(args.jobs, "warning")], args.systems)
+    return held.bench(args, templates, systems, interleave, run_worker)
 
 
 def bench_latency(args: argparse.Namespace, templates: Templates) -> str:
@@ -558,6 +597,8 @@ BENCHES: dict[str, Callable[[argparse.Namespace, Templates], str]] = {
     "cpu": bench_cpu,
     "procdrain": bench_procdrain,
     "soak": bench_soak,
+    "wal": bench_wal,
+    "held": bench_held,
 }
 ALL = ["drain", "latency", "io", "scale", "rss"]  # what `all` runs (the issue 5 suite)
 DEFAULT_CONCURRENCY = {
@@ -567,6 +608,7 @@ DEFAULT_CONCURRENCY = {
     "rss": [1000],
     "cpu": [1, 2, 4],  # procrastinate's concurrency: it runs sync tasks on that many threads
     "soak": [100],
+    "wal": [100],
 }
 DEFAULT_RATE = {"latency": 20.0, "soak": 2000.0}  # jobs a second
 
@@ -581,7 +623,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--rate", type=float, help="latency (default 20), soak (2000): jobs a second"
     )
-    parser.add_argument("--jobs", type=int, default=1000, help="io: one-second jobs")
+    parser.add_argument("--jobs", type=int, default=1000, help="io: one-second jobs; held: jobs")
+    parser.add_argument("--window", type=float, default=15, help="held: seconds watched")
     parser.add_argument("--background", type=_ints, default=[10_000, 1_000_000])
     parser.add_argument("--slow-n", type=int, default=SLOW_N, help="jobs for slow systems")
     parser.add_argument("--cpu-jobs", type=int, default=400, help="cpu: jobs")

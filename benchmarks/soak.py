@@ -108,7 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="soak: POEL_RETAIN_SUCCEEDED_HOURS for serve (fractions: 0.05 is 3 minutes)",
     )
-    group.add_argument("--lease-ms", type=int, help="soak: POEL_LEASE_MS for serve")
+    group.add_argument(
+        "--lease-ms", type=int, help="soak, held (default 3000): POEL_LEASE_MS for serve"
+    )
     group.add_argument(
         "--serve-env",
         metavar="NAME=VALUE",

@@ -20,7 +20,12 @@ import psycopg
 from adapters import System
 
 POEL_HOST = str(Path(sys.executable).with_name("poel-host"))
-TYPES = {"noop": "bench.noop", "stamp": "bench.stamp", "http": "bench.http"}
+TYPES = {
+    "noop": "bench.noop",
+    "stamp": "bench.stamp",
+    "http": "bench.http",
+    "sleep": "bench.sleep",
+}
 
 
 def _env(url: str) -> dict[str, str]:

@@ -9,6 +9,8 @@
   per job, which a thousand ``pg_sleep`` calls would need. It uses ``http.client``, the
   standard library's own client: ``urllib.request`` costs about 40 µs more a request in
   building its opener and request objects, which is the client's cost, not the queue's.
+- ``bench.sleep`` sleeps ``seconds`` (default 60) on its greenlet: a long job that holds
+  a lease and nothing else, for the ``held`` benchmark (what holding jobs writes).
 - ``bench.cpu_greenlet`` is the ``cpu`` benchmark's calibrated CPU loop
   (:mod:`poel_bench.cpu`) on the default greenlet executor: what that executor does with
   work it was not made for (one job at a time on the event loop, one core).
@@ -39,6 +41,10 @@ class Stamp(BaseModel):
     t: float
 
 
+class Sleep(BaseModel):
+    seconds: float = 60.0
+
+
 def noop(payload: Empty, ctx: JobContext) -> None:
     pass
 
@@ -59,6 +65,10 @@ def http(payload: Empty, ctx: JobContext) -> None:
         conn.close()
 
 
+def sleep(payload: Sleep, ctx: JobContext) -> None:
+    time.sleep(payload.seconds)  # gevent's, under serve: the greenlet waits, nothing runs
+
+
 def cpu(payload: Empty, ctx: JobContext) -> None:
     cpu_job()
 
@@ -70,4 +80,5 @@ def register_jobs() -> list[Job]:
         Job(type="bench.stamp", schema=Stamp, handler=stamp),
         Job(type="bench.http", schema=Empty, handler=http),
         Job(type="bench.cpu_greenlet", schema=Empty, handler=cpu),
+        Job(type="bench.sleep", schema=Sleep, handler=sleep),
     ]
