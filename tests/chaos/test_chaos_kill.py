@@ -27,10 +27,14 @@ def states(conn) -> dict[str, int]:
 
 
 def owned_by(conn, pid: int) -> list[dict]:
-    """Running jobs whose lease a process holds (lease_owner is host:pid:uuid)."""
+    """Running jobs whose lease a process holds (lease_owner is host:pid:uuid), with when
+    that lease expires: its own expiry if it has one, else its worker's heartbeat plus
+    the worker's lease (frozen by a kill)."""
     return conn.execute(
-        "SELECT id, lease_expires_at FROM poel.jobs"
-        " WHERE state = 'running' AND split_part(lease_owner, ':', 2) = %s",
+        "SELECT j.id, coalesce(j.lease_expires_at,"
+        "  w.heartbeat_at + w.stale_after_ms * interval '1 millisecond') AS lease_expires_at"
+        " FROM poel.jobs AS j LEFT JOIN poel.workers AS w ON w.owner = j.lease_owner"
+        " WHERE j.state = 'running' AND split_part(j.lease_owner, ':', 2) = %s",
         [str(pid)],
     ).fetchall()
 
@@ -127,7 +131,10 @@ def test_three_workers_drain_5000_jobs_while_one_is_killed_twice(
     assert len(rows) == len(held_at_kill)  # every held job was recovered and re-run
     requeue = [r[0] for r in recovered]
     reclaim = [r[1] for r in recovered]
-    assert max(reclaim) < 5, reclaim  # lease checks run every lease/3 on each worker
+    # Rescues run every lease/3 on each worker. When a rescued job runs again also waits
+    # for its backoff and for the backlog enqueued before it (claims take the oldest
+    # run_at first), so it is a figure, not a bound.
+    assert max(requeue) < 2.5, (requeue, reclaim)
 
     for worker in workers:
         assert worker.stop() == 0
