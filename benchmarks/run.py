@@ -309,6 +309,15 @@ def bench_drain(args: argparse.Namespace, templates: Templates) -> str:
     for c in args.concurrency:
         systems += [Poel(c, "warning"), Poel(c, "info"), Procrastinate(c)]
     systems += [Reference(100), Reference(1), PgQueuer(0), PgQueuer(10)]
+    drain_each(results, systems, args, templates)
+    return results.summarize("jobs_per_s")
+
+
+def drain_each(
+    results: Results, systems: list[System], args: argparse.Namespace, templates: Templates
+) -> None:
+    """Drain ``--n`` no-op jobs with each of ``systems`` (those --systems selects),
+    interleaved, ``--runs`` times."""
     chosen = [(s, "") for s in select(systems, args.systems)]
     interleave(
         results,
@@ -316,7 +325,6 @@ def bench_drain(args: argparse.Namespace, templates: Templates) -> str:
         args.runs,
         lambda s, _: drain(s, templates.get(s), args.n, slow_n=args.slow_n),
     )
-    return results.summarize("jobs_per_s")
 
 
 def bench_wal(args: argparse.Namespace, templates: Templates) -> str:
@@ -328,13 +336,7 @@ def bench_wal(args: argparse.Namespace, templates: Templates) -> str:
     results = Results("wal", metrics)
     systems: list[System] = [Poel(c, "warning") for c in args.concurrency]
     systems += [Reference(100), PgQueuer(0), Procrastinate(args.concurrency[-1])]
-    chosen = [(s, "") for s in select(systems, args.systems)]
-    interleave(
-        results,
-        chosen,
-        args.runs,
-        lambda s, _: drain(s, templates.get(s), args.n, slow_n=args.slow_n),
-    )
+    drain_each(results, systems, args, templates)
     return results.summarize("wal_bytes_per_job", higher_is_better=False)
 
 

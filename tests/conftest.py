@@ -342,6 +342,27 @@ def wait_sql(poel_dsn: str) -> Callable[..., Any]:
 
 
 @pytest.fixture
+def migrate_at_once(poel_dsn: str) -> Callable[..., list[list[str]]]:
+    """``migrate_at_once(schema, plugin_migrations, n=4)``: ``n`` migrators racing on
+    their own connections, as ``poel-host migrate`` run from several places at once;
+    each one's list of migrations applied, shortest first."""
+    import gevent
+
+    from poel_host import migrations
+
+    def race(schema: str, plugin: list[Any], n: int = 4) -> list[list[str]]:
+        def run() -> list[str]:
+            with connection(poel_dsn) as conn:
+                return migrations.migrate(conn, schema, plugin)
+
+        greenlets = [gevent.spawn(run) for _ in range(n)]
+        gevent.joinall(greenlets, timeout=30, raise_error=True)
+        return sorted((g.value for g in greenlets), key=len)
+
+    return race
+
+
+@pytest.fixture
 def job_lease() -> Callable[[Any, int], dict[str, Any]]:
     """``job_lease(conn, job_id)``: the job's state, attempts, errors and lease, with
     ``lease_until`` (when its lease ends, as every rescuer computes it: its own expiry if

@@ -7,12 +7,10 @@ its own schema, or with its own plugin and table names, and leaves ``poel`` as m
 
 from __future__ import annotations
 
-import gevent
 import pytest
 from psycopg import sql
 
 from poel_host import Migration, migrations
-from poel_host.database import connection
 from poel_host.errors import PoelError, SchemaOutOfDate
 from poel_host.store import claim_query
 
@@ -138,18 +136,11 @@ def test_check_up_to_date_tells_to_migrate(poel_conn):
         migrations.check_up_to_date(poel_conn, "behind")
 
 
-def test_concurrent_migrations_apply_once(poel_dsn):
+def test_concurrent_migrations_apply_once(migrate_at_once):
     """Several processes may run ``poel-host migrate`` at once: one applies, the others
     wait on the advisory lock and find nothing to do."""
     plugin = [("poel-many", Migration(1, "many", "CREATE TABLE public.many_widgets (id int)"))]
-
-    def run() -> list[str]:
-        with connection(poel_dsn) as conn:
-            return migrations.migrate(conn, "shared", plugin)
-
-    greenlets = [gevent.spawn(run) for _ in range(4)]
-    gevent.joinall(greenlets, timeout=30, raise_error=True)
-    results = sorted((g.value for g in greenlets), key=len)
+    results = migrate_at_once("shared", plugin)
     assert results[:3] == [[], [], []]
     assert results[3] == [*host_names(), "poel-many:0001_many"]
 

@@ -154,7 +154,9 @@ def test_a_failure_part_way_is_rerun_from_the_start(poel_conn):
     assert index_valid(poel_conn, "public.cy_v_idx") is True
 
 
-def test_concurrent_migrators_apply_each_migration_once_across_one_outside(poel_dsn):
+def test_concurrent_migrators_apply_each_migration_once_across_one_outside(
+    poel_dsn, migrate_at_once
+):
     """While one migrator builds an index concurrently the others poll for the lock: had
     they waited in pg_advisory_lock, each would hold a snapshot the build waits for."""
     with connection(poel_dsn) as conn:
@@ -163,14 +165,7 @@ def test_concurrent_migrators_apply_each_migration_once_across_one_outside(poel_
         ("poel-cz", index_migration(1, "cz")),
         ("poel-cz", Migration(2, "cz_w", "ALTER TABLE public.cz ADD COLUMN w int")),
     ]
-
-    def run() -> list[str]:
-        with connection(poel_dsn) as conn:
-            return migrations.migrate(conn, "poel", plugin)
-
-    greenlets = [gevent.spawn(run) for _ in range(4)]
-    gevent.joinall(greenlets, timeout=30, raise_error=True)
-    results = sorted((g.value for g in greenlets), key=len)
+    results = migrate_at_once("poel", plugin)
     assert results == [[], [], [], ["poel-cz:0001_cz_index", "poel-cz:0002_cz_w"]]
 
 
