@@ -199,12 +199,19 @@ class Queue:
     ) -> int | None:
         return self._store.find_live_unique(job_type, unique_key, connection)
 
+    def get(self, job_id: int) -> dict[str, Any] | None:
+        """The job as stored (its state, attempts, errors, timings, payload), live or
+        finished: in the jobs table or, once archived, in the history. None if there is no
+        such job (never enqueued, or deleted past its retention)."""
+        return self._store.get_job(job_id)
+
     def cancel(self, job_id: int) -> bool:
         """Cancel a queued job; False if it is not queued (running, finished or unknown)."""
         return self._store.cancel_job(job_id)
 
     def retry(self, job_id: int) -> bool:
-        """Queue a failed or cancelled job again with fresh attempts; False if it is not."""
+        """Queue a failed or cancelled job again with fresh attempts, in the jobs table or
+        moved back from the history; False if it is not failed or cancelled."""
         return self._store.retry_job(job_id)
 
     def close(self) -> None:

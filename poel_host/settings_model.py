@@ -113,8 +113,15 @@ class Settings(BaseSettings, DashboardSettings):
     blocking_warn_ms: int = Field(
         default=1_000, ge=0, le=_HOUR_MS, validation_alias="POEL_BLOCKING_WARN_MS"
     )
+    archive_after_s: float = Field(
+        default=60,
+        ge=0,
+        le=_DAY_MS / 1000,
+        allow_inf_nan=False,
+        validation_alias="POEL_ARCHIVE_AFTER_S",
+    )
     retain_succeeded_hours: float = Field(
-        default=168,
+        default=24,
         ge=0,
         le=_CENTURY_H,
         allow_inf_nan=False,

@@ -246,6 +246,9 @@ def serve(
                 "POEL_RETRY_BACKOFF_MS": 10,
                 "POEL_LOAD_PLUGINS": "poel-testjobs",
                 "POEL_SHUTDOWN_TIMEOUT_MS": 10_000,
+                # Tests read a job's outcome in poel.jobs, where it stays this long once
+                # finished; archiving into the history is tested with its own setting.
+                "POEL_ARCHIVE_AFTER_S": 3600,
                 **overrides,
             }
         )

@@ -412,25 +412,29 @@ JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s AND c.relname = 'jobs' AND c.relkind IN ('r', 'p')
 
 -- get_job --
--- One job by id.
+-- One job by id, live or finished (all_jobs: the jobs table, then one probe of each
+-- history partition's id index).
 SELECT id, queue, job_type, payload, state::text AS state, priority, run_at, attempts,
        max_attempts, last_error, errors, unique_key, lease_owner, lease_expires_at,
        created_at, started_at, finished_at
-FROM {schema}.jobs WHERE id = %(id)s
+FROM {schema}.all_jobs WHERE id = %(id)s
+LIMIT 1
 
 -- list_jobs --
--- Recent jobs, newest first, optionally of one state and/or type.
+-- Recent jobs, newest first, optionally of one state and/or type, live or finished.
 SELECT id, queue, job_type, state::text AS state, priority, run_at, attempts, max_attempts,
        last_error, created_at, finished_at
-FROM {schema}.jobs
+FROM {schema}.all_jobs
 WHERE (%(state)s::text IS NULL OR state::text = %(state)s)
   AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
 ORDER BY id DESC
 LIMIT %(limit)s
 
 -- count_by_state --
--- Job counts per state, for `poel-host jobs` and metrics.
-SELECT state::text AS state, count(*) AS count FROM {schema}.jobs GROUP BY state ORDER BY state
+-- Job counts per state, live and finished, for `poel-host jobs stats`. Counts every row
+-- of the history: seconds with hundreds of millions kept.
+SELECT state::text AS state, count(*) AS count FROM {schema}.all_jobs
+GROUP BY state ORDER BY state
 
 -- ping --
 -- The health check, and the LISTEN connection's keep-alive: is the database answering?
@@ -448,10 +452,11 @@ LISTEN poel_jobs
 SELECT set_config('statement_timeout', %(ms)s, %(local)s)
 
 -- find_jobs --
--- Jobs oldest first, optionally of one type and/or state (poel_host.testing's `enqueued`).
+-- Jobs oldest first, optionally of one type and/or state, live or finished
+-- (poel_host.testing's `enqueued`).
 SELECT id, job_type, payload, state::text AS state, run_at, priority, queue, attempts,
        max_attempts, unique_key, last_error, errors
-FROM {schema}.jobs
+FROM {schema}.all_jobs
 WHERE (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
   AND (%(state)s::text IS NULL OR state::text = %(state)s)
 ORDER BY id
@@ -477,9 +482,73 @@ DELETE FROM {schema}.schedule_slots AS s
 WHERE s.slot < now() - interval '7 days'
   AND s.slot < (SELECT max(slot) FROM {schema}.schedule_slots WHERE job_type = s.job_type)
 
+-- archive_finished --
+-- Move up to `batch` jobs finished more than `after_s` seconds ago from the jobs table
+-- into jobs_history (succeeded and cancelled into the partition of their finish hour or
+-- day, failed into jobs_dead), in one statement: a job is in one table or the other,
+-- never both, never neither. Rows another archiver is moving are skipped, and succeeded
+-- or cancelled ones past their retention are left to prune_finished (moving them would be
+-- deleting them twice). Returns the ids.
+WITH moved AS (
+    DELETE FROM {schema}.jobs
+    WHERE id IN (
+        SELECT id FROM {schema}.jobs
+        WHERE state IN ('succeeded', 'failed', 'cancelled')
+          AND (finished_at < now() - %(after_s)s * interval '1 second' OR finished_at IS NULL)
+          AND (state = 'failed'
+               OR finished_at >= now() - %(succeeded_hours)s * interval '1 hour')
+        LIMIT %(batch)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING *
+)
+INSERT INTO {schema}.jobs_history
+    (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
+     last_error, errors, unique_key, handbacks, created_at, started_at, finished_at,
+     updated_at)
+SELECT id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
+       last_error, errors, unique_key, handbacks, created_at, started_at,
+       coalesce(finished_at, updated_at), updated_at
+FROM moved
+RETURNING id
+
+-- make_done_partitions --
+-- The history's partitions for finished jobs, from the oldest finish time retention keeps
+-- to `ahead` partitions past now (make_done_partitions in migration 0013).
+SELECT {schema}.make_done_partitions(
+    now() - %(succeeded_hours)s * interval '1 hour',
+    %(width_hours)s * interval '1 hour',
+    %(ahead)s) AS made
+
+-- drop_done_partitions --
+-- Drop the history's partitions of finished jobs wholly past their retention; the names.
+SELECT {schema}.drop_done_partitions(now() - %(succeeded_hours)s * interval '1 hour') AS name
+
+-- prune_history --
+-- What retention deletes row by row in the history: the default partition's jobs (a
+-- finish time no partition covered) past succeeded_hours, and the dead letter's past
+-- failed_hours (NULL keeps them). Up to `batch` of each; returns how many.
+WITH done AS (
+    DELETE FROM {schema}.jobs_done_default
+    WHERE id IN (SELECT id FROM {schema}.jobs_done_default
+                 WHERE finished_at < now() - %(succeeded_hours)s * interval '1 hour'
+                 LIMIT %(batch)s FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+), dead AS (
+    DELETE FROM {schema}.jobs_dead
+    WHERE id IN (SELECT id FROM {schema}.jobs_dead
+                 WHERE %(failed_hours)s::float8 IS NOT NULL
+                   AND finished_at < now() - %(failed_hours)s::float8 * interval '1 hour'
+                 LIMIT %(batch)s FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM done) + (SELECT count(*) FROM dead) AS deleted
+
 -- prune_finished --
--- Delete up to `batch` finished jobs older than their retention: succeeded and cancelled
--- after succeeded_hours, failed (the dead letter) after failed_hours (NULL keeps them).
+-- Delete up to `batch` finished jobs older than their retention from the jobs table
+-- (those the archiver has not moved: finished before an upgrade, or with archiving held
+-- back): succeeded and cancelled after succeeded_hours, failed (the dead letter) after
+-- failed_hours (NULL keeps them).
 DELETE FROM {schema}.jobs
 WHERE id IN (
     SELECT id FROM {schema}.jobs
@@ -508,11 +577,28 @@ RETURNING id
 
 -- retry_job --
 -- Put a failed (dead-lettered) or cancelled job back in the queue with fresh attempts; its
--- error history is kept.
-UPDATE {schema}.jobs
-SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL, updated_at = now()
-WHERE id = %(id)s AND state IN ('failed', 'cancelled')
-RETURNING id
+-- error history is kept. In the jobs table it is queued again in place; in the history it
+-- is moved back, in one statement (a live job holding its unique key makes the statement
+-- fail, and the job stays where it is).
+WITH in_place AS (
+    UPDATE {schema}.jobs
+    SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL,
+        updated_at = now()
+    WHERE id = %(id)s AND state IN ('failed', 'cancelled')
+    RETURNING id
+), back AS (
+    INSERT INTO {schema}.jobs
+        (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
+         last_error, errors, unique_key, handbacks, created_at, updated_at)
+    SELECT id, queue, job_type, payload, 'queued', priority, now(), 0, max_attempts,
+           last_error, errors, unique_key, handbacks, created_at, now()
+    FROM {schema}.jobs_history
+    WHERE id = %(id)s AND state IN ('failed', 'cancelled')
+    RETURNING id
+), gone AS (
+    DELETE FROM {schema}.jobs_history WHERE id IN (SELECT id FROM back)
+)
+SELECT id FROM in_place UNION ALL SELECT id FROM back
 
 
 -- close_schema --
@@ -580,9 +666,9 @@ WHERE state = 'running'
 GROUP BY queue, job_type
 
 -- dashboard_failed_counts --
--- The dead letter by job type (an index-only scan of jobs_failed_idx).
+-- The dead letter by job type (index-only scans of jobs_failed_idx and jobs_dead_type_idx).
 SELECT job_type, count(*) AS count
-FROM {schema}.jobs
+FROM {schema}.all_jobs
 WHERE state = 'failed'
 GROUP BY job_type
 
@@ -591,7 +677,7 @@ GROUP BY job_type
 -- and chart (the finished jobs' index, read for the last hour only).
 SELECT queue, job_type, state::text AS state,
        date_trunc('minute', finished_at) AS minute, count(*) AS count
-FROM {schema}.jobs
+FROM {schema}.all_jobs
 WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at > now() - interval '1 hour'
 GROUP BY queue, job_type, state, date_trunc('minute', finished_at)
 
@@ -605,7 +691,7 @@ GROUP BY queue, job_type, state, date_trunc('minute', finished_at)
 WITH scanned AS MATERIALIZED (
     SELECT id, queue, job_type, state, priority, run_at, attempts, max_attempts, last_error,
            created_at, started_at, finished_at
-    FROM {schema}.jobs
+    FROM {schema}.all_jobs
     WHERE id < %(before)s
     ORDER BY id DESC
     LIMIT %(window)s
@@ -626,10 +712,11 @@ LEFT JOIN matched AS m ON true
 ORDER BY m.id DESC
 
 -- dashboard_failed_jobs --
--- The jobs page filtered to the dead letter: jobs_failed_idx, newest first.
+-- The jobs page filtered to the dead letter: jobs_failed_idx and jobs_dead's ids, newest
+-- first.
 SELECT id, queue, job_type, state::text AS state, priority, run_at, attempts, max_attempts,
        left(last_error, 300) AS last_error, created_at, started_at, finished_at
-FROM {schema}.jobs
+FROM {schema}.all_jobs
 WHERE state = 'failed' AND id < %(before)s
   AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
@@ -660,18 +747,40 @@ LIMIT %(limit)s
 SELECT job_type, max(slot) AS slot FROM {schema}.schedule_slots GROUP BY job_type
 
 -- dashboard_delete_job --
--- An operator deletes one finished job.
-DELETE FROM {schema}.jobs
-WHERE id = %(id)s AND state IN ('succeeded', 'failed', 'cancelled')
-RETURNING id, job_type
+-- An operator deletes one finished job, wherever it is.
+WITH live AS (
+    DELETE FROM {schema}.jobs
+    WHERE id = %(id)s AND state IN ('succeeded', 'failed', 'cancelled')
+    RETURNING id, job_type
+), kept AS (
+    DELETE FROM {schema}.jobs_history WHERE id = %(id)s RETURNING id, job_type
+)
+SELECT * FROM live UNION ALL SELECT * FROM kept
 
 -- dashboard_retry_failed_type --
 -- An operator queues every failed job of one type again with fresh attempts (error
--- histories kept). Returns the ids.
-UPDATE {schema}.jobs
-SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL, updated_at = now()
-WHERE state = 'failed' AND job_type = %(job_type)s
-RETURNING id
+-- histories kept), in the jobs table or moved back from the dead letter (as retry_job).
+-- Returns the ids.
+WITH in_place AS (
+    UPDATE {schema}.jobs
+    SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL,
+        updated_at = now()
+    WHERE state = 'failed' AND job_type = %(job_type)s
+    RETURNING id
+), back AS (
+    INSERT INTO {schema}.jobs
+        (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
+         last_error, errors, unique_key, handbacks, created_at, updated_at)
+    SELECT id, queue, job_type, payload, 'queued', priority, now(), 0, max_attempts,
+           last_error, errors, unique_key, handbacks, created_at, now()
+    FROM {schema}.jobs_dead
+    WHERE job_type = %(job_type)s
+    ON CONFLICT DO NOTHING
+    RETURNING id
+), gone AS (
+    DELETE FROM {schema}.jobs_history WHERE id IN (SELECT id FROM back)
+)
+SELECT id FROM in_place UNION ALL SELECT id FROM back
 
 -- dashboard_audit --
 -- Record one operator action.

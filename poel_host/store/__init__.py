@@ -12,13 +12,15 @@ The methods live in one module per caller: :mod:`.jobs` (enqueueing and the work
 path), :mod:`.workers` (the registry of workers), :mod:`.operators` (the CLI, the
 dashboard and the test kit), :mod:`.sessions` (the dashboard's sign-ins),
 :mod:`.migrations`, :mod:`.server` (the server's own settings and statistics about the jobs
-table); :mod:`.base` holds the plumbing they share. :class:`Store` is all of
-them, so one store serves a worker or a dashboard.
+table), :mod:`.history` (archiving finished jobs, retention); :mod:`.base` holds the
+plumbing they share. :class:`Store` is all of them, so one store serves a worker or a
+dashboard.
 """
 
 from __future__ import annotations
 
 from poel_host.store.base import DB_ERRORS, Conn, Source, StoreBase, claim_query, queries
+from poel_host.store.history import HistoryStore
 from poel_host.store.jobs import JobStore, OutcomeRow
 from poel_host.store.migrations import MigrationStore
 from poel_host.store.operators import OperatorStore
@@ -29,6 +31,7 @@ from poel_host.store.workers import WorkerStore
 __all__ = [
     "DB_ERRORS",
     "Conn",
+    "HistoryStore",
     "JobStore",
     "MigrationStore",
     "OperatorStore",
@@ -44,5 +47,13 @@ __all__ = [
 ]
 
 
-class Store(JobStore, WorkerStore, OperatorStore, SessionStore, MigrationStore, ServerStore):
+class Store(
+    JobStore,
+    HistoryStore,
+    WorkerStore,
+    OperatorStore,
+    SessionStore,
+    MigrationStore,
+    ServerStore,
+):
     """Poel's tables in one schema, reached through ``source``: every part of the store."""

@@ -171,13 +171,6 @@ class JobStore(StoreBase):
         params = {"base_ms": base_ms, "max_ms": max_ms}
         return self._all("recover_expired", params, connection)
 
-    def prune_finished(
-        self, *, succeeded_hours: float, failed_hours: float | None, batch: int
-    ) -> int:
-        """Delete up to ``batch`` finished jobs past their retention; how many."""
-        params = {"succeeded_hours": succeeded_hours, "failed_hours": failed_hours, "batch": batch}
-        return len(self._all("prune_finished", params))
-
     def set_statement_timeout(self, conn: Conn, ms: int, *, local: bool) -> None:
         """Bound the statements a handler runs on ``conn`` (see the SQL's comment)."""
         self._execute("set_statement_timeout", {"ms": str(ms), "local": local}, conn)

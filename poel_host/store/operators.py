@@ -11,7 +11,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from poel_host.errors import PoelError
-from poel_host.store.base import StoreBase
+from poel_host.store.base import Conn, StoreBase
 
 
 class OperatorStore(StoreBase):
@@ -41,10 +41,11 @@ class OperatorStore(StoreBase):
         """Cancel a queued job; False if it is not queued."""
         return self._one("cancel_job", {"id": job_id}) is not None
 
-    def retry_job(self, job_id: int) -> bool:
-        """Queue a failed or cancelled job again with fresh attempts; False if it is not."""
+    def retry_job(self, job_id: int, connection: Conn | None = None) -> bool:
+        """Queue a failed or cancelled job again with fresh attempts, wherever it is;
+        False if it is not failed or cancelled."""
         try:
-            return self._one("retry_job", {"id": job_id}) is not None
+            return self._one("retry_job", {"id": job_id}, connection) is not None
         except psycopg.errors.UniqueViolation:
             raise PoelError(
                 f"job {job_id} cannot be retried: a live job of its type holds its unique_key"

@@ -1,5 +1,10 @@
 """Deleting finished jobs past their retention (``POEL_RETAIN_*_HOURS``).
 
+Most finished jobs are in the history by then (:mod:`poel_host.worker.archiver`): its
+partitions past the retention are dropped whole. Row by row go only the dead letter
+(``jobs_dead``, when ``POEL_RETAIN_FAILED_HOURS`` is set), the history's default
+partition, and finished jobs still in the jobs table (finished before an upgrade).
+
 On its own greenlet and its own pooled connection, so that a prune never delays a lease
 renewal or a claim. Each pass is bounded (``PASS_ROWS``, in statements of ``BATCH`` rows):
 a backlog of a million expired rows is worked off pass by pass, a second apart, instead of
@@ -44,19 +49,25 @@ class Pruner(Periodic):
         return BACKLOG_PAUSE_S if self.prune() >= PASS_ROWS else INTERVAL_S
 
     def prune(self) -> int:
-        """One pass: delete up to PASS_ROWS finished jobs past their retention."""
+        """One pass: drop the history's partitions past the retention, then delete up to
+        PASS_ROWS finished jobs past their retention, row by row, where they are not in a
+        partition (returns how many rows)."""
         s = self.settings
+        dropped = self.store.drop_done_partitions(succeeded_hours=s.retain_succeeded_hours)
+        if dropped:
+            self.log.info("history partitions dropped", partitions=dropped)
         deleted = 0
-        while deleted < PASS_ROWS:
-            rows = self.store.prune_finished(
-                succeeded_hours=s.retain_succeeded_hours,
-                failed_hours=s.retain_failed_hours,
-                batch=min(BATCH, PASS_ROWS - deleted),
-            )
-            deleted += rows
-            if rows < BATCH:
-                break
-            gevent.sleep(0)
+        for prune in (self.store.prune_finished, self.store.prune_history):
+            while deleted < PASS_ROWS:
+                rows = prune(
+                    succeeded_hours=s.retain_succeeded_hours,
+                    failed_hours=s.retain_failed_hours,
+                    batch=min(BATCH, PASS_ROWS - deleted),
+                )
+                deleted += rows
+                if rows < BATCH:
+                    break
+                gevent.sleep(0)
         if deleted:
             self.log.info("finished jobs pruned", jobs=deleted)
         return deleted

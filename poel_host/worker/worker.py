@@ -32,6 +32,7 @@ from poel_host.queue import Queue
 from poel_host.settings import Settings
 from poel_host.store import Store
 from poel_host.worker import readings
+from poel_host.worker.archiver import Archiver
 from poel_host.worker.attempts import Attempts
 from poel_host.worker.completer import Completer
 from poel_host.worker.depths import QueueDepths
@@ -219,6 +220,7 @@ class Worker:
                 gone_workers_keep_s=s.gone_workers_keep_s,
                 backoff_ms=(s.retry_backoff_ms, s.retry_backoff_max_ms),
             ),
+            Archiver(self.store, s, log=self.log),
             Pruner(self.store, s, log=self.log),
             Promoter(self.store, interval=s.poll_interval_ms / 1000, on_promoted=wake, log=log),
             Scheduler(list(self.plugins.jobs.values()), self.store, log=self.log),

@@ -1,0 +1,91 @@
+"""Moving finished jobs out of the jobs table, into the history (migration 0013).
+
+The jobs table is the job path's: claims, leases, outcomes and the promoter read and write
+it, so it should hold what is live, not a day of finished jobs. A finished job stays there
+``POEL_ARCHIVE_AFTER_S`` (a minute by default: long enough for whoever waits on it to read
+its outcome where it was), then each worker's archiver moves it, in one statement per
+batch, into ``jobs_history``: succeeded and cancelled jobs into the partition of their
+finish hour (or day, when ``POEL_RETAIN_SUCCEEDED_HOURS`` is over two days), failed ones
+into ``jobs_dead``. Retention then drops whole partitions (the pruner), which writes no
+WAL a row and leaves nothing to vacuum.
+
+The partitions a finish time needs are made ahead (``AHEAD`` of them past now, and back to
+the oldest finish time retention keeps, for jobs finished before an upgrade), at most
+every ``PARTITIONS_EVERY_S``; a job no partition covers lands in the default partition,
+pruned row by row. On its own greenlet and pooled connection, never on the job path: the
+brief lock that attaching a partition takes on the history stops no claim and no outcome.
+A full pass is followed at once by the next, so a burst is worked off at the rate the
+database can move rows, a batch at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gevent
+
+from poel_host.settings import Settings
+from poel_host.store import Store
+from poel_host.worker.supervisor import Periodic
+
+BATCH = 2_000  # jobs one statement moves
+PASS_ROWS = 20_000  # jobs one pass moves at most
+AHEAD = 3  # partitions made past the current one
+PARTITIONS_EVERY_S = 60.0  # between checks that the partitions exist
+
+
+def partition_hours(retain_succeeded_hours: float) -> int:
+    """The width of the history's partitions: an hour while retention is two days or
+    less (at most about 50 partitions to look through), else a day."""
+    return 1 if retain_succeeded_hours <= 48 else 24
+
+
+class Archiver(Periodic):
+    name = "archiver"
+    failed = "archiving finished jobs failed"
+
+    def __init__(self, store: Store, settings: Settings, *, log: Any) -> None:
+        super().__init__()
+        self.store = store
+        self.settings = settings
+        self.log = log
+        self.interval = min(10.0, max(1.0, settings.archive_after_s / 2))
+        self.retry_max_s = self.interval
+        self._partitions_at: float | None = None  # when the partitions were last made
+
+    def step(self) -> float:
+        self.make_partitions()
+        return 0.0 if self.archive() >= PASS_ROWS else self.interval
+
+    def make_partitions(self, *, force: bool = False) -> int:
+        """Make the partitions finish times need, unless done within PARTITIONS_EVERY_S."""
+        now = time.monotonic()
+        last = self._partitions_at
+        if not force and last is not None and now - last < PARTITIONS_EVERY_S:
+            return 0
+        hours = self.settings.retain_succeeded_hours
+        made = self.store.make_done_partitions(
+            succeeded_hours=hours, width_hours=partition_hours(hours), ahead=AHEAD
+        )
+        self._partitions_at = now
+        if made:
+            self.log.info("history partitions made", partitions=made)
+        return made
+
+    def archive(self) -> int:
+        """One pass: move up to PASS_ROWS finished jobs into the history."""
+        moved = 0
+        while moved < PASS_ROWS:
+            rows = self.store.archive_finished(
+                after_s=self.settings.archive_after_s,
+                succeeded_hours=self.settings.retain_succeeded_hours,
+                batch=min(BATCH, PASS_ROWS - moved),
+            )
+            moved += rows
+            if rows < BATCH:
+                break
+            gevent.sleep(0)
+        if moved:
+            self.log.debug("finished jobs archived", jobs=moved)
+        return moved
