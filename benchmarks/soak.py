@@ -269,11 +269,16 @@ def produce(url: str, rate: float, duration: float, tick_s: float, stats: Any) -
 
 # Sampling -------------------------------------------------------------------------------
 
+# The jobs table, its indexes, and the history of finished jobs (migration 0013: every
+# partition, with its indexes; 0 on a Poel without one).
 SIZES = """
 SELECT pg_table_size(t.oid), pg_indexes_size(t.oid),
        coalesce((SELECT jsonb_object_agg(c.relname, pg_relation_size(c.oid))
                  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                 WHERE i.indrelid = t.oid), '{}'::jsonb)
+                 WHERE i.indrelid = t.oid), '{}'::jsonb),
+       coalesce((SELECT sum(pg_total_relation_size(p.relid))
+                 FROM pg_partition_tree(to_regclass('poel.jobs_history')) AS p
+                 WHERE p.isleaf), 0)::bigint
 FROM pg_class t WHERE t.oid = 'poel.jobs'::regclass
 """
 
@@ -284,14 +289,16 @@ SELECT n_live_tup, n_dead_tup, autovacuum_count, autoanalyze_count, n_tup_upd,
 FROM pg_stat_user_tables s WHERE s.relid = 'poel.jobs'::regclass
 """
 
-# Counts through the partial indexes (one each), never a scan of the finished rows.
+# Counts through the partial indexes (one each), never a scan of the finished rows. The
+# failed jobs of a Poel with a history (migration 0013) are also in its dead letter.
 COUNTS = """
 SELECT now(), pg_wal_lsn_diff(pg_current_wal_lsn(), %(wal0)s::pg_lsn)::bigint,
        coalesce((SELECT max(id) FROM poel.jobs), 0),
        (SELECT count(*) FROM poel.jobs WHERE state = 'queued'),
        (SELECT count(*) FROM poel.jobs WHERE state = 'running'),
-       (SELECT count(*) FROM poel.jobs WHERE state = 'failed')
+       (SELECT count(*) FROM poel.jobs WHERE state = 'failed') + {dead}
 """
+DEAD = "(SELECT count(*) FROM poel.jobs_dead)"
 
 # Enqueue-to-start of the jobs started in (lo, hi], as 1% buckets. `id >= floor` bounds
 # the scan to the rows enqueued lately (the primary key): every job below the floor had
@@ -385,6 +392,7 @@ class Sampler:
     start: float = 0.0
     wal0: str = "0/0"
     id0: int = 0
+    history: bool = False  # whether finished jobs move to poel.jobs_history
     stats0: tuple[Any, ...] = ()
     first: Reading | None = None
     last: Reading | None = None
@@ -413,6 +421,8 @@ class Sampler:
         ).fetchone()
         assert row is not None
         self.wal0, self.id0 = str(row[0]), int(row[1])
+        found = self.conn.execute("SELECT to_regclass('poel.jobs_history') IS NOT NULL").fetchone()
+        self.history = bool(found and found[0])  # finished jobs move out (migration 0013)
         # The floor of a window is the one found two samples before: a job below it had
         # started before that sample's query, which is before this window opened.
         self.floors = [self.id0 + 1, self.id0 + 1]
@@ -432,7 +442,8 @@ class Sampler:
     def sample(self) -> dict[str, Any]:
         assert self.last is not None
         c, last = self.conn, self.last
-        counts = c.execute(COUNTS, {"wal0": self.wal0}).fetchone()
+        dead = DEAD if self.history else "0"
+        counts = c.execute(COUNTS.format(dead=dead), {"wal0": self.wal0}).fetchone()
         assert counts is not None
         now, wal, max_id, queued, running, failed = counts
         hi = now - timedelta(seconds=LAG_S)
@@ -444,7 +455,7 @@ class Sampler:
         self.floors = [self.floors[-1], int(floor[0]) if floor else max_id + 1]
         sizes = c.execute(SIZES).fetchone()
         assert sizes is not None
-        table_bytes, indexes_bytes, each = sizes
+        table_bytes, indexes_bytes, each, history_bytes = sizes
         live, dead, vacuums, analyzes, upd, hot, dele, vacuuming = self._table_stats()
         s0 = self.stats0
 
@@ -489,6 +500,7 @@ class Sampler:
             "table_bytes": table_bytes,
             "indexes_bytes": indexes_bytes,
             "index_bytes": each,
+            "history_bytes": int(history_bytes),
             "n_live_tup": live,
             "n_dead_tup": dead,
             "autovacuum_count": vacuums - s0[2],
@@ -762,7 +774,7 @@ def summarize(sampler: Sampler, o: Options, producer: dict[str, Any]) -> dict[st
         return round(b / a, 2) if a and b is not None else None
 
     def storage(r: dict[str, Any]) -> int:
-        return int(r["table_bytes"]) + int(r["indexes_bytes"])
+        return int(r["table_bytes"]) + int(r["indexes_bytes"]) + int(r.get("history_bytes", 0))
 
     last = records[-1]
     before_tail = records[tail[0] - 1] if tail[0] > 0 else records[0]
@@ -797,6 +809,8 @@ def summarize(sampler: Sampler, o: Options, producer: dict[str, Any]) -> dict[st
             (storage(last) - storage(before_tail)) / 2**20 / tail_minutes, 2
         ),
         "table_bytes_end": last["table_bytes"],
+        "table_bytes_max": max(int(r["table_bytes"]) for r in records),
+        "history_bytes_end": last.get("history_bytes", 0),
         "indexes_bytes_end": last["indexes_bytes"],
         "claim_index_bytes_end": claim[-1],
         "claim_index_bytes_max": max((c for c in claim if c is not None), default=None),
@@ -940,6 +954,13 @@ def plot(records: list[dict[str, Any]], o: Options, settings: dict[str, Any], pa
     # (the claim's) are where bloat shows first, and would be flat beside the table.
     mb = 2**20
     sizes.plot(t, [r["table_bytes"] / mb for r in records], label="table", color="black")
+    sizes.plot(
+        t,
+        [r.get("history_bytes", 0) / mb for r in records],
+        label="history",
+        color="black",
+        linestyle="--",
+    )
     sizes.set_ylabel("table, MB")
     indexes = sizes.twinx()
     total = [r["indexes_bytes"] / mb for r in records]
