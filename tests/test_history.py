@@ -12,7 +12,7 @@ import pytest
 from poel_host.database import make_pool
 from poel_host.errors import PoelError
 from poel_host.store import Store
-from poel_host.worker.archiver import Archiver, partition_hours
+from poel_host.worker.archiver import Archiver, partition_width_s
 from poel_host.worker.pruner import Pruner
 
 pytestmark = pytest.mark.process
@@ -156,13 +156,13 @@ def test_retention_drops_whole_partitions_and_prunes_the_rest_row_by_row(poel_co
     settings = poel_settings.model_copy(
         update={"archive_after_s": 0, "retain_succeeded_hours": 24, "retain_failed_hours": 48}
     )
-    assert partition_hours(24) == 1 and partition_hours(168) == 24
+    assert [partition_width_s(h) for h in (0.01, 0.02, 1, 24, 168)] == [60, 60, 900, 3600, 86400]
     recent = finished_rows(poel_conn, 10, hours_ago=2)
     old = finished_rows(poel_conn, 10, hours_ago=30)  # past 24 h
     dead_recent = finished_rows(poel_conn, 3, state="failed", hours_ago=30)
     dead_old = finished_rows(poel_conn, 3, state="failed", hours_ago=50)  # past 48 h
     # Partitions back to 36 hours ago (as if retention had been longer), then archive.
-    store.make_done_partitions(succeeded_hours=36, width_hours=1, ahead=3, connection=poel_conn)
+    store.make_done_partitions(succeeded_hours=36, width_s=3600, ahead=3, connection=poel_conn)
     archived = store.archive_finished(
         after_s=0, succeeded_hours=36, batch=100, connection=poel_conn
     )
@@ -198,7 +198,7 @@ def test_the_dashboard_shows_archived_jobs(dashboard, poel_conn):
     store = Store("poel")
     [dead] = finished_rows(poel_conn, 1, state="failed")
     [done] = finished_rows(poel_conn, 1)
-    store.make_done_partitions(succeeded_hours=24, width_hours=1, ahead=1, connection=poel_conn)
+    store.make_done_partitions(succeeded_hours=24, width_s=3600, ahead=1, connection=poel_conn)
     assert store.archive_finished(after_s=0, succeeded_hours=24, batch=10, connection=poel_conn)
     assert where(poel_conn, dead)[0] == "poel.jobs_dead"
     assert where(poel_conn, done)[0].startswith("poel.jobs_done_")

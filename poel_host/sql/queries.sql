@@ -484,8 +484,8 @@ WHERE s.slot < now() - interval '7 days'
 
 -- archive_finished --
 -- Move up to `batch` jobs finished more than `after_s` seconds ago from the jobs table
--- into jobs_history (succeeded and cancelled into the partition of their finish hour or
--- day, failed into jobs_dead), in one statement: a job is in one table or the other,
+-- into jobs_history (succeeded and cancelled into the partition of their finish time,
+-- failed into jobs_dead), in one statement: a job is in one table or the other,
 -- never both, never neither. Rows another archiver is moving are skipped, and succeeded
 -- or cancelled ones past their retention are left to prune_finished (moving them would be
 -- deleting them twice). Returns the ids.
@@ -517,7 +517,7 @@ RETURNING id
 -- to `ahead` partitions past now (make_done_partitions in migration 0013).
 SELECT {schema}.make_done_partitions(
     now() - %(succeeded_hours)s * interval '1 hour',
-    %(width_hours)s * interval '1 hour',
+    %(width_s)s * interval '1 second',
     %(ahead)s) AS made
 
 -- drop_done_partitions --

@@ -28,13 +28,13 @@ class HistoryStore(StoreBase):
         self,
         *,
         succeeded_hours: float,
-        width_hours: int,
+        width_s: int,
         ahead: int,
         connection: Conn | None = None,
     ) -> int:
         """Make the history's missing partitions for finished jobs, from the oldest finish
         time kept to ``ahead`` partitions past now; how many were made."""
-        params = {"succeeded_hours": succeeded_hours, "width_hours": width_hours, "ahead": ahead}
+        params = {"succeeded_hours": succeeded_hours, "width_s": width_s, "ahead": ahead}
         row = self._one("make_done_partitions", params, connection)
         return int(row["made"]) if row else 0
 

@@ -5,8 +5,8 @@ it, so it should hold what is live, not a day of finished jobs. A finished job s
 ``POEL_ARCHIVE_AFTER_S`` (a minute by default: long enough for whoever waits on it to read
 its outcome where it was), then each worker's archiver moves it, in one statement per
 batch, into ``jobs_history``: succeeded and cancelled jobs into the partition of their
-finish hour (or day, when ``POEL_RETAIN_SUCCEEDED_HOURS`` is over two days), failed ones
-into ``jobs_dead``. Retention then drops whole partitions (the pruner), which writes no
+finish time (``partition_width_s``: a minute to a day, by ``POEL_RETAIN_SUCCEEDED_HOURS``),
+failed ones into ``jobs_dead``. Retention then drops whole partitions (the pruner), which writes no
 WAL a row and leaves nothing to vacuum.
 
 The partitions a finish time needs are made ahead (``AHEAD`` of them past now, and back to
@@ -32,13 +32,20 @@ from poel_host.worker.supervisor import Periodic
 BATCH = 2_000  # jobs one statement moves
 PASS_ROWS = 20_000  # jobs one pass moves at most
 AHEAD = 3  # partitions made past the current one
-PARTITIONS_EVERY_S = 60.0  # between checks that the partitions exist
+PARTITIONS_EVERY_S = 30.0  # between checks that the partitions exist (AHEAD covers it)
 
 
-def partition_hours(retain_succeeded_hours: float) -> int:
-    """The width of the history's partitions: an hour while retention is two days or
-    less (at most about 50 partitions to look through), else a day."""
-    return 1 if retain_succeeded_hours <= 48 else 24
+WIDTHS_S = (60, 300, 900, 3600, 86400)  # a partition's width: a minute to a day
+
+
+def partition_width_s(retain_succeeded_hours: float) -> int:
+    """The width of the history's partitions: the widest of WIDTHS_S within a quarter of
+    the retention (at least a minute). A partition is dropped once its newest job is past
+    the retention, so the history holds at most a width more than it: a quarter more at
+    worst, and between 4 and about 50 partitions (24 hours: 1-hour partitions; 7 days:
+    1-day ones; 1 hour: 15-minute ones)."""
+    quarter_s = retain_succeeded_hours * 3600 / 4
+    return max([w for w in WIDTHS_S if w <= quarter_s], default=WIDTHS_S[0])
 
 
 class Archiver(Periodic):
@@ -66,7 +73,7 @@ class Archiver(Periodic):
             return 0
         hours = self.settings.retain_succeeded_hours
         made = self.store.make_done_partitions(
-            succeeded_hours=hours, width_hours=partition_hours(hours), ahead=AHEAD
+            succeeded_hours=hours, width_s=partition_width_s(hours), ahead=AHEAD
         )
         self._partitions_at = now
         if made:

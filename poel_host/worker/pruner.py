@@ -19,6 +19,7 @@ import gevent
 
 from poel_host.settings import Settings
 from poel_host.store import Store
+from poel_host.worker.archiver import partition_width_s
 from poel_host.worker.supervisor import Periodic
 
 INTERVAL_S = 300.0  # between passes once the backlog is gone
@@ -46,7 +47,10 @@ class Pruner(Periodic):
         return max(1.0, min(FIRST_PASS_S, 10 * self.settings.lease_ms / 3000))
 
     def step(self) -> float:
-        return BACKLOG_PAUSE_S if self.prune() >= PASS_ROWS else INTERVAL_S
+        if self.prune() >= PASS_ROWS:
+            return BACKLOG_PAUSE_S
+        # No later than a history partition's width after it is past the retention.
+        return min(INTERVAL_S, partition_width_s(self.settings.retain_succeeded_hours))
 
     def prune(self) -> int:
         """One pass: drop the history's partitions past the retention, then delete up to

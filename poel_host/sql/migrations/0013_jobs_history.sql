@@ -2,7 +2,7 @@
 -- and the promoter look at: queued and running jobs, and the jobs finished in the last
 -- POEL_ARCHIVE_AFTER_S, until each worker's archiver moves them, in batches, into
 -- jobs_history. There, retention costs nothing: succeeded and cancelled jobs are kept in
--- partitions by finish time (an hour or a day each), and a partition past the retention
+-- partitions by finish time (a minute to a day each), and a partition past the retention
 -- is dropped whole, not deleted row by row, so it leaves no dead rows to vacuum and writes
 -- no WAL a row. Failed jobs (the dead letter) are kept in a table of their own, pruned by
 -- POEL_RETAIN_FAILED_HOURS when it is set. Nothing on the job path (claim, lease,
@@ -62,23 +62,24 @@ FROM {schema}.jobs_history;
 COMMENT ON VIEW {schema}.all_jobs IS
     'Every Poel job: the jobs table (queued, running, just finished) and jobs_history.';
 
--- The partitions of jobs_done from `since` to `ahead` widths past now, each `width` (an
--- hour or a day) wide, named by their start in UTC; made by every worker's archiver each
--- pass. A partition another worker made meanwhile is no error. Returns how many it made.
--- A short lock_timeout: attaching a partition locks jobs_history, and waiting behind a
--- long read of it would hold every archiver behind this; the next pass tries again.
+-- The partitions of jobs_done from `since` to `ahead` widths past now, each `width` wide
+-- (from a minute to a day; their bounds are multiples of it since 2000-01-01 UTC), named
+-- by their start in UTC; made by every worker's archiver. A partition another worker made
+-- meanwhile is no error. Returns how many it made. A short lock_timeout: attaching a
+-- partition locks jobs_history, and waiting behind a long read of it would hold every
+-- archiver behind this; the next pass tries again.
 CREATE FUNCTION {schema}.make_done_partitions(since timestamptz, width interval, ahead integer)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
-    unit text := CASE WHEN width >= interval '1 day' THEN 'day' ELSE 'hour' END;
-    lo timestamptz := date_trunc(unit, since, 'UTC');
-    last timestamptz := date_trunc(unit, now(), 'UTC') + ahead * width;
+    origin constant timestamptz := '2000-01-01 00:00:00+00';
+    lo timestamptz := date_bin(width, since, origin);
+    last timestamptz := date_bin(width, now(), origin) + ahead * width;
     made integer := 0;
     name text;
 BEGIN
     PERFORM set_config('lock_timeout', '2s', true);
     WHILE lo <= last LOOP
-        name := 'jobs_done_' || to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD"h"HH24');
+        name := 'jobs_done_' || to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MI');
         IF to_regclass(format('%s.%I', '{schema}', name)) IS NULL THEN
             BEGIN
                 EXECUTE format('CREATE TABLE %s.%I PARTITION OF %s.jobs_done'
