@@ -72,8 +72,11 @@ CREATE FUNCTION {schema}.make_done_partitions(since timestamptz, width interval,
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     origin constant timestamptz := '2000-01-01 00:00:00+00';
-    lo timestamptz := date_bin(width, since, origin);
-    last timestamptz := date_bin(width, now(), origin) + ahead * width;
+    -- date_bin(width, t, origin), which PostgreSQL 13 has not
+    lo timestamptz := origin + width * floor(extract(epoch FROM since - origin)
+                                             / extract(epoch FROM width));
+    last timestamptz := origin + width * floor(extract(epoch FROM now() - origin)
+                                               / extract(epoch FROM width)) + ahead * width;
     made integer := 0;
     name text;
 BEGIN
