@@ -60,13 +60,16 @@ WHERE job_type = %(job_type)s AND unique_key = %(unique_key)s AND state IN ('que
 -- the next rows when other claims hold the first ones. The lock is taken by the scan of
 -- one row (a LATERAL subquery), so a row another claim changed meanwhile is checked
 -- again alone: a lock taken through the merged scans made each such row re-read them
--- all, seconds a claim under load.
+-- all, seconds a claim under load. That scan can only be the primary key's: the state is
+-- compared as text, which implies the predicate of no partial index. (On statistics that
+-- say the table is empty, as an autovacuum can leave them once finished jobs are moved
+-- out, the planner found each row through jobs_queued_idx: the whole backlog, a row.)
 WITH due AS (
     SELECT locked.id
     FROM (SELECT * FROM ({ready_jobs}) AS ready ORDER BY priority DESC, run_at, id) AS c
     CROSS JOIN LATERAL (
         SELECT id FROM {schema}.jobs
-        WHERE id = c.id AND state = 'queued' AND ready
+        WHERE id = c.id AND state::text = 'queued' AND ready
         FOR UPDATE SKIP LOCKED
     ) AS locked
     LIMIT %(limit)s
