@@ -199,6 +199,7 @@ def drain(
         if not done:
             raise TimeoutError(f"no job done in {time.monotonic() - started:.0f} s")
         cpu = share.stop()
+        system.settle(conn)  # what a finished job still costs (Poel's move to its history)
         server = cost[0].stop(done) if cost else {}
         seconds = system.window(conn, since)
         return {

@@ -72,6 +72,12 @@ class System(ABC):
         drain's timeout. None where the adapter does not look (the default)."""
         return None
 
+    def settle(self, conn: psycopg.Connection[Any]) -> None:
+        """Once every job is done, wait for the work a finished job still causes (Poel's
+        move into its history), so that what a job costs the server counts it all.
+        Nothing to wait for by default."""
+        return None
+
     @abstractmethod
     def window(self, conn: psycopg.Connection[Any], since: Any) -> float:
         """Seconds from the first job start to the last job finish, past ``since``."""
