@@ -388,6 +388,7 @@ class Run:
     stop: threading.Event = field(default_factory=threading.Event)
     inserted: int = 0
     finished: int = 0
+    claim_timeouts: int = 0
     # (monotonic time, seconds) of each claim and finish statement.
     claims: list[tuple[float, float]] = field(default_factory=list)
     finishes: list[tuple[float, float]] = field(default_factory=list)
@@ -453,11 +454,21 @@ def consumer(run: Run, number: int, pids: list[int]) -> None:
         "lease_ms": None,
     }
     with connect(args.dsn) as conn:
+        # A claim can turn into a sort of the whole backlog once the planner sees that
+        # every row is ready (a seq scan, not jobs_ready_idx): seconds, then minutes, a
+        # claim. The timeout keeps such a run going (and counted) instead of hanging it.
+        conn.execute(f"SET statement_timeout = '{args.statement_timeout_s}s'")
         pids.append(conn.info.backend_pid)
         while not run.stop.is_set():
             token = str(uuid.uuid4())
             t = time.perf_counter()
-            ids = [r[0] for r in conn.execute(CLAIM, {**params, "token": token}).fetchall()]
+            try:
+                rows = conn.execute(CLAIM, {**params, "token": token}).fetchall()
+            except psycopg.errors.QueryCanceled:
+                with run.lock:
+                    run.claim_timeouts += 1
+                continue
+            ids = [r[0] for r in rows]
             now = time.perf_counter()
             with run.lock:
                 run.claims.append((time.monotonic(), now - t))
@@ -587,6 +598,9 @@ def run_design(design: str, args: argparse.Namespace, number: int) -> dict:
         run.stop.set()
         for t in threads:
             t.join(timeout=30)
+        # A statement still running (a runaway claim) would block the next run's DROP.
+        for pid in pids:
+            conn.execute("SELECT pg_cancel_backend(%s)", (pid,))
     if window_start is None:
         window_start, window_log = 0, 0
     return summarize(run, number, window_start, window_log or 0, end_log, pids)
@@ -652,6 +666,7 @@ def summarize(
         "other_autovacuum_s": round(sum(other_vacs), 2),
         "autoanalyzes": len(analyzes),
         "claims": len(claims),
+        "claim_timeouts": run.claim_timeouts,
         "claim_p50_ms": ms(claims, 50),
         "claim_p99_ms": ms(claims, 99),
         "finish_p50_ms": ms(finishes, 50),
@@ -791,6 +806,7 @@ def main() -> None:
     p.add_argument("--partition-s", type=int, default=15, help="history partition width (B)")
     p.add_argument("--prune-every", type=float, default=5, help="pruner interval (A)")
     p.add_argument("--sample-every", type=float, default=5)
+    p.add_argument("--statement-timeout-s", type=float, default=10, help="consumers' timeout")
     p.add_argument("--keep-samples", action="store_true", help="include the samples in the JSON")
     args = p.parse_args()
     if args.warmup is None:
