@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from common import process_jiffies
 
 SCHEMA = "designs"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -229,16 +230,6 @@ def percentile(values: list[float], q: float) -> float | None:
 # --- server-side accounting -------------------------------------------------------------
 
 
-def process_jiffies(pid: int, reaped: bool = False) -> int:
-    """CPU ticks of ``pid`` (utime + stime; with ``reaped`` also cutime + cstime, the
-    children it has waited for), 0 once it is gone. As benchmarks/common.py does."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0
-    return sum(int(f) for f in fields[11 : 15 if reaped else 13])
-
-
 def children(pid: int) -> list[int]:
     """The postmaster's live children: backends, autovacuum workers, WAL writer, ..."""
     found: list[int] = []
@@ -256,7 +247,7 @@ def server_jiffies(postmaster: int) -> int:
     among them. The cluster is this benchmark's alone, so a difference of two readings
     is the run's server CPU, background work included, whoever did it."""
     return process_jiffies(postmaster, reaped=True) + sum(
-        process_jiffies(p) for p in children(postmaster)
+        process_jiffies(p, reaped=False) for p in children(postmaster)
     )
 
 
@@ -536,7 +527,7 @@ def sample(conn: psycopg.Connection[Any], run: Run, postmaster: int) -> dict:
         **{k: int(v or 0) for k, v in zip(keys, row, strict=True)},
         "server_jiffies": server_jiffies(postmaster),
         "machine_jiffies": machine_busy_jiffies(),
-        "own_jiffies": process_jiffies(os.getpid()),
+        "own_jiffies": process_jiffies(os.getpid(), reaped=False),
         "inserted": run.inserted,
         "finished": run.finished,
     }

@@ -23,11 +23,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import gevent
-
 from poel_host.settings import Settings
 from poel_host.store import Store
-from poel_host.worker.supervisor import Periodic
+from poel_host.worker.supervisor import Periodic, in_batches
 
 BATCH = 2_000  # jobs one statement moves
 PASS_ROWS = 20_000  # jobs one pass moves at most
@@ -82,17 +80,14 @@ class Archiver(Periodic):
 
     def archive(self) -> int:
         """One pass: move up to PASS_ROWS finished jobs into the history."""
-        moved = 0
-        while moved < PASS_ROWS:
-            rows = self.store.archive_finished(
-                after_s=self.settings.archive_after_s,
-                succeeded_hours=self.settings.retain_succeeded_hours,
-                batch=min(BATCH, PASS_ROWS - moved),
-            )
-            moved += rows
-            if rows < BATCH:
-                break
-            gevent.sleep(0)
+        s = self.settings
+        moved = in_batches(
+            lambda n: self.store.archive_finished(
+                after_s=s.archive_after_s, succeeded_hours=s.retain_succeeded_hours, batch=n
+            ),
+            batch=BATCH,
+            limit=PASS_ROWS,
+        )
         if moved:
             self.log.debug("finished jobs archived", jobs=moved)
         return moved

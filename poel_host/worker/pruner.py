@@ -13,14 +13,14 @@ in one long sweep.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
-
-import gevent
 
 from poel_host.settings import Settings
 from poel_host.store import Store
 from poel_host.worker.archiver import partition_width_s
-from poel_host.worker.supervisor import Periodic
+from poel_host.worker.supervisor import Periodic, in_batches
 
 INTERVAL_S = 300.0  # between passes once the backlog is gone
 BACKLOG_PAUSE_S = 1.0  # between passes while a pass comes back full
@@ -62,16 +62,23 @@ class Pruner(Periodic):
             self.log.info("history partitions dropped", partitions=dropped)
         deleted = 0
         for prune in (self.store.prune_finished, self.store.prune_history):
-            while deleted < PASS_ROWS:
-                rows = prune(
+            deleted += in_batches(
+                functools.partial(
+                    _batch_of,
+                    prune,
                     succeeded_hours=s.retain_succeeded_hours,
                     failed_hours=s.retain_failed_hours,
-                    batch=min(BATCH, PASS_ROWS - deleted),
-                )
-                deleted += rows
-                if rows < BATCH:
-                    break
-                gevent.sleep(0)
+                ),
+                batch=BATCH,
+                limit=PASS_ROWS - deleted,
+            )
         if deleted:
             self.log.info("finished jobs pruned", jobs=deleted)
         return deleted
+
+
+def _batch_of(
+    prune: Callable[..., int], n: int, *, succeeded_hours: float, failed_hours: float | None
+) -> int:
+    """One batch of ``n`` rows of a prune (in_batches passes the size)."""
+    return prune(succeeded_hours=succeeded_hours, failed_hours=failed_hours, batch=n)

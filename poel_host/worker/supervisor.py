@@ -73,6 +73,22 @@ class Periodic(Service):
             gevent.sleep(wait)
 
 
+def in_batches(step: Callable[[int], int], *, batch: int, limit: int) -> int:
+    """Call ``step(n)`` (work on up to ``n`` rows; how many it did) a batch at a time until
+    a batch comes back short or ``limit`` rows are done, yielding to the other greenlets
+    between batches: a periodic pass over a large backlog (the pruner's, the archiver's)
+    stays bounded and never holds the hub. The rows done."""
+    done = 0
+    while done < limit:
+        asked = min(batch, limit - done)
+        rows = step(asked)
+        done += rows
+        if rows < asked:
+            break
+        gevent.sleep(0)
+    return done
+
+
 class Supervisor:
     """Runs services, restarts those that die, and knows which are failing."""
 
