@@ -162,7 +162,7 @@ def test_retention_drops_whole_partitions_and_prunes_the_rest_row_by_row(poel_co
     dead_recent = finished_rows(poel_conn, 3, state="failed", hours_ago=30)
     dead_old = finished_rows(poel_conn, 3, state="failed", hours_ago=50)  # past 48 h
     # Partitions back to 36 hours ago (as if retention had been longer), then archive.
-    store.make_done_partitions(succeeded_hours=36, width_s=3600, ahead=3, connection=poel_conn)
+    store.make_done_partitions(back_s=36 * 3600, width_s=3600, ahead=3, connection=poel_conn)
     archived = store.archive_finished(
         after_s=0, succeeded_hours=36, batch=100, connection=poel_conn
     )
@@ -198,7 +198,7 @@ def test_the_dashboard_shows_archived_jobs(dashboard, poel_conn):
     store = Store("poel")
     [dead] = finished_rows(poel_conn, 1, state="failed")
     [done] = finished_rows(poel_conn, 1)
-    store.make_done_partitions(succeeded_hours=24, width_s=3600, ahead=1, connection=poel_conn)
+    store.make_done_partitions(back_s=3600, width_s=3600, ahead=1, connection=poel_conn)
     assert store.archive_finished(after_s=0, succeeded_hours=24, batch=10, connection=poel_conn)
     assert where(poel_conn, dead)[0] == "poel.jobs_dead"
     assert where(poel_conn, done)[0].startswith("poel.jobs_done_")

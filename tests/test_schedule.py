@@ -86,3 +86,44 @@ def test_invalid_schedule_is_a_clear_plugin_error():
 
     with pytest.raises(ValueError, match="must accept"):
         Job(type="t", schema=NeedsField, handler=lambda p, c: None, schedule="0 * * * *")
+
+
+def test_a_late_scheduler_enqueues_the_slots_it_passed_and_a_down_one_only_the_latest(
+    poel_dsn, poel_conn
+):
+    """Every worker a second or two late (a loaded machine) used to leave a slot
+    unenqueued: a running scheduler catches up the few slots it passed, each once."""
+    from pydantic import BaseModel
+
+    from poel_host import Job
+    from poel_host.database import make_pool
+    from poel_host.store import Store
+    from poel_host.worker.scheduler import CATCH_UP_SLOTS, Scheduler
+
+    class Empty(BaseModel):
+        pass
+
+    job = Job(type="test.tick", schema=Empty, handler=lambda p, c: None, schedule=EVERY_SECOND)
+    pool = make_pool(poel_dsn, name="scheduler-test", min_size=1, max_size=2)
+    log = type("Log", (), {"info": lambda *a, **k: None, "warning": lambda *a, **k: None})()
+    try:
+        first, second = (Scheduler([job], Store("poel", pool), log=log) for _ in range(2))
+        t0 = dt.datetime(2026, 12, 6, 9, 0, 0, 500_000, tzinfo=dt.timezone.utc)
+        assert len(first.tick(t0)) == 1  # 09:00:00
+        assert len(second.tick(t0)) == 0  # taken
+        # Both wake 3.2 s late: the three slots passed are enqueued once, in order.
+        late = t0 + dt.timedelta(seconds=3.2)
+        assert len(first.tick(late)) == 3 and len(second.tick(late)) == 0
+        # Down far longer than CATCH_UP_SLOTS slots: the latest only.
+        back = late + dt.timedelta(seconds=CATCH_UP_SLOTS + 5)
+        assert len(first.tick(back)) == 1
+    finally:
+        pool.close()
+    slots = [
+        r["run_at"]
+        for r in poel_conn.execute(
+            "SELECT run_at FROM poel.jobs WHERE job_type = 'test.tick' ORDER BY run_at"
+        ).fetchall()
+    ]
+    seconds = [int((s - t0.replace(microsecond=0)).total_seconds()) for s in slots]
+    assert seconds == [0, 1, 2, 3, CATCH_UP_SLOTS + 8]

@@ -516,10 +516,10 @@ FROM moved
 RETURNING id
 
 -- make_done_partitions --
--- The history's partitions for finished jobs, from the oldest finish time retention keeps
--- to `ahead` partitions past now (make_done_partitions in migration 0013).
+-- The history's partitions for finished jobs, from `back_s` seconds ago to `ahead`
+-- partitions past now (make_done_partitions in migration 0013).
 SELECT {schema}.make_done_partitions(
-    now() - %(succeeded_hours)s * interval '1 hour',
+    now() - %(back_s)s * interval '1 second',
     %(width_s)s * interval '1 second',
     %(ahead)s) AS made
 

@@ -27,14 +27,14 @@ class HistoryStore(StoreBase):
     def make_done_partitions(
         self,
         *,
-        succeeded_hours: float,
+        back_s: float,
         width_s: int,
         ahead: int,
         connection: Conn | None = None,
     ) -> int:
-        """Make the history's missing partitions for finished jobs, from the oldest finish
-        time kept to ``ahead`` partitions past now; how many were made."""
-        params = {"succeeded_hours": succeeded_hours, "width_s": width_s, "ahead": ahead}
+        """Make the history's missing partitions for finished jobs, from ``back_s``
+        seconds ago to ``ahead`` partitions past now; how many were made."""
+        params = {"back_s": back_s, "width_s": width_s, "ahead": ahead}
         row = self._one("make_done_partitions", params, connection)
         return int(row["made"]) if row else 0
 

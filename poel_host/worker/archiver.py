@@ -9,11 +9,13 @@ finish time (``partition_width_s``: a minute to a day, by ``POEL_RETAIN_SUCCEEDE
 failed ones into ``jobs_dead``. Retention then drops whole partitions (the pruner), which writes no
 WAL a row and leaves nothing to vacuum.
 
-The partitions a finish time needs are made ahead (``AHEAD`` of them past now, and back to
-the oldest finish time retention keeps, for jobs finished before an upgrade), at most
-every ``PARTITIONS_EVERY_S``; a job no partition covers lands in the default partition,
-pruned row by row. On its own greenlet and pooled connection, never on the job path: the
-brief lock that attaching a partition takes on the history stops no claim and no outcome.
+The partitions a finish time needs are made ahead (the last one, the current one and
+``AHEAD`` more), at most every ``PARTITIONS_EVERY_S``; a job no partition covers (it
+finished before an upgrade, or while no worker ran) lands in the default partition, pruned
+row by row. The first pass waits a few seconds: a fleet starting at once does not make
+its partitions all in the same moment. On its own greenlet and pooled connection, never
+on the job path: the brief lock that attaching a partition takes on the history stops no
+claim and no outcome.
 A full pass is followed at once by the next, so a burst is worked off at the rate the
 database can move rows, a batch at a time.
 """
@@ -30,6 +32,7 @@ from poel_host.worker.supervisor import Periodic, in_batches
 BATCH = 2_000  # jobs one statement moves
 PASS_ROWS = 20_000  # jobs one pass moves at most
 AHEAD = 3  # partitions made past the current one
+FIRST_PASS_S = 2.0  # after start-up
 PARTITIONS_EVERY_S = 30.0  # between checks that the partitions exist (AHEAD covers it)
 
 
@@ -59,6 +62,9 @@ class Archiver(Periodic):
         self.retry_max_s = self.interval
         self._partitions_at: float | None = None  # when the partitions were last made
 
+    def first_wait(self) -> float:
+        return min(FIRST_PASS_S, self.interval)
+
     def step(self) -> float:
         self.make_partitions()
         return 0.0 if self.archive() >= PASS_ROWS else self.interval
@@ -69,10 +75,8 @@ class Archiver(Periodic):
         last = self._partitions_at
         if not force and last is not None and now - last < PARTITIONS_EVERY_S:
             return 0
-        hours = self.settings.retain_succeeded_hours
-        made = self.store.make_done_partitions(
-            succeeded_hours=hours, width_s=partition_width_s(hours), ahead=AHEAD
-        )
+        width_s = partition_width_s(self.settings.retain_succeeded_hours)
+        made = self.store.make_done_partitions(back_s=width_s, width_s=width_s, ahead=AHEAD)
         self._partitions_at = now
         if made:
             self.log.info("history partitions made", partitions=made)
