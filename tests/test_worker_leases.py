@@ -105,14 +105,20 @@ def test_a_rescue_takes_the_jobs_of_lost_workers_and_expired_leases_only(poel_co
         return poel_conn.execute(
             "INSERT INTO poel.jobs (job_type, state, attempts, lease_owner, lease_token,"
             " lease_expires_at, started_at) VALUES ('test.noop', 'running', 1, %s, %s,"
-            " now() + %s * interval '1 second', now()) RETURNING id",
+            " now() + %s * interval '1 second', now() - interval '1 minute') RETURNING id",
             [owner, str(uuid.uuid4()), lease_s],
         ).fetchone()["id"]
 
     worker("alive", 0.1)
     worker("stale", 5)
     worker("gone", 0.1, gone=True)
+    just_claimed = poel_conn.execute(
+        "INSERT INTO poel.jobs (job_type, state, attempts, lease_owner, lease_token,"
+        " started_at) VALUES ('test.noop', 'running', 1, 'stale', %s, now()) RETURNING id",
+        [str(uuid.uuid4())],
+    ).fetchone()["id"]
     jobs = {
+        "claimed just now by a worker whose heartbeat is late": just_claimed,
         "held by a live worker": running("alive"),
         "held by a live worker, own lease ahead": running("alive", 30),
         "given up by a live worker": running("alive", -1),
@@ -146,7 +152,8 @@ def test_a_stale_worker_whose_heartbeat_is_being_written_is_not_rescued(poel_dsn
     )
     job_id = poel_conn.execute(
         "INSERT INTO poel.jobs (job_type, state, attempts, lease_owner, lease_token, started_at)"
-        " VALUES ('test.noop', 'running', 1, 'late', %s, now()) RETURNING id",
+        " VALUES ('test.noop', 'running', 1, 'late', %s, now() - interval '1 minute')"
+        " RETURNING id",
         [str(uuid.uuid4())],
     ).fetchone()["id"]
     store = Store("poel")

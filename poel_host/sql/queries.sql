@@ -234,7 +234,9 @@ RETURNING j.id
 -- registry at all. The owners of running jobs are found one index probe each (a loose
 -- scan of jobs_running_idx); a stale worker's row is locked (SKIP LOCKED: one whose
 -- heartbeat is being written is alive), so that its heartbeat waits for the rescue to
--- commit and then finds its attempts gone. The backoff (`base_ms` doubled each attempt up to `max_ms`, with a quarter of
+-- commit and then finds its attempts gone. A job claimed less than a lease ago is not
+-- taken for its worker's late heartbeat: the claim was the worker's sign of life (a
+-- loaded worker's heartbeat a second late would otherwise cost every job it just took). The backoff (`base_ms` doubled each attempt up to `max_ms`, with a quarter of
 -- jitter either way) is what keeps a job that kills its worker (a segfault in a C
 -- extension, memory exhausted) from taking down the next worker at once, and the next: it
 -- ends in the dead letter after max_attempts, with a message that says so.
@@ -257,15 +259,20 @@ WITH RECURSIVE owners AS (
            OR w.heartbeat_at < now() - w.stale_after_ms * interval '1 millisecond')
     FOR UPDATE SKIP LOCKED
 ), lost AS (
-    SELECT owner FROM stale
+    SELECT s.owner, w.stale_after_ms
+    FROM stale AS s JOIN {schema}.workers AS w ON w.owner = s.owner
     UNION ALL
-    SELECT o.lease_owner FROM owners AS o
+    SELECT o.lease_owner, 0 FROM owners AS o
     WHERE NOT EXISTS (SELECT FROM {schema}.workers AS w WHERE w.owner = o.lease_owner)
 ), expired AS (
-    SELECT id FROM {schema}.jobs
+    SELECT id FROM {schema}.jobs AS j
     WHERE state = 'running'
       AND (lease_expires_at < now()
-           OR (lease_expires_at IS NULL AND lease_owner IN (SELECT owner FROM lost)))
+           OR (lease_expires_at IS NULL
+               AND EXISTS (SELECT FROM lost AS l
+                           WHERE l.owner = j.lease_owner
+                             AND j.started_at
+                                 < now() - l.stale_after_ms * interval '1 millisecond')))
     ORDER BY id
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
