@@ -32,28 +32,20 @@ from poel_host.queue import Queue
 from poel_host.settings import Settings
 from poel_host.store import Store
 from poel_host.worker import readings
-from poel_host.worker.archiver import Archiver
 from poel_host.worker.attempts import Attempts
 from poel_host.worker.completer import Completer
-from poel_host.worker.depths import QueueDepths
 from poel_host.worker.drain import drain
 from poel_host.worker.executor import Executor
 from poel_host.worker.held import Held, HeldJob
 from poel_host.worker.job_connections import JobConnections
-from poel_host.worker.leases import LeaseKeeper
-from poel_host.worker.listener import Listener
 from poel_host.worker.metrics import Metrics
 from poel_host.worker.problems import Problems
 from poel_host.worker.processes import ProcessPool
 from poel_host.worker.producer import Lane, Producer
-from poel_host.worker.promoter import Promoter
-from poel_host.worker.pruner import Pruner
 from poel_host.worker.registry import Registration
-from poel_host.worker.rescuer import Rescuer
 from poel_host.worker.run_once import run_once
 from poel_host.worker.runners import Runners
-from poel_host.worker.scheduler import Scheduler
-from poel_host.worker.summary import Summary
+from poel_host.worker.services import services
 from poel_host.worker.supervisor import Supervisor
 from poel_host.worker.threads import Threads
 
@@ -196,41 +188,12 @@ class Worker:
         self.open()
         if self.processes is not None:
             self.processes.start()
-        log, wake = self.log, self.producer.wake
         # serve's claims are held by its heartbeat (run_once's, with no registry row, by a
         # lease of their own): the producer claims only once the row is written.
         self.producer.registration = self.registration
         self._register()
-        leases = LeaseKeeper(
-            s,
-            owner=self.owner,
-            held=self.held,
-            log=log,
-            counts=self.metrics.leases,
-            registration=self.registration,
-        )
-        for service in (
-            Listener(s, self.store, wake=wake, log=log),
-            leases,
-            Rescuer(
-                self.store,
-                interval=leases.interval,
-                on_rescued=wake,
-                log=log,
-                gone_workers_keep_s=s.gone_workers_keep_s,
-                backoff_ms=(s.retry_backoff_ms, s.retry_backoff_max_ms),
-            ),
-            Archiver(self.store, s, log=self.log),
-            Pruner(self.store, s, log=self.log),
-            Promoter(self.store, interval=s.poll_interval_ms / 1000, on_promoted=wake, log=log),
-            Scheduler(list(self.plugins.jobs.values()), self.store, log=self.log),
-            Summary(self.metrics, running=self.running, log=self.log),
-        ):
+        for service in services(self):
             self.supervisor.start(service)
-        if s.queue_metrics_interval_s:
-            self.supervisor.start(
-                QueueDepths(self.store, self.metrics, interval=s.queue_metrics_interval_s, log=log)
-            )
         self.completing = self.supervisor.start(self.completer)
         self.plugins.call("startup", self.log, settings=s)
         self.log.info(
