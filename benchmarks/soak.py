@@ -29,11 +29,12 @@ for ``--duration`` seconds. Every ``--sample-every`` seconds it prints one JSON 
   the jobs it is behind its schedule. A producer that cannot keep up is reported, never
   hidden: it never skips what is due, it inserts it late.
 
-At the end: a summary (JSON, then markdown): p50 and p99 of the first 10% of the run
-against the last 10%, storage at the start, the end and its peak and its growth over the
-last 10%, WAL and CPU per job over the whole run, dead tuples and autovacuum runs, and
-whether the producer kept up. ``--plot PATH`` draws the time series as a PNG (matplotlib):
-a person reads drift from a picture.
+At the end: a summary (JSON, then markdown): p50 and p99 of the first ``--compare-s``
+seconds of the run against the last (default: a tenth of the run each), storage at the
+start, the end and its peak and its growth over that last stretch, WAL and CPU per job
+over the whole run, dead tuples and autovacuum runs, and whether the producer kept up.
+``--plot PATH`` draws the time series as a PNG (matplotlib): a person reads drift from a
+picture.
 
 The server should have production defaults (autovacuum on): by default the
 ``15/campaign`` cluster on port 5433 (``--cluster 15/campaign`` starts it when it is down
@@ -104,6 +105,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--plot", type=Path, help="soak: draw the time series to this PNG")
     group.add_argument(
+        "--compare-s",
+        type=float,
+        help="soak: the summary compares the first and the last so many seconds"
+        " (default: a tenth of the run)",
+    )
+    group.add_argument(
         "--retain-succeeded-hours",
         type=float,
         help="soak: POEL_RETAIN_SUCCEEDED_HOURS for serve (fractions: 0.05 is 3 minutes)",
@@ -144,6 +151,7 @@ class Options:
     log: str = "warning"
     poel: str | None = None
     keep_database: bool = False
+    compare_s: float | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -182,6 +190,7 @@ class Options:
             server=server_url(args.server),
             cluster=args.cluster,
             plot=args.plot,
+            compare_s=args.compare_s,
             serve_env=env,
             log=args.log,
             poel=args.poel,
@@ -301,12 +310,13 @@ SELECT now(), pg_wal_lsn_diff(pg_current_wal_lsn(), %(wal0)s::pg_lsn)::bigint,
 DEAD = "(SELECT count(*) FROM poel.jobs_dead)"
 
 # Enqueue-to-start of the jobs started in (lo, hi], as 1% buckets. `id >= floor` bounds
-# the scan to the rows enqueued lately (the primary key): every job below the floor had
-# started before the window opened.
+# the scan to the rows enqueued lately (the primary key, and the history's id index):
+# every job below the floor had started before the window opened. {jobs} is where every
+# job is read: poel.all_jobs where finished jobs move to a history, else poel.jobs.
 LATENCY = """
 SELECT floor(ln(greatest(extract(epoch FROM started_at - created_at) * 1000, 0.01))
              / %(bucket)s)::int AS b, count(*)
-FROM poel.jobs
+FROM {jobs}
 WHERE id >= %(floor)s AND started_at > %(lo)s AND started_at <= %(hi)s
 GROUP BY b
 """
@@ -449,7 +459,8 @@ class Sampler:
         hi = now - timedelta(seconds=LAG_S)
         hist: Counter[int] = Counter()
         params = {"bucket": BUCKET, "floor": self.floors[0], "lo": last.hi, "hi": hi}
-        for b, n in c.execute(LATENCY, params):
+        jobs = "poel.all_jobs" if self.history else "poel.jobs"
+        for b, n in c.execute(LATENCY.format(jobs=jobs), params):
             hist[int(b)] += int(n)
         floor = c.execute(FLOOR, {"max": max_id, "floor": self.floors[-1]}).fetchone()
         self.floors = [self.floors[-1], int(floor[0]) if floor else max_id + 1]
@@ -663,6 +674,8 @@ def _soak(o: Options, settings: dict[str, Any]) -> dict[str, Any]:
         LOGS.mkdir(exist_ok=True)
         for i in range(o.serves):
             argv, env = poel.command(url, "noop")
+            # The drains' adapter archives at once; a soak keeps the production default.
+            env.pop("POEL_ARCHIVE_AFTER_S", None)
             log = LOGS / f"soak-serve-{i}.log"
             serves.append(start_process(argv, env | o.serve_env, log))
         with psycopg.connect(url, autocommit=True) as conn:
@@ -758,11 +771,12 @@ def _registered(conn: psycopg.Connection[Any]) -> int:
 
 
 def summarize(sampler: Sampler, o: Options, producer: dict[str, Any]) -> dict[str, Any]:
-    """First 10% of the run against the last 10%, storage, per-job costs, the producer."""
+    """The run's first stretch against its last, storage, per-job costs, the producer."""
     records, hists = sampler.records, sampler.hists
     end = records[-1]["t"]
-    head = [i for i, r in enumerate(records) if r["t"] <= 0.1 * end + 1e-6] or [0]
-    tail = [i for i, r in enumerate(records) if r["t"] >= 0.9 * end - 1e-6] or [len(records) - 1]
+    span = min(o.compare_s, end / 2) if o.compare_s else 0.1 * end
+    head = [i for i, r in enumerate(records) if r["t"] <= span + 1e-6] or [0]
+    tail = [i for i, r in enumerate(records) if r["t"] >= end - span - 1e-6] or [len(records) - 1]
 
     def latency(indices: list[int], p: float) -> float | None:
         merged: Counter[int] = Counter()
@@ -794,18 +808,19 @@ def summarize(sampler: Sampler, o: Options, producer: dict[str, Any]) -> dict[st
         "queued_at_end": last["queued"],
         "queued_max": max(r["queued"] for r in records),
         "done_per_s": round(last["done"] / end, 1) if end else None,
-        "p50_ms_first_10pct": p50_first,
-        "p50_ms_last_10pct": p50_last,
+        "compare_s": round(span, 1),
+        "p50_ms_first": p50_first,
+        "p50_ms_last": p50_last,
         "p50_last_vs_first": ratio(p50_first, p50_last),
-        "p99_ms_first_10pct": p99_first,
-        "p99_ms_last_10pct": p99_last,
+        "p99_ms_first": p99_first,
+        "p99_ms_last": p99_last,
         "p99_last_vs_first": ratio(p99_first, p99_last),
         "p99_ms_worst_window": max((r["p99_ms"] or 0) for r in records),
         "storage_bytes_first_sample": storage(records[0]),
         "storage_bytes_end": storage(last),
         "storage_bytes_max": storage(biggest),
         "storage_max_at_s": biggest["t"],
-        "storage_growth_last_10pct_mb_per_min": round(
+        "storage_growth_last_mb_per_min": round(
             (storage(last) - storage(before_tail)) / 2**20 / tail_minutes, 2
         ),
         "table_bytes_end": last["table_bytes"],
@@ -834,6 +849,8 @@ def markdown(report: dict[str, Any]) -> str:
     """The summary as a table, for a person."""
     c = report["config"]
     mb = 2**20
+    span = report["compare_s"]
+    span_txt = f"{span / 60:g} min" if span >= 60 else f"{span:g} s"
     lines = [
         f"### soak: {c['rate']:g} jobs/s for {c['duration_s']:g} s, {c['serves']} serve(s)"
         f" at c={c['concurrency']}, poel: {c['poel']}",
@@ -858,14 +875,14 @@ def markdown(report: dict[str, Any]) -> str:
     row("done a second (whole run)", f"{report['done_per_s']:,}")
     row("backlog at the end / at most", f"{report['queued_at_end']:,} / {report['queued_max']:,}")
     row(
-        "p50 first 10% → last 10%",
-        f"{ms(report['p50_ms_first_10pct'])} →"
-        f" {ms(report['p50_ms_last_10pct'])} ({report['p50_last_vs_first']}x)",
+        f"p50 first {span_txt} → last {span_txt}",
+        f"{ms(report['p50_ms_first'])} →"
+        f" {ms(report['p50_ms_last'])} ({report['p50_last_vs_first']}x)",
     )
     row(
-        "p99 first 10% → last 10%",
-        f"{ms(report['p99_ms_first_10pct'])} →"
-        f" {ms(report['p99_ms_last_10pct'])} ({report['p99_last_vs_first']}x)",
+        f"p99 first {span_txt} → last {span_txt}",
+        f"{ms(report['p99_ms_first'])} →"
+        f" {ms(report['p99_ms_last'])} ({report['p99_last_vs_first']}x)",
     )
     row("p99, worst window", ms(report["p99_ms_worst_window"]))
     row(
@@ -874,8 +891,8 @@ def markdown(report: dict[str, Any]) -> str:
         f" MB ({report['storage_bytes_max'] / mb:.1f} MB at {report['storage_max_at_s']:.0f} s)",
     )
     row(
-        "storage growth over the last 10%",
-        f"{report['storage_growth_last_10pct_mb_per_min']} MB/min",
+        f"storage growth over the last {span_txt}",
+        f"{report['storage_growth_last_mb_per_min']} MB/min",
     )
     claim = report["claim_index_bytes_end"]
     if claim is not None:
