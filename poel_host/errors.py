@@ -87,3 +87,9 @@ class DuplicateJob(PoelError):
         self.job_type = job_type
         self.unique_key = unique_key
         self.existing_id = existing_id
+
+
+class InvalidName(PoelError):
+    """A queue or job type name no job could have (empty, too long, a NUL byte...)."""
+
+    exit_code = 2

@@ -19,6 +19,7 @@ from poel_host import payloads
 from poel_host.database import KeptConnection
 from poel_host.errors import DuplicateJob, InvalidPayload, UnknownJobType
 from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, JOB_TYPE, Job
+from poel_host.pauses import Pausing
 from poel_host.storable import INT4_MAX
 from poel_host.store import Store
 
@@ -40,8 +41,8 @@ class JobRequest:
     unique_key: str | None = None
 
 
-class Queue:
-    """Enqueue jobs into Poel's table.
+class Queue(Pausing):
+    """Enqueue jobs into Poel's table; pause and resume a queue or a job type.
 
     :param dsn: the database URL (``DATABASE_URL``).
     :param schema: Poel's schema (``POEL_SCHEMA``).

@@ -87,10 +87,33 @@ RETURNING j.id, j.queue, j.job_type, j.payload::text AS payload, j.attempts, j.m
 -- ready_jobs --
 -- One branch of claim_jobs: the due jobs of one of the lane's job types (the store
 -- numbers the branches), in claim order.
+-- Pauses (the pauses table) are read by the claim itself, so that a pause holds for every
+-- worker from its commit, with no cache to go stale. No test of a pause depends on the
+-- row: PostgreSQL runs each once a claim (an InitPlan, a lookup in the small pauses
+-- table) and switches a whole part of the plan on or off with it (a One-Time Filter). A
+-- paused type's branch reads none of its backlog. The branch comes in two parts, of which
+-- one runs: while no queue is paused, the first, which reads the ready index alone, as if
+-- pauses did not exist; while a queue is paused, the second, which checks each row's queue
+-- (as POEL_QUEUES does): the ready index is by type, not queue, so such a claim reads past
+-- the paused queue's due jobs that come first in claim order of a type it shares with
+-- other queues, one heap row each (see the README, Operating it).
 (SELECT id, priority, run_at FROM {schema}.jobs
  WHERE state = 'queued' AND ready AND job_type = (%(job_types)s::text[])[{type_number}]
    AND run_at <= now()
    AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+   AND NOT EXISTS (SELECT FROM {schema}.pauses AS p
+                   WHERE p.kind = 'type' AND p.name = (%(job_types)s::text[])[{type_number}])
+   AND NOT EXISTS (SELECT FROM {schema}.pauses AS p WHERE p.kind = 'queue')
+ ORDER BY priority DESC, run_at, id)
+UNION ALL
+(SELECT id, priority, run_at FROM {schema}.jobs
+ WHERE state = 'queued' AND ready AND job_type = (%(job_types)s::text[])[{type_number}]
+   AND run_at <= now()
+   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+   AND NOT EXISTS (SELECT FROM {schema}.pauses AS p
+                   WHERE p.kind = 'type' AND p.name = (%(job_types)s::text[])[{type_number}])
+   AND EXISTS (SELECT FROM {schema}.pauses AS p WHERE p.kind = 'queue')
+   AND queue <> ALL (ARRAY(SELECT p.name FROM {schema}.pauses AS p WHERE p.kind = 'queue'))
  ORDER BY priority DESC, run_at, id)
 
 -- promote_due --
@@ -844,3 +867,17 @@ WITH sessions AS (
     DELETE FROM {schema}.dashboard_sessions WHERE expires_at < now() - interval '1 day'
 )
 DELETE FROM {schema}.dashboard_signins WHERE window_start < now() - interval '1 hour'
+
+-- pause --
+-- Pause a queue or a job type (see migration 0015): one row, if it was not paused yet.
+-- True if this call paused it, false if it was paused already.
+SELECT {schema}.pause(%(kind)s, %(name)s, %(reason)s, %(paused_by)s) AS paused
+
+-- resume --
+-- Resume a paused queue or job type (the pauses table's trigger wakes the idle workers).
+-- True if it was paused, false if it was not.
+SELECT {schema}.resume(%(kind)s, %(name)s) AS resumed
+
+-- list_pauses --
+-- What is paused, oldest first.
+SELECT kind, name, paused_at, paused_by, reason FROM {schema}.pauses ORDER BY paused_at, kind, name

@@ -10,7 +10,7 @@ so every service catches one exception and every message has the password masked
 
 The methods live in one module per caller: :mod:`.jobs` (enqueueing and the worker's job
 path), :mod:`.workers` (the registry of workers), :mod:`.operators` (the CLI, the
-dashboard and the test kit), :mod:`.sessions` (the dashboard's sign-ins),
+dashboard and the test kit), :mod:`.sessions` (the dashboard's sign-ins), :mod:`.pauses` (paused queues and types),
 :mod:`.migrations`, :mod:`.server` (the server's own settings and statistics about the jobs
 table), :mod:`.history` (archiving finished jobs, retention); :mod:`.base` holds the
 plumbing they share. :class:`Store` is all of them, so one store serves a worker or a
@@ -24,6 +24,7 @@ from poel_host.store.history import HistoryStore
 from poel_host.store.jobs import JobStore, OutcomeRow
 from poel_host.store.migrations import MigrationStore
 from poel_host.store.operators import OperatorStore
+from poel_host.store.pauses import PauseStore
 from poel_host.store.server import ServerStore
 from poel_host.store.sessions import SessionStore
 from poel_host.store.workers import WorkerStore
@@ -36,6 +37,7 @@ __all__ = [
     "MigrationStore",
     "OperatorStore",
     "OutcomeRow",
+    "PauseStore",
     "ServerStore",
     "SessionStore",
     "Source",
@@ -52,6 +54,7 @@ class Store(
     HistoryStore,
     WorkerStore,
     OperatorStore,
+    PauseStore,
     SessionStore,
     MigrationStore,
     ServerStore,
