@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poel_host import payloads
 from poel_host.errors import InvalidName
 from poel_host.jobs import JOB_TYPE
+
+if TYPE_CHECKING:
+    from poel_host.store import Store
 
 KINDS = ("queue", "type")
 MAX_NAME_CHARS = 200  # as enqueue allows for a queue or a job type
@@ -101,7 +104,7 @@ class Pausing:
     """:class:`~poel_host.queue.Queue`'s pause methods (kept here, with what they check).
     The class using it sets ``_store`` (a :class:`~poel_host.store.Store`)."""
 
-    _store: Any
+    _store: Store
 
     def pause(
         self,
@@ -120,13 +123,13 @@ class Pausing:
         kind, name = target(queue, job_type)
         check_note("reason", reason, MAX_REASON_CHARS)
         check_note("author (by)", by, MAX_BY_CHARS)
-        return bool(self._store.pause(kind, name, reason=reason, paused_by=by))
+        return self._store.pause(kind, name, reason=reason, paused_by=by)
 
     def resume(self, *, queue: str | None = None, job_type: str | None = None) -> bool:
         """Resume a paused queue or job type; idle workers are woken and claim its jobs at
         once. True if it was paused, False if it was not."""
         kind, name = target(queue, job_type)
-        return bool(self._store.resume(kind, name))
+        return self._store.resume(kind, name)
 
     def pauses(self) -> list[Pause]:
         """What is paused now, oldest first."""

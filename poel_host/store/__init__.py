@@ -10,11 +10,11 @@ so every service catches one exception and every message has the password masked
 
 The methods live in one module per caller: :mod:`.jobs` (enqueueing and the worker's job
 path), :mod:`.workers` (the registry of workers), :mod:`.operators` (the CLI, the
-dashboard and the test kit), :mod:`.sessions` (the dashboard's sign-ins), :mod:`.pauses` (paused queues and types),
-:mod:`.migrations`, :mod:`.server` (the server's own settings and statistics about the jobs
-table), :mod:`.history` (archiving finished jobs, retention); :mod:`.base` holds the
-plumbing they share. :class:`Store` is all of them, so one store serves a worker or a
-dashboard.
+dashboard and the test kit), :mod:`.sessions` (the dashboard's sign-ins), :mod:`.pauses`
+(paused queues and types), :mod:`.migrations`, :mod:`.server` (the server's own settings
+and statistics about the jobs table), :mod:`.history` (archiving finished jobs,
+retention); :mod:`.base` holds the plumbing they share. :class:`Store` is all of them, so
+one store serves a worker or a dashboard.
 """
 
 from __future__ import annotations

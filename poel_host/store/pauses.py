@@ -32,7 +32,9 @@ class PauseStore(StoreBase):
             row = self._one("pause", params, connection)
         except psycopg.errors.CheckViolation as exc:
             # The Python checks come first; this is a name that slipped past them.
-            raise InvalidName(f"cannot pause {kind} {name[:60]!r}: {exc.diag.constraint_name}")
+            raise InvalidName(
+                f"cannot pause {kind} {name[:60]!r}: {exc.diag.constraint_name}"
+            ) from None
         return bool(row and row["paused"])
 
     def resume(self, kind: str, name: str, connection: Conn | None = None) -> bool:
