@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from poel_host import cli_pauses
 from poel_host.errors import PoelError
 from poel_host.logs import get_logger
 from poel_host.settings import Settings
@@ -286,4 +287,7 @@ COMMANDS = {
     "workers": cmd_workers,
     "psql": cmd_psql,
     "dashboard": cmd_dashboard,
+    "pause": cli_pauses.cmd_pause,
+    "resume": cli_pauses.cmd_resume,
+    "pauses": cli_pauses.cmd_pauses,
 }
