@@ -46,8 +46,11 @@ class Pages(DashboardBase):
             counts = minutes.get(minute, {})
             chart.append((minute, counts.get("succeeded", 0), counts.get("failed", 0)))
         workers = self.store.list_workers()
+        pauses = self.store.list_pauses()
         return self._page(
             "overview",
+            pauses=pauses,
+            paused={(p["kind"], p["name"]) for p in pauses},
             title="Overview",
             groups=sorted(groups.items()),
             dead=sorted(self.store.failed_counts().items()),
