@@ -124,3 +124,11 @@ def test_a_connection_lost_during_a_resume_leaves_the_pause(
         assert queue.resume(job_type="test.noop") is True
         assert queue.resume(job_type="test.noop") is False
     assert len(_claim(poel_conn, ["test.noop"])) == 1
+
+
+def test_the_test_kit_does_not_run_a_paused_type(run_job: Any, poel_queue: Queue):
+    poel_queue.pause(job_type="test.record")
+    with pytest.raises(AssertionError, match="was not claimed"):
+        run_job("test.record", {"key": "k"})
+    poel_queue.resume(job_type="test.record")
+    assert run_job("test.record", {"key": "k"}).state == "succeeded"

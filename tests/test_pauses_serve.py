@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from poel_host.queue import JobRequest, Queue
 
 from .conftest import wait_until
@@ -16,57 +18,67 @@ from .conftest import wait_until
 WORKERS = 4
 BACKLOG = 3000
 QUIET = {"POEL_POLL_INTERVAL_MS": 60_000, "WORKER_CONCURRENCY": 20}
+# What is paused, and jobs that must still run meanwhile: another type, or the same type
+# in another queue.
+CASES = {
+    "type": (("type", "test.noop"), JobRequest("test.record", queue="bulk")),
+    "queue": (("queue", "bulk"), JobRequest("test.noop", queue="default")),
+}
 
 
-def _committed_at(conn: Any) -> Any:
+def _at(conn: Any) -> Any:
     """The database's clock now: after the statement before it committed."""
     return conn.execute("SELECT clock_timestamp() AS t").fetchone()["t"]
 
 
-def _counts(conn: Any, job_type: str) -> dict[str, int]:
-    rows = conn.execute(
-        "SELECT state::text, count(*) AS n FROM poel.jobs WHERE job_type = %s GROUP BY 1",
-        [job_type],
-    ).fetchall()
-    return {row["state"]: int(row["n"]) for row in rows}
+def _count(conn: Any, where: str, *params: Any) -> int:
+    return conn.execute(f"SELECT count(*) AS n FROM poel.jobs WHERE {where}", params).fetchone()[
+        "n"
+    ]
 
 
-def test_a_paused_type_is_claimed_by_no_worker_and_resumes_at_once(
-    serve: Any, poel_queue: Queue, poel_conn: Any
+BACKLOG_JOBS = "job_type = 'test.noop' AND queue = 'bulk'"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_pause_holds_on_every_worker_and_a_resume_wakes_them(
+    serve: Any, poel_queue: Queue, poel_conn: Any, case: str
 ) -> None:
+    (kind, name), probe = CASES[case]
     workers = [serve(**QUIET) for _ in range(WORKERS)]
-    poel_queue.enqueue_many([JobRequest("test.noop", {"key": str(i)}) for i in range(BACKLOG)])
+    poel_queue.enqueue_many(
+        [JobRequest("test.noop", {"key": str(i)}, queue="bulk") for i in range(BACKLOG)]
+    )
     # Pause while the four workers are busy claiming the backlog.
     wait_until(
-        lambda: _counts(poel_conn, "test.noop").get("succeeded", 0) > 50,
+        lambda: _count(poel_conn, BACKLOG_JOBS + " AND state = 'succeeded'") > 50,
         what="the workers to be claiming",
     )
-    assert poel_conn.execute("SELECT poel.pause('type', 'test.noop')").fetchone()["pause"]
-    paused_at = _committed_at(poel_conn)
+    assert poel_conn.execute("SELECT poel.pause(%s, %s)", [kind, name]).fetchone()["pause"]
+    paused_at = _at(poel_conn)
 
-    # Other types are still claimed after the pause (every worker is alive and claiming).
+    # Other jobs are still claimed after the pause: every worker is alive and claiming.
     probes = poel_queue.enqueue_many(
-        [JobRequest("test.record", {"key": f"probe{i}"}) for i in range(WORKERS * 10)]
+        [
+            JobRequest(probe.type, {"key": f"probe{i}"}, queue=probe.queue)
+            for i in range(WORKERS * 10)
+        ]
     )
     wait_until(
-        lambda: _counts(poel_conn, "test.record").get("succeeded", 0) == len(probes),
+        lambda: _count(poel_conn, "id = ANY(%s) AND state = 'succeeded'", probes) == len(probes),
         what="the probes to run",
     )
-    late = poel_conn.execute(
-        "SELECT count(*) AS n FROM poel.jobs WHERE job_type = 'test.noop' AND started_at >= %s",
-        [paused_at],
-    ).fetchone()["n"]
-    assert late == 0, f"{late} jobs of the paused type were claimed after the pause committed"
-    left = _counts(poel_conn, "test.noop").get("queued", 0)
-    assert left > 0, "the backlog ran out before the pause: nothing was tested"
+    late = _count(poel_conn, BACKLOG_JOBS + " AND started_at >= %s", paused_at)
+    assert late == 0, f"{late} paused jobs were claimed after the pause committed"
+    assert _count(poel_conn, BACKLOG_JOBS + " AND state = 'queued'") > 0, "nothing was paused"
 
     # Resume: idle workers (a minute's poll) must be woken and claim within a second.
-    assert poel_queue.resume(job_type="test.noop") is True
-    resumed_at = _committed_at(poel_conn)
+    resumed = poel_queue.resume(**{"job_type" if kind == "type" else "queue": name})
+    assert resumed is True
+    resumed_at = _at(poel_conn)
     first = wait_until(
         lambda: poel_conn.execute(
-            "SELECT min(started_at) AS t FROM poel.jobs WHERE job_type = 'test.noop'"
-            " AND started_at >= %s",
+            f"SELECT min(started_at) AS t FROM poel.jobs WHERE {BACKLOG_JOBS} AND started_at >= %s",
             [resumed_at],
         ).fetchone()["t"],
         timeout=5,
@@ -74,7 +86,7 @@ def test_a_paused_type_is_claimed_by_no_worker_and_resumes_at_once(
     )
     assert (first - resumed_at).total_seconds() < 1.0
     wait_until(
-        lambda: _counts(poel_conn, "test.noop") == {"succeeded": BACKLOG},
+        lambda: _count(poel_conn, BACKLOG_JOBS + " AND state = 'succeeded'") == BACKLOG,
         timeout=60,
         what="the whole backlog to run",
     )
