@@ -28,10 +28,13 @@ _EXPORTS = {
     "InvalidPayload": "poel_host.errors",
     "UnknownJobType": "poel_host.errors",
     "DuplicateJob": "poel_host.errors",
+    "InvalidName": "poel_host.errors",
+    "Pause": "poel_host.pauses",
 }
 
 __all__ = [
     "DuplicateJob",
+    "InvalidName",
     "InvalidPayload",
     "Job",
     "JobCancelled",
@@ -39,6 +42,7 @@ __all__ = [
     "JobRequest",
     "Migration",
     "PackageSql",
+    "Pause",
     "PoelError",
     "Queue",
     "Settings",
@@ -50,9 +54,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from poel_host.errors import DuplicateJob, InvalidPayload, PoelError, UnknownJobType
+    from poel_host.errors import (
+        DuplicateJob,
+        InvalidName,
+        InvalidPayload,
+        PoelError,
+        UnknownJobType,
+    )
     from poel_host.hookspecs import hookimpl, hookspec
     from poel_host.jobs import Job, JobCancelled, JobContext
+    from poel_host.pauses import Pause
     from poel_host.queue import JobRequest, Queue
     from poel_host.settings import Settings, load_settings
     from poel_host.sqlfiles import Migration, PackageSql
