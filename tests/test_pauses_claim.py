@@ -63,8 +63,8 @@ def test_a_paused_queue_is_skipped_and_its_type_claimed_in_other_queues(poel_con
     took = time.perf_counter() - started
     assert {row["queue"] for row in taken} == {"default"} and len(taken) == LIMIT
     # The documented cost: the paused queue's rows ahead are passed over, one primary-key
-    # probe each, about a tenth of a second for 50,000 (a second: a ceiling for a busy CI).
-    assert took < 1.0, f"a claim took {took:.3f}s past 50,000 paused rows"
+    # probe each, about a tenth of a second for 50,000 (two: a ceiling for a busy machine).
+    assert took < 2.0, f"a claim took {took:.3f}s past 50,000 paused rows"
     assert _claim(poel_conn, ["test.noop"], queues=["bulk"]) == []
     poel_conn.execute("SELECT poel.resume('queue', 'bulk')")
     taken = _claim(poel_conn, ["test.noop"])
