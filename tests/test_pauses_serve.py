@@ -7,6 +7,7 @@ minute, so only the resume's NOTIFY can wake them in time.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -91,3 +92,6 @@ def test_a_pause_holds_on_every_worker_and_a_resume_wakes_them(
         what="the whole backlog to run",
     )
     assert all(w.proc.poll() is None for w in workers)
+    # Nothing is logged a claim about the pause: a paused backlog is just no jobs.
+    said = [log for w in workers for log in w.logs if "paus" in json.dumps(log).lower()]
+    assert said == []
