@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
+pytestmark = pytest.mark.process
+
 
 def test_pause_resume_and_list_from_the_command_line(poel_cli: Any, poel_dsn: str):
     def run(*args: str) -> Any:

@@ -16,6 +16,8 @@ from poel_host.queue import JobRequest, Queue
 
 from .conftest import wait_until
 
+pytestmark = pytest.mark.process
+
 WORKERS = 4
 BACKLOG = 3000
 QUIET = {"POEL_POLL_INTERVAL_MS": 60_000, "WORKER_CONCURRENCY": 20}
@@ -95,3 +97,20 @@ def test_a_pause_holds_on_every_worker_and_a_resume_wakes_them(
     # Nothing is logged a claim about the pause: a paused backlog is just no jobs.
     said = [log for w in workers for log in w.logs if "paus" in json.dumps(log).lower()]
     assert said == []
+
+
+def test_a_paused_scheduled_type_is_still_enqueued_and_waits(serve, poel_queue, poel_conn):
+    poel_queue.pause(job_type="test.tick", reason="maintenance")
+    worker = serve(POEL_TEST_TICK_SCHEDULE="* * * * * *")  # a slot a second
+    wait_until(
+        lambda: _count(poel_conn, "job_type = 'test.tick'") >= 3,
+        timeout=20,
+        what="three slots enqueued",
+    )
+    assert _count(poel_conn, "job_type = 'test.tick' AND state <> 'queued'") == 0
+    poel_queue.resume(job_type="test.tick")
+    wait_until(
+        lambda: _count(poel_conn, "job_type = 'test.tick' AND state = 'succeeded'") >= 3,
+        what="the waiting slots to run once resumed",
+    )
+    assert worker.proc.poll() is None
