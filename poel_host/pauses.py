@@ -1,7 +1,7 @@
 """Pausing a queue or a job type: what may be paused and how a pause reads.
 
 A pause is a row of the pauses table (migration 0015), read by every claim itself (see
-``ready_jobs`` in ``sql/queries.sql``): a paused queue's or type's queued jobs wait until
+``claim_jobs`` in ``sql/queries.sql``): a paused queue's or type's queued jobs wait until
 it is resumed, running ones finish, enqueueing and schedules go on. This module checks a
 name before it is sent, so that a bad one gets one clear message instead of a driver or
 constraint error; the database checks it again (the table's constraints), for the pause
@@ -41,22 +41,22 @@ class Pause:
     def from_row(cls, row: dict[str, Any]) -> Pause:
         return cls(**{k: row[k] for k in ("kind", "name", "paused_at", "paused_by", "reason")})
 
-    def describe(self) -> str:
-        """``job type 'x'`` or ``queue 'x'``: how messages name it."""
-        return describe(self.kind, self.name)
-
 
 def describe(kind: str, name: str) -> str:
+    """``job type 'x'`` or ``queue 'x'``: how messages name what is paused."""
     return f"{'job type' if kind == 'type' else 'queue'} {_show(name)}"
 
 
 def target(queue: str | None, job_type: str | None) -> tuple[str, str]:
     """``(kind, name)`` for exactly one of ``queue`` and ``job_type``, checked."""
-    if (queue is None) == (job_type is None):
+    if queue is not None and job_type is None:
+        kind, name = "queue", queue
+    elif job_type is not None and queue is None:
+        kind, name = "type", job_type
+    else:
         raise InvalidName("say what to pause or resume: one of queue=... or job_type=...")
-    kind, name = ("queue", queue) if queue is not None else ("type", job_type)
     check_name(kind, name)
-    return kind, name  # type: ignore[return-value]
+    return kind, name
 
 
 def check_name(kind: str, name: object) -> None:
