@@ -1,8 +1,10 @@
 -- Pausing a queue or a job type (issue 19): a paused queue's or type's queued jobs wait,
 -- unclaimed, until it is resumed; its running jobs finish as usual, enqueueing, schedules
 -- and the promoter go on. A pause is a row here, read by every claim itself (see
--- ready_jobs in queries.sql), so it holds for every worker from the moment it commits,
+-- claim_jobs in queries.sql), so it holds for every worker from the moment it commits,
 -- whether it came from Python, the CLI, the dashboard, poel.pause() or a plain INSERT.
+-- (Workers of earlier versions do not read it: during a rolling upgrade they still
+-- claim paused jobs.) Nothing here touches an existing table: no claim waits on it.
 -- A name needs no job or plugin behind it (a type not deployed yet can be paused ahead),
 -- but it must be a name a job could have: a job type's pattern, a queue of 1-200
 -- characters (as Queue.enqueue checks them).
