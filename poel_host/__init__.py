@@ -28,6 +28,9 @@ _EXPORTS = {
     "InvalidPayload": "poel_host.errors",
     "UnknownJobType": "poel_host.errors",
     "DuplicateJob": "poel_host.errors",
+    "JobFailed": "poel_host.errors",
+    "JobNotFound": "poel_host.errors",
+    "ResultTimeout": "poel_host.errors",
 }
 
 __all__ = [
@@ -36,11 +39,14 @@ __all__ = [
     "Job",
     "JobCancelled",
     "JobContext",
+    "JobFailed",
+    "JobNotFound",
     "JobRequest",
     "Migration",
     "PackageSql",
     "PoelError",
     "Queue",
+    "ResultTimeout",
     "Settings",
     "UnknownJobType",
     "__version__",
@@ -50,7 +56,15 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from poel_host.errors import DuplicateJob, InvalidPayload, PoelError, UnknownJobType
+    from poel_host.errors import (
+        DuplicateJob,
+        InvalidPayload,
+        JobFailed,
+        JobNotFound,
+        PoelError,
+        ResultTimeout,
+        UnknownJobType,
+    )
     from poel_host.hookspecs import hookimpl, hookspec
     from poel_host.jobs import Job, JobCancelled, JobContext
     from poel_host.queue import JobRequest, Queue

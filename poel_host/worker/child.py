@@ -52,6 +52,7 @@ from poel_host.jobs import JobCancelled, JobContext
 from poel_host.logs import configure_logging, forward_logging, get_logger
 from poel_host.plugins import Plugins, load_plugins
 from poel_host.queue import Queue
+from poel_host.results import ResultError, encode_result
 from poel_host.settings import Settings, load_settings
 from poel_host.store import Store
 from poel_host.worker.job_connections import bounded_transaction
@@ -162,6 +163,7 @@ class Child:
         self.send({"started": message["id"]})
         job = self.plugins.jobs[message["job_type"]]
         deadline = time.monotonic() + float(message["timeout_s"])
+        reports = ProgressSender(self.send, message["id"])
         ctx = JobContext(
             job_id=message["id"],
             job_type=job.type,
@@ -174,11 +176,16 @@ class Child:
             _connection_factory=lambda: self.connections.borrow(deadline),
             _enqueue=self.enqueuer.enqueue,
             _cancel_event=self.cancel,
+            _progress=reports.note,
         )
         done: dict[str, Any] = {"error": None, "traceback": None, "stopped": False}
         try:
             model = payloads.validate(job, payloads.to_object(job.type, message["payload"]))
-            job.handler(model, ctx)
+            value = job.handler(model, ctx)
+            # Encoded in the child, as serve's executor does: its own job fails for it.
+            done["result"] = encode_result(value, self.settings.max_result_bytes)
+        except ResultError as exc:
+            done.update(error=str(exc), final=True)
         except InvalidPayload as exc:
             done.update(error=str(exc), final=True)
         except JobCancelled as exc:
@@ -188,8 +195,38 @@ class Child:
                 done.update(error=error_text(exc), traceback=last_traceback())
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: it ends the attempt
             done.update(error=error_text(exc), traceback=last_traceback())
+        done["progress"] = reports.last()  # the report not sent yet: the outcome writes it
         done["rss_kb"] = rss_kb()
         return done
+
+
+class ProgressSender:
+    """A process job's ``ctx.progress``: reports go to serve over the pipe at most every
+    ``SEND_EVERY_S`` (a handler reporting 10,000 times a second writes a few lines a
+    second); the last one not sent rides on the job's ``done`` message."""
+
+    SEND_EVERY_S = 0.25
+
+    def __init__(self, send: Any, job_id: int) -> None:
+        self.send = send
+        self.job_id = job_id
+        self._lock = threading.Lock()  # a handler's own threads may report too
+        self._unsent: tuple[float, str | None] | None = None
+        self._sent_at = 0.0
+
+    def note(self, fraction: float, message: str | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._sent_at < self.SEND_EVERY_S:
+                self._unsent = (fraction, message)
+                return
+            self._sent_at, self._unsent = now, None
+        self.send({"progress": [fraction, message], "id": self.job_id})
+
+    def last(self) -> list[Any] | None:
+        with self._lock:
+            unsent, self._unsent = self._unsent, None
+        return None if unsent is None else list(unsent)
 
 
 def last_traceback(limit: int = 8000) -> str:
