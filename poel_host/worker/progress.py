@@ -17,6 +17,7 @@ race with the outcome, and costs no statement of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gevent import monkey
@@ -36,11 +37,15 @@ class ProgressBoard:
     def __init__(self) -> None:
         self._lock = _native_lock()
         self._pending: dict[int, tuple[str, float, str | None]] = {}
+        # Told of every report (the test kit's run_job records them); None in a worker.
+        self.watch: Callable[[int, float, str | None], None] | None = None
 
     def note(self, job_id: int, token: str, fraction: float, message: str | None) -> None:
         """Keep ``(fraction, message)`` as the attempt's latest (from any thread)."""
         with self._lock:
             self._pending[job_id] = (token, fraction, message)
+        if self.watch is not None:
+            self.watch(job_id, fraction, message)
 
     def take(self, job_id: int, token: str) -> tuple[float, str | None] | None:
         """The attempt's unwritten progress, taken off the board (its outcome writes it).

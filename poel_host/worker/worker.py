@@ -80,6 +80,7 @@ class Worker:
         self.queue_pool: Pool | None = None
         self.job_pool: Pool | None = None
         self._enqueuer: Queue | None = None
+        self.progress = ProgressBoard()  # ctx.progress reports, written by ProgressWriter
 
     # Life cycle -------------------------------------------------------------------------
 
@@ -127,7 +128,6 @@ class Worker:
             owner=self.owner,
             executors={lane.executor for lane in self.lanes if lane.job_types},
         )
-        self.progress = ProgressBoard()  # ctx.progress reports, written by ProgressWriter
         self.attempts = Attempts(
             s,
             connections=self.connections,
