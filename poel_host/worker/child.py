@@ -41,6 +41,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import IO, Any
 
 import psycopg
@@ -136,6 +137,7 @@ class Child:
         self.enqueuer = Queue.for_settings(settings, plugins.jobs)
         self.todo: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.cancel = threading.Event()
+        self.reports = ProgressSender(self.send)
 
     def read(self, stream: IO[bytes]) -> None:
         """The reader thread: jobs and cancellations in; the end of stdin ends the process."""
@@ -163,7 +165,6 @@ class Child:
         self.send({"started": message["id"]})
         job = self.plugins.jobs[message["job_type"]]
         deadline = time.monotonic() + float(message["timeout_s"])
-        reports = ProgressSender(self.send, message["id"])
         ctx = JobContext(
             job_id=message["id"],
             job_type=job.type,
@@ -176,7 +177,7 @@ class Child:
             _connection_factory=lambda: self.connections.borrow(deadline),
             _enqueue=self.enqueuer.enqueue,
             _cancel_event=self.cancel,
-            _progress=reports.note,
+            _progress=partial(self.reports.note, message["id"]),
         )
         done: dict[str, Any] = {"error": None, "traceback": None, "stopped": False}
         try:
@@ -195,38 +196,51 @@ class Child:
                 done.update(error=error_text(exc), traceback=last_traceback())
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: it ends the attempt
             done.update(error=error_text(exc), traceback=last_traceback())
-        done["progress"] = reports.last()  # the report not sent yet: the outcome writes it
+        done["progress"] = self.reports.last(message["id"])  # the outcome writes it
         done["rss_kb"] = rss_kb()
         return done
 
 
 class ProgressSender:
-    """A process job's ``ctx.progress``: reports go to serve over the pipe at most every
-    ``SEND_EVERY_S`` (a handler reporting 10,000 times a second writes a few lines a
-    second); the last one not sent rides on the job's ``done`` message."""
+    """Process jobs' ``ctx.progress``: only the latest report is kept, and a thread of the
+    child sends it to serve every ``SEND_EVERY_S`` when it changed (a handler reporting
+    10,000 times a second writes four lines a second to the pipe); the report not sent
+    yet when the job ends rides on its ``done`` message instead."""
 
     SEND_EVERY_S = 0.25
 
-    def __init__(self, send: Any, job_id: int) -> None:
+    def __init__(self, send: Any) -> None:
         self.send = send
-        self.job_id = job_id
-        self._lock = threading.Lock()  # a handler's own threads may report too
-        self._unsent: tuple[float, str | None] | None = None
-        self._sent_at = 0.0
+        self._lock = threading.Lock()  # the handler's threads and the sender's
+        self._unsent: tuple[int, float, str | None] | None = None
+        self._thread: threading.Thread | None = None
 
-    def note(self, fraction: float, message: str | None) -> None:
-        now = time.monotonic()
+    def note(self, job_id: int, fraction: float, message: str | None) -> None:
         with self._lock:
-            if now - self._sent_at < self.SEND_EVERY_S:
-                self._unsent = (fraction, message)
-                return
-            self._sent_at, self._unsent = now, None
-        self.send({"progress": [fraction, message], "id": self.job_id})
+            self._unsent = (job_id, fraction, message)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+                self._thread.start()
 
-    def last(self) -> list[Any] | None:
+    def last(self, job_id: int) -> list[Any] | None:
+        """The job's report not sent yet, taken (None: none)."""
         with self._lock:
-            unsent, self._unsent = self._unsent, None
-        return None if unsent is None else list(unsent)
+            unsent = self._unsent
+            if unsent is None or unsent[0] != job_id:
+                return None
+            self._unsent = None
+        return [unsent[1], unsent[2]]
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.SEND_EVERY_S)
+            # Sent under the lock: a report taken here reaches the pipe before the job's
+            # ``done`` (which ``last()`` waits for), so it is never read as the next job's.
+            with self._lock:
+                unsent, self._unsent = self._unsent, None
+                if unsent is not None:
+                    job_id, fraction, message = unsent
+                    self.send({"progress": [fraction, message], "id": job_id})
 
 
 def last_traceback(limit: int = 8000) -> str:
