@@ -263,3 +263,48 @@ def test_result_times_out_naming_the_job_and_its_state(poel_queue):
         poel_queue.result(job_id, timeout=0.2)
     with pytest.raises(TimeoutError):
         poel_queue.result(job_id, timeout=0)
+
+
+# Where the columns are (migration 0014) --------------------------------------------------
+
+
+def test_the_columns_are_in_every_table_partition_and_the_view(poel_conn):
+    poel_conn.execute("SELECT poel.make_done_partitions(now(), interval '1 hour', 1)")
+    tables = [
+        r["relname"]
+        for r in poel_conn.execute(
+            "SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'poel' AND c.relkind IN ('r', 'p', 'v')"
+            " AND (c.relname LIKE 'jobs%%' OR c.relname = 'all_jobs')"
+        )
+    ]
+    assert {"jobs", "jobs_history", "jobs_done", "jobs_dead", "all_jobs"} <= set(tables)
+    assert any(t.startswith("jobs_done_2") for t in tables)  # a time partition
+    for table in tables:
+        columns = {
+            r["attname"]: r["type"]
+            for r in poel_conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) AS type FROM pg_attribute"
+                " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                [f"poel.{table}"],
+            )
+        }
+        assert columns["result"] == "jsonb", table
+        assert columns["progress"] == "double precision", table
+        assert columns["progress_message"] == "text", table
+
+
+def test_a_retry_from_the_history_carries_progress(run_job, poel_queue):
+    done = run_job(
+        "results.greenlet", {"steps": [[0.3, "got this far"]], "make": "set"}, max_attempts=1
+    )
+    assert done.state == "failed"
+    store = run_job.worker.store
+    assert store.archive_finished(after_s=0, succeeded_hours=24, batch=100) == 1
+    assert poel_queue.retry(done.id)
+    job = poel_queue.get(done.id)
+    assert (job["state"], job["progress"], job["progress_message"]) == (
+        "queued",
+        0.3,
+        "got this far",
+    )
