@@ -308,3 +308,31 @@ def test_a_retry_from_the_history_carries_progress(run_job, poel_queue):
         0.3,
         "got this far",
     )
+
+
+class _Named(dict):
+    """The store's queries, recording which are used."""
+
+    def __init__(self, queries, used):
+        super().__init__(queries)
+        self.used = used
+
+    def __getitem__(self, name):
+        self.used.append(name)
+        return super().__getitem__(name)
+
+
+def test_a_job_returning_none_costs_the_same_statement_as_before(worker, queue):
+    """The job path's pride: successes without a result or progress are written by
+    finish_succeeded alone (two arrays); a result goes through finish_jobs, in the same
+    pass, not a statement of its own."""
+    worker.open()
+    used: list[str] = []
+    worker.store._q = _Named(worker.store._q, used)
+    plain = [queue.enqueue("results.greenlet", {}) for _ in range(5)]
+    assert run_all(worker, 5) == set(plain)
+    assert [n for n in used if n.startswith(("finish", "write_progress"))] == ["finish_succeeded"]
+    used.clear()
+    mixed = [queue.enqueue("results.greenlet", {"returns": i or None}) for i in range(4)]
+    assert run_all(worker, 4) == set(mixed)
+    assert sorted(n for n in used if n.startswith("finish")) == ["finish_jobs", "finish_succeeded"]
