@@ -336,3 +336,13 @@ def test_a_job_returning_none_costs_the_same_statement_as_before(worker, queue):
     mixed = [queue.enqueue("results.greenlet", {"returns": i or None}) for i in range(4)]
     assert run_all(worker, 4) == set(mixed)
     assert sorted(n for n in used if n.startswith("finish")) == ["finish_jobs", "finish_succeeded"]
+
+
+def test_result_behind_a_transaction_pooler_reads_the_job_each_second(poel_settings, worker):
+    """No LISTEN there (a pooler hands the session to others): the wait reads the job."""
+    with Queue(poel_settings.dsn, jobs={}, allow_unknown=True, pooler="transaction") as queue:
+        job_id = queue.enqueue("results.greenlet", {"returns": "polled"})
+        waiter = gevent.spawn(queue.result, job_id, timeout=30)
+        gevent.sleep(0)
+        assert run_all(worker, 1) == {job_id}
+        assert waiter.get(timeout=10) == "polled"
