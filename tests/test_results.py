@@ -346,3 +346,16 @@ def test_result_behind_a_transaction_pooler_reads_the_job_each_second(poel_setti
         gevent.sleep(0)
         assert run_all(worker, 1) == {job_id}
         assert waiter.get(timeout=10) == "polled"
+
+
+def test_an_attempt_ending_while_its_report_is_being_written_keeps_it():
+    """The writer took the last report, then the attempt ended: the writer's statement may
+    come after the outcome's (and match no token), so the outcome writes it too."""
+    board = ProgressBoard()
+    board.note(7, "token", 0.9, "almost")
+    assert board.swap() == [(7, "token", 0.9, "almost")]
+    assert board.take(7, "token") == (0.9, "almost")  # being written: the outcome has it too
+    assert board.take(7, "other attempt") is None
+    board.written()
+    assert board.take(7, "token") is None
+    assert board.swap() == []

@@ -37,6 +37,10 @@ class ProgressBoard:
     def __init__(self) -> None:
         self._lock = _native_lock()
         self._pending: dict[int, tuple[str, float, str | None]] = {}
+        # What the writer is writing now: an attempt that ends meanwhile takes its report
+        # from here too, since the writer's statement may come after its outcome's (whose
+        # token it then no longer matches) and write nothing.
+        self._writing: dict[int, tuple[str, float, str | None]] = {}
         # Told of every report (the test kit's run_job records them); None in a worker.
         self.watch: Callable[[int, float, str | None], None] | None = None
 
@@ -50,22 +54,27 @@ class ProgressBoard:
     def take(self, job_id: int, token: str) -> tuple[float, str | None] | None:
         """The attempt's unwritten progress, taken off the board (its outcome writes it).
         A job that never reported progress costs a dict lookup, without the lock."""
-        if job_id not in self._pending:
+        if job_id not in self._pending and job_id not in self._writing:
             return None
         with self._lock:
-            pending = self._pending.get(job_id)
-            if pending is None or pending[0] != token:
-                return None
-            del self._pending[job_id]
+            pending = self._pending.pop(job_id, None) or self._writing.get(job_id)
+        if pending is None or pending[0] != token:
+            return None
         return pending[1], pending[2]
 
     def swap(self) -> list[ProgressRow]:
-        """Everything on the board, which is left empty."""
+        """Everything on the board, which is left empty, for the writer (who calls
+        ``written()`` once its statement is done)."""
         if not self._pending:
             return []
         with self._lock:
-            pending, self._pending = self._pending, {}
-        return [(job_id, t, f, m) for job_id, (t, f, m) in pending.items()]
+            self._writing, self._pending = self._pending, {}
+            return [(job_id, t, f, m) for job_id, (t, f, m) in self._writing.items()]
+
+    def written(self) -> None:
+        """The writer's statement is done (or failed): what it held is forgotten."""
+        with self._lock:
+            self._writing = {}
 
     def restore(self, rows: list[ProgressRow]) -> None:
         """Put back rows that could not be written, unless a newer report came since."""
@@ -118,5 +127,7 @@ class ProgressWriter(Periodic):
                 error=error_text(exc),
             )
             return 0
+        finally:
+            self.board.written()
         self.written += written
         return written
