@@ -56,6 +56,7 @@ from poel_host.queue import Queue
 from poel_host.results import ResultError, encode_result
 from poel_host.settings import Settings, load_settings
 from poel_host.store import Store
+from poel_host.worker.child_progress import ProgressSender
 from poel_host.worker.job_connections import bounded_transaction
 
 PLUGINS_VARIABLE = "POEL_CHILD_PLUGINS"  # JSON [[plugin name, module], ...]
@@ -199,48 +200,6 @@ class Child:
         done["progress"] = self.reports.last(message["id"])  # the outcome writes it
         done["rss_kb"] = rss_kb()
         return done
-
-
-class ProgressSender:
-    """Process jobs' ``ctx.progress``: only the latest report is kept, and a thread of the
-    child sends it to serve every ``SEND_EVERY_S`` when it changed (a handler reporting
-    10,000 times a second writes four lines a second to the pipe); the report not sent
-    yet when the job ends rides on its ``done`` message instead."""
-
-    SEND_EVERY_S = 0.25
-
-    def __init__(self, send: Any) -> None:
-        self.send = send
-        self._lock = threading.Lock()  # the handler's threads and the sender's
-        self._unsent: tuple[int, float, str | None] | None = None
-        self._thread: threading.Thread | None = None
-
-    def note(self, job_id: int, fraction: float, message: str | None) -> None:
-        with self._lock:
-            self._unsent = (job_id, fraction, message)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
-                self._thread.start()
-
-    def last(self, job_id: int) -> list[Any] | None:
-        """The job's report not sent yet, taken (None: none)."""
-        with self._lock:
-            unsent = self._unsent
-            if unsent is None or unsent[0] != job_id:
-                return None
-            self._unsent = None
-        return [unsent[1], unsent[2]]
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.SEND_EVERY_S)
-            # Sent under the lock: a report taken here reaches the pipe before the job's
-            # ``done`` (which ``last()`` waits for), so it is never read as the next job's.
-            with self._lock:
-                unsent, self._unsent = self._unsent, None
-                if unsent is not None:
-                    job_id, fraction, message = unsent
-                    self.send({"progress": [fraction, message], "id": job_id})
 
 
 def last_traceback(limit: int = 8000) -> str:
