@@ -30,6 +30,9 @@ _EXPORTS = {
     "DuplicateJob": "poel_host.errors",
     "InvalidName": "poel_host.errors",
     "Pause": "poel_host.pauses",
+    "JobFailed": "poel_host.errors",
+    "JobNotFound": "poel_host.errors",
+    "ResultTimeout": "poel_host.errors",
 }
 
 __all__ = [
@@ -39,12 +42,15 @@ __all__ = [
     "Job",
     "JobCancelled",
     "JobContext",
+    "JobFailed",
+    "JobNotFound",
     "JobRequest",
     "Migration",
     "PackageSql",
     "Pause",
     "PoelError",
     "Queue",
+    "ResultTimeout",
     "Settings",
     "UnknownJobType",
     "__version__",
@@ -58,7 +64,10 @@ if TYPE_CHECKING:
         DuplicateJob,
         InvalidName,
         InvalidPayload,
+        JobFailed,
+        JobNotFound,
         PoelError,
+        ResultTimeout,
         UnknownJobType,
     )
     from poel_host.hookspecs import hookimpl, hookspec

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
+from poel_host.results import check_progress
+
 if TYPE_CHECKING:
     import psycopg
     from supabase import Client as SupabaseClient
@@ -48,7 +50,8 @@ class Job:
     :param type: the name producers enqueue (``"process_new_record"``); unique across plugins.
     :param schema: the pydantic model the payload is validated into before the handler runs.
     :param handler: ``handler(payload, ctx)``, a plain blocking-style function (its I/O
-        cooperates under gevent). Its return value is ignored.
+        cooperates under gevent). Its return value, if not None, is kept as the job's
+        result (JSON; see ``Queue.result``).
     :param queue: the queue new jobs of this type go to unless the producer says otherwise.
     :param max_attempts: attempts before the job is ``failed`` (the dead letter).
     :param timeout: seconds a run may take; overrides ``JOB_TIMEOUT_MS``.
@@ -140,6 +143,7 @@ class JobContext:
     queues a follow-up job (pass ``connection=conn`` to make it part of your transaction).
     ``supabase`` is the process's supabase-py client for ``SUPABASE_URL`` and
     ``SUPABASE_SERVICE_ROLE_KEY``, made on first use (see :mod:`poel_host.supabase_client`).
+    ``progress(fraction, message)`` reports how far the job got.
     """
 
     job_id: int
@@ -154,6 +158,7 @@ class JobContext:
     _enqueue: Callable[..., int] | None = field(default=None, repr=False)
     _cancel_event: Any = field(default=None, repr=False)
     _supabase: Any = field(default=None, repr=False)  # a client given instead (the test kit)
+    _progress: Callable[[float, str | None], None] | None = field(default=None, repr=False)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -182,6 +187,22 @@ class JobContext:
         if self._enqueue is None:
             raise RuntimeError("this JobContext cannot enqueue")
         return self._enqueue(job_type, payload, **options)
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far the job got: ``fraction`` from 0 to 1, and an optional message.
+
+        Call it as often as you like: only the latest report is kept, and the worker
+        writes it about once a second (shown by ``Queue.get``, ``poel-host jobs show`` and
+        the dashboard). A report made after the attempt was lost (rescued, timed out) is
+        written nowhere. A NUL character in ``message`` is stored as ``\\x00``, and the
+        message is cut to 1,000 characters.
+
+        :raises ValueError: ``fraction`` is not a number from 0 to 1, or ``message`` is not
+            a string or None.
+        """
+        value, text = check_progress(fraction, message)
+        if self._progress is not None:
+            self._progress(value, text)
 
     @property
     def cancelled(self) -> bool:

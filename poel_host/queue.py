@@ -201,10 +201,29 @@ class Queue(Pausing):
         return self._store.find_live_unique(job_type, unique_key, connection)
 
     def get(self, job_id: int) -> dict[str, Any] | None:
-        """The job as stored (its state, attempts, errors, timings, payload), live or
-        finished: in the jobs table or, once archived, in the history. None if there is no
-        such job (never enqueued, or deleted past its retention)."""
+        """The job as stored (its state, attempts, errors, timings, payload, ``result``,
+        ``progress`` and ``progress_message``), live or finished: in the jobs table or,
+        once archived, in the history. None if there is no such job (never enqueued, or
+        deleted past its retention)."""
         return self._store.get_job(job_id)
+
+    def result(self, job_id: int, timeout: float | None = None) -> Any:
+        """Wait for the job to finish and return its result: its handler's return value
+        (None if it returned nothing). Waits on a notification the workers send when they
+        write outcomes (LISTEN, on a connection of its own), not by polling.
+
+        :param timeout: seconds to wait at most; None waits as long as it takes.
+        :raises poel_host.errors.JobFailed: the job failed or was cancelled; ``errors`` is
+            its error history.
+        :raises poel_host.errors.JobNotFound: no job has this id.
+        :raises poel_host.errors.ResultTimeout: a ``TimeoutError``, naming the job and
+            its state, when ``timeout`` passed first.
+        """
+        from poel_host.result_wait import wait_for_result
+
+        return wait_for_result(
+            self._store, self.dsn, job_id, timeout=timeout, pooler=self._conn.pooler
+        )
 
     def cancel(self, job_id: int) -> bool:
         """Cancel a queued job; False if it is not queued (running, finished or unknown)."""

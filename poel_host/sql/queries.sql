@@ -131,7 +131,12 @@ RETURNING j.id
 -- Only the attempt each outcome belongs to is touched (its id and lease token), so a
 -- worker, thread or child whose attempt was rescued or handed back never overwrites the
 -- fate of the next one; an attempt whose lease expired but that nobody took meanwhile (a
--- database blip) is still this worker's to record. Returns the ids written.
+-- database blip) is still this worker's to record. A success's result (JSON text, or
+-- NULL) is stored with it, and the last progress the handler reported, when the worker's
+-- progress writer had not written it yet (NULL: the row's is kept). Returns the ids
+-- written, and tells Queue.result's waiters that outcomes were written: one NOTIFY a
+-- statement (the InitPlan below runs once), not one a job.
+WITH done AS (
 UPDATE {schema}.jobs AS j
 SET state = o.state::{schema}.job_state,
     run_at = CASE WHEN o.state = 'queued'
@@ -147,19 +152,44 @@ SET state = o.state::{schema}.job_state,
                               ELSE jsonb_build_object('traceback', o.traceback) END)
              END,
     finished_at = CASE WHEN o.state IN ('succeeded', 'failed') THEN now() END,
+    result = o.result::jsonb,
+    progress = coalesce(o.progress, j.progress),
+    progress_message = CASE WHEN o.progress IS NULL THEN j.progress_message
+                            ELSE o.progress_message END,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[], %(errors)s::text[],
-            %(delays_ms)s::bigint[], %(tracebacks)s::text[])
-     AS o(id, token, state, error, delay_ms, traceback)
+            %(delays_ms)s::bigint[], %(tracebacks)s::text[], %(results)s::text[],
+            %(progresses)s::float8[], %(progress_messages)s::text[])
+     AS o(id, token, state, error, delay_ms, traceback, result, progress, progress_message)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
 RETURNING j.id
+)
+SELECT id FROM done
+WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)) AS told) > 0
 
 -- finish_succeeded --
--- The common case of finish_jobs, cheaper to send: attempts that succeeded.
+-- The common case of finish_jobs, cheaper to send: attempts that succeeded returning
+-- nothing (no result), with no progress left to write. Notifies as finish_jobs does.
+WITH done AS (
 UPDATE {schema}.jobs AS j
 SET state = 'succeeded', finished_at = now(), lease_owner = NULL, lease_token = NULL,
     lease_expires_at = NULL, updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
+RETURNING j.id
+)
+SELECT id FROM done
+WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)) AS told) > 0
+
+-- write_progress --
+-- The progress writer's pass: the latest fraction and message each running attempt
+-- reported, for many jobs in one statement. Token-matched, so a progress reported by an
+-- attempt that was lost meanwhile is written nowhere; the columns are in no index, so
+-- the update can be HOT. Returns the ids written.
+UPDATE {schema}.jobs AS j
+SET progress = o.progress, progress_message = o.message
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(progresses)s::float8[],
+            %(messages)s::text[]) AS o(id, token, progress, message)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
 RETURNING j.id
 
@@ -441,7 +471,7 @@ WHERE n.nspname = %(schema)s AND c.relname = 'jobs' AND c.relkind IN ('r', 'p')
 -- history partition's id index).
 SELECT id, queue, job_type, payload, state::text AS state, priority, run_at, attempts,
        max_attempts, last_error, errors, unique_key, lease_owner, lease_expires_at,
-       created_at, started_at, finished_at
+       created_at, started_at, finished_at, result, progress, progress_message
 FROM {schema}.all_jobs WHERE id = %(id)s
 LIMIT 1
 
@@ -468,6 +498,11 @@ SELECT 1
 -- listen --
 -- Be told of inserted jobs (the jobs table's trigger notifies with the schema's name).
 LISTEN poel_jobs
+
+-- listen_outcomes --
+-- Be told when outcomes are written (finish_jobs and finish_succeeded notify with the
+-- schema's name): Queue.result's wait.
+LISTEN poel_outcomes
 
 -- set_statement_timeout --
 -- Bound every query a handler runs by the time its job has left (milliseconds as text).
@@ -530,10 +565,10 @@ WITH moved AS (
 INSERT INTO {schema}.jobs_history
     (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
      last_error, errors, unique_key, handbacks, created_at, started_at, finished_at,
-     updated_at)
+     updated_at, result, progress, progress_message)
 SELECT id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
        last_error, errors, unique_key, handbacks, created_at, started_at,
-       coalesce(finished_at, updated_at), updated_at
+       coalesce(finished_at, updated_at), updated_at, result, progress, progress_message
 FROM moved
 RETURNING id
 
@@ -614,9 +649,11 @@ WITH in_place AS (
 ), back AS (
     INSERT INTO {schema}.jobs
         (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
-         last_error, errors, unique_key, handbacks, created_at, updated_at)
+         last_error, errors, unique_key, handbacks, created_at, updated_at, result,
+         progress, progress_message)
     SELECT id, queue, job_type, payload, 'queued', priority, now(), 0, max_attempts,
-           last_error, errors, unique_key, handbacks, created_at, now()
+           last_error, errors, unique_key, handbacks, created_at, now(), result, progress,
+           progress_message
     FROM {schema}.jobs_history
     WHERE id = %(id)s AND state IN ('failed', 'cancelled')
     RETURNING id
@@ -795,9 +832,11 @@ WITH in_place AS (
 ), back AS (
     INSERT INTO {schema}.jobs
         (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
-         last_error, errors, unique_key, handbacks, created_at, updated_at)
+         last_error, errors, unique_key, handbacks, created_at, updated_at, result,
+         progress, progress_message)
     SELECT id, queue, job_type, payload, 'queued', priority, now(), 0, max_attempts,
-           last_error, errors, unique_key, handbacks, created_at, now()
+           last_error, errors, unique_key, handbacks, created_at, now(), result, progress,
+           progress_message
     FROM {schema}.jobs_dead
     WHERE job_type = %(job_type)s
     ON CONFLICT DO NOTHING

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from poel_host.store.base import DB_ERRORS, Conn, Source, StoreBase, claim_query, queries
 from poel_host.store.history import HistoryStore
-from poel_host.store.jobs import JobStore, OutcomeRow
+from poel_host.store.jobs import JobStore, OutcomeRow, ProgressRow
 from poel_host.store.migrations import MigrationStore
 from poel_host.store.operators import OperatorStore
 from poel_host.store.pauses import PauseStore
@@ -38,6 +38,7 @@ __all__ = [
     "OperatorStore",
     "OutcomeRow",
     "PauseStore",
+    "ProgressRow",
     "ServerStore",
     "SessionStore",
     "Source",

@@ -19,8 +19,9 @@ class OperatorStore(StoreBase):
 
     # Looking and changing (CLI, test kit) -----------------------------------------------
 
-    def get_job(self, job_id: int) -> dict[str, Any] | None:
-        return self._one("get_job", {"id": job_id})
+    def get_job(self, job_id: int, connection: Conn | None = None) -> dict[str, Any] | None:
+        """One job by id, live or finished, with its result and progress."""
+        return self._one("get_job", {"id": job_id}, connection)
 
     def list_jobs(
         self, *, state: str | None = None, job_type: str | None = None, limit: int = 20

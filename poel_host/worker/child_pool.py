@@ -24,6 +24,7 @@ import json
 import os
 import time
 from collections.abc import MutableMapping
+from functools import partial
 from typing import Any
 
 import gevent
@@ -178,7 +179,7 @@ class Children:
             with gevent.Timeout(max(0.0, entry.deadline - time.monotonic())):
                 child.receive()  # {"started": id}, sent before any of the job's code ran
                 started = True
-                message = child.receive()
+                message = child.receive(partial(_progress, entry))
         except gevent.Timeout:  # even before "started": a live child is the job's to wait for
             self.counts["timed_out"] += 1
             self.discard(child, "timed out")
@@ -194,11 +195,14 @@ class Children:
             raise
         done = message["done"]
         self._finished(child, done)
+        if done.get("progress") and entry.ctx._progress is not None:
+            entry.ctx._progress(*done["progress"])  # the executor writes it with the outcome
         ran = Ran(
             done["error"],
             stopped=done["stopped"],
             final=bool(done.get("final")),
             traceback=done.get("traceback"),
+            result=done.get("result"),
         )
         return ran, time.monotonic() - sent
 
@@ -246,6 +250,13 @@ class Children:
         while not self.idle.empty():
             children.append(self.idle.get_nowait())
         gevent.joinall([gevent.spawn(child.stop) for child in children], timeout=10)
+
+
+def _progress(entry: HeldJob, job_id: Any, fraction: float, message: str | None) -> None:
+    """A child's progress report, noted as its job's (a report a leftover thread of an
+    earlier job sends is not this job's)."""
+    if job_id == entry.id and entry.ctx._progress is not None:
+        entry.ctx._progress(fraction, message)
 
 
 def _job_message(row: dict[str, Any], timeout_s: float) -> dict[str, Any]:

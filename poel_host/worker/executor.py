@@ -22,10 +22,12 @@ from poel_host import backoff, payloads
 from poel_host.errors import InvalidPayload, error_text, one_line
 from poel_host.jobs import Job, JobCancelled
 from poel_host.plugins import Plugins
+from poel_host.results import ResultError, encode_result
 from poel_host.settings import Settings
 from poel_host.store import OutcomeRow
 from poel_host.worker.held import HANDING_BACK, PENDING, RUNNING, Held, HeldJob
 from poel_host.worker.job_connections import JobConnections
+from poel_host.worker.progress import ProgressBoard
 from poel_host.worker.threads import ThreadTimedOut
 
 # What an outcome is counted as (metrics, summaries, the job_finished hook).
@@ -40,9 +42,22 @@ class Outcome:
     delay_ms: int = 0
     traceback: str | None = None  # kept in the error history beside the error
     token: str = ""  # the attempt's lease token: the outcome is written only if it matches
+    result: str | None = None  # a success's result, as JSON text
+    progress: tuple[float, str | None] | None = None  # the last report, not yet written
 
     def as_row(self) -> OutcomeRow:
-        return (self.job_id, self.token, self.state, self.error, self.delay_ms, self.traceback)
+        fraction, message = self.progress if self.progress is not None else (None, None)
+        return (
+            self.job_id,
+            self.token,
+            self.state,
+            self.error,
+            self.delay_ms,
+            self.traceback,
+            self.result,
+            fraction,
+            message,
+        )
 
     @property
     def label(self) -> str:
@@ -57,6 +72,7 @@ class Ran:
     stopped: bool = False  # the worker stopped it (shutdown): not the job's fault
     final: bool = False  # retrying cannot help (an invalid payload, a worker bug)
     traceback: str | None = None  # where the handler raised
+    result: str | None = None  # what the handler returned, as JSON text (None: nothing)
 
 
 TRACEBACK_CHARS = 16_000  # the end of a traceback kept in the error history: where it raised
@@ -72,7 +88,7 @@ def decide(job: Job, row: dict[str, Any], ran: Ran, settings: Settings) -> Outco
     if ran.stopped:
         return Outcome(job_id, "released", token=token)
     if ran.error is None:
-        return Outcome(job_id, "succeeded", token=token)
+        return Outcome(job_id, "succeeded", token=token, result=ran.result)
     if ran.final or row["attempts"] >= row["max_attempts"]:
         return Outcome(job_id, "failed", ran.error, traceback=ran.traceback, token=token)
     delay = backoff.retry_delay_ms(
@@ -100,6 +116,7 @@ class Executor:
         log: Any,
         processes: Any = None,  # ProcessPool, when a loaded job type runs in processes
         threads: Any = None,  # Threads, when one runs on threads
+        progress: ProgressBoard | None = None,
     ) -> None:
         self.settings = settings
         self.plugins = plugins
@@ -112,6 +129,7 @@ class Executor:
         self.log = log
         self.processes = processes
         self.threads = threads
+        self.progress = progress if progress is not None else ProgressBoard()
         # Per-job hooks cost a call per job even when no plugin implements them.
         self._hooked_started = bool(plugins.manager.hook.job_started.get_hookimpls())
         self._hooked_finished = bool(plugins.manager.hook.job_finished.get_hookimpls())
@@ -142,6 +160,11 @@ class Executor:
             outcome = Outcome(
                 entry.id, "failed", f"worker error: {error_text(exc)}", token=entry.token
             )
+        # The last progress report not yet written is written with the outcome (a job that
+        # never reported any costs a dict lookup).
+        pending = self.progress.take(entry.id, entry.token)
+        if pending is not None and outcome.state != "released":
+            outcome.progress = pending
         self._report(entry, outcome, round(time.monotonic() - started, 6))
         if outcome.state == "released":
             entry.move(HANDING_BACK)  # the drain hands it back
@@ -168,14 +191,13 @@ class Executor:
         timer.start()
         error: str | None = None
         trace: str | None = None
+        result: object = None
         stopped = False
         try:
             if job.executor == "thread":
                 result = self.threads.call(job.handler, payload, ctx, entry.loans, seconds)
             else:
                 result = job.handler(payload, ctx)
-            if result is not None:
-                ctx.log.debug("handler returned a value; it is ignored", value=repr(result)[:200])
         except gevent.Timeout as exc:
             error = f"timed out after {seconds:g}s" if exc is timer else f"Timeout: {exc}"
         except ThreadTimedOut:
@@ -205,7 +227,14 @@ class Executor:
         if stopped:
             return STOPPED
         if error is None and misuse is None:
-            return RETURNED
+            if result is None:
+                return RETURNED
+            # Encoded here, for the handler's job alone: a value that cannot be stored
+            # fails its own job (retrying would only make it again), never the batch.
+            try:
+                return Ran(result=encode_result(result, self.settings.max_result_bytes))
+            except ResultError as exc:
+                return Ran(str(exc), final=True)
         return Ran(error or misuse, traceback=trace)
 
     def _report(self, entry: HeldJob, outcome: Outcome, duration: float) -> None:

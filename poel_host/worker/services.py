@@ -1,7 +1,8 @@
 """The services a ``serve`` runs beside its runners, each supervised on a greenlet of its
 own: the listener, the lease keeper, the rescuer, the archiver, the pruner, the promoter,
-the scheduler, the summary and, when asked for, the queue depths. Made here, in one list,
-so that the worker's life cycle (``worker.py``) reads as opening, starting and draining.
+the scheduler, the summary, the progress writer and, when asked for, the queue depths.
+Made here, in one list, so that the worker's life cycle (``worker.py``) reads as opening,
+starting and draining.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from poel_host.worker.archiver import Archiver
 from poel_host.worker.depths import QueueDepths
 from poel_host.worker.leases import LeaseKeeper
 from poel_host.worker.listener import Listener
+from poel_host.worker.progress import ProgressWriter
 from poel_host.worker.promoter import Promoter
 from poel_host.worker.pruner import Pruner
 from poel_host.worker.rescuer import Rescuer
@@ -50,6 +52,7 @@ def services(worker: Worker) -> list[Service]:
         Promoter(store, interval=s.poll_interval_ms / 1000, on_promoted=wake, log=log),
         Scheduler(list(worker.plugins.jobs.values()), store, log=log),
         Summary(worker.metrics, running=worker.running, log=log),
+        ProgressWriter(store, worker.progress, log=log),
     ]
     if s.queue_metrics_interval_s:
         made.append(

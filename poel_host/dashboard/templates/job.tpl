@@ -10,6 +10,11 @@
 <tr><th>run at</th><td>{{when(job['run_at'])}}</td></tr>
 <tr><th>started</th><td>{{when(job['started_at'])}}</td></tr>
 <tr><th>finished</th><td>{{when(job['finished_at'])}}</td></tr>
+% if job['progress'] is None:
+<tr><th>progress</th><td id="progress">-</td></tr>
+% else:
+<tr><th>progress</th><td id="progress"><progress max="1" value="{{job['progress']}}"></progress> {{'{:.0%}'.format(job['progress'])}} {{job['progress_message'] or ''}}</td></tr>
+% end
 <tr><th>lease</th><td>{{job['lease_owner'] or '-'}} {{('until ' + when(job['lease_expires_at'])) if job['lease_expires_at'] else ''}}</td></tr>
 </table>
 % if session:
@@ -28,6 +33,17 @@
 <pre id="payload">{{payload.text}}</pre>
 % if payload.cut:
 <p class="note">{{payload.length}} characters; <a href="?full=1">show all</a></p>
+% end
+% end
+<h2>Result</h2>
+% if job['result'] is None:
+<p class="note" id="result">{{'none' if job['state'] == 'succeeded' else 'none yet' if job['state'] in ('queued', 'running') else 'none'}}</p>
+% elif result is None:
+<p class="note" id="result">hidden (POEL_DASHBOARD_PAYLOADS=shown shows results too)</p>
+% else:
+<pre id="result">{{result.text}}</pre>
+% if result.cut:
+<p class="note">{{result.length}} characters; <a href="?full=1">show all</a></p>
 % end
 % end
 <h2>Errors</h2>
