@@ -28,9 +28,12 @@ _EXPORTS = {
     "InvalidPayload": "poel_host.errors",
     "UnknownJobType": "poel_host.errors",
     "DuplicateJob": "poel_host.errors",
+    "Snooze": "poel_host.snooze_discard",
+    "Discard": "poel_host.snooze_discard",
 }
 
 __all__ = [
+    "Discard",
     "DuplicateJob",
     "InvalidPayload",
     "Job",
@@ -42,6 +45,7 @@ __all__ = [
     "PoelError",
     "Queue",
     "Settings",
+    "Snooze",
     "UnknownJobType",
     "__version__",
     "hookimpl",
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
     from poel_host.jobs import Job, JobCancelled, JobContext
     from poel_host.queue import JobRequest, Queue
     from poel_host.settings import Settings, load_settings
+    from poel_host.snooze_discard import Discard, Snooze
     from poel_host.sqlfiles import Migration, PackageSql
 
 

@@ -64,10 +64,13 @@ def job_started(ctx: Any) -> None:
 def job_finished(ctx: Any, outcome: str, duration: float, error: str | None) -> None:
     """A job run ended.
 
-    :param outcome: ``succeeded``, ``retry`` (will run again), ``failed`` (dead letter) or
-        ``released`` (handed back at shutdown).
+    :param outcome: ``succeeded``, ``retry`` (will run again), ``failed`` (dead letter),
+        ``released`` (handed back at shutdown), ``snoozed`` (the handler snoozed: queued
+        again later, the attempt not counted) or ``discarded`` (the handler raised
+        ``Discard``: failed at once, no retry).
     :param duration: seconds the handler ran.
-    :param error: the error message, for ``retry`` and ``failed``.
+    :param error: the error message, for ``retry``, ``failed`` and ``discarded``
+        (``discarded: <reason>``).
     """
 
 

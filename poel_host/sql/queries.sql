@@ -82,7 +82,7 @@ SET state = 'running', attempts = j.attempts + 1, lease_owner = %(owner)s,
 FROM due
 WHERE j.id = due.id
 RETURNING j.id, j.queue, j.job_type, j.payload::text AS payload, j.attempts, j.max_attempts,
-          j.created_at
+          j.created_at, j.snoozes
 
 -- ready_jobs --
 -- One branch of claim_jobs: the due jobs of one of the lane's job types (the store
@@ -145,6 +145,22 @@ UPDATE {schema}.jobs AS j
 SET state = 'succeeded', finished_at = now(), lease_owner = NULL, lease_token = NULL,
     lease_expires_at = NULL, updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
+RETURNING j.id
+
+-- snooze_jobs --
+-- Handlers that snoozed (ctx.snooze, a Snooze raised): each job queued again to run
+-- `delays_ms` from now, its attempt not counted and its snoozes counted, no error
+-- recorded. A future run_at is not ready until the promoter finds it due (as a retry's).
+-- Matched on each attempt's lease token, as every outcome: a snooze from an attempt that
+-- was rescued or handed back meanwhile never touches the next attempt. Returns the ids.
+UPDATE {schema}.jobs AS j
+SET state = 'queued', attempts = greatest(j.attempts - 1, 0), snoozes = j.snoozes + 1,
+    run_at = now() + o.delay_ms * interval '1 millisecond', ready = o.delay_ms <= 0,
+    started_at = NULL, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(delays_ms)s::bigint[])
+     AS o(id, token, delay_ms)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
 RETURNING j.id
 
@@ -426,7 +442,7 @@ WHERE n.nspname = %(schema)s AND c.relname = 'jobs' AND c.relkind IN ('r', 'p')
 -- history partition's id index).
 SELECT id, queue, job_type, payload, state::text AS state, priority, run_at, attempts,
        max_attempts, last_error, errors, unique_key, lease_owner, lease_expires_at,
-       created_at, started_at, finished_at
+       created_at, started_at, finished_at, snoozes
 FROM {schema}.all_jobs WHERE id = %(id)s
 LIMIT 1
 
@@ -515,10 +531,10 @@ WITH moved AS (
 INSERT INTO {schema}.jobs_history
     (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
      last_error, errors, unique_key, handbacks, created_at, started_at, finished_at,
-     updated_at)
+     updated_at, snoozes)
 SELECT id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
        last_error, errors, unique_key, handbacks, created_at, started_at,
-       coalesce(finished_at, updated_at), updated_at
+       coalesce(finished_at, updated_at), updated_at, snoozes
 FROM moved
 RETURNING id
 

@@ -94,9 +94,12 @@ class JobStore(StoreBase):
         """Record ``(job id, lease token, state, error, retry delay ms, traceback)``
         outcomes; the ids written (an attempt whose lease was lost is not). Every text is
         made storable here, and every delay clamped: nothing a handler raised can make the
-        statement fail for the outcomes beside it."""
+        statement fail for the outcomes beside it. State ``snoozed`` (the handler asked to
+        run later; its attempt not counted) is written by a statement of its own,
+        ``snooze_jobs``, so that the common statements do no more for it."""
         succeeded = [o for o in outcomes if o[2] == "succeeded"]
-        others = [o for o in outcomes if o[2] != "succeeded"]
+        snoozed = [o for o in outcomes if o[2] == "snoozed"]
+        others = [o for o in outcomes if o[2] not in ("succeeded", "snoozed")]
 
         def write(conn: Conn) -> set[int]:
             # Two autocommit statements, not a transaction (two more round trips a batch):
@@ -119,6 +122,13 @@ class JobStore(StoreBase):
                     "tracebacks": [storable_traceback(o[5]) for o in others],
                 }
                 written.update(r["id"] for r in conn.execute(self._q["finish_jobs"], params))
+            if snoozed:
+                params = {
+                    "ids": [o[0] for o in snoozed],
+                    "tokens": [o[1] for o in snoozed],
+                    "delays_ms": [storable_delay_ms(o[4]) for o in snoozed],
+                }
+                written.update(r["id"] for r in conn.execute(self._q["snooze_jobs"], params))
             return written
 
         return self._run(write)

@@ -199,6 +199,8 @@ class Children:
             stopped=done["stopped"],
             final=bool(done.get("final")),
             traceback=done.get("traceback"),
+            snooze_s=done.get("snooze_s"),  # data, not the exception: serve may not know its class
+            discarded=bool(done.get("discarded")),
         )
         return ran, time.monotonic() - sent
 
@@ -255,6 +257,7 @@ def _job_message(row: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         "payload": row["payload"],
         "attempt": row["attempts"],
         "max_attempts": row["max_attempts"],
+        "snoozes": row.get("snoozes", 0),
         "queue": row["queue"],
         "enqueued_at": row["created_at"].isoformat(),
         "timeout_s": max(0.0, timeout_s),

@@ -5,7 +5,9 @@ call the ``job_started`` hook, run the handler under the job's timeout, take bac
 connections, then :func:`decide` the outcome and hand it to the completer. ``decide`` is
 the one place that turns what happened (an error or none, whether the worker stopped the
 job, whether retrying could help) into an :class:`Outcome`: success, a retry with backoff,
-a failure (the dead letter), or a hand-back at shutdown that does not count the attempt.
+a failure (the dead letter), or a hand-back at shutdown that does not count the attempt;
+and what a handler asked for itself: a snooze (back to the queue later, the attempt not
+counted) or a discard (failed at once, no retry; see :mod:`poel_host.snooze_discard`).
 """
 
 from __future__ import annotations
@@ -23,26 +25,39 @@ from poel_host.errors import InvalidPayload, error_text, one_line
 from poel_host.jobs import Job, JobCancelled
 from poel_host.plugins import Plugins
 from poel_host.settings import Settings
+from poel_host.snooze_discard import Discard, Snooze, discard_error, seconds_of
 from poel_host.store import OutcomeRow
 from poel_host.worker.held import HANDING_BACK, PENDING, RUNNING, Held, HeldJob
 from poel_host.worker.job_connections import JobConnections
 from poel_host.worker.threads import ThreadTimedOut
 
 # What an outcome is counted as (metrics, summaries, the job_finished hook).
-LABELS = {"succeeded": "succeeded", "failed": "failed", "queued": "retry", "released": "released"}
+LABELS = {
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "queued": "retry",
+    "released": "released",
+    "snoozed": "snoozed",
+    "discarded": "discarded",
+}
+# The state each outcome writes (see Store.finish): a discard is a failure said early.
+STATES = {"discarded": "failed"}
 
 
 @dataclass
 class Outcome:
     job_id: int
-    state: str  # succeeded | failed | queued (a retry) | released (handed back)
+    # succeeded | failed | queued (a retry) | released (handed back) | snoozed (queued
+    # again later, its attempt not counted) | discarded (failed at once)
+    state: str
     error: str | None = None
     delay_ms: int = 0
     traceback: str | None = None  # kept in the error history beside the error
     token: str = ""  # the attempt's lease token: the outcome is written only if it matches
 
     def as_row(self) -> OutcomeRow:
-        return (self.job_id, self.token, self.state, self.error, self.delay_ms, self.traceback)
+        state = STATES.get(self.state, self.state)
+        return (self.job_id, self.token, state, self.error, self.delay_ms, self.traceback)
 
     @property
     def label(self) -> str:
@@ -57,6 +72,8 @@ class Ran:
     stopped: bool = False  # the worker stopped it (shutdown): not the job's fault
     final: bool = False  # retrying cannot help (an invalid payload, a worker bug)
     traceback: str | None = None  # where the handler raised
+    snooze_s: float | None = None  # the handler snoozed (Snooze): run again this much later
+    discarded: bool = False  # the handler discarded the job (Discard): ``error`` says why
 
 
 TRACEBACK_CHARS = 16_000  # the end of a traceback kept in the error history: where it raised
@@ -71,6 +88,14 @@ def decide(job: Job, row: dict[str, Any], ran: Ran, settings: Settings) -> Outco
     job_id, token = int(row["id"]), str(row["lease_token"])
     if ran.stopped:
         return Outcome(job_id, "released", token=token)
+    if ran.snooze_s is not None:
+        snoozes = int(row.get("snoozes") or 0)
+        if job.max_snoozes is None or snoozes < job.max_snoozes:
+            return Outcome(job_id, "snoozed", delay_ms=round(ran.snooze_s * 1000), token=token)
+        error = f"snoozed {snoozes} times already: max_snoozes is {job.max_snoozes}"
+        return Outcome(job_id, "failed", error, token=token)
+    if ran.discarded:
+        return Outcome(job_id, "discarded", ran.error, traceback=ran.traceback, token=token)
     if ran.error is None:
         return Outcome(job_id, "succeeded", token=token)
     if ran.final or row["attempts"] >= row["max_attempts"]:
@@ -168,7 +193,8 @@ class Executor:
         timer.start()
         error: str | None = None
         trace: str | None = None
-        stopped = False
+        stopped = discarded = False
+        snooze_s: float | None = None
         try:
             if job.executor == "thread":
                 result = self.threads.call(job.handler, payload, ctx, entry.loans, seconds)
@@ -191,6 +217,13 @@ class Executor:
             if self.stopping.is_set():
                 raise  # the drain stopping it: the job is handed back
             error = error_text(exc)  # raised by the handler itself
+        except Snooze as exc:  # a plugin's subclass too
+            try:
+                snooze_s = seconds_of(exc)
+            except ValueError as bad:
+                error = str(bad)
+        except Discard as exc:
+            error, discarded = discard_error(exc), True
         except JobCancelled as exc:
             # Stopping cooperatively because the worker asked is a hand-back, not a failure.
             stopped = ctx.cancelled
@@ -204,9 +237,16 @@ class Executor:
             misuse = self.connections.reclaim(entry.loans, ctx.log)
         if stopped:
             return STOPPED
-        if error is None and misuse is None:
+        if misuse is not None and error is None:
+            # A connection left open fails even a snooze: it is a bug to see and fix.
+            return Ran(misuse)
+        if snooze_s is not None:
+            return Ran(snooze_s=snooze_s)
+        if discarded:
+            return Ran(error, discarded=True)
+        if error is None:
             return RETURNED
-        return Ran(error or misuse, traceback=trace)
+        return Ran(error, traceback=trace)
 
     def _report(self, entry: HeldJob, outcome: Outcome, duration: float) -> None:
         """Count the outcome, log it, and call the job_finished hook."""
@@ -228,6 +268,12 @@ class Executor:
             )
         elif outcome.state == "failed":
             ctx.log.error("job failed", duration=duration, error=outcome.error)
+        elif outcome.state == "snoozed":
+            # Info, not debug: the test kit reads it, and an operator wants to see a job
+            # that keeps putting itself back.
+            ctx.log.info("job snoozed", duration=duration, run_in_ms=outcome.delay_ms)
+        elif outcome.state == "discarded":
+            ctx.log.warning("job discarded", duration=duration, error=outcome.error)
         if self._hooked_finished:
             self.plugins.call(
                 "job_finished",
