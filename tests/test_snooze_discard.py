@@ -233,3 +233,19 @@ def test_a_hostile_discard_reason_is_stored_and_spares_the_jobs_beside_it(
     assert rows[hostile]["state"] == rows[plain]["state"] == "failed"
     assert rows[plain]["last_error"] == "discarded: plain"
     assert (rows[snoozed]["state"], rows[snoozed]["snoozes"]) == ("queued", 1)
+
+
+def test_a_jobs_snoozes_are_kept_once_it_moves_to_the_history(
+    run_job: Any, poel_conn: Any, poel_queue: Any
+) -> None:
+    from poel_host.store import Store
+
+    first = run_job("steer.snooze.greenlet", {"seconds": "0"})
+    assert run_again(run_job, first.id).state == "succeeded"
+    moved = Store("poel").archive_finished(
+        after_s=0, succeeded_hours=24, batch=10, connection=poel_conn
+    )
+    assert moved == 1
+    assert poel_conn.execute("SELECT count(*) AS n FROM poel.jobs").fetchone()["n"] == 0
+    job = poel_queue.get(first.id)
+    assert (job["state"], job["attempts"], job["snoozes"]) == ("succeeded", 1, 1)
