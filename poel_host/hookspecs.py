@@ -66,8 +66,9 @@ def job_finished(ctx: Any, outcome: str, duration: float, error: str | None) -> 
 
     :param outcome: ``succeeded``, ``retry`` (will run again), ``failed`` (dead letter),
         ``released`` (handed back at shutdown), ``snoozed`` (the handler snoozed: queued
-        again later, the attempt not counted) or ``discarded`` (the handler raised
-        ``Discard``: failed at once, no retry).
+        again later, the attempt not counted), ``discarded`` (the handler raised
+        ``Discard``: failed at once, no retry) or ``cancelled`` (someone cancelled the job
+        while it ran: ``Queue.cancel``).
     :param duration: seconds the handler ran.
     :param error: the error message, for ``retry``, ``failed`` and ``discarded``
         (``discarded: <reason>``).

@@ -111,8 +111,8 @@ RETURNING j.id
 -- hand-back, rescue. Matching one is matching a running attempt, so these statements
 -- name no state: the rows are found by primary key, whatever the statistics say of the
 -- running rows' index.)
--- Record outcomes in one statement: succeeded, failed, or queued again with a delay for
--- a retry; an error (with its traceback, when the worker has one) joins the history.
+-- Record outcomes in one statement: succeeded, failed, cancelled (asked to stop while
+-- running), or queued again with a delay for a retry; an error (with its traceback, when the worker has one) joins the history.
 -- Only the attempt each outcome belongs to is touched (its id and lease token), so a
 -- worker, thread or child whose attempt was rescued or handed back never overwrites the
 -- fate of the next one; an attempt whose lease expired but that nobody took meanwhile (a
@@ -131,7 +131,7 @@ SET state = o.state::{schema}.job_state,
                       || CASE WHEN o.traceback IS NULL THEN '{{}}'::jsonb
                               ELSE jsonb_build_object('traceback', o.traceback) END)
              END,
-    finished_at = CASE WHEN o.state IN ('succeeded', 'failed') THEN now() END,
+    finished_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled') THEN now() END,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[], %(errors)s::text[],
             %(delays_ms)s::bigint[], %(tracebacks)s::text[])
@@ -216,7 +216,8 @@ RETURNING id
 -- as long as no rescue took the job meanwhile (that changes the token). `kept` lists the
 -- ids kept; the others are lost. `registered` is false when the worker's row is missing
 -- (it was found dead while frozen or cut off, and cleaned up): the keeper then registers
--- it again.
+-- it again. `cancel` lists the kept attempts whose job was asked to stop (cancel_job), for
+-- a worker that missed the notification.
 WITH beat AS (
     UPDATE {schema}.workers
     SET heartbeat_at = now(), draining = %(draining)s, gone_at = NULL
@@ -228,7 +229,12 @@ SELECT EXISTS (SELECT FROM beat) AS registered,
              FROM {schema}.jobs AS j
              JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
                ON j.id = o.id AND j.lease_token = o.token
-             WHERE j.id = ANY(%(ids)s::bigint[])) AS kept
+             WHERE j.id = ANY(%(ids)s::bigint[])) AS kept,
+       ARRAY(SELECT j.id
+             FROM {schema}.jobs AS j
+             JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
+               ON j.id = o.id AND j.lease_token = o.token
+             WHERE j.id = ANY(%(ids)s::bigint[]) AND j.cancel_requested) AS cancel
 
 -- give_up_leases --
 -- A worker gives up attempts past their timeout (a handler it cannot interrupt): their
@@ -470,6 +476,10 @@ SELECT 1
 -- Be told of inserted jobs (the jobs table's trigger notifies with the schema's name).
 LISTEN poel_jobs
 
+-- listen_cancel --
+-- Be told of running jobs asked to stop (cancel_job notifies "<schema> <job id>").
+LISTEN poel_cancel
+
 -- set_statement_timeout --
 -- Bound every query a handler runs by the time its job has left (milliseconds as text).
 -- `local` is true behind a transaction pooler, where a session setting would stay on a
@@ -595,11 +605,27 @@ WHERE id = %(id)s AND state = 'queued'
 RETURNING id
 
 -- cancel_job --
--- Cancel a job that has not started. Running jobs cannot be cancelled from outside.
-UPDATE {schema}.jobs
-SET state = 'cancelled', finished_at = now(), updated_at = now()
-WHERE id = %(id)s AND state = 'queued'
-RETURNING id
+-- Cancel a job: a queued one at once (`cancelled`); a running one is asked to stop
+-- (`requested`): its cancel_requested is set and poel_cancel notified with the schema's
+-- name and the job's id, so that the worker holding it (LISTENing) stops its handler
+-- within a second; the heartbeat tells a worker that missed the notification. The trigger
+-- jobs_cancel_requested keeps such a job from being queued again. No row: the job is
+-- unknown or finished.
+WITH queued AS (
+    UPDATE {schema}.jobs
+    SET state = 'cancelled', finished_at = now(), updated_at = now()
+    WHERE id = %(id)s AND state = 'queued'
+    RETURNING id
+), running AS (
+    UPDATE {schema}.jobs
+    SET cancel_requested = true, updated_at = now()
+    WHERE id = %(id)s AND state = 'running'
+    RETURNING id
+)
+SELECT id, 'cancelled' AS outcome FROM queued
+UNION ALL
+SELECT r.id, 'requested' FROM running AS r
+CROSS JOIN LATERAL (SELECT pg_notify('poel_cancel', %(schema_name)s || ' ' || r.id)) AS n
 
 -- retry_job --
 -- Put a failed (dead-lettered) or cancelled job back in the queue with fresh attempts; its
@@ -609,7 +635,7 @@ RETURNING id
 WITH in_place AS (
     UPDATE {schema}.jobs
     SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL,
-        updated_at = now()
+        cancel_requested = false, updated_at = now()
     WHERE id = %(id)s AND state IN ('failed', 'cancelled')
     RETURNING id
 ), back AS (
@@ -790,7 +816,7 @@ SELECT * FROM live UNION ALL SELECT * FROM kept
 WITH in_place AS (
     UPDATE {schema}.jobs
     SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL,
-        updated_at = now()
+        cancel_requested = false, updated_at = now()
     WHERE state = 'failed' AND job_type = %(job_type)s
     RETURNING id
 ), back AS (

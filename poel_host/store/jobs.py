@@ -153,10 +153,11 @@ class JobStore(StoreBase):
 
     def heartbeat(
         self, owner: str, *, attempts: Sequence[tuple[int, str]], draining: bool
-    ) -> tuple[bool, set[int]]:
+    ) -> tuple[bool, set[int], set[int]]:
         """The worker's heartbeat (the lease of every job it holds), and which of its
         ``(job id, lease token)`` attempts are still its own, in one statement: (whether
-        its registry row exists, the ids kept; the others are lost)."""
+        its registry row exists, the ids kept (the others are lost), the kept ones asked
+        to stop: see ``cancel_job``)."""
         params = {
             "ids": [a[0] for a in attempts],
             "tokens": [a[1] for a in attempts],
@@ -165,7 +166,8 @@ class JobStore(StoreBase):
         }
         row = self._one("heartbeat", params)
         assert row is not None  # the statement always answers one row
-        return bool(row["registered"]), {int(i) for i in row["kept"]}
+        kept, cancel = {int(i) for i in row["kept"]}, {int(i) for i in row["cancel"]}
+        return bool(row["registered"]), kept, cancel
 
     def give_up_leases(self, attempts: Sequence[tuple[int, str]]) -> set[int]:
         """Let the leases of ``(job id, lease token)`` attempts expire now, for any
@@ -186,5 +188,7 @@ class JobStore(StoreBase):
         self._execute("set_statement_timeout", {"ms": str(ms), "local": local}, conn)
 
     def listen(self, conn: Conn) -> None:
-        """Subscribe ``conn`` to the notification the jobs table sends on insert."""
+        """Subscribe ``conn`` to the notification the jobs table sends on insert, and to
+        the one a running job's cancel request sends."""
         self._execute("listen", None, conn)
+        self._execute("listen_cancel", None, conn)

@@ -23,6 +23,7 @@ OUTCOME_EVENTS = {
     "job failed": "failed",
     "job snoozed": "snoozed",
     "job discarded": "discarded",
+    "job cancelled while running": "cancelled",
 }
 
 

@@ -33,6 +33,7 @@ import gevent.queue
 from poel_host.backoff import pause
 from poel_host.plugins import Plugins
 from poel_host.settings import Settings
+from poel_host.worker.cancels import CancelRequested
 from poel_host.worker.child import PLUGINS_VARIABLE
 from poel_host.worker.children import ChildDied, ChildProcess
 from poel_host.worker.executor import STOPPED, Ran
@@ -189,6 +190,9 @@ class Children:
             self.counts["crashed"] += 1
             self.discard(child, "died")
             return Ran(f"worker process died: {exc}"), None
+        except CancelRequested:  # someone cancelled the job: its child's group is stopped
+            self.discard(child, "its job was cancelled")
+            raise
         except BaseException:  # GreenletExit: the drain ran out of time; the job goes back
             self.discard(child, "stopped by the shutdown")
             raise

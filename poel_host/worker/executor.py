@@ -27,6 +27,7 @@ from poel_host.plugins import Plugins
 from poel_host.settings import Settings
 from poel_host.snooze_discard import Discard, Snooze, discard_error, seconds_of
 from poel_host.store import OutcomeRow
+from poel_host.worker.cancels import CancelRequested, interrupt_greenlet, interrupt_thread
 from poel_host.worker.held import HANDING_BACK, PENDING, RUNNING, Held, HeldJob
 from poel_host.worker.job_connections import JobConnections
 from poel_host.worker.threads import ThreadTimedOut
@@ -39,6 +40,7 @@ LABELS = {
     "released": "released",
     "snoozed": "snoozed",
     "discarded": "discarded",
+    "cancelled": "cancelled",
 }
 # The state each outcome writes (see Store.finish): a discard is a failure said early.
 STATES = {"discarded": "failed"}
@@ -48,7 +50,8 @@ STATES = {"discarded": "failed"}
 class Outcome:
     job_id: int
     # succeeded | failed | queued (a retry) | released (handed back) | snoozed (queued
-    # again later, its attempt not counted) | discarded (failed at once)
+    # again later, its attempt not counted) | discarded (failed at once) | cancelled
+    # (someone cancelled it while it ran: see cancels.py)
     state: str
     error: str | None = None
     delay_ms: int = 0
@@ -74,6 +77,7 @@ class Ran:
     traceback: str | None = None  # where the handler raised
     snooze_s: float | None = None  # the handler snoozed (Snooze): run again this much later
     discarded: bool = False  # the handler discarded the job (Discard): ``error`` says why
+    cancelled: bool = False  # someone cancelled the job, and its handler did not return
 
 
 TRACEBACK_CHARS = 16_000  # the end of a traceback kept in the error history: where it raised
@@ -81,11 +85,14 @@ TRACEBACK_CHARS = 16_000  # the end of a traceback kept in the error history: wh
 
 RETURNED = Ran()  # the handler returned: one shared instance (never changed) for speed
 STOPPED = Ran(stopped=True)
+CANCELLED = Ran(cancelled=True)
 
 
 def decide(job: Job, row: dict[str, Any], ran: Ran, settings: Settings) -> Outcome:
     """The outcome of one run of ``job`` (claimed as ``row``)."""
     job_id, token = int(row["id"]), str(row["lease_token"])
+    if ran.cancelled:
+        return Outcome(job_id, "cancelled", token=token)
     if ran.stopped:
         return Outcome(job_id, "released", token=token)
     if ran.snooze_s is not None:
@@ -185,23 +192,42 @@ class Executor:
             return Ran(str(exc), final=True)
         if job.executor == "process":
             # The child validates again (it needs the model) and enforces no timer of its
-            # own: the pool stops the child at the deadline.
-            return self.processes.execute(entry, seconds)  # type: ignore[no-any-return]
+            # own: the pool stops the child at the deadline, or when the job is cancelled.
+            interrupt_greenlet(entry)
+            try:
+                if entry.cancel_requested:
+                    return CANCELLED
+                ran: Ran = self.processes.execute(entry, seconds)
+            except CancelRequested:
+                return CANCELLED
+            finally:
+                entry.interrupt = None
+            return ran  # the child's own outcome came first
         # A thread's timeout counts from when its thread starts it (Threads.call); a
         # greenlet's from now (run() set the deadline just now).
+        if job.executor == "thread":
+            interrupt_thread(entry)
+        else:
+            interrupt_greenlet(entry)
+        if entry.cancel_requested:  # while it waited for a runner
+            entry.interrupt = None
+            return CANCELLED
         timer = gevent.Timeout(None if job.executor == "thread" else seconds)
         timer.start()
         error: str | None = None
         trace: str | None = None
-        stopped = discarded = False
+        stopped = discarded = returned = False
         snooze_s: float | None = None
         try:
             if job.executor == "thread":
                 result = self.threads.call(job.handler, payload, ctx, entry.loans, seconds)
             else:
                 result = job.handler(payload, ctx)
+            returned = True
             if result is not None:
                 ctx.log.debug("handler returned a value; it is ignored", value=repr(result)[:200])
+        except CancelRequested:
+            pass  # someone cancelled the job: see below
         except gevent.Timeout as exc:
             error = f"timed out after {seconds:g}s" if exc is timer else f"Timeout: {exc}"
         except ThreadTimedOut:
@@ -233,8 +259,11 @@ class Executor:
             trace = traceback.format_exc()[-TRACEBACK_CHARS:]  # only on failure: no cost else
             ctx.log.debug("handler raised", exc_info=exc)
         finally:
+            entry.interrupt = None  # before anything can switch: the handler is done
             timer.close()
             misuse = self.connections.reclaim(entry.loans, ctx.log)
+        if entry.cancel_requested and not returned:
+            return CANCELLED  # however it ended: the handler stopped because it was asked
         if stopped:
             return STOPPED
         if misuse is not None and error is None:
@@ -274,6 +303,8 @@ class Executor:
             ctx.log.info("job snoozed", duration=duration, run_in_ms=outcome.delay_ms)
         elif outcome.state == "discarded":
             ctx.log.warning("job discarded", duration=duration, error=outcome.error)
+        elif outcome.state == "cancelled":
+            ctx.log.info("job cancelled while running", duration=duration)
         if self._hooked_finished:
             self.plugins.call(
                 "job_finished",

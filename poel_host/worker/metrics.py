@@ -162,7 +162,7 @@ class _Observations:
         finished = CounterMetricFamily(
             "poel_jobs_finished",
             "Job runs this worker finished, by job type and outcome "
-            "(succeeded, retry, failed, snoozed, discarded).",
+            "(succeeded, retry, failed, snoozed, discarded, cancelled).",
             labels=["job_type", "outcome"],
         )
         durations = HistogramMetricFamily(

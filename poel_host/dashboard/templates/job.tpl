@@ -17,7 +17,7 @@
 </table>
 % if session:
 <p id="actions">
-% for action, states in (("retry", ("failed", "cancelled")), ("cancel", ("queued",)), ("delete", ("succeeded", "failed", "cancelled"))):
+% for action, states in (("retry", ("failed", "cancelled")), ("cancel", ("queued", "running")), ("delete", ("succeeded", "failed", "cancelled"))):
 % if job['state'] in states:
 <form class="inline" method="post" action="{{root}}/jobs/{{job['id']}}/{{action}}"><input type="hidden" name="csrf" value="{{csrf}}"><button id="{{action}}">{{action}}</button></form>
 % end

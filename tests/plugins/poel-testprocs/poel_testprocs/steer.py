@@ -94,6 +94,35 @@ def discarding(payload: Discarding, ctx: JobContext) -> None:
     raise (PluginDiscard if payload.subclass else Discard)(reason)
 
 
+class Waiting(BaseModel):
+    key: str = ""
+    seconds: float = Field(default=60.0, ge=0)
+
+
+def waiting(payload: Waiting, ctx: JobContext) -> None:
+    """Runs ``seconds`` unless cancelled, as its executor allows: a greenlet in a query
+    (cancelled on the server), a thread waiting on ``ctx`` (then raising), a process
+    computing with a helper program in its group (note ``start helper=PID``)."""
+    import subprocess
+
+    from poel_testprocs.plugin import burn
+
+    note = "start"
+    if ctx.job_type.endswith("process"):
+        helper = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL)
+        note = f"start helper={helper.pid}"
+    record(ctx, payload.key, note)
+    if ctx.job_type.endswith("greenlet"):
+        with ctx.connection() as conn:
+            conn.execute("SELECT pg_sleep(%s) /* steer.wait */", [payload.seconds])
+    elif ctx.job_type.endswith("thread"):
+        ctx.wait_cancelled(payload.seconds)
+        ctx.check_cancelled()
+    else:
+        burn(payload.seconds)  # never looks at ctx: the child is stopped from outside
+    record(ctx, payload.key, "end")
+
+
 @hookimpl
 def register_jobs() -> list[Job]:
     jobs = []
@@ -103,6 +132,7 @@ def register_jobs() -> list[Job]:
             Job(f"steer.snooze.{executor}", Snoozing, snoozing, **common),
             Job(f"steer.snooze3.{executor}", Snoozing, snoozing, max_snoozes=3, **common),
             Job(f"steer.discard.{executor}", Discarding, discarding, **common),
+            Job(f"steer.wait.{executor}", Waiting, waiting, executor=executor, timeout=120),
         ]
     jobs.append(Job("steer.snooze_unbounded", Snoozing, snoozing, max_snoozes=None))
     return jobs

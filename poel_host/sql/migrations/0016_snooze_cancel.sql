@@ -21,3 +21,25 @@ SELECT id, queue, job_type, payload, state, priority, run_at, attempts, max_atte
        last_error, errors, unique_key, NULL::text, NULL::timestamptz, created_at,
        started_at, finished_at, updated_at, NULL::uuid, handbacks, NULL::boolean, snoozes
 FROM {schema}.jobs_history;
+
+-- Cancelling a running job (issue 19): Queue.cancel(id) on a running job sets
+-- `cancel_requested` and notifies poel_cancel (see cancel_job in queries.sql); the worker
+-- holding it stops its handler. Whatever ends that attempt (an outcome, a hand-back at
+-- shutdown, a snooze, a rescue after its worker died), the job does not go back to the
+-- queue: the trigger below makes a requested cancel win over every path that would queue
+-- it again, Poel's own statements and an application's alike. (retry_job clears the flag.)
+ALTER TABLE {schema}.jobs ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false;
+
+CREATE FUNCTION {schema}.jobs_cancel_requested() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.state := 'cancelled';
+    NEW.finished_at := now();
+    RETURN NEW;
+END
+$$;
+
+-- Named to run before jobs_ready (triggers run in name order), which then has nothing to do.
+CREATE TRIGGER jobs_cancel_requested BEFORE UPDATE OF state ON {schema}.jobs
+    FOR EACH ROW
+    WHEN (NEW.state = 'queued' AND NEW.cancel_requested)
+    EXECUTE FUNCTION {schema}.jobs_cancel_requested();
