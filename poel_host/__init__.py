@@ -33,9 +33,12 @@ _EXPORTS = {
     "JobFailed": "poel_host.errors",
     "JobNotFound": "poel_host.errors",
     "ResultTimeout": "poel_host.errors",
+    "Snooze": "poel_host.snooze_discard",
+    "Discard": "poel_host.snooze_discard",
 }
 
 __all__ = [
+    "Discard",
     "DuplicateJob",
     "InvalidName",
     "InvalidPayload",
@@ -52,6 +55,7 @@ __all__ = [
     "Queue",
     "ResultTimeout",
     "Settings",
+    "Snooze",
     "UnknownJobType",
     "__version__",
     "hookimpl",
@@ -75,6 +79,7 @@ if TYPE_CHECKING:
     from poel_host.pauses import Pause
     from poel_host.queue import JobRequest, Queue
     from poel_host.settings import Settings, load_settings
+    from poel_host.snooze_discard import Discard, Snooze
     from poel_host.sqlfiles import Migration, PackageSql
 
 

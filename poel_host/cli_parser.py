@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = jobs_commands.add_parser("show", help="one job with its error history")
     show.add_argument("id", type=int)
     jobs_commands.add_parser("stats", help="how many jobs are in each state")
-    cancel = jobs_commands.add_parser("cancel", help="cancel a queued job")
+    cancel = jobs_commands.add_parser(
+        "cancel", help="cancel a queued job, or stop a running one (it ends cancelled)"
+    )
     cancel.add_argument("id", type=int)
     retry = jobs_commands.add_parser(
         "retry", help="queue a failed or cancelled job again with fresh attempts"

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from pydantic import BaseModel
 
@@ -31,6 +31,10 @@ JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", 
 # function and the table's column defaults in sql/migrations/0001_jobs.sql agree).
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
+# Snoozes a job may take before it fails (Job(max_snoozes=...)): a handler that snoozes
+# for ever, by a bug or waiting for what never comes, ends in the dead letter where someone
+# sees it, instead of being run for ever without an attempt counted.
+DEFAULT_MAX_SNOOZES = 100
 
 Executor = Literal["greenlet", "thread", "process"]
 EXECUTORS: tuple[Executor, ...] = ("greenlet", "thread", "process")
@@ -63,6 +67,8 @@ class Job:
         the serve process's event loop), ``"thread"`` (a real OS thread, for native code
         that releases the GIL) or ``"process"`` (a child process of ``serve``, for
         CPU-heavy Python: minutes of CPU without starving the worker).
+    :param max_snoozes: times a job may snooze (``ctx.snooze``); one more fails it.
+        ``None``: no bound (a job that polls for as long as it takes).
     """
 
     type: str
@@ -75,6 +81,7 @@ class Job:
     schedule: str | None = None
     priority: int = 0
     executor: Executor = "greenlet"
+    max_snoozes: int | None = DEFAULT_MAX_SNOOZES
 
     def __post_init__(self) -> None:
         problems = []
@@ -100,6 +107,14 @@ class Job:
             and (not isinstance(self.backoff, int | float) or self.backoff < 0)
         ):
             problems.append("backoff must be seconds >= 0 or a function attempt -> seconds")
+        if self.max_snoozes is not None and (
+            not isinstance(self.max_snoozes, int)
+            or isinstance(self.max_snoozes, bool)
+            or self.max_snoozes < 0
+        ):
+            problems.append(
+                f"max_snoozes must be an integer >= 0 or None, got {self.max_snoozes!r}"
+            )
         if self.executor not in EXECUTORS:
             problems.append(f"executor {self.executor!r} is not one of {', '.join(EXECUTORS)}")
         if self.schedule is not None:
@@ -154,6 +169,7 @@ class JobContext:
     enqueued_at: dt.datetime
     log: Any
     settings: Settings | None = None
+    snoozes: int = 0  # times this job snoozed before this run (attempt does not count them)
     _connection_factory: Callable[[], Any] | None = field(default=None, repr=False)
     _enqueue: Callable[..., int] | None = field(default=None, repr=False)
     _cancel_event: Any = field(default=None, repr=False)
@@ -208,6 +224,14 @@ class JobContext:
     def cancelled(self) -> bool:
         """True once the worker asked this job to stop (shutdown past its grace period)."""
         return self._cancel_event is not None and self._cancel_event.is_set()
+
+    def snooze(self, seconds: float) -> NoReturn:
+        """Put the job back to run ``seconds`` from now, this attempt not counted: raises
+        :class:`~poel_host.Snooze`, so nothing after it runs. ``seconds`` must be finite,
+        from 0 to a year (else ``ValueError``: the attempt fails as any error)."""
+        from poel_host.snooze_discard import Snooze
+
+        raise Snooze(seconds)
 
     def check_cancelled(self) -> None:
         """Raise :class:`JobCancelled` if the job was asked to stop; call it between steps."""

@@ -226,8 +226,11 @@ class Queue(Pausing):
         )
 
     def cancel(self, job_id: int) -> bool:
-        """Cancel a queued job; False if it is not queued (running, finished or unknown)."""
-        return self._store.cancel_job(job_id)
+        """Cancel a job: a queued one is ``cancelled`` at once; a running one is asked to
+        stop, and the worker holding it stops its handler within about a second (it then
+        ends ``cancelled``, not retried; one that returned first ``succeeded``). False if
+        the job is finished or unknown."""
+        return self._store.cancel_job(job_id) is not None
 
     def retry(self, job_id: int) -> bool:
         """Queue a failed or cancelled job again with fresh attempts, in the jobs table or

@@ -436,3 +436,16 @@ def test_the_job_page_shows_progress_and_result_escaped(dashboard, poel_conn):
     assert "50%" in progress and "&lt;script&gt;" in progress
     result = page.text.split('id="result"')[1].split("</pre>")[0]
     assert "&lt;script&gt;" in result and "note" in result
+
+
+def test_a_job_page_shows_how_many_times_the_job_snoozed(dashboard, poel_conn):
+    job_id = poel_conn.execute(
+        "INSERT INTO poel.jobs (job_type, payload, snoozes) VALUES ('test.noop', '{}', 7)"
+        " RETURNING id"
+    ).fetchone()["id"]
+    never = poel_conn.execute(
+        "INSERT INTO poel.jobs (job_type, payload) VALUES ('test.noop', '{}') RETURNING id"
+    ).fetchone()["id"]
+    browser = dashboard()
+    assert '<td id="snoozes">7</td>' in browser.get(f"/jobs/{job_id}").text
+    assert 'id="snoozes"' not in browser.get(f"/jobs/{never}").text  # shown once it snoozed

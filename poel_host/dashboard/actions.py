@@ -38,8 +38,8 @@ class Actions(SignIn):
             done = self.store.retry_job(number)
             wanted = "failed or cancelled"
         elif action == "cancel":
-            done = self.store.cancel_job(number)
-            wanted = "queued"
+            done = self.store.cancel_job(number) is not None
+            wanted = "queued or running"
         else:
             done = self.store.delete_finished_job(number) is not None
             wanted = "finished (succeeded, failed or cancelled)"

@@ -94,7 +94,7 @@ SET state = 'running', attempts = j.attempts + 1, lease_owner = %(owner)s,
 FROM due
 WHERE j.id = due.id
 RETURNING j.id, j.queue, j.job_type, j.payload::text AS payload, j.attempts, j.max_attempts,
-          j.created_at
+          j.created_at, j.snoozes
 
 -- ready_jobs --
 -- One branch of claim_jobs: the due jobs of one of the lane's job types (the store
@@ -126,8 +126,8 @@ RETURNING j.id
 -- hand-back, rescue. Matching one is matching a running attempt, so these statements
 -- name no state: the rows are found by primary key, whatever the statistics say of the
 -- running rows' index.)
--- Record outcomes in one statement: succeeded, failed, or queued again with a delay for
--- a retry; an error (with its traceback, when the worker has one) joins the history.
+-- Record outcomes in one statement: succeeded, failed, cancelled (asked to stop while
+-- running), or queued again with a delay for a retry; an error (with its traceback, when the worker has one) joins the history.
 -- Only the attempt each outcome belongs to is touched (its id and lease token), so a
 -- worker, thread or child whose attempt was rescued or handed back never overwrites the
 -- fate of the next one; an attempt whose lease expired but that nobody took meanwhile (a
@@ -151,7 +151,7 @@ SET state = o.state::{schema}.job_state,
                       || CASE WHEN o.traceback IS NULL THEN '{{}}'::jsonb
                               ELSE jsonb_build_object('traceback', o.traceback) END)
              END,
-    finished_at = CASE WHEN o.state IN ('succeeded', 'failed') THEN now() END,
+    finished_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled') THEN now() END,
     result = o.result::jsonb,
     progress = coalesce(o.progress, j.progress),
     progress_message = CASE WHEN o.progress IS NULL THEN j.progress_message
@@ -190,6 +190,22 @@ UPDATE {schema}.jobs AS j
 SET progress = o.progress, progress_message = o.message
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(progresses)s::float8[],
             %(messages)s::text[]) AS o(id, token, progress, message)
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
+RETURNING j.id
+
+-- snooze_jobs --
+-- Handlers that snoozed (ctx.snooze, a Snooze raised): each job queued again to run
+-- `delays_ms` from now, its attempt not counted and its snoozes counted, no error
+-- recorded. A future run_at is not ready until the promoter finds it due (as a retry's).
+-- Matched on each attempt's lease token, as every outcome: a snooze from an attempt that
+-- was rescued or handed back meanwhile never touches the next attempt. Returns the ids.
+UPDATE {schema}.jobs AS j
+SET state = 'queued', attempts = greatest(j.attempts - 1, 0), snoozes = j.snoozes + 1,
+    run_at = now() + o.delay_ms * interval '1 millisecond', ready = o.delay_ms <= 0,
+    started_at = NULL, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(delays_ms)s::bigint[])
+     AS o(id, token, delay_ms)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
 RETURNING j.id
 
@@ -245,7 +261,8 @@ RETURNING id
 -- as long as no rescue took the job meanwhile (that changes the token). `kept` lists the
 -- ids kept; the others are lost. `registered` is false when the worker's row is missing
 -- (it was found dead while frozen or cut off, and cleaned up): the keeper then registers
--- it again.
+-- it again. `cancel` lists the kept attempts whose job was asked to stop (cancel_job), for
+-- a worker that missed the notification.
 WITH beat AS (
     UPDATE {schema}.workers
     SET heartbeat_at = now(), draining = %(draining)s, gone_at = NULL
@@ -257,7 +274,12 @@ SELECT EXISTS (SELECT FROM beat) AS registered,
              FROM {schema}.jobs AS j
              JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
                ON j.id = o.id AND j.lease_token = o.token
-             WHERE j.id = ANY(%(ids)s::bigint[])) AS kept
+             WHERE j.id = ANY(%(ids)s::bigint[])) AS kept,
+       ARRAY(SELECT j.id
+             FROM {schema}.jobs AS j
+             JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
+               ON j.id = o.id AND j.lease_token = o.token
+             WHERE j.id = ANY(%(ids)s::bigint[]) AND j.cancel_requested) AS cancel
 
 -- give_up_leases --
 -- A worker gives up attempts past their timeout (a handler it cannot interrupt): their
@@ -471,7 +493,7 @@ WHERE n.nspname = %(schema)s AND c.relname = 'jobs' AND c.relkind IN ('r', 'p')
 -- history partition's id index).
 SELECT id, queue, job_type, payload, state::text AS state, priority, run_at, attempts,
        max_attempts, last_error, errors, unique_key, lease_owner, lease_expires_at,
-       created_at, started_at, finished_at, result, progress, progress_message
+       created_at, started_at, finished_at, result, progress, progress_message, snoozes
 FROM {schema}.all_jobs WHERE id = %(id)s
 LIMIT 1
 
@@ -503,6 +525,10 @@ LISTEN poel_jobs
 -- Be told when outcomes are written (finish_jobs and finish_succeeded notify with the
 -- schema's name): Queue.result's wait.
 LISTEN poel_outcomes
+
+-- listen_cancel --
+-- Be told of running jobs asked to stop (cancel_job notifies "<schema> <job id>").
+LISTEN poel_cancel
 
 -- set_statement_timeout --
 -- Bound every query a handler runs by the time its job has left (milliseconds as text).
@@ -565,10 +591,11 @@ WITH moved AS (
 INSERT INTO {schema}.jobs_history
     (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
      last_error, errors, unique_key, handbacks, created_at, started_at, finished_at,
-     updated_at, result, progress, progress_message)
+     updated_at, result, progress, progress_message, snoozes)
 SELECT id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
        last_error, errors, unique_key, handbacks, created_at, started_at,
-       coalesce(finished_at, updated_at), updated_at, result, progress, progress_message
+       coalesce(finished_at, updated_at), updated_at, result, progress, progress_message,
+       snoozes
 FROM moved
 RETURNING id
 
@@ -629,11 +656,27 @@ WHERE id = %(id)s AND state = 'queued'
 RETURNING id
 
 -- cancel_job --
--- Cancel a job that has not started. Running jobs cannot be cancelled from outside.
-UPDATE {schema}.jobs
-SET state = 'cancelled', finished_at = now(), updated_at = now()
-WHERE id = %(id)s AND state = 'queued'
-RETURNING id
+-- Cancel a job: a queued one at once (`cancelled`); a running one is asked to stop
+-- (`requested`): its cancel_requested is set and poel_cancel notified with the schema's
+-- name and the job's id, so that the worker holding it (LISTENing) stops its handler
+-- within a second; the heartbeat tells a worker that missed the notification. The trigger
+-- jobs_cancel_requested keeps such a job from being queued again. No row: the job is
+-- unknown or finished.
+WITH queued AS (
+    UPDATE {schema}.jobs
+    SET state = 'cancelled', finished_at = now(), updated_at = now()
+    WHERE id = %(id)s AND state = 'queued'
+    RETURNING id
+), running AS (
+    UPDATE {schema}.jobs
+    SET cancel_requested = true, updated_at = now()
+    WHERE id = %(id)s AND state = 'running'
+    RETURNING id
+)
+SELECT id, 'cancelled' AS outcome FROM queued
+UNION ALL
+SELECT r.id, 'requested' FROM running AS r
+CROSS JOIN LATERAL (SELECT pg_notify('poel_cancel', %(schema_name)s || ' ' || r.id)) AS n
 
 -- retry_job --
 -- Put a failed (dead-lettered) or cancelled job back in the queue with fresh attempts; its
@@ -643,7 +686,7 @@ RETURNING id
 WITH in_place AS (
     UPDATE {schema}.jobs
     SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL,
-        updated_at = now()
+        cancel_requested = false, updated_at = now()
     WHERE id = %(id)s AND state IN ('failed', 'cancelled')
     RETURNING id
 ), back AS (
@@ -826,7 +869,7 @@ SELECT * FROM live UNION ALL SELECT * FROM kept
 WITH in_place AS (
     UPDATE {schema}.jobs
     SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL,
-        updated_at = now()
+        cancel_requested = false, updated_at = now()
     WHERE state = 'failed' AND job_type = %(job_type)s
     RETURNING id
 ), back AS (

@@ -110,10 +110,15 @@ class JobStore(StoreBase):
         None costs) go through ``finish_succeeded``, two arrays; the rest, results
         included, through ``finish_jobs``: a job path that returns nothing pays for no
         result column, and one that does pays for a few more array elements, not a
-        statement."""
+        statement. State ``snoozed`` (the handler asked to run later; its attempt not
+        counted) is written by a statement of its own, ``snooze_jobs``, so that the
+        common statements do no more for it."""
         succeeded = [o for o in outcomes if o[2] == "succeeded" and o[6] is None and o[7] is None]
+        snoozed = [o for o in outcomes if o[2] == "snoozed"]
         others = [
-            o for o in outcomes if not (o[2] == "succeeded" and o[6] is None and o[7] is None)
+            o
+            for o in outcomes
+            if o[2] != "snoozed" and not (o[2] == "succeeded" and o[6] is None and o[7] is None)
         ]
 
         def write(conn: Conn) -> set[int]:
@@ -142,6 +147,13 @@ class JobStore(StoreBase):
                     "schema": self.schema,
                 }
                 written.update(r["id"] for r in conn.execute(self._q["finish_jobs"], params))
+            if snoozed:
+                params = {
+                    "ids": [o[0] for o in snoozed],
+                    "tokens": [o[1] for o in snoozed],
+                    "delays_ms": [storable_delay_ms(o[4]) for o in snoozed],
+                }
+                written.update(r["id"] for r in conn.execute(self._q["snooze_jobs"], params))
             return written
 
         return self._run(write)
@@ -177,10 +189,11 @@ class JobStore(StoreBase):
 
     def heartbeat(
         self, owner: str, *, attempts: Sequence[tuple[int, str]], draining: bool
-    ) -> tuple[bool, set[int]]:
+    ) -> tuple[bool, set[int], set[int]]:
         """The worker's heartbeat (the lease of every job it holds), and which of its
         ``(job id, lease token)`` attempts are still its own, in one statement: (whether
-        its registry row exists, the ids kept; the others are lost)."""
+        its registry row exists, the ids kept (the others are lost), the kept ones asked
+        to stop: see ``cancel_job``)."""
         params = {
             "ids": [a[0] for a in attempts],
             "tokens": [a[1] for a in attempts],
@@ -189,7 +202,8 @@ class JobStore(StoreBase):
         }
         row = self._one("heartbeat", params)
         assert row is not None  # the statement always answers one row
-        return bool(row["registered"]), {int(i) for i in row["kept"]}
+        kept, cancel = {int(i) for i in row["kept"]}, {int(i) for i in row["cancel"]}
+        return bool(row["registered"]), kept, cancel
 
     def give_up_leases(self, attempts: Sequence[tuple[int, str]]) -> set[int]:
         """Let the leases of ``(job id, lease token)`` attempts expire now, for any
@@ -210,8 +224,10 @@ class JobStore(StoreBase):
         self._execute("set_statement_timeout", {"ms": str(ms), "local": local}, conn)
 
     def listen(self, conn: Conn) -> None:
-        """Subscribe ``conn`` to the notification the jobs table sends on insert."""
+        """Subscribe ``conn`` to the notification the jobs table sends on insert, and to
+        the one a running job's cancel request sends."""
         self._execute("listen", None, conn)
+        self._execute("listen_cancel", None, conn)
 
     def listen_outcomes(self, conn: Conn) -> None:
         """Subscribe ``conn`` to the notification written outcomes send (Queue.result)."""

@@ -16,6 +16,16 @@ import structlog
 from poel_host.queue import Queue
 from poel_host.settings import Settings
 
+# The worker's log event for each outcome but success (logged at debug, which the
+# captured logs may not hold): see Executor._report.
+OUTCOME_EVENTS = {
+    "job retry scheduled": "retry",
+    "job failed": "failed",
+    "job snoozed": "snoozed",
+    "job discarded": "discarded",
+    "job cancelled while running": "cancelled",
+}
+
 
 @dataclass
 class JobResult:
@@ -41,6 +51,18 @@ class JobResult:
     @property
     def error(self) -> str | None:
         return self.row["last_error"]  # type: ignore[no-any-return]
+
+    @property
+    def outcome(self) -> str:
+        """What the run amounted to, as the ``job_finished`` hook says it: ``succeeded``,
+        ``retry``, ``failed``, ``snoozed`` or ``discarded`` (the last two leave the row
+        ``queued`` and ``failed``: ``state`` alone cannot tell them from a retry and a
+        failure)."""
+        for entry in self.logs:
+            outcome = OUTCOME_EVENTS.get(str(entry.get("event")))
+            if outcome is not None:
+                return outcome
+        return self.state
 
 
 class JobRunner:

@@ -70,6 +70,7 @@ class Attempts:
             enqueued_at=row["created_at"],
             log=self.log.bind(jobId=row["id"], jobType=row["job_type"], attempt=row["attempts"]),
             settings=self.settings,
+            snoozes=row.get("snoozes", 0),
             _connection_factory=partial(borrow, loans),
             _enqueue=enqueue,
             _cancel_event=cancel,

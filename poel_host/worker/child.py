@@ -55,6 +55,7 @@ from poel_host.plugins import Plugins, load_plugins
 from poel_host.queue import Queue
 from poel_host.results import ResultError, encode_result
 from poel_host.settings import Settings, load_settings
+from poel_host.snooze_discard import Discard, Snooze, discard_error, seconds_of
 from poel_host.store import Store
 from poel_host.worker.child_progress import ProgressSender
 from poel_host.worker.job_connections import bounded_transaction
@@ -175,6 +176,7 @@ class Child:
             enqueued_at=dt.datetime.fromisoformat(message["enqueued_at"]),
             log=self.log.bind(jobId=message["id"], jobType=job.type, attempt=message["attempt"]),
             settings=self.settings,
+            snoozes=int(message.get("snoozes") or 0),
             _connection_factory=lambda: self.connections.borrow(deadline),
             _enqueue=self.enqueuer.enqueue,
             _cancel_event=self.cancel,
@@ -190,6 +192,13 @@ class Child:
             done.update(error=str(exc), final=True)
         except InvalidPayload as exc:
             done.update(error=str(exc), final=True)
+        except Snooze as exc:  # sent as data: serve need not know a plugin's subclass
+            try:
+                done["snooze_s"] = seconds_of(exc)
+            except ValueError as bad:
+                done.update(error=str(bad))
+        except Discard as exc:
+            done.update(error=discard_error(exc), discarded=True)
         except JobCancelled as exc:
             if self.cancel.is_set():
                 done["stopped"] = True  # stopped because serve asked: a hand-back

@@ -34,6 +34,7 @@ import gevent.queue
 from poel_host.backoff import pause
 from poel_host.plugins import Plugins
 from poel_host.settings import Settings
+from poel_host.worker.cancels import CancelRequested
 from poel_host.worker.child import PLUGINS_VARIABLE
 from poel_host.worker.children import ChildDied, ChildProcess
 from poel_host.worker.executor import STOPPED, Ran
@@ -190,6 +191,9 @@ class Children:
             self.counts["crashed"] += 1
             self.discard(child, "died")
             return Ran(f"worker process died: {exc}"), None
+        except CancelRequested:  # someone cancelled the job: its child's group is stopped
+            self.discard(child, "its job was cancelled")
+            raise
         except BaseException:  # GreenletExit: the drain ran out of time; the job goes back
             self.discard(child, "stopped by the shutdown")
             raise
@@ -203,6 +207,8 @@ class Children:
             final=bool(done.get("final")),
             traceback=done.get("traceback"),
             result=done.get("result"),
+            snooze_s=done.get("snooze_s"),  # data, not the exception: serve may not know its class
+            discarded=bool(done.get("discarded")),
         )
         return ran, time.monotonic() - sent
 
@@ -266,6 +272,7 @@ def _job_message(row: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         "payload": row["payload"],
         "attempt": row["attempts"],
         "max_attempts": row["max_attempts"],
+        "snoozes": row.get("snoozes", 0),
         "queue": row["queue"],
         "enqueued_at": row["created_at"].isoformat(),
         "timeout_s": max(0.0, timeout_s),

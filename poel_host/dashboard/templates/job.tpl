@@ -4,6 +4,9 @@
 <tr><th>queue</th><td>{{job['queue']}}</td></tr>
 <tr><th>state</th><td class="state-{{job['state']}}" id="state">{{job['state']}}</td></tr>
 <tr><th>attempts</th><td>{{job['attempts']}} of {{job['max_attempts']}}</td></tr>
+% if job.get('snoozes'):
+<tr><th>snoozes</th><td id="snoozes">{{job['snoozes']}}</td></tr>
+% end
 <tr><th>priority</th><td>{{job['priority']}}</td></tr>
 <tr><th>unique key</th><td>{{job['unique_key'] or '-'}}</td></tr>
 <tr><th>created</th><td>{{when(job['created_at'])}}</td></tr>
@@ -19,7 +22,7 @@
 </table>
 % if session:
 <p id="actions">
-% for action, states in (("retry", ("failed", "cancelled")), ("cancel", ("queued",)), ("delete", ("succeeded", "failed", "cancelled"))):
+% for action, states in (("retry", ("failed", "cancelled")), ("cancel", ("queued", "running")), ("delete", ("succeeded", "failed", "cancelled"))):
 % if job['state'] in states:
 <form class="inline" method="post" action="{{root}}/jobs/{{job['id']}}/{{action}}"><input type="hidden" name="csrf" value="{{csrf}}"><button id="{{action}}">{{action}}</button></form>
 % end
