@@ -221,6 +221,34 @@ def test_result_waits_for_the_outcome_without_polling(worker, queue):
     assert time.monotonic() - started < 10  # woken by the NOTIFY, not the 60s deadline
 
 
+def test_outcomes_notify_only_when_someone_waits_for_one_of_their_jobs(
+    worker, queue, poel_dsn, poel_conn
+):
+    import psycopg
+
+    with psycopg.connect(poel_dsn, autocommit=True) as listener:
+        listener.execute("LISTEN poel_outcomes")
+        nobody = queue.enqueue("results.greenlet", {"returns": 1})
+        assert run_all(worker, 1) == {nobody}
+        # Nothing arrives for a job nobody waits on (the positive case below shows the
+        # channel works: the same listener, the same statements).
+        assert list(listener.notifies(timeout=1.0)) == []
+        waited = queue.enqueue("results.greenlet", {"returns": 2})
+        poel_conn.execute("INSERT INTO poel.result_waiters (job_id) VALUES (%s)", [waited])
+        assert run_all(worker, 1) == {waited}
+        told = next(listener.notifies(timeout=10), None)
+        assert told is not None and told.payload == "poel"
+
+
+def test_a_waiter_removes_its_row_when_it_stops_waiting(run_job, poel_queue, poel_conn):
+    done = run_job("results.greenlet", {"returns": 3})
+    assert poel_queue.result(done.id, timeout=5) == 3
+    queued = poel_queue.enqueue("results.greenlet", {"returns": 4})
+    with pytest.raises(ResultTimeout):
+        poel_queue.result(queued, timeout=0.2)
+    assert poel_conn.execute("SELECT count(*) AS n FROM poel.result_waiters").fetchone()["n"] == 0
+
+
 def test_result_of_a_failed_job_raises_with_its_error_history(run_job, poel_queue):
     done = run_job("results.greenlet", {"make": "set"}, max_attempts=1)
     with pytest.raises(JobFailed) as raised:

@@ -135,7 +135,8 @@ RETURNING j.id
 -- NULL) is stored with it, and the last progress the handler reported, when the worker's
 -- progress writer had not written it yet (NULL: the row's is kept). Returns the ids
 -- written, and tells Queue.result's waiters that outcomes were written: one NOTIFY a
--- statement (the InitPlan below runs once), not one a job.
+-- statement (the InitPlan below runs once), not one a job, and only when one of its jobs
+-- has a waiter (result_waiters: usually empty, one index probe).
 WITH done AS (
 UPDATE {schema}.jobs AS j
 SET state = o.state::{schema}.job_state,
@@ -165,7 +166,10 @@ WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
 RETURNING j.id
 )
 SELECT id FROM done
-WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)) AS told) > 0
+WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)
+                             WHERE EXISTS (SELECT FROM {schema}.result_waiters AS w
+                                           WHERE w.job_id = ANY(%(ids)s::bigint[])))
+       AS told) >= 0
 
 -- finish_succeeded --
 -- The common case of finish_jobs, cheaper to send: attempts that succeeded returning
@@ -179,7 +183,10 @@ WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
 RETURNING j.id
 )
 SELECT id FROM done
-WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)) AS told) > 0
+WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)
+                             WHERE EXISTS (SELECT FROM {schema}.result_waiters AS w
+                                           WHERE w.job_id = ANY(%(ids)s::bigint[])))
+       AS told) >= 0
 
 -- write_progress --
 -- The progress writer's pass: the latest fraction and message each running attempt
@@ -523,8 +530,21 @@ LISTEN poel_jobs
 
 -- listen_outcomes --
 -- Be told when outcomes are written (finish_jobs and finish_succeeded notify with the
--- schema's name): Queue.result's wait.
+-- schema's name when a job they write has a waiter): Queue.result's wait.
 LISTEN poel_outcomes
+
+-- add_result_waiter --
+-- Queue.result waits for this job: its outcome statement will notify. Rows of waiters
+-- that died without removing theirs (older than a day) go at the same time.
+WITH stale AS (
+    DELETE FROM {schema}.result_waiters WHERE since < now() - interval '1 day'
+)
+INSERT INTO {schema}.result_waiters (job_id) VALUES (%(id)s)
+
+-- remove_result_waiter --
+-- Queue.result stopped waiting for this job (one row: another waiter may wait too).
+DELETE FROM {schema}.result_waiters
+WHERE ctid = (SELECT ctid FROM {schema}.result_waiters WHERE job_id = %(id)s LIMIT 1)
 
 -- listen_cancel --
 -- Be told of running jobs asked to stop (cancel_job notifies "<schema> <job id>").

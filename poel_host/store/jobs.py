@@ -232,3 +232,11 @@ class JobStore(StoreBase):
     def listen_outcomes(self, conn: Conn) -> None:
         """Subscribe ``conn`` to the notification written outcomes send (Queue.result)."""
         self._execute("listen_outcomes", None, conn)
+
+    def add_result_waiter(self, job_id: int, conn: Conn) -> None:
+        """Say that ``conn``'s owner waits for ``job_id``: its outcome will notify."""
+        self._execute("add_result_waiter", {"id": job_id}, conn)
+
+    def remove_result_waiter(self, job_id: int, conn: Conn) -> None:
+        """Say that one waiter for ``job_id`` stopped waiting."""
+        self._execute("remove_result_waiter", {"id": job_id}, conn)

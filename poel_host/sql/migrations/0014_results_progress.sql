@@ -30,3 +30,14 @@ SELECT id, queue, job_type, payload, state, priority, run_at, attempts, max_atte
        started_at, finished_at, updated_at, NULL::uuid, handbacks, NULL::boolean,
        result, progress, progress_message
 FROM {schema}.jobs_history;
+
+-- Who waits for a result (Queue.result): a row a waiter, removed when it stops waiting.
+-- The outcome statements send their NOTIFY only when one of the jobs they write has a
+-- waiter here, so that a fleet nobody waits on pays nothing for it (a NOTIFY wakes every
+-- listening backend at commit, and commits that notify are serialised). A waiter that died
+-- leaves its row: the next waiter's registration deletes rows older than a day.
+CREATE TABLE {schema}.result_waiters (
+    job_id bigint NOT NULL,
+    since timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX result_waiters_job_idx ON {schema}.result_waiters (job_id);
