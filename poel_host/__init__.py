@@ -28,20 +28,34 @@ _EXPORTS = {
     "InvalidPayload": "poel_host.errors",
     "UnknownJobType": "poel_host.errors",
     "DuplicateJob": "poel_host.errors",
+    "InvalidName": "poel_host.errors",
+    "Pause": "poel_host.pauses",
+    "JobFailed": "poel_host.errors",
+    "JobNotFound": "poel_host.errors",
+    "ResultTimeout": "poel_host.errors",
+    "Snooze": "poel_host.snooze_discard",
+    "Discard": "poel_host.snooze_discard",
 }
 
 __all__ = [
+    "Discard",
     "DuplicateJob",
+    "InvalidName",
     "InvalidPayload",
     "Job",
     "JobCancelled",
     "JobContext",
+    "JobFailed",
+    "JobNotFound",
     "JobRequest",
     "Migration",
     "PackageSql",
+    "Pause",
     "PoelError",
     "Queue",
+    "ResultTimeout",
     "Settings",
+    "Snooze",
     "UnknownJobType",
     "__version__",
     "hookimpl",
@@ -50,11 +64,22 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from poel_host.errors import DuplicateJob, InvalidPayload, PoelError, UnknownJobType
+    from poel_host.errors import (
+        DuplicateJob,
+        InvalidName,
+        InvalidPayload,
+        JobFailed,
+        JobNotFound,
+        PoelError,
+        ResultTimeout,
+        UnknownJobType,
+    )
     from poel_host.hookspecs import hookimpl, hookspec
     from poel_host.jobs import Job, JobCancelled, JobContext
+    from poel_host.pauses import Pause
     from poel_host.queue import JobRequest, Queue
     from poel_host.settings import Settings, load_settings
+    from poel_host.snooze_discard import Discard, Snooze
     from poel_host.sqlfiles import Migration, PackageSql
 
 

@@ -1,5 +1,5 @@
-"""The ``poel-host`` command line: serve, migrate, enqueue, plugins, jobs, workers,
-psql, dashboard.
+"""The ``poel-host`` command line: serve, migrate, enqueue, plugins, jobs, workers, pause,
+resume, pauses, psql, dashboard.
 
 Every error Poel knows about is printed as one line (``poel-host: error: ...``) with the
 exit code of its class; settings errors exit 2 and list every bad variable.

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from poel_host import cli_pauses
 from poel_host.errors import PoelError
 from poel_host.logs import get_logger
 from poel_host.settings import Settings
@@ -218,7 +219,11 @@ def _with_store(settings: Settings, work: Callable[[Any], T]) -> T:
 
 def _jobs(store: Any, args: argparse.Namespace) -> int:
     if args.jobs_command == "cancel":
-        return _changed(store.cancel_job(args.id), args.id, "cancelled", "queued")
+        outcome = store.cancel_job(args.id)
+        if outcome == "requested":
+            print(f"job {args.id} is running: asked to stop (it ends cancelled)")
+            return 0
+        return _changed(outcome is not None, args.id, "cancelled", "queued or running")
     if args.jobs_command == "retry":
         return _changed(store.retry_job(args.id), args.id, "queued again", "failed or cancelled")
     if args.jobs_command == "show":
@@ -286,4 +291,7 @@ COMMANDS = {
     "workers": cmd_workers,
     "psql": cmd_psql,
     "dashboard": cmd_dashboard,
+    "pause": cli_pauses.cmd_pause,
+    "resume": cli_pauses.cmd_resume,
+    "pauses": cli_pauses.cmd_pauses,
 }

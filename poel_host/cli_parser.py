@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from typing import Any
 
 from poel_host import __version__
 from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, JOB_STATES
@@ -101,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = jobs_commands.add_parser("show", help="one job with its error history")
     show.add_argument("id", type=int)
     jobs_commands.add_parser("stats", help="how many jobs are in each state")
-    cancel = jobs_commands.add_parser("cancel", help="cancel a queued job")
+    cancel = jobs_commands.add_parser(
+        "cancel", help="cancel a queued job, or stop a running one (it ends cancelled)"
+    )
     cancel.add_argument("id", type=int)
     retry = jobs_commands.add_parser(
         "retry", help="queue a failed or cancelled job again with fresh attempts"
@@ -118,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     workers.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    _pause_commands(commands)
+
     dashboard = commands.add_parser(
         "dashboard",
         help="serve the web dashboard",
@@ -131,6 +136,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, help="port, 0 for a free one (default POEL_DASHBOARD_PORT)"
     )
     return parser
+
+
+def _pause_commands(commands: Any) -> None:
+    what = (
+        "Paused jobs wait, queued, until resumed: no worker claims them from the moment "
+        "the command returns; running jobs finish; enqueueing and schedules go on. "
+    )
+    pause = commands.add_parser(
+        "pause",
+        help="stop workers claiming a queue's or a job type's jobs",
+        description=what + "A name no job has yet may be paused. Pausing what is paused "
+        "already changes nothing and says so (exit 0). A bad name exits 2.",
+    )
+    _pause_target(pause)
+    pause.add_argument("--reason", help="why, shown by poel-host pauses and the dashboard")
+    pause.add_argument("--by", help="who paused it (default: the database user)")
+    resume = commands.add_parser(
+        "resume",
+        help="let workers claim a paused queue's or job type's jobs again",
+        description="Resume a paused queue or job type: idle workers are woken and claim "
+        "its jobs at once. Exits 1 if it was not paused, 2 for a bad name.",
+    )
+    _pause_target(resume)
+    pauses = commands.add_parser(
+        "pauses",
+        help="list the paused queues and job types",
+        description=what + "Lists each pause: kind, name, since when, by whom, why.",
+    )
+    pauses.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _pause_target(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--queue", metavar="NAME", help="a queue, e.g. default")
+    target.add_argument("--type", dest="job_type", metavar="TYPE", help="a job type")
 
 
 def _timestamp(text: str) -> dt.datetime:

@@ -87,3 +87,46 @@ class DuplicateJob(PoelError):
         self.job_type = job_type
         self.unique_key = unique_key
         self.existing_id = existing_id
+
+
+class InvalidName(PoelError):
+    """A queue or job type name no job could have (empty, too long, a NUL byte...)."""
+
+    exit_code = 2
+
+
+class JobNotFound(PoelError, LookupError):
+    """No job has this id (never enqueued, or deleted past its retention)."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            f"job {job_id} does not exist (never enqueued, or deleted past its retention)"
+        )
+        self.job_id = job_id
+
+
+class JobFailed(PoelError):
+    """The job ended without a result: ``failed`` (its attempts used up, or a final error)
+    or ``cancelled``. ``errors`` is its error history, one entry an attempt."""
+
+    def __init__(
+        self, job_id: int, state: str, last_error: str | None, errors: list[dict[str, object]]
+    ) -> None:
+        if state == "cancelled":
+            text = f"job {job_id} was cancelled"
+        else:
+            text = f"job {job_id} failed after {len(errors)} error(s)"
+        super().__init__(text + (f": {last_error}" if last_error else ""))
+        self.job_id = job_id
+        self.state = state
+        self.last_error = last_error
+        self.errors = errors
+
+
+class ResultTimeout(PoelError, TimeoutError):
+    """``Queue.result`` waited its whole timeout and the job had not finished."""
+
+    def __init__(self, job_id: int, state: str, timeout: float) -> None:
+        super().__init__(f"job {job_id} did not finish within {timeout:g}s: it is {state}")
+        self.job_id = job_id
+        self.state = state

@@ -64,10 +64,14 @@ def job_started(ctx: Any) -> None:
 def job_finished(ctx: Any, outcome: str, duration: float, error: str | None) -> None:
     """A job run ended.
 
-    :param outcome: ``succeeded``, ``retry`` (will run again), ``failed`` (dead letter) or
-        ``released`` (handed back at shutdown).
+    :param outcome: ``succeeded``, ``retry`` (will run again), ``failed`` (dead letter),
+        ``released`` (handed back at shutdown), ``snoozed`` (the handler snoozed: queued
+        again later, the attempt not counted), ``discarded`` (the handler raised
+        ``Discard``: failed at once, no retry) or ``cancelled`` (someone cancelled the job
+        while it ran: ``Queue.cancel``).
     :param duration: seconds the handler ran.
-    :param error: the error message, for ``retry`` and ``failed``.
+    :param error: the error message, for ``retry``, ``failed`` and ``discarded``
+        (``discarded: <reason>``).
     """
 
 

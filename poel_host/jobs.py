@@ -12,9 +12,11 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from pydantic import BaseModel
+
+from poel_host.results import check_progress
 
 if TYPE_CHECKING:
     import psycopg
@@ -29,6 +31,10 @@ JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", 
 # function and the table's column defaults in sql/migrations/0001_jobs.sql agree).
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
+# Snoozes a job may take before it fails (Job(max_snoozes=...)): a handler that snoozes
+# for ever, by a bug or waiting for what never comes, ends in the dead letter where someone
+# sees it, instead of being run for ever without an attempt counted.
+DEFAULT_MAX_SNOOZES = 100
 
 Executor = Literal["greenlet", "thread", "process"]
 EXECUTORS: tuple[Executor, ...] = ("greenlet", "thread", "process")
@@ -48,7 +54,8 @@ class Job:
     :param type: the name producers enqueue (``"process_new_record"``); unique across plugins.
     :param schema: the pydantic model the payload is validated into before the handler runs.
     :param handler: ``handler(payload, ctx)``, a plain blocking-style function (its I/O
-        cooperates under gevent). Its return value is ignored.
+        cooperates under gevent). Its return value, if not None, is kept as the job's
+        result (JSON; see ``Queue.result``).
     :param queue: the queue new jobs of this type go to unless the producer says otherwise.
     :param max_attempts: attempts before the job is ``failed`` (the dead letter).
     :param timeout: seconds a run may take; overrides ``JOB_TIMEOUT_MS``.
@@ -60,6 +67,8 @@ class Job:
         the serve process's event loop), ``"thread"`` (a real OS thread, for native code
         that releases the GIL) or ``"process"`` (a child process of ``serve``, for
         CPU-heavy Python: minutes of CPU without starving the worker).
+    :param max_snoozes: times a job may snooze (``ctx.snooze``); one more fails it.
+        ``None``: no bound (a job that polls for as long as it takes).
     """
 
     type: str
@@ -72,6 +81,7 @@ class Job:
     schedule: str | None = None
     priority: int = 0
     executor: Executor = "greenlet"
+    max_snoozes: int | None = DEFAULT_MAX_SNOOZES
 
     def __post_init__(self) -> None:
         problems = []
@@ -97,6 +107,14 @@ class Job:
             and (not isinstance(self.backoff, int | float) or self.backoff < 0)
         ):
             problems.append("backoff must be seconds >= 0 or a function attempt -> seconds")
+        if self.max_snoozes is not None and (
+            not isinstance(self.max_snoozes, int)
+            or isinstance(self.max_snoozes, bool)
+            or self.max_snoozes < 0
+        ):
+            problems.append(
+                f"max_snoozes must be an integer >= 0 or None, got {self.max_snoozes!r}"
+            )
         if self.executor not in EXECUTORS:
             problems.append(f"executor {self.executor!r} is not one of {', '.join(EXECUTORS)}")
         if self.schedule is not None:
@@ -140,6 +158,7 @@ class JobContext:
     queues a follow-up job (pass ``connection=conn`` to make it part of your transaction).
     ``supabase`` is the process's supabase-py client for ``SUPABASE_URL`` and
     ``SUPABASE_SERVICE_ROLE_KEY``, made on first use (see :mod:`poel_host.supabase_client`).
+    ``progress(fraction, message)`` reports how far the job got.
     """
 
     job_id: int
@@ -150,10 +169,12 @@ class JobContext:
     enqueued_at: dt.datetime
     log: Any
     settings: Settings | None = None
+    snoozes: int = 0  # times this job snoozed before this run (attempt does not count them)
     _connection_factory: Callable[[], Any] | None = field(default=None, repr=False)
     _enqueue: Callable[..., int] | None = field(default=None, repr=False)
     _cancel_event: Any = field(default=None, repr=False)
     _supabase: Any = field(default=None, repr=False)  # a client given instead (the test kit)
+    _progress: Callable[[float, str | None], None] | None = field(default=None, repr=False)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -183,10 +204,34 @@ class JobContext:
             raise RuntimeError("this JobContext cannot enqueue")
         return self._enqueue(job_type, payload, **options)
 
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far the job got: ``fraction`` from 0 to 1, and an optional message.
+
+        Call it as often as you like: only the latest report is kept, and the worker
+        writes it about once a second (shown by ``Queue.get``, ``poel-host jobs show`` and
+        the dashboard). A report made after the attempt was lost (rescued, timed out) is
+        written nowhere. A NUL character in ``message`` is stored as ``\\x00``, and the
+        message is cut to 1,000 characters.
+
+        :raises ValueError: ``fraction`` is not a number from 0 to 1, or ``message`` is not
+            a string or None.
+        """
+        value, text = check_progress(fraction, message)
+        if self._progress is not None:
+            self._progress(value, text)
+
     @property
     def cancelled(self) -> bool:
         """True once the worker asked this job to stop (shutdown past its grace period)."""
         return self._cancel_event is not None and self._cancel_event.is_set()
+
+    def snooze(self, seconds: float) -> NoReturn:
+        """Put the job back to run ``seconds`` from now, this attempt not counted: raises
+        :class:`~poel_host.Snooze`, so nothing after it runs. ``seconds`` must be finite,
+        from 0 to a year (else ``ValueError``: the attempt fails as any error)."""
+        from poel_host.snooze_discard import Snooze
+
+        raise Snooze(seconds)
 
     def check_cancelled(self) -> None:
         """Raise :class:`JobCancelled` if the job was asked to stop; call it between steps."""

@@ -109,6 +109,7 @@ class Plugins:
                             "timeout": job.timeout,
                             "priority": job.priority,
                             "executor": job.executor,
+                            "max_snoozes": job.max_snoozes,
                             "schedule": job.schedule,
                             "next_run": next_slot(job.schedule, now).isoformat()
                             if job.schedule

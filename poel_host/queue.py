@@ -19,6 +19,7 @@ from poel_host import payloads
 from poel_host.database import KeptConnection
 from poel_host.errors import DuplicateJob, InvalidPayload, UnknownJobType
 from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, JOB_TYPE, Job
+from poel_host.pauses import Pausing
 from poel_host.storable import INT4_MAX
 from poel_host.store import Store
 
@@ -40,8 +41,8 @@ class JobRequest:
     unique_key: str | None = None
 
 
-class Queue:
-    """Enqueue jobs into Poel's table.
+class Queue(Pausing):
+    """Enqueue jobs into Poel's table; pause and resume a queue or a job type.
 
     :param dsn: the database URL (``DATABASE_URL``).
     :param schema: Poel's schema (``POEL_SCHEMA``).
@@ -200,14 +201,36 @@ class Queue:
         return self._store.find_live_unique(job_type, unique_key, connection)
 
     def get(self, job_id: int) -> dict[str, Any] | None:
-        """The job as stored (its state, attempts, errors, timings, payload), live or
-        finished: in the jobs table or, once archived, in the history. None if there is no
-        such job (never enqueued, or deleted past its retention)."""
+        """The job as stored (its state, attempts, errors, timings, payload, ``result``,
+        ``progress`` and ``progress_message``), live or finished: in the jobs table or,
+        once archived, in the history. None if there is no such job (never enqueued, or
+        deleted past its retention)."""
         return self._store.get_job(job_id)
 
+    def result(self, job_id: int, timeout: float | None = None) -> Any:
+        """Wait for the job to finish and return its result: its handler's return value
+        (None if it returned nothing). Waits on a notification the workers send when they
+        write outcomes (LISTEN, on a connection of its own), not by polling.
+
+        :param timeout: seconds to wait at most; None waits as long as it takes.
+        :raises poel_host.errors.JobFailed: the job failed or was cancelled; ``errors`` is
+            its error history.
+        :raises poel_host.errors.JobNotFound: no job has this id.
+        :raises poel_host.errors.ResultTimeout: a ``TimeoutError``, naming the job and
+            its state, when ``timeout`` passed first.
+        """
+        from poel_host.result_wait import wait_for_result
+
+        return wait_for_result(
+            self._store, self.dsn, job_id, timeout=timeout, pooler=self._conn.pooler
+        )
+
     def cancel(self, job_id: int) -> bool:
-        """Cancel a queued job; False if it is not queued (running, finished or unknown)."""
-        return self._store.cancel_job(job_id)
+        """Cancel a job: a queued one is ``cancelled`` at once; a running one is asked to
+        stop, and the worker holding it stops its handler within about a second (it then
+        ends ``cancelled``, not retried; one that returned first ``succeeded``). False if
+        the job is finished or unknown."""
+        return self._store.cancel_job(job_id) is not None
 
     def retry(self, job_id: int) -> bool:
         """Queue a failed or cancelled job again with fresh attempts, in the jobs table or

@@ -93,6 +93,11 @@ class Settings(BaseSettings, DashboardSettings):
         default=3_600_000, ge=0, le=_YEAR_MS, validation_alias="POEL_RETRY_BACKOFF_MAX_MS"
     )
     max_handbacks: int = Field(default=3, ge=0, le=1_000, validation_alias="POEL_MAX_HANDBACKS")
+    # The largest result (a handler's return value as JSON) kept with a job; a larger one
+    # fails the job saying so (poel_host.results).
+    max_result_bytes: int = Field(
+        default=1_048_576, ge=0, le=256 * 1_048_576, validation_alias="POEL_MAX_RESULT_BYTES"
+    )
     db_pool_size: int = Field(default=10, ge=1, le=1_000, validation_alias="POEL_DB_POOL_SIZE")
     connect_timeout_s: int = Field(
         default=5, ge=1, le=3_600, validation_alias="POEL_CONNECT_TIMEOUT_S"

@@ -54,11 +54,17 @@ def read_sql(name: str) -> str:
 
 
 def parse_blocks(text: str) -> dict[str, str]:
-    """Split a file of ``-- name --`` blocks into {name: sql}."""
+    """Split a file of ``-- name --`` blocks into {name: sql}, without the comment lines
+    that open each block: they are for the file's reader, and sent with every statement
+    they would cost bytes on the wire and, past psycopg's 4,096 bytes, its cache of
+    converted queries (a claim over that length was converted again at every claim)."""
     parts = _BLOCK.split(text)
     blocks = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        blocks[name] = body.strip()
+        lines = body.strip().splitlines()
+        while lines and lines[0].lstrip().startswith("--"):
+            lines.pop(0)
+        blocks[name] = "\n".join(lines).strip()
     return blocks
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 INT4_MAX = 2**31 - 1  # PostgreSQL's integer: priorities, attempts, statement_timeout (ms)
 ERROR_MAX_CHARS = 8_000  # a job's error message (last_error and each history entry)
 TRACEBACK_MAX_CHARS = 32_000  # a traceback kept beside it
+PROGRESS_MESSAGE_MAX_CHARS = 1_000  # a job's progress message (ctx.progress)
 # The longest retry delay a row can hold: 100 years (an interval of more overflows the
 # timestamp it is added to, and a plugin's backoff function may return anything).
 MAX_DELAY_MS = 100 * 365 * 24 * 3600 * 1000
@@ -47,6 +48,11 @@ def storable_error(text: str | None) -> str | None:
 
 def storable_traceback(text: str | None) -> str | None:
     return None if text is None else storable(text, TRACEBACK_MAX_CHARS, keep="tail")
+
+
+def storable_message(text: str | None) -> str | None:
+    """A progress message (ctx.progress) as it can be stored."""
+    return None if text is None else storable(text, PROGRESS_MESSAGE_MAX_CHARS)
 
 
 def storable_delay_ms(delay_ms: float) -> int:

@@ -420,3 +420,32 @@ def test_a_greenlet_or_thread_jobs_failure_shows_its_traceback(run_job, dashboar
         assert page.status == 200
         assert "<summary>traceback</summary>" in page.text
         assert "Traceback (most recent call last)" in page.text and "in missing_key" in page.text
+
+
+def test_the_job_page_shows_progress_and_result_escaped(dashboard, poel_conn):
+    row = poel_conn.execute(
+        "INSERT INTO poel.jobs (job_type, payload, state, finished_at, result, progress,"
+        " progress_message) VALUES ('test.noop', '{}', 'succeeded', now(), %s, 0.5, %s)"
+        " RETURNING id",
+        [json.dumps({"note": SCRIPT}), SCRIPT],
+    ).fetchone()
+    page = dashboard().get(f"/jobs/{row['id']}")
+    assert page.status == 200
+    assert SCRIPT not in page.text
+    progress = page.text.split('id="progress"')[1].split("</td>")[0]
+    assert "50%" in progress and "&lt;script&gt;" in progress
+    result = page.text.split('id="result"')[1].split("</pre>")[0]
+    assert "&lt;script&gt;" in result and "note" in result
+
+
+def test_a_job_page_shows_how_many_times_the_job_snoozed(dashboard, poel_conn):
+    job_id = poel_conn.execute(
+        "INSERT INTO poel.jobs (job_type, payload, snoozes) VALUES ('test.noop', '{}', 7)"
+        " RETURNING id"
+    ).fetchone()["id"]
+    never = poel_conn.execute(
+        "INSERT INTO poel.jobs (job_type, payload) VALUES ('test.noop', '{}') RETURNING id"
+    ).fetchone()["id"]
+    browser = dashboard()
+    assert '<td id="snoozes">7</td>' in browser.get(f"/jobs/{job_id}").text
+    assert 'id="snoozes"' not in browser.get(f"/jobs/{never}").text  # shown once it snoozed

@@ -91,14 +91,24 @@ def test_the_heartbeat_reads_no_jobs_beyond_the_ones_it_renews(big_table):
 
 
 TOKENED = {  # the statements that match attempts by (id, lease token)
-    "finish_succeeded": {"ids": [1, 2, 3], "tokens": [TOKEN] * 3},
+    "finish_succeeded": {"ids": [1, 2, 3], "tokens": [TOKEN] * 3, "schema": "poel"},
     "finish_jobs": {
         "ids": [1, 2],
         "tokens": [TOKEN] * 2,
-        "states": ["failed", "queued"],
-        "errors": ["e", "e"],
-        "delays_ms": [0, 10],
+        "states": ["failed", "succeeded"],
+        "errors": ["e", None],
+        "delays_ms": [0, 0],
         "tracebacks": [None, None],
+        "results": [None, '{"a": 1}'],
+        "progresses": [0.5, None],
+        "progress_messages": ["half", None],
+        "schema": "poel",
+    },
+    "write_progress": {
+        "ids": [1, 2],
+        "tokens": [TOKEN] * 2,
+        "progresses": [0.5, 1.0],
+        "messages": ["half", None],
     },
     "release_jobs": {"ids": [1, 2], "tokens": [TOKEN] * 2, "started": True, "max_handbacks": 3},
     "release_claims": {"tokens": [TOKEN]},

@@ -315,6 +315,7 @@ def test_describe_shape(make_plugin):
         "timeout": 2.5,
         "priority": 5,
         "executor": "greenlet",
+        "max_snoozes": 100,
         "schedule": None,
         "next_run": None,
         "schema": Payload.model_json_schema(),

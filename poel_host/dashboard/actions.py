@@ -1,8 +1,8 @@
 """The dashboard's writable half: acting on jobs (retry, cancel, delete; retry every failed
-job of a type), for an operator signed in with ``POEL_DASHBOARD_TOKEN`` (:mod:`.signin`).
-Each action is checked against cross-site requests (Origin, CSRF token) and written to the
-audit log with the session's name and the request's address; without a token every route
-here answers 403.
+job of a type) and pausing or resuming a queue or a job type, for an operator signed in
+with ``POEL_DASHBOARD_TOKEN`` (:mod:`.signin`). Each action is checked against cross-site
+requests (Origin, CSRF token) and written to the audit log with the session's name and the
+request's address; without a token every route here answers 403.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import bottle
 from poel_host.dashboard import auth
 from poel_host.dashboard.base import _fail, _int
 from poel_host.dashboard.signin import SignIn
+from poel_host.errors import InvalidName
+from poel_host.pauses import MAX_REASON_CHARS, check_name, check_note, describe
 
 ACTIONS = ("retry", "cancel", "delete")
 
@@ -36,8 +38,8 @@ class Actions(SignIn):
             done = self.store.retry_job(number)
             wanted = "failed or cancelled"
         elif action == "cancel":
-            done = self.store.cancel_job(number)
-            wanted = "queued"
+            done = self.store.cancel_job(number) is not None
+            wanted = "queued or running"
         else:
             done = self.store.delete_finished_job(number) is not None
             wanted = "finished (succeeded, failed or cancelled)"
@@ -54,6 +56,42 @@ class Actions(SignIn):
         ids = self.store.retry_failed_of_type(job_type)
         self._audit(session, "retry_failed_type", job_type=job_type, detail={"jobs": len(ids)})
         self._see_other("/jobs?" + urlencode({"type": job_type}))
+
+    def pause(self) -> str:
+        """Pause a queue or a job type for every worker, in the signed-in operator's name."""
+        session = self._authorised()
+        kind, name = self._pause_target()
+        reason = bottle.request.forms.getunicode("reason") or None
+        try:
+            check_note("reason", reason, MAX_REASON_CHARS)
+        except InvalidName as exc:
+            _fail(400, str(exc))
+        paused = self.store.pause(kind, name, reason=reason, paused_by=session.actor)
+        self._audit(session, "pause", **self._pause_fields(kind, name, paused, reason=reason))
+        self._see_other("/")
+
+    def resume(self) -> str:
+        session = self._authorised()
+        kind, name = self._pause_target()
+        if not self.store.resume(kind, name):
+            _fail(409, f"{describe(kind, name)} was not paused: nothing to resume")
+        self._audit(session, "resume", **self._pause_fields(kind, name, True))
+        self._see_other("/")
+
+    def _pause_target(self) -> tuple[str, str]:
+        kind = bottle.request.forms.getunicode("kind") or ""
+        name = bottle.request.forms.getunicode("name") or ""
+        try:
+            check_name(kind, name)
+        except InvalidName as exc:
+            _fail(400, str(exc))
+        return kind, name
+
+    @staticmethod
+    def _pause_fields(kind: str, name: str, changed: bool, **more: Any) -> dict[str, Any]:
+        """The audit row of a pause: a type's name as its job_type, a queue's in detail."""
+        detail = {"kind": kind, "name": name, "changed": changed, **more}
+        return {"job_type": name if kind == "type" else None, "detail": detail}
 
     def _audit(self, session: auth.Session, action: str, **what: Any) -> None:
         self.store.audit(actor=session.actor, address=self._address(), action=action, **what)

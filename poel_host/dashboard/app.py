@@ -79,6 +79,8 @@ class _Dashboard(Pages, Actions):
             ("POST", "/signout", self.signout),
             ("POST", "/jobs/<job_id>/<action>", self.act),
             ("POST", "/retry-failed", self.retry_failed),
+            ("POST", "/pause", self.pause),
+            ("POST", "/resume", self.resume),
         ]
         for method, path, view in routes:
             app.route(path, method, self._guarded(view))

@@ -46,8 +46,11 @@ class Pages(DashboardBase):
             counts = minutes.get(minute, {})
             chart.append((minute, counts.get("succeeded", 0), counts.get("failed", 0)))
         workers = self.store.list_workers()
+        pauses = self.store.list_pauses()
         return self._page(
             "overview",
+            pauses=pauses,
+            paused={(p["kind"], p["name"]) for p in pauses},
             title="Overview",
             groups=sorted(groups.items()),
             dead=sorted(self.store.failed_counts().items()),
@@ -94,9 +97,11 @@ class Pages(DashboardBase):
             _fail(404, f"no job with id {number}")
         full = bottle.request.query.get("full") == "1"
         limit = None if full else CLIP
-        payload = None
-        if self.settings.dashboard_shows_payloads:
+        payload = result = None
+        if self.settings.dashboard_shows_payloads:  # a result, like a payload, may be personal
             payload = clip(json.dumps(row["payload"], indent=2, ensure_ascii=False), limit)
+            if row["result"] is not None:
+                result = clip(json.dumps(row["result"], indent=2, ensure_ascii=False), limit)
         errors = [
             {
                 **error,
@@ -110,6 +115,7 @@ class Pages(DashboardBase):
             title=f"Job {number}",
             job=row,
             payload=payload,
+            result=result,
             errors=errors,
             full=full,
         )

@@ -64,12 +64,24 @@ WHERE job_type = %(job_type)s AND unique_key = %(unique_key)s AND state IN ('que
 -- compared as text, which implies the predicate of no partial index. (On statistics that
 -- say the table is empty, as an autovacuum can leave them once finished jobs are moved
 -- out, the planner found each row through jobs_queued_idx: the whole backlog, a row.)
+-- Pauses (the pauses table, migration 0015) are read by the claim itself, so that a pause
+-- holds for every worker from its commit, with no cache to go stale. Neither test depends
+-- on the row being read: PostgreSQL looks each up once a claim (an InitPlan on the small
+-- table's primary key). A paused type switches its branch off whole (a One-Time Filter in
+-- ready_jobs): its backlog is not read. A paused queue is checked on the row the lateral
+-- scan reads anyway to lock it: with none paused that costs nothing, and a paused queue
+-- costs a claim only its due jobs that come first in claim order of a type the claim
+-- takes, passed over one primary-key probe each (about 3 microseconds: 50,000 ahead, a
+-- tenth of a second). Checking the queue in ready_jobs instead would need the heap in
+-- those scans (the index is by type), which makes the planner sort each type's whole
+-- backlog on every claim while any queue is paused, even one with no job at all.
 WITH due AS (
     SELECT locked.id
     FROM (SELECT * FROM ({ready_jobs}) AS ready ORDER BY priority DESC, run_at, id) AS c
     CROSS JOIN LATERAL (
         SELECT id FROM {schema}.jobs
         WHERE id = c.id AND state::text = 'queued' AND ready
+          AND queue <> ALL (ARRAY(SELECT name FROM {schema}.pauses WHERE kind = 'queue'))
         FOR UPDATE SKIP LOCKED
     ) AS locked
     LIMIT %(limit)s
@@ -82,15 +94,18 @@ SET state = 'running', attempts = j.attempts + 1, lease_owner = %(owner)s,
 FROM due
 WHERE j.id = due.id
 RETURNING j.id, j.queue, j.job_type, j.payload::text AS payload, j.attempts, j.max_attempts,
-          j.created_at
+          j.created_at, j.snoozes
 
 -- ready_jobs --
 -- One branch of claim_jobs: the due jobs of one of the lane's job types (the store
--- numbers the branches), in claim order.
+-- numbers the branches), in claim order. A paused type's branch is switched off whole (see
+-- claim_jobs): its backlog is not read.
 (SELECT id, priority, run_at FROM {schema}.jobs
  WHERE state = 'queued' AND ready AND job_type = (%(job_types)s::text[])[{type_number}]
    AND run_at <= now()
    AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+   AND NOT EXISTS (SELECT FROM {schema}.pauses AS p
+                   WHERE p.kind = 'type' AND p.name = (%(job_types)s::text[])[{type_number}])
  ORDER BY priority DESC, run_at, id)
 
 -- promote_due --
@@ -111,12 +126,18 @@ RETURNING j.id
 -- hand-back, rescue. Matching one is matching a running attempt, so these statements
 -- name no state: the rows are found by primary key, whatever the statistics say of the
 -- running rows' index.)
--- Record outcomes in one statement: succeeded, failed, or queued again with a delay for
--- a retry; an error (with its traceback, when the worker has one) joins the history.
+-- Record outcomes in one statement: succeeded, failed, cancelled (asked to stop while
+-- running), or queued again with a delay for a retry; an error (with its traceback, when the worker has one) joins the history.
 -- Only the attempt each outcome belongs to is touched (its id and lease token), so a
 -- worker, thread or child whose attempt was rescued or handed back never overwrites the
 -- fate of the next one; an attempt whose lease expired but that nobody took meanwhile (a
--- database blip) is still this worker's to record. Returns the ids written.
+-- database blip) is still this worker's to record. A success's result (JSON text, or
+-- NULL) is stored with it, and the last progress the handler reported, when the worker's
+-- progress writer had not written it yet (NULL: the row's is kept). Returns the ids
+-- written, and tells Queue.result's waiters that outcomes were written: one NOTIFY a
+-- statement (the InitPlan below runs once), not one a job, and only when one of its jobs
+-- has a waiter (result_waiters: usually empty, one index probe).
+WITH done AS (
 UPDATE {schema}.jobs AS j
 SET state = o.state::{schema}.job_state,
     run_at = CASE WHEN o.state = 'queued'
@@ -131,20 +152,67 @@ SET state = o.state::{schema}.job_state,
                       || CASE WHEN o.traceback IS NULL THEN '{{}}'::jsonb
                               ELSE jsonb_build_object('traceback', o.traceback) END)
              END,
-    finished_at = CASE WHEN o.state IN ('succeeded', 'failed') THEN now() END,
+    finished_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled') THEN now() END,
+    result = o.result::jsonb,
+    progress = coalesce(o.progress, j.progress),
+    progress_message = CASE WHEN o.progress IS NULL THEN j.progress_message
+                            ELSE o.progress_message END,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[], %(errors)s::text[],
-            %(delays_ms)s::bigint[], %(tracebacks)s::text[])
-     AS o(id, token, state, error, delay_ms, traceback)
+            %(delays_ms)s::bigint[], %(tracebacks)s::text[], %(results)s::text[],
+            %(progresses)s::float8[], %(progress_messages)s::text[])
+     AS o(id, token, state, error, delay_ms, traceback, result, progress, progress_message)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
 RETURNING j.id
+)
+SELECT id FROM done
+WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)
+                             WHERE EXISTS (SELECT FROM {schema}.result_waiters AS w
+                                           WHERE w.job_id = ANY(%(ids)s::bigint[])))
+       AS told) >= 0
 
 -- finish_succeeded --
--- The common case of finish_jobs, cheaper to send: attempts that succeeded.
+-- The common case of finish_jobs, cheaper to send: attempts that succeeded returning
+-- nothing (no result), with no progress left to write. Notifies as finish_jobs does.
+WITH done AS (
 UPDATE {schema}.jobs AS j
 SET state = 'succeeded', finished_at = now(), lease_owner = NULL, lease_token = NULL,
     lease_expires_at = NULL, updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
+RETURNING j.id
+)
+SELECT id FROM done
+WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)
+                             WHERE EXISTS (SELECT FROM {schema}.result_waiters AS w
+                                           WHERE w.job_id = ANY(%(ids)s::bigint[])))
+       AS told) >= 0
+
+-- write_progress --
+-- The progress writer's pass: the latest fraction and message each running attempt
+-- reported, for many jobs in one statement. Token-matched, so a progress reported by an
+-- attempt that was lost meanwhile is written nowhere; the columns are in no index, so
+-- the update can be HOT. Returns the ids written.
+UPDATE {schema}.jobs AS j
+SET progress = o.progress, progress_message = o.message
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(progresses)s::float8[],
+            %(messages)s::text[]) AS o(id, token, progress, message)
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
+RETURNING j.id
+
+-- snooze_jobs --
+-- Handlers that snoozed (ctx.snooze, a Snooze raised): each job queued again to run
+-- `delays_ms` from now, its attempt not counted and its snoozes counted, no error
+-- recorded. A future run_at is not ready until the promoter finds it due (as a retry's).
+-- Matched on each attempt's lease token, as every outcome: a snooze from an attempt that
+-- was rescued or handed back meanwhile never touches the next attempt. Returns the ids.
+UPDATE {schema}.jobs AS j
+SET state = 'queued', attempts = greatest(j.attempts - 1, 0), snoozes = j.snoozes + 1,
+    run_at = now() + o.delay_ms * interval '1 millisecond', ready = o.delay_ms <= 0,
+    started_at = NULL, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(delays_ms)s::bigint[])
+     AS o(id, token, delay_ms)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
 RETURNING j.id
 
@@ -200,7 +268,8 @@ RETURNING id
 -- as long as no rescue took the job meanwhile (that changes the token). `kept` lists the
 -- ids kept; the others are lost. `registered` is false when the worker's row is missing
 -- (it was found dead while frozen or cut off, and cleaned up): the keeper then registers
--- it again.
+-- it again. `cancel` lists the kept attempts whose job was asked to stop (cancel_job), for
+-- a worker that missed the notification.
 WITH beat AS (
     UPDATE {schema}.workers
     SET heartbeat_at = now(), draining = %(draining)s, gone_at = NULL
@@ -212,7 +281,12 @@ SELECT EXISTS (SELECT FROM beat) AS registered,
              FROM {schema}.jobs AS j
              JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
                ON j.id = o.id AND j.lease_token = o.token
-             WHERE j.id = ANY(%(ids)s::bigint[])) AS kept
+             WHERE j.id = ANY(%(ids)s::bigint[])) AS kept,
+       ARRAY(SELECT j.id
+             FROM {schema}.jobs AS j
+             JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
+               ON j.id = o.id AND j.lease_token = o.token
+             WHERE j.id = ANY(%(ids)s::bigint[]) AND j.cancel_requested) AS cancel
 
 -- give_up_leases --
 -- A worker gives up attempts past their timeout (a handler it cannot interrupt): their
@@ -426,7 +500,7 @@ WHERE n.nspname = %(schema)s AND c.relname = 'jobs' AND c.relkind IN ('r', 'p')
 -- history partition's id index).
 SELECT id, queue, job_type, payload, state::text AS state, priority, run_at, attempts,
        max_attempts, last_error, errors, unique_key, lease_owner, lease_expires_at,
-       created_at, started_at, finished_at
+       created_at, started_at, finished_at, result, progress, progress_message, snoozes
 FROM {schema}.all_jobs WHERE id = %(id)s
 LIMIT 1
 
@@ -453,6 +527,28 @@ SELECT 1
 -- listen --
 -- Be told of inserted jobs (the jobs table's trigger notifies with the schema's name).
 LISTEN poel_jobs
+
+-- listen_outcomes --
+-- Be told when outcomes are written (finish_jobs and finish_succeeded notify with the
+-- schema's name when a job they write has a waiter): Queue.result's wait.
+LISTEN poel_outcomes
+
+-- add_result_waiter --
+-- Queue.result waits for this job: its outcome statement will notify. Rows of waiters
+-- that died without removing theirs (older than a day) go at the same time.
+WITH stale AS (
+    DELETE FROM {schema}.result_waiters WHERE since < now() - interval '1 day'
+)
+INSERT INTO {schema}.result_waiters (job_id) VALUES (%(id)s)
+
+-- remove_result_waiter --
+-- Queue.result stopped waiting for this job (one row: another waiter may wait too).
+DELETE FROM {schema}.result_waiters
+WHERE ctid = (SELECT ctid FROM {schema}.result_waiters WHERE job_id = %(id)s LIMIT 1)
+
+-- listen_cancel --
+-- Be told of running jobs asked to stop (cancel_job notifies "<schema> <job id>").
+LISTEN poel_cancel
 
 -- set_statement_timeout --
 -- Bound every query a handler runs by the time its job has left (milliseconds as text).
@@ -515,10 +611,11 @@ WITH moved AS (
 INSERT INTO {schema}.jobs_history
     (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
      last_error, errors, unique_key, handbacks, created_at, started_at, finished_at,
-     updated_at)
+     updated_at, result, progress, progress_message, snoozes)
 SELECT id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
        last_error, errors, unique_key, handbacks, created_at, started_at,
-       coalesce(finished_at, updated_at), updated_at
+       coalesce(finished_at, updated_at), updated_at, result, progress, progress_message,
+       snoozes
 FROM moved
 RETURNING id
 
@@ -579,11 +676,27 @@ WHERE id = %(id)s AND state = 'queued'
 RETURNING id
 
 -- cancel_job --
--- Cancel a job that has not started. Running jobs cannot be cancelled from outside.
-UPDATE {schema}.jobs
-SET state = 'cancelled', finished_at = now(), updated_at = now()
-WHERE id = %(id)s AND state = 'queued'
-RETURNING id
+-- Cancel a job: a queued one at once (`cancelled`); a running one is asked to stop
+-- (`requested`): its cancel_requested is set and poel_cancel notified with the schema's
+-- name and the job's id, so that the worker holding it (LISTENing) stops its handler
+-- within a second; the heartbeat tells a worker that missed the notification. The trigger
+-- jobs_cancel_requested keeps such a job from being queued again. No row: the job is
+-- unknown or finished.
+WITH queued AS (
+    UPDATE {schema}.jobs
+    SET state = 'cancelled', finished_at = now(), updated_at = now()
+    WHERE id = %(id)s AND state = 'queued'
+    RETURNING id
+), running AS (
+    UPDATE {schema}.jobs
+    SET cancel_requested = true, updated_at = now()
+    WHERE id = %(id)s AND state = 'running'
+    RETURNING id
+)
+SELECT id, 'cancelled' AS outcome FROM queued
+UNION ALL
+SELECT r.id, 'requested' FROM running AS r
+CROSS JOIN LATERAL (SELECT pg_notify('poel_cancel', %(schema_name)s || ' ' || r.id)) AS n
 
 -- retry_job --
 -- Put a failed (dead-lettered) or cancelled job back in the queue with fresh attempts; its
@@ -593,15 +706,17 @@ RETURNING id
 WITH in_place AS (
     UPDATE {schema}.jobs
     SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL,
-        updated_at = now()
+        cancel_requested = false, updated_at = now()
     WHERE id = %(id)s AND state IN ('failed', 'cancelled')
     RETURNING id
 ), back AS (
     INSERT INTO {schema}.jobs
         (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
-         last_error, errors, unique_key, handbacks, created_at, updated_at)
+         last_error, errors, unique_key, handbacks, created_at, updated_at, result,
+         progress, progress_message)
     SELECT id, queue, job_type, payload, 'queued', priority, now(), 0, max_attempts,
-           last_error, errors, unique_key, handbacks, created_at, now()
+           last_error, errors, unique_key, handbacks, created_at, now(), result, progress,
+           progress_message
     FROM {schema}.jobs_history
     WHERE id = %(id)s AND state IN ('failed', 'cancelled')
     RETURNING id
@@ -774,15 +889,17 @@ SELECT * FROM live UNION ALL SELECT * FROM kept
 WITH in_place AS (
     UPDATE {schema}.jobs
     SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL,
-        updated_at = now()
+        cancel_requested = false, updated_at = now()
     WHERE state = 'failed' AND job_type = %(job_type)s
     RETURNING id
 ), back AS (
     INSERT INTO {schema}.jobs
         (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
-         last_error, errors, unique_key, handbacks, created_at, updated_at)
+         last_error, errors, unique_key, handbacks, created_at, updated_at, result,
+         progress, progress_message)
     SELECT id, queue, job_type, payload, 'queued', priority, now(), 0, max_attempts,
-           last_error, errors, unique_key, handbacks, created_at, now()
+           last_error, errors, unique_key, handbacks, created_at, now(), result, progress,
+           progress_message
     FROM {schema}.jobs_dead
     WHERE job_type = %(job_type)s
     ON CONFLICT DO NOTHING
@@ -844,3 +961,17 @@ WITH sessions AS (
     DELETE FROM {schema}.dashboard_sessions WHERE expires_at < now() - interval '1 day'
 )
 DELETE FROM {schema}.dashboard_signins WHERE window_start < now() - interval '1 hour'
+
+-- pause --
+-- Pause a queue or a job type (see migration 0015): one row, if it was not paused yet.
+-- True if this call paused it, false if it was paused already.
+SELECT {schema}.pause(%(kind)s, %(name)s, %(reason)s, %(paused_by)s) AS paused
+
+-- resume --
+-- Resume a paused queue or job type (the pauses table's trigger wakes the idle workers).
+-- True if it was paused, false if it was not.
+SELECT {schema}.resume(%(kind)s, %(name)s) AS resumed
+
+-- list_pauses --
+-- What is paused, oldest first.
+SELECT kind, name, paused_at, paused_by, reason FROM {schema}.pauses ORDER BY paused_at, kind, name

@@ -10,20 +10,21 @@ so every service catches one exception and every message has the password masked
 
 The methods live in one module per caller: :mod:`.jobs` (enqueueing and the worker's job
 path), :mod:`.workers` (the registry of workers), :mod:`.operators` (the CLI, the
-dashboard and the test kit), :mod:`.sessions` (the dashboard's sign-ins),
-:mod:`.migrations`, :mod:`.server` (the server's own settings and statistics about the jobs
-table), :mod:`.history` (archiving finished jobs, retention); :mod:`.base` holds the
-plumbing they share. :class:`Store` is all of them, so one store serves a worker or a
-dashboard.
+dashboard and the test kit), :mod:`.sessions` (the dashboard's sign-ins), :mod:`.pauses`
+(paused queues and types), :mod:`.migrations`, :mod:`.server` (the server's own settings
+and statistics about the jobs table), :mod:`.history` (archiving finished jobs,
+retention); :mod:`.base` holds the plumbing they share. :class:`Store` is all of them, so
+one store serves a worker or a dashboard.
 """
 
 from __future__ import annotations
 
 from poel_host.store.base import DB_ERRORS, Conn, Source, StoreBase, claim_query, queries
 from poel_host.store.history import HistoryStore
-from poel_host.store.jobs import JobStore, OutcomeRow
+from poel_host.store.jobs import JobStore, OutcomeRow, ProgressRow
 from poel_host.store.migrations import MigrationStore
 from poel_host.store.operators import OperatorStore
+from poel_host.store.pauses import PauseStore
 from poel_host.store.server import ServerStore
 from poel_host.store.sessions import SessionStore
 from poel_host.store.workers import WorkerStore
@@ -36,6 +37,8 @@ __all__ = [
     "MigrationStore",
     "OperatorStore",
     "OutcomeRow",
+    "PauseStore",
+    "ProgressRow",
     "ServerStore",
     "SessionStore",
     "Source",
@@ -52,6 +55,7 @@ class Store(
     HistoryStore,
     WorkerStore,
     OperatorStore,
+    PauseStore,
     SessionStore,
     MigrationStore,
     ServerStore,

@@ -11,11 +11,21 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from poel_host.storable import storable_delay_ms, storable_error, storable_traceback
+from poel_host.storable import (
+    storable_delay_ms,
+    storable_error,
+    storable_message,
+    storable_traceback,
+)
 from poel_host.store.base import Conn, StoreBase, claim_query
 
-# One attempt's outcome: (job id, lease token, state, error, retry delay ms, traceback).
-OutcomeRow = tuple[int, str, str, str | None, float, str | None]
+# One attempt's outcome: (job id, lease token, state, error, retry delay ms, traceback,
+# result as JSON text, the last progress fraction and message not yet written).
+OutcomeRow = tuple[
+    int, str, str, str | None, float, str | None, str | None, float | None, str | None
+]
+# A running attempt's latest progress: (job id, lease token, fraction, message).
+ProgressRow = tuple[int, str, float, str | None]
 
 
 class JobStore(StoreBase):
@@ -91,12 +101,25 @@ class JobStore(StoreBase):
         return len(self._all("promote_due", {"limit": limit}, connection))
 
     def finish(self, outcomes: Sequence[OutcomeRow]) -> set[int]:
-        """Record ``(job id, lease token, state, error, retry delay ms, traceback)``
-        outcomes; the ids written (an attempt whose lease was lost is not). Every text is
-        made storable here, and every delay clamped: nothing a handler raised can make the
-        statement fail for the outcomes beside it."""
-        succeeded = [o for o in outcomes if o[2] == "succeeded"]
-        others = [o for o in outcomes if o[2] != "succeeded"]
+        """Record outcomes (see ``OutcomeRow``); the ids written (an attempt whose lease
+        was lost is not). Every text is made storable here, and every delay clamped:
+        nothing a handler raised can make the statement fail for the outcomes beside it
+        (a result is checked where it is made: see :mod:`poel_host.results`).
+
+        Successes with no result and no progress left to write (what a handler returning
+        None costs) go through ``finish_succeeded``, two arrays; the rest, results
+        included, through ``finish_jobs``: a job path that returns nothing pays for no
+        result column, and one that does pays for a few more array elements, not a
+        statement. State ``snoozed`` (the handler asked to run later; its attempt not
+        counted) is written by a statement of its own, ``snooze_jobs``, so that the
+        common statements do no more for it."""
+        succeeded = [o for o in outcomes if o[2] == "succeeded" and o[6] is None and o[7] is None]
+        snoozed = [o for o in outcomes if o[2] == "snoozed"]
+        others = [
+            o
+            for o in outcomes
+            if o[2] != "snoozed" and not (o[2] == "succeeded" and o[6] is None and o[7] is None)
+        ]
 
         def write(conn: Conn) -> set[int]:
             # Two autocommit statements, not a transaction (two more round trips a batch):
@@ -107,6 +130,7 @@ class JobStore(StoreBase):
                 params: dict[str, Any] = {
                     "ids": [o[0] for o in succeeded],
                     "tokens": [o[1] for o in succeeded],
+                    "schema": self.schema,
                 }
                 written.update(r["id"] for r in conn.execute(self._q["finish_succeeded"], params))
             if others:
@@ -117,11 +141,33 @@ class JobStore(StoreBase):
                     "errors": [storable_error(o[3]) for o in others],
                     "delays_ms": [storable_delay_ms(o[4]) for o in others],
                     "tracebacks": [storable_traceback(o[5]) for o in others],
+                    "results": [o[6] for o in others],
+                    "progresses": [o[7] for o in others],
+                    "progress_messages": [storable_message(o[8]) for o in others],
+                    "schema": self.schema,
                 }
                 written.update(r["id"] for r in conn.execute(self._q["finish_jobs"], params))
+            if snoozed:
+                params = {
+                    "ids": [o[0] for o in snoozed],
+                    "tokens": [o[1] for o in snoozed],
+                    "delays_ms": [storable_delay_ms(o[4]) for o in snoozed],
+                }
+                written.update(r["id"] for r in conn.execute(self._q["snooze_jobs"], params))
             return written
 
         return self._run(write)
+
+    def write_progress(self, rows: Sequence[ProgressRow]) -> set[int]:
+        """Write the latest ``(job id, lease token, fraction, message)`` of running
+        attempts, in one statement; the ids written (a lost attempt's is not)."""
+        params = {
+            "ids": [r[0] for r in rows],
+            "tokens": [r[1] for r in rows],
+            "progresses": [r[2] for r in rows],
+            "messages": [storable_message(r[3]) for r in rows],
+        }
+        return self._ids("write_progress", params)
 
     def release_jobs(
         self, attempts: Sequence[tuple[int, str]], *, started: bool, max_handbacks: int
@@ -143,10 +189,11 @@ class JobStore(StoreBase):
 
     def heartbeat(
         self, owner: str, *, attempts: Sequence[tuple[int, str]], draining: bool
-    ) -> tuple[bool, set[int]]:
+    ) -> tuple[bool, set[int], set[int]]:
         """The worker's heartbeat (the lease of every job it holds), and which of its
         ``(job id, lease token)`` attempts are still its own, in one statement: (whether
-        its registry row exists, the ids kept; the others are lost)."""
+        its registry row exists, the ids kept (the others are lost), the kept ones asked
+        to stop: see ``cancel_job``)."""
         params = {
             "ids": [a[0] for a in attempts],
             "tokens": [a[1] for a in attempts],
@@ -155,7 +202,8 @@ class JobStore(StoreBase):
         }
         row = self._one("heartbeat", params)
         assert row is not None  # the statement always answers one row
-        return bool(row["registered"]), {int(i) for i in row["kept"]}
+        kept, cancel = {int(i) for i in row["kept"]}, {int(i) for i in row["cancel"]}
+        return bool(row["registered"]), kept, cancel
 
     def give_up_leases(self, attempts: Sequence[tuple[int, str]]) -> set[int]:
         """Let the leases of ``(job id, lease token)`` attempts expire now, for any
@@ -176,5 +224,19 @@ class JobStore(StoreBase):
         self._execute("set_statement_timeout", {"ms": str(ms), "local": local}, conn)
 
     def listen(self, conn: Conn) -> None:
-        """Subscribe ``conn`` to the notification the jobs table sends on insert."""
+        """Subscribe ``conn`` to the notification the jobs table sends on insert, and to
+        the one a running job's cancel request sends."""
         self._execute("listen", None, conn)
+        self._execute("listen_cancel", None, conn)
+
+    def listen_outcomes(self, conn: Conn) -> None:
+        """Subscribe ``conn`` to the notification written outcomes send (Queue.result)."""
+        self._execute("listen_outcomes", None, conn)
+
+    def add_result_waiter(self, job_id: int, conn: Conn) -> None:
+        """Say that ``conn``'s owner waits for ``job_id``: its outcome will notify."""
+        self._execute("add_result_waiter", {"id": job_id}, conn)
+
+    def remove_result_waiter(self, job_id: int, conn: Conn) -> None:
+        """Say that one waiter for ``job_id`` stopped waiting."""
+        self._execute("remove_result_waiter", {"id": job_id}, conn)

@@ -19,8 +19,9 @@ class OperatorStore(StoreBase):
 
     # Looking and changing (CLI, test kit) -----------------------------------------------
 
-    def get_job(self, job_id: int) -> dict[str, Any] | None:
-        return self._one("get_job", {"id": job_id})
+    def get_job(self, job_id: int, connection: Conn | None = None) -> dict[str, Any] | None:
+        """One job by id, live or finished, with its result and progress."""
+        return self._one("get_job", {"id": job_id}, connection)
 
     def list_jobs(
         self, *, state: str | None = None, job_type: str | None = None, limit: int = 20
@@ -37,9 +38,11 @@ class OperatorStore(StoreBase):
     def count_by_state(self) -> dict[str, int]:
         return {row["state"]: int(row["count"]) for row in self._all("count_by_state")}
 
-    def cancel_job(self, job_id: int) -> bool:
-        """Cancel a queued job; False if it is not queued."""
-        return self._one("cancel_job", {"id": job_id}) is not None
+    def cancel_job(self, job_id: int) -> str | None:
+        """Cancel a job: ``"cancelled"`` (it was queued), ``"requested"`` (it is running:
+        the worker holding it stops it), or None (unknown or finished)."""
+        row = self._one("cancel_job", {"id": job_id, "schema_name": self.schema})
+        return None if row is None else str(row["outcome"])
 
     def retry_job(self, job_id: int, connection: Conn | None = None) -> bool:
         """Queue a failed or cancelled job again with fresh attempts, wherever it is;

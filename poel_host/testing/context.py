@@ -31,10 +31,19 @@ class CapturedContext(JobContext):
     fields) instead of stderr; ``connection()`` is one transaction on the test's database,
     committed at the end of the block and rolled back on an exception, as in the worker;
     ``enqueue()`` goes through the test's :class:`~poel_host.Queue` (payloads validated);
-    ``cancel()`` asks the handler to stop, as a worker shutting down does.
+    ``cancel()`` asks the handler to stop, as a worker shutting down does;
+    ``progress(fraction, message)`` is checked as in the worker and recorded in
+    ``progress_calls``.
     """
 
     logs: list[dict[str, Any]] = field(default_factory=list)
+    progress_calls: list[tuple[float, str | None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self._progress is None:
+            self._progress = lambda fraction, message: self.progress_calls.append(
+                (fraction, message)
+            )
 
     @property
     def events(self) -> list[str]:

@@ -16,14 +16,33 @@ import structlog
 from poel_host.queue import Queue
 from poel_host.settings import Settings
 
+# The worker's log event for each outcome but success (logged at debug, which the
+# captured logs may not hold): see Executor._report.
+OUTCOME_EVENTS = {
+    "job retry scheduled": "retry",
+    "job failed": "failed",
+    "job snoozed": "snoozed",
+    "job discarded": "discarded",
+    "job cancelled while running": "cancelled",
+}
+
 
 @dataclass
 class JobResult:
-    """What :func:`run_job` saw: the job's row after the run, and the logs it wrote."""
+    """What :func:`run_job` saw: the job's row after the run, the logs it wrote, and each
+    ``ctx.progress(fraction, message)`` call its handler made (every call, in order, not
+    only the ones the worker wrote: the worker keeps the latest)."""
 
     id: int
     row: dict[str, Any]
     logs: list[dict[str, Any]] = field(default_factory=list)
+    progress: list[tuple[float, str | None]] = field(default_factory=list)
+
+    @property
+    def result(self) -> Any:
+        """What the handler returned, as stored (JSON: a tuple comes back a list); None
+        if it returned nothing or did not succeed."""
+        return self.row["result"]
 
     @property
     def state(self) -> str:
@@ -32,6 +51,18 @@ class JobResult:
     @property
     def error(self) -> str | None:
         return self.row["last_error"]  # type: ignore[no-any-return]
+
+    @property
+    def outcome(self) -> str:
+        """What the run amounted to, as the ``job_finished`` hook says it: ``succeeded``,
+        ``retry``, ``failed``, ``snoozed`` or ``discarded`` (the last two leave the row
+        ``queued`` and ``failed``: ``state`` alone cannot tell them from a retry and a
+        failure)."""
+        for entry in self.logs:
+            outcome = OUTCOME_EVENTS.get(str(entry.get("event")))
+            if outcome is not None:
+                return outcome
+        return self.state
 
 
 class JobRunner:
@@ -61,10 +92,17 @@ class JobRunner:
         return self._run(job_id)
 
     def _run(self, job_id: int) -> JobResult:
-        with structlog.testing.capture_logs() as logs:
-            ran = self.worker.run_once()
+        calls: list[tuple[int, float, str | None]] = []
+        board = self.worker.progress
+        board.watch = lambda job, fraction, message: calls.append((job, fraction, message))
+        try:
+            with structlog.testing.capture_logs() as logs:
+                ran = self.worker.run_once()
+        finally:
+            board.watch = None
         assert job_id in ran, f"job {job_id} was not claimed (is it due? is its plugin loaded?)"
         row = self.worker.store.get_job(job_id)  # through the worker's own queue pool
         assert row is not None
         own = [dict(entry) for entry in logs if entry.get("jobId") == job_id]
-        return JobResult(job_id, row, own)
+        progress = [(fraction, message) for job, fraction, message in calls if job == job_id]
+        return JobResult(job_id, row, own, progress)

@@ -23,6 +23,7 @@ from poel_host.jobs import JobContext
 from poel_host.settings import Settings
 from poel_host.worker.held import HeldJob
 from poel_host.worker.job_connections import JobConnections, Loans
+from poel_host.worker.progress import ProgressBoard
 from poel_host.worker.threads import Threads
 
 
@@ -37,6 +38,7 @@ class Attempts:
         enqueue: Callable[..., int],
         cancelling: gevent.event.Event,
         threads: Threads | None,
+        progress: ProgressBoard,
         transitions: collections.Counter[tuple[str, str]],
         log: Any,
     ) -> None:
@@ -45,6 +47,7 @@ class Attempts:
         self.enqueue = enqueue
         self.cancelling = cancelling  # the shutdown's: running jobs asked to stop
         self.threads = threads
+        self.progress = progress  # ctx.progress notes there, from any executor
         self.transitions = transitions  # counted by each entry's moves (see held.py)
         self.log = log
 
@@ -67,8 +70,10 @@ class Attempts:
             enqueued_at=row["created_at"],
             log=self.log.bind(jobId=row["id"], jobType=row["job_type"], attempt=row["attempts"]),
             settings=self.settings,
+            snoozes=row.get("snoozes", 0),
             _connection_factory=partial(borrow, loans),
             _enqueue=enqueue,
             _cancel_event=cancel,
+            _progress=partial(self.progress.note, row["id"], str(row["lease_token"])),
         )
         return HeldJob(row=row, ctx=ctx, loans=loans, counts=self.transitions)

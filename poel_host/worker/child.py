@@ -41,6 +41,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import IO, Any
 
 import psycopg
@@ -52,8 +53,11 @@ from poel_host.jobs import JobCancelled, JobContext
 from poel_host.logs import configure_logging, forward_logging, get_logger
 from poel_host.plugins import Plugins, load_plugins
 from poel_host.queue import Queue
+from poel_host.results import ResultError, encode_result
 from poel_host.settings import Settings, load_settings
+from poel_host.snooze_discard import Discard, Snooze, discard_error, seconds_of
 from poel_host.store import Store
+from poel_host.worker.child_progress import ProgressSender
 from poel_host.worker.job_connections import bounded_transaction
 
 PLUGINS_VARIABLE = "POEL_CHILD_PLUGINS"  # JSON [[plugin name, module], ...]
@@ -135,6 +139,7 @@ class Child:
         self.enqueuer = Queue.for_settings(settings, plugins.jobs)
         self.todo: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.cancel = threading.Event()
+        self.reports = ProgressSender(self.send)
 
     def read(self, stream: IO[bytes]) -> None:
         """The reader thread: jobs and cancellations in; the end of stdin ends the process."""
@@ -171,16 +176,29 @@ class Child:
             enqueued_at=dt.datetime.fromisoformat(message["enqueued_at"]),
             log=self.log.bind(jobId=message["id"], jobType=job.type, attempt=message["attempt"]),
             settings=self.settings,
+            snoozes=int(message.get("snoozes") or 0),
             _connection_factory=lambda: self.connections.borrow(deadline),
             _enqueue=self.enqueuer.enqueue,
             _cancel_event=self.cancel,
+            _progress=partial(self.reports.note, message["id"]),
         )
         done: dict[str, Any] = {"error": None, "traceback": None, "stopped": False}
         try:
             model = payloads.validate(job, payloads.to_object(job.type, message["payload"]))
-            job.handler(model, ctx)
+            value = job.handler(model, ctx)
+            # Encoded in the child, as serve's executor does: its own job fails for it.
+            done["result"] = encode_result(value, self.settings.max_result_bytes)
+        except ResultError as exc:
+            done.update(error=str(exc), final=True)
         except InvalidPayload as exc:
             done.update(error=str(exc), final=True)
+        except Snooze as exc:  # sent as data: serve need not know a plugin's subclass
+            try:
+                done["snooze_s"] = seconds_of(exc)
+            except ValueError as bad:
+                done.update(error=str(bad))
+        except Discard as exc:
+            done.update(error=discard_error(exc), discarded=True)
         except JobCancelled as exc:
             if self.cancel.is_set():
                 done["stopped"] = True  # stopped because serve asked: a hand-back
@@ -188,6 +206,7 @@ class Child:
                 done.update(error=error_text(exc), traceback=last_traceback())
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: it ends the attempt
             done.update(error=error_text(exc), traceback=last_traceback())
+        done["progress"] = self.reports.last(message["id"])  # the outcome writes it
         done["rss_kb"] = rss_kb()
         return done
 

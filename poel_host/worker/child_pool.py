@@ -24,6 +24,7 @@ import json
 import os
 import time
 from collections.abc import MutableMapping
+from functools import partial
 from typing import Any
 
 import gevent
@@ -33,6 +34,7 @@ import gevent.queue
 from poel_host.backoff import pause
 from poel_host.plugins import Plugins
 from poel_host.settings import Settings
+from poel_host.worker.cancels import CancelRequested
 from poel_host.worker.child import PLUGINS_VARIABLE
 from poel_host.worker.children import ChildDied, ChildProcess
 from poel_host.worker.executor import STOPPED, Ran
@@ -178,7 +180,7 @@ class Children:
             with gevent.Timeout(max(0.0, entry.deadline - time.monotonic())):
                 child.receive()  # {"started": id}, sent before any of the job's code ran
                 started = True
-                message = child.receive()
+                message = child.receive(partial(_progress, entry))
         except gevent.Timeout:  # even before "started": a live child is the job's to wait for
             self.counts["timed_out"] += 1
             self.discard(child, "timed out")
@@ -189,16 +191,24 @@ class Children:
             self.counts["crashed"] += 1
             self.discard(child, "died")
             return Ran(f"worker process died: {exc}"), None
+        except CancelRequested:  # someone cancelled the job: its child's group is stopped
+            self.discard(child, "its job was cancelled")
+            raise
         except BaseException:  # GreenletExit: the drain ran out of time; the job goes back
             self.discard(child, "stopped by the shutdown")
             raise
         done = message["done"]
         self._finished(child, done)
+        if done.get("progress") and entry.ctx._progress is not None:
+            entry.ctx._progress(*done["progress"])  # the executor writes it with the outcome
         ran = Ran(
             done["error"],
             stopped=done["stopped"],
             final=bool(done.get("final")),
             traceback=done.get("traceback"),
+            result=done.get("result"),
+            snooze_s=done.get("snooze_s"),  # data, not the exception: serve may not know its class
+            discarded=bool(done.get("discarded")),
         )
         return ran, time.monotonic() - sent
 
@@ -248,6 +258,13 @@ class Children:
         gevent.joinall([gevent.spawn(child.stop) for child in children], timeout=10)
 
 
+def _progress(entry: HeldJob, job_id: Any, fraction: float, message: str | None) -> None:
+    """A child's progress report, noted as its job's (a report a leftover thread of an
+    earlier job sends is not this job's)."""
+    if job_id == entry.id and entry.ctx._progress is not None:
+        entry.ctx._progress(fraction, message)
+
+
 def _job_message(row: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     return {
         "id": row["id"],
@@ -255,6 +272,7 @@ def _job_message(row: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         "payload": row["payload"],
         "attempt": row["attempts"],
         "max_attempts": row["max_attempts"],
+        "snoozes": row.get("snoozes", 0),
         "queue": row["queue"],
         "enqueued_at": row["created_at"].isoformat(),
         "timeout_s": max(0.0, timeout_s),

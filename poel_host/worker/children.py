@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -74,17 +75,23 @@ class ChildProcess:
         except OSError as exc:  # a broken pipe: the child is gone
             raise ChildDied(self.cause()) from exc
 
-    def receive(self) -> dict[str, Any]:
-        """The child's next message; the log events it sends first are logged here."""
+    def receive(self, progress: Callable[..., None] | None = None) -> dict[str, Any]:
+        """The child's next message; the log events it sends first are logged here, and its
+        job's progress reports handed to ``progress(job_id, fraction, message)``."""
         assert self.proc.stdout is not None
         while True:
             line = self.proc.stdout.readline()
             if not line:
                 raise ChildDied(self.cause())
             message: dict[str, Any] = json.loads(line)
-            if "log" not in message:
+            if "log" in message:
+                self._emit(message["log"])
+            elif "progress" in message:
+                if progress is not None:
+                    fraction, text = message["progress"]
+                    progress(message.get("id"), fraction, text)
+            else:
                 return message
-            self._emit(message["log"])
 
     def _emit(self, event: dict[str, Any]) -> None:
         """Log a child's event with serve's logger: same stream, same format, marked with

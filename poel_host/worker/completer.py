@@ -185,7 +185,8 @@ class Completer(Service):
         except Exception as exc:  # noqa: BLE001 - recorded in the job's place
             why = error_text(exc)
         self.log.error("a job's outcome could not be recorded", jobId=outcome.job_id, error=why)
-        state = "queued" if outcome.state == "queued" else "failed"
+        # A snooze that cannot be written runs again as a retry would (its attempt counted).
+        state = "queued" if outcome.state in ("queued", "snoozed") else "failed"
         stand_in = Outcome(
             outcome.job_id,
             state,

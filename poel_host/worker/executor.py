@@ -5,7 +5,9 @@ call the ``job_started`` hook, run the handler under the job's timeout, take bac
 connections, then :func:`decide` the outcome and hand it to the completer. ``decide`` is
 the one place that turns what happened (an error or none, whether the worker stopped the
 job, whether retrying could help) into an :class:`Outcome`: success, a retry with backoff,
-a failure (the dead letter), or a hand-back at shutdown that does not count the attempt.
+a failure (the dead letter), or a hand-back at shutdown that does not count the attempt;
+and what a handler asked for itself: a snooze (back to the queue later, the attempt not
+counted) or a discard (failed at once, no retry; see :mod:`poel_host.snooze_discard`).
 """
 
 from __future__ import annotations
@@ -22,27 +24,57 @@ from poel_host import backoff, payloads
 from poel_host.errors import InvalidPayload, error_text, one_line
 from poel_host.jobs import Job, JobCancelled
 from poel_host.plugins import Plugins
+from poel_host.results import ResultError, encode_result
 from poel_host.settings import Settings
+from poel_host.snooze_discard import Discard, Snooze, discard_error, seconds_of
 from poel_host.store import OutcomeRow
+from poel_host.worker.cancels import CancelRequested, interrupt_greenlet, interrupt_thread
 from poel_host.worker.held import HANDING_BACK, PENDING, RUNNING, Held, HeldJob
 from poel_host.worker.job_connections import JobConnections
+from poel_host.worker.progress import ProgressBoard
 from poel_host.worker.threads import ThreadTimedOut
 
 # What an outcome is counted as (metrics, summaries, the job_finished hook).
-LABELS = {"succeeded": "succeeded", "failed": "failed", "queued": "retry", "released": "released"}
+LABELS = {
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "queued": "retry",
+    "released": "released",
+    "snoozed": "snoozed",
+    "discarded": "discarded",
+    "cancelled": "cancelled",
+}
+# The state each outcome writes (see Store.finish): a discard is a failure said early.
+STATES = {"discarded": "failed"}
 
 
 @dataclass
 class Outcome:
     job_id: int
-    state: str  # succeeded | failed | queued (a retry) | released (handed back)
+    # succeeded | failed | queued (a retry) | released (handed back) | snoozed (queued
+    # again later, its attempt not counted) | discarded (failed at once) | cancelled
+    # (someone cancelled it while it ran: see cancels.py)
+    state: str
     error: str | None = None
     delay_ms: int = 0
     traceback: str | None = None  # kept in the error history beside the error
     token: str = ""  # the attempt's lease token: the outcome is written only if it matches
+    result: str | None = None  # a success's result, as JSON text
+    progress: tuple[float, str | None] | None = None  # the last report, not yet written
 
     def as_row(self) -> OutcomeRow:
-        return (self.job_id, self.token, self.state, self.error, self.delay_ms, self.traceback)
+        fraction, message = self.progress if self.progress is not None else (None, None)
+        return (
+            self.job_id,
+            self.token,
+            STATES.get(self.state, self.state),
+            self.error,
+            self.delay_ms,
+            self.traceback,
+            self.result,
+            fraction,
+            message,
+        )
 
     @property
     def label(self) -> str:
@@ -57,6 +89,10 @@ class Ran:
     stopped: bool = False  # the worker stopped it (shutdown): not the job's fault
     final: bool = False  # retrying cannot help (an invalid payload, a worker bug)
     traceback: str | None = None  # where the handler raised
+    result: str | None = None  # what the handler returned, as JSON text (None: nothing)
+    snooze_s: float | None = None  # the handler snoozed (Snooze): run again this much later
+    discarded: bool = False  # the handler discarded the job (Discard): ``error`` says why
+    cancelled: bool = False  # someone cancelled the job, and its handler did not return
 
 
 TRACEBACK_CHARS = 16_000  # the end of a traceback kept in the error history: where it raised
@@ -64,15 +100,26 @@ TRACEBACK_CHARS = 16_000  # the end of a traceback kept in the error history: wh
 
 RETURNED = Ran()  # the handler returned: one shared instance (never changed) for speed
 STOPPED = Ran(stopped=True)
+CANCELLED = Ran(cancelled=True)
 
 
 def decide(job: Job, row: dict[str, Any], ran: Ran, settings: Settings) -> Outcome:
     """The outcome of one run of ``job`` (claimed as ``row``)."""
     job_id, token = int(row["id"]), str(row["lease_token"])
+    if ran.cancelled:
+        return Outcome(job_id, "cancelled", token=token)
     if ran.stopped:
         return Outcome(job_id, "released", token=token)
+    if ran.snooze_s is not None:
+        snoozes = int(row.get("snoozes") or 0)
+        if job.max_snoozes is None or snoozes < job.max_snoozes:
+            return Outcome(job_id, "snoozed", delay_ms=round(ran.snooze_s * 1000), token=token)
+        error = f"snoozed {snoozes} times already: max_snoozes is {job.max_snoozes}"
+        return Outcome(job_id, "failed", error, token=token)
+    if ran.discarded:
+        return Outcome(job_id, "discarded", ran.error, traceback=ran.traceback, token=token)
     if ran.error is None:
-        return Outcome(job_id, "succeeded", token=token)
+        return Outcome(job_id, "succeeded", token=token, result=ran.result)
     if ran.final or row["attempts"] >= row["max_attempts"]:
         return Outcome(job_id, "failed", ran.error, traceback=ran.traceback, token=token)
     delay = backoff.retry_delay_ms(
@@ -100,6 +147,7 @@ class Executor:
         log: Any,
         processes: Any = None,  # ProcessPool, when a loaded job type runs in processes
         threads: Any = None,  # Threads, when one runs on threads
+        progress: ProgressBoard | None = None,
     ) -> None:
         self.settings = settings
         self.plugins = plugins
@@ -112,6 +160,7 @@ class Executor:
         self.log = log
         self.processes = processes
         self.threads = threads
+        self.progress = progress if progress is not None else ProgressBoard()
         # Per-job hooks cost a call per job even when no plugin implements them.
         self._hooked_started = bool(plugins.manager.hook.job_started.get_hookimpls())
         self._hooked_finished = bool(plugins.manager.hook.job_finished.get_hookimpls())
@@ -142,6 +191,11 @@ class Executor:
             outcome = Outcome(
                 entry.id, "failed", f"worker error: {error_text(exc)}", token=entry.token
             )
+        # The last progress report not yet written is written with the outcome (a job that
+        # never reported any costs a dict lookup).
+        pending = self.progress.take(entry.id, entry.token)
+        if pending is not None and outcome.state != "released":
+            outcome.progress = pending
         self._report(entry, outcome, round(time.monotonic() - started, 6))
         if outcome.state == "released":
             entry.move(HANDING_BACK)  # the drain hands it back
@@ -160,22 +214,41 @@ class Executor:
             return Ran(str(exc), final=True)
         if job.executor == "process":
             # The child validates again (it needs the model) and enforces no timer of its
-            # own: the pool stops the child at the deadline.
-            return self.processes.execute(entry, seconds)  # type: ignore[no-any-return]
+            # own: the pool stops the child at the deadline, or when the job is cancelled.
+            interrupt_greenlet(entry)
+            try:
+                if entry.cancel_requested:
+                    return CANCELLED
+                ran: Ran = self.processes.execute(entry, seconds)
+            except CancelRequested:
+                return CANCELLED
+            finally:
+                entry.interrupt = None
+            return ran  # the child's own outcome came first
         # A thread's timeout counts from when its thread starts it (Threads.call); a
         # greenlet's from now (run() set the deadline just now).
+        if job.executor == "thread":
+            interrupt_thread(entry)
+        else:
+            interrupt_greenlet(entry)
+        if entry.cancel_requested:  # while it waited for a runner
+            entry.interrupt = None
+            return CANCELLED
         timer = gevent.Timeout(None if job.executor == "thread" else seconds)
         timer.start()
         error: str | None = None
         trace: str | None = None
-        stopped = False
+        result: object = None
+        stopped = discarded = returned = False
+        snooze_s: float | None = None
         try:
             if job.executor == "thread":
                 result = self.threads.call(job.handler, payload, ctx, entry.loans, seconds)
             else:
                 result = job.handler(payload, ctx)
-            if result is not None:
-                ctx.log.debug("handler returned a value; it is ignored", value=repr(result)[:200])
+            returned = True
+        except CancelRequested:
+            pass  # someone cancelled the job: see below
         except gevent.Timeout as exc:
             error = f"timed out after {seconds:g}s" if exc is timer else f"Timeout: {exc}"
         except ThreadTimedOut:
@@ -191,6 +264,13 @@ class Executor:
             if self.stopping.is_set():
                 raise  # the drain stopping it: the job is handed back
             error = error_text(exc)  # raised by the handler itself
+        except Snooze as exc:  # a plugin's subclass too
+            try:
+                snooze_s = seconds_of(exc)
+            except ValueError as bad:
+                error = str(bad)
+        except Discard as exc:
+            error, discarded = discard_error(exc), True
         except JobCancelled as exc:
             # Stopping cooperatively because the worker asked is a hand-back, not a failure.
             stopped = ctx.cancelled
@@ -200,13 +280,30 @@ class Executor:
             trace = traceback.format_exc()[-TRACEBACK_CHARS:]  # only on failure: no cost else
             ctx.log.debug("handler raised", exc_info=exc)
         finally:
+            entry.interrupt = None  # before anything can switch: the handler is done
             timer.close()
             misuse = self.connections.reclaim(entry.loans, ctx.log)
+        if entry.cancel_requested and not returned:
+            return CANCELLED  # however it ended: the handler stopped because it was asked
         if stopped:
             return STOPPED
-        if error is None and misuse is None:
+        if misuse is not None and error is None:
+            # A connection left open fails even a snooze: it is a bug to see and fix.
+            return Ran(misuse)
+        if snooze_s is not None:
+            return Ran(snooze_s=snooze_s)
+        if discarded:
+            return Ran(error, discarded=True)
+        if error is not None:
+            return Ran(error, traceback=trace)
+        if result is None:
             return RETURNED
-        return Ran(error or misuse, traceback=trace)
+        # Encoded here, for the handler's job alone: a value that cannot be stored fails
+        # its own job (retrying would only make it again), never the batch.
+        try:
+            return Ran(result=encode_result(result, self.settings.max_result_bytes))
+        except ResultError as exc:
+            return Ran(str(exc), final=True)
 
     def _report(self, entry: HeldJob, outcome: Outcome, duration: float) -> None:
         """Count the outcome, log it, and call the job_finished hook."""
@@ -228,6 +325,14 @@ class Executor:
             )
         elif outcome.state == "failed":
             ctx.log.error("job failed", duration=duration, error=outcome.error)
+        elif outcome.state == "snoozed":
+            # Info, not debug: the test kit reads it, and an operator wants to see a job
+            # that keeps putting itself back.
+            ctx.log.info("job snoozed", duration=duration, run_in_ms=outcome.delay_ms)
+        elif outcome.state == "discarded":
+            ctx.log.warning("job discarded", duration=duration, error=outcome.error)
+        elif outcome.state == "cancelled":
+            ctx.log.info("job cancelled while running", duration=duration)
         if self._hooked_finished:
             self.plugins.call(
                 "job_finished",

@@ -67,6 +67,8 @@ class HeldJob:
     loans: Loans = field(default_factory=Loans)  # its handler's job-pool connections
     phase: str = CLAIMED
     counts: Transitions[tuple[str, str]] | None = field(default=None, repr=False)
+    cancel_requested: bool = False  # someone cancelled the job (see cancels.py)
+    interrupt: Any = field(default=None, repr=False)  # stops its handler, while it runs
 
     @property
     def id(self) -> int:

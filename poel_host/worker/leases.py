@@ -78,6 +78,7 @@ class _Run:
         self._stop = NativeEvent()  # set by the greenlet side
         self._wake = wake
         self.passes = 0  # thread: renewal passes that went well
+        self.cancels: list[int] = []  # thread appends, greenlet side takes: asked to stop
         self.died: BaseException | None = None  # thread: why it ended, if not asked to
         self.ended = False  # thread: its connection is closed
 
@@ -110,8 +111,10 @@ class LeaseKeeper(Service):
         log: Any,
         counts: LeaseCounts | None = None,
         registration: Registration | None = None,
+        cancel: Callable[[int], object] | None = None,
     ) -> None:
         super().__init__()
+        self.cancel = cancel  # a held job asked to stop (cancels.request), on the hub
         self.settings = settings
         self.owner = owner
         self.registration = registration  # None: no heartbeat (a keeper under test)
@@ -145,6 +148,10 @@ class LeaseKeeper(Service):
                     ) from run.died
                 if run.ended:
                     raise LeaseThreadDied("lease renewal thread ended")
+                while run.cancels:
+                    job_id = run.cancels.pop()
+                    if self.cancel is not None:
+                        self.cancel(job_id)  # a no-op for one the listener stopped already
                 if run.passes != seen:
                     seen = run.passes
                     self.passed()
@@ -171,7 +178,7 @@ class LeaseKeeper(Service):
             # failure, sooner: two more missed intervals lose every lease.
             while True:
                 try:
-                    self.renew(store)
+                    run.cancels.extend(self.renew(store) or ())
                 except DatabaseUnavailable as exc:
                     failures += 1
                     self.counts.failures += 1
@@ -193,10 +200,10 @@ class LeaseKeeper(Service):
             run.ended = True
             run.wake()
 
-    def renew(self, store: Store) -> None:
+    def renew(self, store: Store) -> set[int]:
         """One pass (on the thread): give up the leases of held attempts past their time,
         then the heartbeat, which renews the others and says which are still this
-        worker's."""
+        worker's; returns those of them whose job was asked to stop (``cancel_job``)."""
         held = self.held.copy()  # one C call: atomic with respect to the greenlets
         now = time.monotonic()
         renewing = []
@@ -220,8 +227,8 @@ class LeaseKeeper(Service):
                     self.counts.lost += 1  # rescued already: not this worker's any more
         registration = self.registration
         if not renewing and registration is None:
-            return
-        registered, kept = store.heartbeat(
+            return set()
+        registered, kept, cancel = store.heartbeat(
             self.owner,
             attempts=[(entry.id, entry.token) for entry in renewing],
             draining=registration is not None and registration.draining,
@@ -240,6 +247,7 @@ class LeaseKeeper(Service):
             if entry.id not in kept and not entry.done and entry.move(LOST):
                 self.counts.lost += 1
                 entry.ctx.log.warning("job lease lost; its outcome will not be recorded")
+        return cancel
 
     def _past_time(self, entry: HeldJob, now: float) -> bool:
         """Whether a held attempt ran past its time: a handler past its timeout (and a

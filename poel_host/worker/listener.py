@@ -1,4 +1,5 @@
-"""Waking the producer when jobs are inserted: LISTEN, or polling alone.
+"""Waking the producer when jobs are inserted: LISTEN, or polling alone; and hearing
+that a running job was cancelled (``poel_cancel``, see ``worker/cancels.py``).
 
 The jobs table's trigger sends one ``NOTIFY poel_jobs`` per inserting statement, with the
 schema's name as payload. The listener keeps a connection LISTENing (re-established when
@@ -22,6 +23,7 @@ from poel_host.store import DB_ERRORS, Store
 from poel_host.worker.supervisor import Service
 
 NOTIFY_CHANNEL = "poel_jobs"  # as in sql/queries.sql (listen) and the jobs table's trigger
+CANCEL_CHANNEL = "poel_cancel"  # as in sql/queries.sql (listen_cancel, cancel_job)
 KEEPALIVE_S = 5.0  # a LISTEN connection can die silently: ping it when nothing came
 
 
@@ -29,12 +31,19 @@ class Listener(Service):
     name = "listener"
 
     def __init__(
-        self, settings: Settings, store: Store, *, wake: Callable[[], None], log: Any
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        wake: Callable[[], None],
+        log: Any,
+        cancel: Callable[[int], object] | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.store = store
         self.wake = wake
+        self.cancel = cancel  # a job id asked to stop (cancels.request)
         self.log = log
 
     def run(self) -> None:
@@ -73,9 +82,17 @@ class Listener(Service):
         while True:
             try:
                 for notify in conn.notifies(timeout=KEEPALIVE_S):
-                    if notify.payload == schema:
+                    if notify.channel == CANCEL_CHANNEL:
+                        self._cancelled(notify.payload, schema)
+                    elif notify.payload == schema:
                         self.wake()
             except DB_ERRORS as exc:  # notifies() reads the socket itself, not through the store
                 raise DatabaseUnavailable(f"listen connection lost: {one_line(exc)}") from exc
             self.store.ping(conn)
             self.passed()
+
+    def _cancelled(self, payload: str, schema: str) -> None:
+        """``"<schema> <job id>"``: a job of this schema asked to stop (cancel_job)."""
+        named, _, job_id = payload.rpartition(" ")
+        if named == schema and job_id.isdigit() and self.cancel is not None:
+            self.cancel(int(job_id))

@@ -161,7 +161,8 @@ class _Observations:
         m = self.metrics
         finished = CounterMetricFamily(
             "poel_jobs_finished",
-            "Job runs this worker finished, by job type and outcome (succeeded, retry, failed).",
+            "Job runs this worker finished, by job type and outcome "
+            "(succeeded, retry, failed, snoozed, discarded, cancelled).",
             labels=["job_type", "outcome"],
         )
         durations = HistogramMetricFamily(

@@ -42,6 +42,7 @@ from poel_host.worker.metrics import Metrics
 from poel_host.worker.problems import Problems
 from poel_host.worker.processes import ProcessPool
 from poel_host.worker.producer import Lane, Producer
+from poel_host.worker.progress import ProgressBoard
 from poel_host.worker.registry import Registration
 from poel_host.worker.run_once import run_once
 from poel_host.worker.runners import Runners
@@ -79,6 +80,7 @@ class Worker:
         self.queue_pool: Pool | None = None
         self.job_pool: Pool | None = None
         self._enqueuer: Queue | None = None
+        self.progress = ProgressBoard()  # ctx.progress reports, written by ProgressWriter
 
     # Life cycle -------------------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class Worker:
             enqueue=self._enqueue,
             cancelling=self.cancelling,
             threads=self.threads,
+            progress=self.progress,
             transitions=self.metrics.transitions,
             log=self.log,
         )
@@ -146,6 +149,7 @@ class Worker:
             log=self.log,
             processes=self.processes,
             threads=self.threads,
+            progress=self.progress,
         )
         self.producer = Producer(
             self.store,

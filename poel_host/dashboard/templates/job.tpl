@@ -4,17 +4,25 @@
 <tr><th>queue</th><td>{{job['queue']}}</td></tr>
 <tr><th>state</th><td class="state-{{job['state']}}" id="state">{{job['state']}}</td></tr>
 <tr><th>attempts</th><td>{{job['attempts']}} of {{job['max_attempts']}}</td></tr>
+% if job.get('snoozes'):
+<tr><th>snoozes</th><td id="snoozes">{{job['snoozes']}}</td></tr>
+% end
 <tr><th>priority</th><td>{{job['priority']}}</td></tr>
 <tr><th>unique key</th><td>{{job['unique_key'] or '-'}}</td></tr>
 <tr><th>created</th><td>{{when(job['created_at'])}}</td></tr>
 <tr><th>run at</th><td>{{when(job['run_at'])}}</td></tr>
 <tr><th>started</th><td>{{when(job['started_at'])}}</td></tr>
 <tr><th>finished</th><td>{{when(job['finished_at'])}}</td></tr>
+% if job['progress'] is None:
+<tr><th>progress</th><td id="progress">-</td></tr>
+% else:
+<tr><th>progress</th><td id="progress"><progress max="1" value="{{job['progress']}}"></progress> {{'{:.0%}'.format(job['progress'])}} {{job['progress_message'] or ''}}</td></tr>
+% end
 <tr><th>lease</th><td>{{job['lease_owner'] or '-'}} {{('until ' + when(job['lease_expires_at'])) if job['lease_expires_at'] else ''}}</td></tr>
 </table>
 % if session:
 <p id="actions">
-% for action, states in (("retry", ("failed", "cancelled")), ("cancel", ("queued",)), ("delete", ("succeeded", "failed", "cancelled"))):
+% for action, states in (("retry", ("failed", "cancelled")), ("cancel", ("queued", "running")), ("delete", ("succeeded", "failed", "cancelled"))):
 % if job['state'] in states:
 <form class="inline" method="post" action="{{root}}/jobs/{{job['id']}}/{{action}}"><input type="hidden" name="csrf" value="{{csrf}}"><button id="{{action}}">{{action}}</button></form>
 % end
@@ -28,6 +36,17 @@
 <pre id="payload">{{payload.text}}</pre>
 % if payload.cut:
 <p class="note">{{payload.length}} characters; <a href="?full=1">show all</a></p>
+% end
+% end
+<h2>Result</h2>
+% if job['result'] is None:
+<p class="note" id="result">{{'none' if job['state'] == 'succeeded' else 'none yet' if job['state'] in ('queued', 'running') else 'none'}}</p>
+% elif result is None:
+<p class="note" id="result">hidden (POEL_DASHBOARD_PAYLOADS=shown shows results too)</p>
+% else:
+<pre id="result">{{result.text}}</pre>
+% if result.cut:
+<p class="note">{{result.length}} characters; <a href="?full=1">show all</a></p>
 % end
 % end
 <h2>Errors</h2>

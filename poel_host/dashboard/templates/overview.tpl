@@ -8,7 +8,7 @@
 <table id="queues">
 <tr><th>queue</th><th>job type</th><th>queued (due)</th><th>oldest waits</th><th>running</th><th>succeeded, last hour</th><th>failed, last hour</th></tr>
 % for (queue, job_type), g in groups:
-<tr><td>{{queue}}</td><td><a href="{{root}}/jobs?type={{q(job_type)}}">{{job_type}}</a></td>
+<tr><td>{{queue}}{{!' <strong class="paused">paused</strong>' if ('queue', queue) in paused else ''}}</td><td><a href="{{root}}/jobs?type={{q(job_type)}}">{{job_type}}</a>{{!' <strong class="paused">paused</strong>' if ('type', job_type) in paused else ''}}</td>
 <td class="n">{{g['queued'] if g['queued'] < 10000 else '10,000+'}}</td><td class="n">{{ago(g['oldest_s']) if g['oldest_s'] is not None else '-'}}</td>
 <td class="n">{{g['running']}}</td><td class="n">{{g['succeeded']}}</td><td class="n">{{g['failed']}}</td></tr>
 % end
@@ -16,6 +16,27 @@
 <tr><td colspan="7" class="note">nothing queued, running or finished in the last hour</td></tr>
 % end
 </table>
+<h2>Paused</h2>
+<p class="note">A paused queue's or job type's queued jobs wait: no worker claims them until it is resumed; running jobs finish, enqueueing and schedules go on.</p>
+<table id="pauses">
+<tr><th>kind</th><th>name</th><th>since</th><th>by</th><th>reason</th><th></th></tr>
+% for p in pauses:
+<tr><td>{{'job type' if p['kind'] == 'type' else 'queue'}}</td><td>{{p['name']}}</td><td>{{when(p['paused_at'])}}</td><td>{{p['paused_by']}}</td><td>{{p['reason'] or '-'}}</td>
+<td>
+% if session:
+<form class="inline" method="post" action="{{root}}/resume"><input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="kind" value="{{p['kind']}}"><input type="hidden" name="name" value="{{p['name']}}"><button>resume</button></form>
+% end
+</td></tr>
+% end
+% if not pauses:
+<tr><td colspan="6" class="note">nothing is paused</td></tr>
+% end
+</table>
+% if session:
+<form id="pause" method="post" action="{{root}}/pause"><input type="hidden" name="csrf" value="{{csrf}}">
+<select name="kind"><option value="queue">queue</option><option value="type">job type</option></select>
+<input name="name" required maxlength="200" placeholder="name"> <input name="reason" maxlength="1000" placeholder="reason (optional)"> <button>pause</button></form>
+% end
 <h2>Last hour</h2>
 % top = max([1] + [ok + bad for _, ok, bad in chart])
 <svg class="chart" width="600" height="80" role="img" aria-label="jobs finished a minute over the last hour">
