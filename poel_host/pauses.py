@@ -84,20 +84,11 @@ def check_name(kind: str, name: object) -> None:
 
 def check_note(label: str, text: str | None, limit: int) -> None:
     """A pause's reason or author: optional text of at most ``limit`` characters."""
-    if text is None:
-        return
-    if not isinstance(text, str):
-        raise InvalidName(f"the {label} must be a string, got {_show(text)}")
-    if len(text) > limit:
-        raise InvalidName(f"the {label} is {len(text)} characters, over the limit of {limit}")
-    problem = payloads.text_problem(text)
-    if problem:
-        raise InvalidName(f"the {label} {problem}")
+    if problem := payloads.optional_text_problem(f"the {label}", text, limit):
+        raise InvalidName(problem)
 
 
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+_show = payloads.shown
 
 
 class Pausing:

@@ -101,6 +101,26 @@ def text_problem(text: str) -> str | None:
     return None
 
 
+def shown(value: object) -> str:
+    """A value for an error message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def optional_text_problem(name: str, text: object, limit: int) -> str | None:
+    """Why ``text`` is not an optional string of at most ``limit`` characters that
+    PostgreSQL can store (a message naming ``name``), or None: the one check behind a
+    job's queue and unique key and a pause's reason and author."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        return f"{name} must be a string, got {shown(text)}"
+    if len(text) > limit:
+        return f"{name} is {len(text)} characters, over the limit of {limit}"
+    problem = text_problem(text)
+    return f"{name} {problem}" if problem else None
+
+
 def _check_text(job_type: str, text: str) -> None:
     problem = text_problem(text)
     if problem:

@@ -292,15 +292,8 @@ def _check_request(request: JobRequest) -> None:
         ("queue", request.queue, MAX_NAME_CHARS),
         ("unique_key", request.unique_key, MAX_UNIQUE_KEY_CHARS),
     ):
-        if text is None:
-            continue
-        if not isinstance(text, str):
-            raise refuse(f"{name} must be a string, got {_show(text)}")
-        if len(text) > limit:
-            raise refuse(f"{name} is {len(text)} characters, over the limit of {limit}")
-        problem = payloads.text_problem(text)
-        if problem:
-            raise refuse(f"{name} {problem}")
+        if problem := payloads.optional_text_problem(name, text, limit):
+            raise refuse(problem)
     if request.run_at is not None and not isinstance(request.run_at, dt.datetime):
         raise refuse(f"run_at must be a datetime, got {_show(request.run_at)}")
     delay = request.delay
@@ -312,7 +305,4 @@ def _check_request(request: JobRequest) -> None:
             raise refuse(f"delay must be at most 100 years, got {_show(delay)}")
 
 
-def _show(value: Any) -> str:
-    """A value for an error message: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+_show = payloads.shown

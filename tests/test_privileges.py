@@ -74,3 +74,25 @@ def test_enqueue_function_is_not_executable_by_public(poel_conn):
         " integer, text, integer, text)', 'EXECUTE') AS public_can"
     ).fetchone()
     assert row["public_can"] is False
+
+
+def test_a_role_granted_what_the_readme_lists_waits_for_a_result(
+    producer_role, poel_dsn, poel_conn
+):
+    ident = sql.Identifier(producer_role)
+    poel_conn.execute(sql.SQL("GRANT SELECT ON poel.all_jobs TO {}").format(ident))
+    poel_conn.execute(
+        sql.SQL("GRANT INSERT, SELECT, DELETE ON poel.result_waiters TO {}").format(ident)
+    )
+    job_id = poel_conn.execute(
+        "INSERT INTO poel.jobs (job_type, payload, state, finished_at, result)"
+        " VALUES ('test.record', '{}', 'succeeded', now(), '{\"n\": 1}') RETURNING id"
+    ).fetchone()["id"]
+    queued = poel_conn.execute(
+        "INSERT INTO poel.jobs (job_type, payload) VALUES ('test.record', '{}') RETURNING id"
+    ).fetchone()["id"]
+    with Queue(_as(producer_role, poel_dsn)) as queue:
+        assert queue.result(job_id, timeout=5) == {"n": 1}
+        with pytest.raises(TimeoutError):
+            queue.result(queued, timeout=0.2)  # registered, waited, and removed itself
+    assert poel_conn.execute("SELECT count(*) AS n FROM poel.result_waiters").fetchone()["n"] == 0
