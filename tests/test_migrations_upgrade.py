@@ -170,6 +170,10 @@ def test_a_million_row_upgrade_barely_stalls_claims(poel_conn, serve, wait_for, 
         f"in a transaction: {blocked:.3f} s over a {blocked_took:.1f} s migration"
     )
     assert stall < MAX_STALL_S and host < MAX_STALL_S
-    # the same build in a transaction holds the claims for about its whole length
-    assert blocked > MAX_STALL_S
+    # The same build in a transaction holds the claims for about its whole length: the
+    # control that shows the stall measure sees a stall. (Compared with the build's own
+    # length and the concurrent stall, not with MAX_STALL_S: on a quiet machine the build
+    # took 1.8 s, and the claims waited 1.78 s of it.)
+    assert blocked > 0.7 * blocked_took
+    assert blocked > 10 * stall
     assert blocked > 0.8 * blocked_took
