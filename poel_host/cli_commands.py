@@ -10,11 +10,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from poel_host import cli_pauses
+from poel_host import cli_pauses, cli_table
 from poel_host.errors import PoelError
 from poel_host.logs import get_logger
 from poel_host.settings import Settings
@@ -95,7 +95,7 @@ def cmd_plugins(settings: Settings, args: argparse.Namespace) -> int:
                     _schedule(job),
                 )
             )
-    print(_table(rows))
+    print(cli_table.table(rows))
     if not description["plugins"]:
         print("(no plugins loaded: install one, e.g. pip install poel-records)")
     for failed in description["failed"]:
@@ -174,7 +174,7 @@ def cmd_workers(settings: Settings, args: argparse.Namespace) -> int:
                 ", ".join(f"{p['name']} {p['version'] or '?'}" for p in r["plugins"]) or "-",
             )
         )
-    print(_table(table))
+    print(cli_table.table(table))
     if not rows:
         print("(no worker registered: start one with poel-host serve)")
     return 0
@@ -251,7 +251,7 @@ def _jobs(store: Any, args: argparse.Namespace) -> int:
                         (r["last_error"] or "")[:60],
                     )
                 )
-            print(_table(table))
+            print(cli_table.table(table))
     return 0
 
 
@@ -270,14 +270,6 @@ def _schedule(job: dict[str, Any]) -> str:
     if not job.get("schedule"):
         return "-"
     return f"{job['schedule']} (next {job['next_run']})"
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
 
 
 # Commands that never open a connection: no embedded server is started for them.

@@ -11,6 +11,7 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING
 
+from poel_host import cli_table
 from poel_host.errors import PoelError
 from poel_host.settings import Settings
 
@@ -47,8 +48,6 @@ def cmd_resume(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_pauses(settings: Settings, args: argparse.Namespace) -> int:
-    from poel_host.cli_commands import _table
-
     with _queue(settings) as queue:
         pauses = queue.pauses()
     if args.json:
@@ -61,7 +60,7 @@ def cmd_pauses(settings: Settings, args: argparse.Namespace) -> int:
     for p in pauses:
         since = p.paused_at.isoformat(timespec="seconds")
         rows.append((p.kind, p.name, since, p.paused_by, p.reason or "-"))
-    print(_table(rows))
+    print(cli_table.table(rows))
     return 0
 
 
