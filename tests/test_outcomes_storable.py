@@ -16,7 +16,7 @@ from poel_host import Queue
 from poel_host.logs import get_logger
 from poel_host.plugins import load_plugins
 from poel_host.worker import Worker
-from poel_host.worker.executor import Outcome
+from poel_host.worker.outcomes import Outcome
 
 BAD = ["error_nul", "error_surrogate", "error_huge", "error_unprintable", "error_nul_str"]
 

@@ -15,7 +15,7 @@ from poel_host import JobFailed, JobNotFound, Queue, ResultTimeout
 from poel_host.logs import get_logger
 from poel_host.plugins import load_plugins
 from poel_host.worker import Worker
-from poel_host.worker.executor import Outcome
+from poel_host.worker.outcomes import Outcome
 from poel_host.worker.progress import ProgressBoard, ProgressWriter
 
 

@@ -37,8 +37,8 @@ from poel_host.settings import Settings
 from poel_host.worker.cancels import CancelRequested
 from poel_host.worker.child import PLUGINS_VARIABLE
 from poel_host.worker.children import ChildDied, ChildProcess
-from poel_host.worker.executor import STOPPED, Ran
 from poel_host.worker.held import HeldJob
+from poel_host.worker.outcomes import STOPPED, Ran
 
 START_TIMEOUT_S = 60.0
 UNHEALTHY_AFTER = 3  # a starter's failures in a row before the worker says it is failing

@@ -26,8 +26,8 @@ import gevent.queue
 from poel_host.backoff import pause
 from poel_host.errors import DatabaseUnavailable, error_text, one_line
 from poel_host.store import Store
-from poel_host.worker.executor import Outcome
 from poel_host.worker.held import HANDED_BACK, HANDING_BACK, LOST, WRITTEN, Held, HeldJob
+from poel_host.worker.outcomes import Outcome
 from poel_host.worker.problems import Problems
 from poel_host.worker.supervisor import Service
 

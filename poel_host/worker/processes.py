@@ -31,8 +31,8 @@ from poel_host.settings import Settings
 from poel_host.worker import process_readings
 from poel_host.worker.child_pool import START_TIMEOUT_S, Children
 from poel_host.worker.children import ChildProcess
-from poel_host.worker.executor import Ran
 from poel_host.worker.held import HANDING_BACK, HeldJob
+from poel_host.worker.outcomes import Ran
 from poel_host.worker.slots import Slots
 
 AHEAD_BUDGET_S = 0.010  # work claimed ahead per busy child, at the recent jobs' pace
