@@ -21,7 +21,7 @@ _EXPORTS = {
     "Migration": "poel_host.sqlfiles",
     "PackageSql": "poel_host.sqlfiles",
     "Queue": "poel_host.queue",
-    "JobRequest": "poel_host.queue",
+    "JobRequest": "poel_host.job_requests",
     "Settings": "poel_host.settings",
     "load_settings": "poel_host.settings",
     "PoelError": "poel_host.errors",
@@ -75,9 +75,10 @@ if TYPE_CHECKING:
         UnknownJobType,
     )
     from poel_host.hookspecs import hookimpl, hookspec
+    from poel_host.job_requests import JobRequest
     from poel_host.jobs import Job, JobCancelled, JobContext
     from poel_host.pauses import Pause
-    from poel_host.queue import JobRequest, Queue
+    from poel_host.queue import Queue
     from poel_host.settings import Settings, load_settings
     from poel_host.snooze_discard import Discard, Snooze
     from poel_host.sqlfiles import Migration, PackageSql
