@@ -34,7 +34,6 @@ import io
 import json
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -57,6 +56,7 @@ from poel_host.results import ResultError, encode_result
 from poel_host.settings import Settings, load_settings
 from poel_host.snooze_discard import Discard, Snooze, discard_error, seconds_of
 from poel_host.store import Store
+from poel_host.worker.child_lifetime import die_with_parent, end_group, rss_kb
 from poel_host.worker.child_progress import ProgressSender
 from poel_host.worker.job_connections import bounded_transaction
 
@@ -65,8 +65,6 @@ ERROR_PREFIX = "poel-host worker process: error: "  # the line a child that cann
 # Children run below serve's CPU priority, as batch tasks: on a machine whose cores they
 # fill, serve's claims, lease renewals and /health still get the CPU at once.
 NICENESS = 5
-PARENT_GONE_EXIT = 70
-PARENT_GONE_SIGNAL = signal.SIGHUP  # a signal the child handles (SIGKILL would orphan helpers)
 
 
 class Connections:
@@ -217,38 +215,6 @@ def last_traceback(limit: int = 8000) -> str:
     return traceback.format_exc()[-limit:]
 
 
-def rss_kb() -> int:
-    """This process's resident memory now, in KiB (0 where /proc is not there)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def end_group() -> None:
-    """Serve is gone: end this process and everything its jobs started, at once.
-
-    Started by serve, the child leads a process group of its own (``start_new_session``),
-    and SIGKILL to that group ends it and its helper programs together. Run any other way
-    (its group is not its own: a terminal's, serve's) it only exits.
-    """
-    pid = os.getpid()
-    if pid > 1 and os.getpgrp() == pid:
-        os.killpg(pid, signal.SIGKILL)
-    os._exit(PARENT_GONE_EXIT)
-
-
-def _die_with_parent() -> None:
-    """Linux: be sent ``PARENT_GONE_SIGNAL`` when serve dies (belt and braces beside
-    stdin's end), handled by ending the process group."""
-    signal.signal(PARENT_GONE_SIGNAL, lambda signum, frame: end_group())
-    with contextlib.suppress(Exception):  # not Linux, or no libc: stdin's end still works
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, PARENT_GONE_SIGNAL)  # PR_SET_PDEATHSIG
-
-
 def _import(plugin: str, module: str) -> tuple[str, Any]:
     """A plugin's module, or a one-line error naming the plugin (what serve reports when
     no child can start)."""
@@ -269,7 +235,7 @@ def main() -> int:
     os.dup2(2, 1)  # a handler's print() (and a C library's output) goes to stderr,
     if isinstance(sys.stdout, io.TextIOWrapper):  # a line at a time, as it is printed
         sys.stdout.reconfigure(line_buffering=True)
-    _die_with_parent()
+    die_with_parent()
     with contextlib.suppress(OSError, AttributeError):  # not here: at serve's priority
         os.nice(NICENESS)
         # Linux: a CPU-bound batch task, which never preempts a task that just woke up
