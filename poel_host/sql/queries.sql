@@ -611,11 +611,11 @@ WITH moved AS (
 INSERT INTO {schema}.jobs_history
     (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
      last_error, errors, unique_key, handbacks, created_at, started_at, finished_at,
-     updated_at, result, progress, progress_message, snoozes)
+     updated_at, result, progress, progress_message, snoozes, key)
 SELECT id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
        last_error, errors, unique_key, handbacks, created_at, started_at,
        coalesce(finished_at, updated_at), updated_at, result, progress, progress_message,
-       snoozes
+       snoozes, key
 FROM moved
 RETURNING id
 
@@ -713,10 +713,10 @@ WITH in_place AS (
     INSERT INTO {schema}.jobs
         (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
          last_error, errors, unique_key, handbacks, created_at, updated_at, result,
-         progress, progress_message)
+         progress, progress_message, key)
     SELECT id, queue, job_type, payload, 'queued', priority, now(), 0, max_attempts,
            last_error, errors, unique_key, handbacks, created_at, now(), result, progress,
-           progress_message
+           progress_message, key
     FROM {schema}.jobs_history
     WHERE id = %(id)s AND state IN ('failed', 'cancelled')
     RETURNING id
@@ -896,10 +896,10 @@ WITH in_place AS (
     INSERT INTO {schema}.jobs
         (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
          last_error, errors, unique_key, handbacks, created_at, updated_at, result,
-         progress, progress_message)
+         progress, progress_message, key)
     SELECT id, queue, job_type, payload, 'queued', priority, now(), 0, max_attempts,
            last_error, errors, unique_key, handbacks, created_at, now(), result, progress,
-           progress_message
+           progress_message, key
     FROM {schema}.jobs_dead
     WHERE job_type = %(job_type)s
     ON CONFLICT DO NOTHING
