@@ -6,7 +6,7 @@
 --   rate, per_ms at most `rate` starts in any window of `per_ms` milliseconds;
 --   per_key      a type's concurrency and rate hold for each job key apart;
 --   fair         a type's queued jobs are claimed in weighted turn between their keys
---                (key_weights: {"a key": 3}, 1 for a key not named);
+--                (key_weights: a JSON object of key to weight, 1 for a key not named);
 --   key_field    the payload field whose value is a job's key when its producer gave
 --                none (read at enqueue).
 -- A job's key (jobs.key: a tenant, a record, a user) is what per-key limits and fair
@@ -27,7 +27,7 @@ CREATE TABLE {schema}.steering (
     per_ms      integer CONSTRAINT steering_per_valid CHECK (per_ms >= 1),
     per_key     boolean NOT NULL DEFAULT false,
     fair        boolean NOT NULL DEFAULT false,
-    key_weights jsonb NOT NULL DEFAULT '{}'
+    key_weights jsonb NOT NULL DEFAULT jsonb_build_object()
                     CONSTRAINT steering_key_weights_valid CHECK (jsonb_typeof(key_weights) = 'object'),
     key_field   text CONSTRAINT steering_key_field_valid CHECK (char_length(key_field) BETWEEN 1 AND 200),
     source      text NOT NULL DEFAULT 'operator'
