@@ -82,6 +82,7 @@ WITH due AS (
         SELECT id FROM {schema}.jobs
         WHERE id = c.id AND state::text = 'queued' AND ready
           AND queue <> ALL (ARRAY(SELECT name FROM {schema}.pauses WHERE kind = 'queue'))
+          AND queue <> ALL (ARRAY(SELECT name FROM {schema}.steering WHERE kind = 'queue'))
         FOR UPDATE SKIP LOCKED
     ) AS locked
     LIMIT %(limit)s
@@ -99,14 +100,30 @@ RETURNING j.id, j.queue, j.job_type, j.payload::text AS payload, j.attempts, j.m
 -- ready_jobs --
 -- One branch of claim_jobs: the due jobs of one of the lane's job types (the store
 -- numbers the branches), in claim order. A paused type's branch is switched off whole (see
--- claim_jobs): its backlog is not read.
+-- claim_jobs): its backlog is not read. So is a steered type's, and a steered queue's jobs
+-- are passed over as a paused queue's are: claim_steered (migration 0020) takes them.
 (SELECT id, priority, run_at FROM {schema}.jobs
  WHERE state = 'queued' AND ready AND job_type = (%(job_types)s::text[])[{type_number}]
    AND run_at <= now()
    AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
    AND NOT EXISTS (SELECT FROM {schema}.pauses AS p
                    WHERE p.kind = 'type' AND p.name = (%(job_types)s::text[])[{type_number}])
+   AND NOT EXISTS (SELECT FROM {schema}.steering AS st
+                   WHERE st.kind = 'type' AND st.name = (%(job_types)s::text[])[{type_number}])
  ORDER BY priority DESC, run_at, id)
+
+-- claim_steered --
+-- The jobs of steered types and queues, under their limits (claim_steered in migration
+-- 0020); a row with a NULL id carries when a full rate window opens again, in seconds
+-- from now on the server's clock (the worker's may differ from it).
+SELECT c.id, c.queue, c.job_type, c.payload, c.attempts, c.max_attempts, c.created_at,
+       c.snoozes, extract(epoch FROM c.reopens_at - clock_timestamp())::float8 AS reopens_in
+FROM {schema}.claim_steered(%(job_types)s::text[], %(queues)s::text[], %(limit)s,
+                            %(owner)s, %(token)s::uuid, %(lease_ms)s::bigint) AS c
+
+-- steered_names --
+-- What is steered (the workers' cache of which lanes need claim_steered).
+SELECT kind, name FROM {schema}.steering
 
 -- promote_due --
 -- Mark ready the future jobs that have become due (up to `limit`, oldest first), so that

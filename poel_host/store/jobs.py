@@ -96,6 +96,41 @@ class JobStore(StoreBase):
             lambda conn: conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
         )
 
+    def claim_steered(
+        self,
+        *,
+        job_types: Sequence[str],
+        queues: Sequence[str] | None,
+        limit: int,
+        owner: str,
+        token: str,
+        lease_ms: int | None,
+    ) -> tuple[list[dict[str, Any]], float | None]:
+        """Claim up to ``limit`` jobs of steered types and queues under their limits (see
+        ``claim_steered`` in migration 0020): the rows, and in how many seconds a rate
+        window this claim found full opens again (None when none did)."""
+        params = {
+            "job_types": list(job_types),
+            "queues": None if queues is None else list(queues),
+            "limit": limit,
+            "owner": owner,
+            "token": token,
+            "lease_ms": lease_ms,
+        }
+        rows = self._all("claim_steered", params)
+        reopens = [row["reopens_in"] for row in rows if row["id"] is None]
+        jobs = [row for row in rows if row["id"] is not None]
+        for row in jobs:
+            del row["reopens_in"]
+        return jobs, (min(reopens) if reopens else None)
+
+    def steered_names(self) -> tuple[set[str], bool]:
+        """The steered job types, and whether any queue is steered."""
+        rows = self._all("steered_names", None)
+        return {r["name"] for r in rows if r["kind"] == "type"}, any(
+            r["kind"] == "queue" for r in rows
+        )
+
     def promote_due(self, *, limit: int, connection: Conn | None = None) -> int:
         """Mark ready up to ``limit`` future jobs that have become due; how many."""
         return len(self._all("promote_due", {"limit": limit}, connection))

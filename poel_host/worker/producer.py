@@ -62,6 +62,9 @@ class Lane:
     slots: Capacity
     wake: gevent.event.Event = field(default_factory=gevent.event.Event)
     backlog: gevent.event.Event = field(default_factory=gevent.event.Event)  # last claim full
+    # When a rate window the last steered claim found full opens again (time.monotonic()):
+    # the claim loop sleeps no longer than that instead of polling the closed window.
+    reopens_at: float | None = None
 
     @property
     def size(self) -> int:
@@ -107,6 +110,7 @@ class Producer:
         self.stopping = stopping
         self.log = log
         self.unanswered: list[str] = []  # tokens of claims whose answer was lost
+        self.steering = SteeringCache(store)
 
     def loops(self) -> list[ClaimLoop]:
         return [ClaimLoop(self, lane, helper=i > 0) for lane in self.lanes for i in range(CLAIMERS)]
@@ -138,14 +142,30 @@ class Producer:
         token = str(uuid.uuid4())
         started = time.perf_counter()
         try:
-            rows = self.store.claim_jobs(
-                job_types=lane.job_types,
-                queues=self.settings.queue_names,
-                limit=limit,
-                owner=self.owner,
-                token=token,
-                lease_ms=lease_ms,
-            )
+            # Steered jobs first: their gates bound what they take, and the plain claim
+            # fills the rest (taking it first, a backlog of plain jobs would leave the
+            # steered ones no room).
+            rows: list[dict[str, Any]] = []
+            lane.reopens_at = None
+            if self.steering.needed(lane.job_types):
+                rows, reopens = self.store.claim_steered(
+                    job_types=lane.job_types,
+                    queues=self.settings.queue_names,
+                    limit=limit,
+                    owner=self.owner,
+                    token=token,
+                    lease_ms=lease_ms,
+                )
+                lane.reopens_at = reopens_in(reopens)
+            if len(rows) < limit:
+                rows += self.store.claim_jobs(
+                    job_types=lane.job_types,
+                    queues=self.settings.queue_names,
+                    limit=limit - len(rows),
+                    owner=self.owner,
+                    token=token,
+                    lease_ms=lease_ms,
+                )
         except DatabaseUnavailable:
             self.unanswered.append(token)
             raise
@@ -212,4 +232,40 @@ class ClaimLoop(Service):
                 continue
             lane.backlog.clear()
             if not self.helper:
-                lane.wake.wait(p.settings.poll_interval_ms / 1000)
+                lane.wake.wait(poll_wait(p.settings.poll_interval_ms / 1000, lane.reopens_at))
+
+
+def reopens_in(seconds: float | None) -> float | None:
+    """A reopening ``seconds`` from now (by the server's clock) on this process's
+    monotonic clock."""
+    return None if seconds is None else time.monotonic() + max(0.0, seconds)
+
+
+def poll_wait(poll: float, reopens_at: float | None) -> float:
+    """How long an idle claim loop waits: the poll interval, or less when a rate window
+    opens sooner (a few milliseconds after, so the window is open when the claim comes)."""
+    if reopens_at is None:
+        return poll
+    return max(0.0, min(poll, reopens_at - time.monotonic() + 0.002))
+
+
+class SteeringCache:
+    """Which job types and queues are steered, read at most once a second.
+
+    The plain claim skips steered jobs in the database itself, so a stale cache can only
+    make them wait (up to a second) for the steered claim, never run them unsteered."""
+
+    TTL = 1.0
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.types: set[str] = set()
+        self.queues = False
+        self.read_at = -self.TTL
+
+    def needed(self, job_types: list[str]) -> bool:
+        """Whether a claim for ``job_types`` must also run the steered claim."""
+        if time.monotonic() - self.read_at >= self.TTL:
+            self.types, self.queues = self.store.steered_names()
+            self.read_at = time.monotonic()
+        return self.queues or not self.types.isdisjoint(job_types)
