@@ -28,6 +28,7 @@ class JobRequest:
     queue: str | None = None
     max_attempts: int | None = None
     unique_key: str | None = None
+    key: str | None = None  # its key (a tenant, a record): per-key limits, fair shares
 
 
 def delay_ms(job_type: str, delay: float | dt.timedelta | None) -> int:
@@ -74,6 +75,7 @@ def check_request(request: JobRequest) -> None:
     for name, text, limit in (
         ("queue", request.queue, MAX_NAME_CHARS),
         ("unique_key", request.unique_key, MAX_UNIQUE_KEY_CHARS),
+        ("key", request.key, MAX_NAME_CHARS),
     ):
         if problem := payloads.optional_text_problem(name, text, limit):
             raise refuse(problem)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from pydantic import BaseModel
 
+from poel_host.job_steering import steering_problems
 from poel_host.results import check_progress
 
 if TYPE_CHECKING:
@@ -69,6 +70,18 @@ class Job:
         CPU-heavy Python: minutes of CPU without starving the worker).
     :param max_snoozes: times a job may snooze (``ctx.snooze``); one more fails it.
         ``None``: no bound (a job that polls for as long as it takes).
+
+    Steering, enforced by the database across every worker (see the README's "Steering"):
+
+    :param concurrency: at most this many slots of the type running at once, fleet-wide
+        (per key with ``per_key``); each job takes ``weight`` slots.
+    :param weight: slots one job takes of its type's and its queue's limits.
+    :param rate: at most this many starts in any window of ``per`` seconds.
+    :param key: the payload field whose value is a job's key (a tenant, a record), unless
+        its producer passes ``key=``.
+    :param per_key: ``concurrency`` and ``rate`` hold for each key apart.
+    :param fair: claim the keys in weighted turn (``key_weights``: key -> weight, 1 for
+        any other), so one key's backlog does not hold back another's jobs.
     """
 
     type: str
@@ -82,6 +95,14 @@ class Job:
     priority: int = 0
     executor: Executor = "greenlet"
     max_snoozes: int | None = DEFAULT_MAX_SNOOZES
+    concurrency: int | None = None
+    weight: int = 1
+    rate: int | None = None
+    per: float = 1.0
+    key: str | None = None
+    per_key: bool = False
+    fair: bool = False
+    key_weights: dict[str, int] | None = field(default=None, hash=False)  # a dict: unhashable
 
     def __post_init__(self) -> None:
         problems = []
@@ -115,6 +136,7 @@ class Job:
             problems.append(
                 f"max_snoozes must be an integer >= 0 or None, got {self.max_snoozes!r}"
             )
+        problems.extend(steering_problems(self))
         if self.executor not in EXECUTORS:
             problems.append(f"executor {self.executor!r} is not one of {', '.join(EXECUTORS)}")
         if self.schedule is not None:

@@ -17,6 +17,7 @@ from poel_host import payloads
 from poel_host.database import KeptConnection
 from poel_host.errors import DuplicateJob, UnknownJobType
 from poel_host.job_requests import JobRequest, check_request, delay_ms
+from poel_host.job_steering import job_key
 from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Job
 from poel_host.pauses import Pausing
 from poel_host.store import Store
@@ -86,6 +87,7 @@ class Queue(Pausing):
         queue: str | None = None,
         max_attempts: int | None = None,
         unique_key: str | None = None,
+        key: str | None = None,
         connection: psycopg.Connection[Any] | None = None,
         allow_unknown: bool | None = None,
     ) -> int:
@@ -95,7 +97,7 @@ class Queue(Pausing):
         when a live job has the same ``unique_key``.
         """
         request = JobRequest(
-            job_type, payload, run_at, delay, priority, queue, max_attempts, unique_key
+            job_type, payload, run_at, delay, priority, queue, max_attempts, unique_key, key
         )
         ids = self._insert([request], connection=connection, allow_unknown=allow_unknown)
         if ids[0] is None:
@@ -143,6 +145,7 @@ class Queue(Pausing):
                 "queues",
                 "max_attempts",
                 "unique_keys",
+                "keys",
             )
         }
         for request in requests:
@@ -166,6 +169,7 @@ class Queue(Pausing):
                 attempts = job.max_attempts if job else DEFAULT_MAX_ATTEMPTS
             columns["max_attempts"].append(attempts)
             columns["unique_keys"].append(request.unique_key)
+            columns["keys"].append(request.key if request.key is not None else job_key(job, body))
         return columns
 
     def _job(self, job_type: str, allow_unknown: bool) -> Job | None:

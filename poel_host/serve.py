@@ -19,6 +19,7 @@ from poel_host.autovacuum import check_autovacuum
 from poel_host.database import connection_for
 from poel_host.green import check_green
 from poel_host.httpapp import make_app, start_server
+from poel_host.job_steering import declared_rows
 from poel_host.logs import get_logger
 from poel_host.plugins import Plugins, load_plugins
 from poel_host.settings import Settings
@@ -55,7 +56,9 @@ def prepare_schema(settings: Settings, plugins: Plugins, log: Any) -> None:
                 log.info("migrations applied", migrations=applied)
         else:
             migrations.check_up_to_date(conn, settings.schema_name, plugins.migrations())
-        check_autovacuum(Store(settings.schema_name), conn, log)
+        store = Store(settings.schema_name)
+        store.declare_steering(declared_rows(plugins.jobs.values()), conn)
+        check_autovacuum(store, conn, log)
 
 
 def settle_memory() -> None:

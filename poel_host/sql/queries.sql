@@ -13,15 +13,16 @@ WITH input AS MATERIALIZED (
            t.*
     FROM unnest(%(job_types)s::text[], %(payloads)s::jsonb[], %(run_ats)s::timestamptz[],
                 %(delays_ms)s::bigint[], %(priorities)s::integer[], %(queues)s::text[],
-                %(max_attempts)s::integer[], %(unique_keys)s::text[])
+                %(max_attempts)s::integer[], %(unique_keys)s::text[], %(keys)s::text[])
          WITH ORDINALITY
-         AS t(job_type, payload, run_at, delay_ms, priority, queue, max_attempts, unique_key, n)
+         AS t(job_type, payload, run_at, delay_ms, priority, queue, max_attempts, unique_key,
+              key, n)
 ), inserted AS (
     INSERT INTO {schema}.jobs AS j
-        (id, job_type, payload, run_at, priority, queue, max_attempts, unique_key)
+        (id, job_type, payload, run_at, priority, queue, max_attempts, unique_key, key)
     SELECT i.id, i.job_type, i.payload,
            coalesce(i.run_at, now() + i.delay_ms * interval '1 millisecond'),
-           i.priority, i.queue, i.max_attempts, i.unique_key
+           i.priority, i.queue, i.max_attempts, i.unique_key, i.key
     FROM input AS i
     ORDER BY i.n
     ON CONFLICT (job_type, unique_key)
@@ -120,6 +121,39 @@ SELECT c.id, c.queue, c.job_type, c.payload, c.attempts, c.max_attempts, c.creat
        c.snoozes, extract(epoch FROM c.reopens_at - clock_timestamp())::float8 AS reopens_in
 FROM {schema}.claim_steered(%(job_types)s::text[], %(queues)s::text[], %(limit)s,
                             %(owner)s, %(token)s::uuid, %(lease_ms)s::bigint) AS c
+
+-- declare_steering --
+-- A serve's plugins' steering (their Jobs' options), written as it starts: each steered
+-- type's code row is written or replaced, a type this serve loads but no longer steers
+-- loses its code row, and an operator's row (source 'operator') is never touched. A row
+-- already as declared is not rewritten (each serve of a fleet writes the same).
+WITH declared AS (
+    SELECT * FROM unnest(%(types)s::text[], %(concurrency)s::integer[], %(weight)s::integer[],
+                         %(rate)s::integer[], %(per_ms)s::integer[], %(per_key)s::boolean[],
+                         %(fair)s::boolean[], %(key_weights)s::jsonb[], %(key_field)s::text[])
+        AS d(name, concurrency, weight, rate, per_ms, per_key, fair, key_weights, key_field)
+), gone AS (
+    DELETE FROM {schema}.steering AS st
+    WHERE st.kind = 'type' AND st.source = 'code' AND st.name = ANY(%(loaded)s::text[])
+      AND st.name <> ALL(%(types)s::text[])
+)
+INSERT INTO {schema}.steering AS st
+    (kind, name, concurrency, weight, rate, per_ms, per_key, fair, key_weights, key_field,
+     source)
+SELECT 'type', d.name, d.concurrency, d.weight, d.rate, d.per_ms, d.per_key, d.fair,
+       d.key_weights, d.key_field, 'code'
+FROM declared AS d
+ON CONFLICT ON CONSTRAINT steering_pkey DO UPDATE
+SET concurrency = excluded.concurrency, weight = excluded.weight, rate = excluded.rate,
+    per_ms = excluded.per_ms, per_key = excluded.per_key, fair = excluded.fair,
+    key_weights = excluded.key_weights, key_field = excluded.key_field,
+    set_at = now(), set_by = session_user
+WHERE st.source = 'code'
+  AND (st.concurrency, st.weight, st.rate, st.per_ms, st.per_key, st.fair, st.key_weights,
+       st.key_field)
+      IS DISTINCT FROM
+      (excluded.concurrency, excluded.weight, excluded.rate, excluded.per_ms,
+       excluded.per_key, excluded.fair, excluded.key_weights, excluded.key_field)
 
 -- steered_names --
 -- What is steered (the workers' cache of which lanes need claim_steered).

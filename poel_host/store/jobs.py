@@ -124,6 +124,10 @@ class JobStore(StoreBase):
             del row["reopens_in"]
         return jobs, (min(reopens) if reopens else None)
 
+    def declare_steering(self, rows: dict[str, list[Any]], connection: Conn | None = None) -> None:
+        """Write the steering a serve's plugins declare (``job_steering.declared_rows``)."""
+        self._execute("declare_steering", rows, connection)
+
     def steered_names(self) -> tuple[set[str], bool]:
         """The steered job types, and whether any queue is steered."""
         rows = self._all("steered_names", None)
