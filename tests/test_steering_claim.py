@@ -4,6 +4,7 @@ connections. The serve-level races are in test_serve_steering.py."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -143,9 +144,13 @@ def test_a_rate_window_admits_its_rate_and_says_when_it_opens(poel_conn):
     _steer(poel_conn, "type", "test.noop", rate=3, per_ms=60_000)
     taken, reopens = _steered(poel_conn, ["test.noop"])
     assert len(taken) == 3
-    assert len(reopens) == 1
+    assert len(reopens) == 1  # now: it took fewer than asked, so the worker looks again
     again, reopens_again = _steered(poel_conn, ["test.noop"])
-    assert again == [] and reopens_again == reopens
+    assert again == []
+    # The window is full: it opens a minute after its first start, not before.
+    [opens] = reopens_again
+    first = poel_conn.execute("SELECT min(started_at) AS t FROM poel.jobs").fetchone()["t"]
+    assert opens == first + dt.timedelta(minutes=1)
     # The window's log keeps no more than the window.
     assert poel_conn.execute("SELECT count(*) AS n FROM poel.steering_starts").fetchone()["n"] == 3
 
@@ -183,3 +188,17 @@ def test_weighted_fair_shares(poel_conn):
     taken, _ = _steered(poel_conn, ["test.noop"], limit=40)
     keys = _keys(poel_conn, taken)
     assert keys.count("gold") == 30 and keys.count("free") == 10
+
+
+def test_many_keys_are_served_in_turn_across_claims(poel_conn):
+    # 200 keys of one job each, claims of 50: each claim serves the keys after the last
+    # one the claim before it served, so four claims serve every key once.
+    for k in range(200):
+        _jobs(poel_conn, 1, key=f"k{k:03d}")
+    _jobs(poel_conn, 500, key="k000")  # one key with a backlog, first in key order
+    _steer(poel_conn, "type", "test.noop", fair=True)
+    served: list[str] = []
+    for _ in range(5):
+        taken, _ = _steered(poel_conn, ["test.noop"])
+        served += _keys(poel_conn, taken)
+    assert {f"k{k:03d}" for k in range(200)} <= set(served)

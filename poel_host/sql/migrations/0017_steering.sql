@@ -54,6 +54,13 @@ CREATE TABLE {schema}.steering_starts (
 );
 CREATE INDEX steering_starts_gate_idx ON {schema}.steering_starts (gate, started_at);
 
+-- Where the next claim of a fair or per-key type starts among its keys (claim_steered
+-- serves the keys in turn, from there): one row a type, written by the claims.
+CREATE TABLE {schema}.steering_cursors (
+    job_type  text PRIMARY KEY,
+    after_key text NOT NULL
+);
+
 -- A job's key, and the slots a running job takes of its gates (set by claim_steered;
 -- NULL for a job the plain claim took, which no gate counts). Nullable columns without a
 -- default: a catalog change only. The history keeps the key (a retried job keeps it).

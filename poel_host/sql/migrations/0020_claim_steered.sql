@@ -1,10 +1,11 @@
 -- The claim of steered jobs (issue 19): the jobs of a type with a steering row, and the
 -- jobs of a queue with one, which the plain claim (claim_jobs in queries.sql) skips.
--- Called by a worker after its plain claim when its lane has steered types or a queue is
--- steered (see poel_host/store/jobs.py); returns the rows claimed, as claim_jobs does, and
--- one more row with a NULL id whose reopens_at is the earliest time a rate window this
--- claim found full opens again (NULL when none): the worker sleeps until then, without
--- polling a closed window.
+-- Called by a worker before its plain claim when its lane has steered types or a queue is
+-- steered (see poel_host/worker/producer.py); returns the rows claimed, as claim_jobs
+-- does, and one more row with a NULL id whose reopens_at is when the worker should claim
+-- again: the earliest time a rate window this claim found full opens, or now when the
+-- claim took some jobs but fewer than asked (no row: at its next wake-up or poll). The
+-- worker sleeps until then, without polling a closed window.
 --
 -- Exact across workers: each gate (a type's limit, a key's, a queue's) is taken with a
 -- transaction-scoped advisory lock before its running jobs and window are counted, and
@@ -40,8 +41,10 @@ DECLARE
     locked text[];
     slots_left jsonb; starts_left jsonb;
     accepted bigint[]; acc_gates text[];
-    i integer; g1 text; g2 text; w integer; ok boolean;
+    i integer; w integer; g1 text; room integer;
     per_key_limit integer;
+    cursor_key text; have_cursor boolean; key_list text[]; total_weight float8;
+    last_pos integer;
 BEGIN
     steered_queues := ARRAY(SELECT st.name FROM {schema}.steering AS st
                             WHERE st.kind = 'queue'
@@ -54,6 +57,7 @@ BEGIN
         CONTINUE WHEN EXISTS (SELECT FROM {schema}.pauses AS p
                               WHERE p.kind = 'type' AND p.name = t);
         w := coalesce(s.weight, 1);
+        key_list := ARRAY[]::text[];
 
         -- The candidates, in the order they are to be taken.
         IF s.per_key OR s.fair THEN
@@ -64,34 +68,70 @@ BEGIN
             IF s.per_key AND s.rate IS NOT NULL THEN
                 per_key_limit := least(per_key_limit, s.rate);
             END IF;
-            WITH RECURSIVE keys(k) AS (
-                (SELECT j.key FROM {schema}.jobs AS j
-                 WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL AND j.job_type = t
-                 ORDER BY j.key LIMIT 1)
-                UNION ALL
-                SELECT (SELECT j.key FROM {schema}.jobs AS j
-                        WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
-                          AND j.job_type = t AND j.key > keys.k
-                        ORDER BY j.key LIMIT 1)
-                FROM keys WHERE keys.k IS NOT NULL
-            ), some_keys AS (
-                SELECT keys.k FROM keys WHERE keys.k IS NOT NULL LIMIT 1000
-            ), cands AS (
+            -- The keys with jobs due, in key order from where the last claim of the type
+            -- stopped (steering_cursors), wrapping round: `lim` keys at most, so that a
+            -- claim reads a few index entries a key it can serve, however many keys wait,
+            -- and the keys past those get their turn in the next claims.
+            SELECT sc.after_key INTO cursor_key
+            FROM {schema}.steering_cursors AS sc WHERE sc.job_type = t;
+            have_cursor := FOUND;
+            key_list := ARRAY(
+                WITH RECURSIVE keys(k) AS (
+                    (SELECT j.key FROM {schema}.jobs AS j
+                     WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
+                       AND j.job_type = t AND (cursor_key IS NULL OR j.key > cursor_key)
+                     ORDER BY j.key LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT j.key FROM {schema}.jobs AS j
+                            WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
+                              AND j.job_type = t AND j.key > keys.k
+                            ORDER BY j.key LIMIT 1)
+                    FROM keys WHERE keys.k IS NOT NULL
+                )
+                SELECT keys.k FROM keys WHERE keys.k IS NOT NULL LIMIT lim);
+            IF cardinality(key_list) < lim AND cursor_key IS NOT NULL THEN
+                key_list := key_list || ARRAY(
+                    WITH RECURSIVE keys(k) AS (
+                        (SELECT j.key FROM {schema}.jobs AS j
+                         WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
+                           AND j.job_type = t
+                         ORDER BY j.key LIMIT 1)
+                        UNION ALL
+                        SELECT (SELECT j.key FROM {schema}.jobs AS j
+                                WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
+                                  AND j.job_type = t AND j.key > keys.k
+                                ORDER BY j.key LIMIT 1)
+                        FROM keys WHERE keys.k IS NOT NULL AND keys.k < cursor_key
+                    )
+                    SELECT keys.k FROM keys WHERE keys.k IS NOT NULL AND keys.k <= cursor_key
+                    LIMIT lim - cardinality(key_list));
+            END IF;
+            -- Each key's share of the claim, by weight, is what it needs of candidates
+            -- (twice an even share at least, so that keys with fewer jobs than their
+            -- share leave the others enough); a claim left short by it is followed by
+            -- another at once (see the end).
+            SELECT sum(coalesce((s.key_weights ->> kl)::float8, 1)) INTO total_weight
+            FROM unnest(key_list) AS kl;
+            WITH cands AS (
                 SELECT h.id, h.queue, h.key, h.priority, h.run_at,
                        (h.rank - 1) / coalesce((s.key_weights ->> h.key)::float8, 1) AS turn
-                FROM some_keys CROSS JOIN LATERAL (
+                FROM unnest(key_list) AS kl(k) CROSS JOIN LATERAL (
                     SELECT j.id, j.queue, j.key, j.priority, j.run_at,
                            row_number() OVER (ORDER BY j.priority DESC, j.run_at, j.id) AS rank
                     FROM {schema}.jobs AS j
                     WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
-                      AND j.job_type = t AND j.key = some_keys.k AND j.run_at <= now()
+                      AND j.job_type = t AND j.key = kl.k AND j.run_at <= now()
                       AND (queues IS NULL OR j.queue = ANY(queues))
                       AND j.queue <> ALL(paused_queues)
                     ORDER BY j.priority DESC, j.run_at, j.id
-                    LIMIT per_key_limit) AS h
+                    LIMIT least(per_key_limit, greatest(
+                        ceil(lim * coalesce((s.key_weights ->> kl.k)::float8, 1) / total_weight),
+                        ceil(2.0 * lim / cardinality(key_list)))::integer)
+                    ) AS h
                 UNION ALL
-                -- Jobs without a key are one more key; looked for among the type's first
-                -- 200 queued jobs only, so that a keyed backlog is not read whole for them.
+                -- Jobs without a key (enqueued without one) are one more key; looked for
+                -- among the type's first `lim` queued jobs only, so that a keyed backlog is
+                -- not read whole for them.
                 SELECT n.id, n.queue, n.key, n.priority, n.run_at,
                        (row_number() OVER (ORDER BY n.priority DESC, n.run_at, n.id) - 1)::float8
                 FROM (SELECT j.id, j.queue, j.key, j.priority, j.run_at
@@ -101,20 +141,17 @@ BEGIN
                         AND (queues IS NULL OR j.queue = ANY(queues))
                         AND j.queue <> ALL(paused_queues)
                       ORDER BY j.priority DESC, j.run_at, j.id
-                      LIMIT 200) AS n
+                      LIMIT lim) AS n
                 WHERE n.key IS NULL
             )
-            SELECT array_agg(x.id ORDER BY x.turn, x.priority DESC, x.run_at, x.id),
-                   array_agg(x.queue ORDER BY x.turn, x.priority DESC, x.run_at, x.id),
-                   array_agg(x.key ORDER BY x.turn, x.priority DESC, x.run_at, x.id)
+            -- (Aggregated in the order of the subquery: one sort, not one an array.)
+            SELECT array_agg(x.id), array_agg(x.queue), array_agg(x.key)
             INTO c_ids, c_queues, c_keys
             FROM (SELECT * FROM cands
                   ORDER BY cands.turn, cands.priority DESC, cands.run_at, cands.id
-                  LIMIT lim * 4) AS x;
+                  LIMIT lim * 2) AS x;
         ELSE
-            SELECT array_agg(x.id ORDER BY x.priority DESC, x.run_at, x.id),
-                   array_agg(x.queue ORDER BY x.priority DESC, x.run_at, x.id),
-                   array_agg(x.key ORDER BY x.priority DESC, x.run_at, x.id)
+            SELECT array_agg(x.id), array_agg(x.queue), array_agg(x.key)
             INTO c_ids, c_queues, c_keys
             FROM (SELECT j.id, j.queue, j.key, j.priority, j.run_at
                   FROM {schema}.jobs AS j
@@ -123,15 +160,19 @@ BEGIN
                     AND j.queue <> ALL(paused_queues)
                     AND (s.name IS NOT NULL OR j.queue = ANY(steered_queues))
                   ORDER BY j.priority DESC, j.run_at, j.id
-                  LIMIT lim * 4) AS x;
+                  LIMIT lim * 2) AS x;
         END IF;
         CONTINUE WHEN c_ids IS NULL;
 
-        -- The gates they need: the type's (or each key's), and each steered queue's.
+        -- The gates they need (the type's or each key's, and each steered queue's), each
+        -- locked as it is listed (a gate another claim holds is left to it) ...
         SELECT coalesce(array_agg(g.name), ARRAY[]::text[]), array_agg(g.conc),
                array_agg(g.rate), array_agg(g.per), array_agg(g.kind), array_agg(g.k),
-               array_agg(g.q)
-        INTO g_names, g_conc, g_rate, g_per, g_kind, g_key, g_queue
+               array_agg(g.q),
+               coalesce(array_agg(g.name) FILTER (WHERE pg_try_advisory_xact_lock(
+                            hashtextextended('poel.gate:{schema}:' || g.name, 0))),
+                        ARRAY[]::text[])
+        INTO g_names, g_conc, g_rate, g_per, g_kind, g_key, g_queue, locked
         FROM (
             SELECT DISTINCT ON (name) name, conc, rate, per, kind, k, q FROM (
                 SELECT CASE WHEN s.per_key THEN 'key:' || t || ':' || coalesce(c.k, '')
@@ -148,91 +189,129 @@ BEGIN
             ) AS all_gates
         ) AS g;
 
-        -- Lock them (a gate another claim holds is left to it) ...
-        locked := ARRAY(SELECT gn FROM unnest(g_names) AS gn
-                        WHERE pg_try_advisory_xact_lock(
-                            hashtextextended('poel.gate:{schema}:' || gn, 0)));
-        -- ... then count, after the lock: what is running and what started in the window.
+        -- ... then counted, in a statement after the lock: what is running and what
+        -- started in the window.
         ts := clock_timestamp();
-        SELECT coalesce(jsonb_object_agg(g.name, g.conc - g.running)
-                            FILTER (WHERE g.conc IS NOT NULL), jsonb_build_object()),
-               coalesce(jsonb_object_agg(g.name, g.rate - g.started)
-                            FILTER (WHERE g.rate IS NOT NULL), jsonb_build_object()),
-               min(g.first_start + g.per * interval '1 millisecond')
-                   FILTER (WHERE g.rate IS NOT NULL AND g.started >= g.rate)
-        INTO slots_left, starts_left, reopen
-        FROM (
-            SELECT gg.name, gg.conc, gg.rate, gg.per,
-                   CASE WHEN gg.conc IS NULL THEN 0
-                        WHEN gg.kind = 'queue' THEN
-                            (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
-                             WHERE j.state = 'running' AND j.slots IS NOT NULL
-                               AND j.queue = gg.q)
-                        WHEN gg.kind = 'key' AND gg.k IS NULL THEN
-                            (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
-                             WHERE j.state = 'running' AND j.slots IS NOT NULL
-                               AND j.job_type = t AND j.key IS NULL)
-                        WHEN gg.kind = 'key' THEN
-                            (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
-                             WHERE j.state = 'running' AND j.slots IS NOT NULL
-                               AND j.job_type = t AND j.key = gg.k)
-                        ELSE
-                            (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
-                             WHERE j.state = 'running' AND j.slots IS NOT NULL
-                               AND j.job_type = t)
-                   END AS running,
-                   w_started.n AS started, w_started.first AS first_start
-            FROM unnest(g_names, g_conc, g_rate, g_per, g_kind, g_key, g_queue)
-                 AS gg(name, conc, rate, per, kind, k, q)
-            CROSS JOIN LATERAL (
-                SELECT count(*) AS n, min(ss.started_at) AS first
-                FROM {schema}.steering_starts AS ss
-                WHERE gg.rate IS NOT NULL AND ss.gate = gg.name
-                  AND ss.started_at > ts - gg.per * interval '1 millisecond'
-            ) AS w_started
-            WHERE gg.name = ANY(locked)
-        ) AS g;
+        slots_left := jsonb_build_object();
+        starts_left := jsonb_build_object();
+        IF cardinality(locked) > 0 THEN
+            SELECT coalesce(jsonb_object_agg(g.name, g.conc - g.running)
+                                FILTER (WHERE g.conc IS NOT NULL), jsonb_build_object()),
+                   coalesce(jsonb_object_agg(g.name, g.rate - g.started)
+                                FILTER (WHERE g.rate IS NOT NULL), jsonb_build_object()),
+                   min(g.first_start + g.per * interval '1 millisecond')
+                       FILTER (WHERE g.rate IS NOT NULL AND g.started >= g.rate)
+            INTO slots_left, starts_left, reopen
+            FROM (
+                SELECT gg.name, gg.conc, gg.rate, gg.per,
+                       CASE WHEN gg.conc IS NULL THEN 0
+                            WHEN gg.kind = 'queue' THEN
+                                (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                                 WHERE j.state = 'running' AND j.slots IS NOT NULL
+                                   AND j.queue = gg.q)
+                            WHEN gg.kind = 'key' AND gg.k IS NULL THEN
+                                (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                                 WHERE j.state = 'running' AND j.slots IS NOT NULL
+                                   AND j.job_type = t AND j.key IS NULL)
+                            WHEN gg.kind = 'key' THEN
+                                (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                                 WHERE j.state = 'running' AND j.slots IS NOT NULL
+                                   AND j.job_type = t AND j.key = gg.k)
+                            ELSE
+                                (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                                 WHERE j.state = 'running' AND j.slots IS NOT NULL
+                                   AND j.job_type = t)
+                       END AS running,
+                       w_started.n AS started, w_started.first AS first_start
+                FROM unnest(g_names, g_conc, g_rate, g_per, g_kind, g_key, g_queue)
+                     AS gg(name, conc, rate, per, kind, k, q)
+                CROSS JOIN LATERAL (
+                    SELECT count(*) AS n, min(ss.started_at) AS first
+                    FROM {schema}.steering_starts AS ss
+                    WHERE gg.rate IS NOT NULL AND ss.gate = gg.name
+                      AND ss.started_at > ts - gg.per * interval '1 millisecond'
+                ) AS w_started
+                WHERE gg.name = ANY(locked)
+            ) AS g;
+        END IF;
 
-        -- Take the candidates in order while their gates have room.
-        accepted := ARRAY[]::bigint[];
-        acc_gates := ARRAY[]::text[];
-        FOR i IN 1 .. cardinality(c_ids) LOOP
-            EXIT WHEN taken + cardinality(accepted) >= lim;
-            g1 := NULL;
-            IF s.concurrency IS NOT NULL OR s.rate IS NOT NULL THEN
-                g1 := CASE WHEN s.per_key THEN 'key:' || t || ':' || coalesce(c_keys[i], '')
-                           ELSE 'type:' || t END;
-            END IF;
-            g2 := CASE WHEN c_queues[i] = ANY(steered_queues) THEN 'queue:' || c_queues[i] END;
-            ok := (g1 IS NULL OR g1 = ANY(locked)) AND (g2 IS NULL OR g2 = ANY(locked));
-            IF ok THEN
-                ok := coalesce((slots_left ->> g1)::integer >= w, true)
-                      AND coalesce((starts_left ->> g1)::integer >= 1, true)
-                      AND coalesce((slots_left ->> g2)::integer >= w, true)
-                      AND coalesce((starts_left ->> g2)::integer >= 1, true);
-            END IF;
-            CONTINUE WHEN NOT ok;
-            accepted := accepted || c_ids[i];
+        -- Take the candidates in order while their gates have room: a candidate is
+        -- taken when, counting it and every candidate before it at the same gate, each of
+        -- its gates (its type's or key's, its queue's) has the slots and the starts left.
+        -- One statement, set by set; a candidate refused by one gate still counts at the
+        -- other, so a claim may take fewer than would fit (the next claim takes them),
+        -- never more.
+        IF NOT coalesce(s.per_key, false) AND cardinality(steered_queues) = 0 THEN
+            -- One gate for all (the type's) or none: the first candidates, as many as it
+            -- has room for.
+            g1 := CASE WHEN s.concurrency IS NOT NULL OR s.rate IS NOT NULL
+                       THEN 'type:' || t END;
+            room := lim - taken;
             IF g1 IS NOT NULL THEN
-                acc_gates := acc_gates || g1;
-                IF slots_left ? g1 THEN
-                    slots_left := jsonb_set(slots_left, ARRAY[g1], to_jsonb((slots_left ->> g1)::integer - w));
-                END IF;
-                IF starts_left ? g1 THEN
-                    starts_left := jsonb_set(starts_left, ARRAY[g1], to_jsonb((starts_left ->> g1)::integer - 1));
-                END IF;
+                room := CASE WHEN g1 = ANY(locked) THEN least(
+                            room,
+                            coalesce((slots_left ->> g1)::integer / w, room),
+                            coalesce((starts_left ->> g1)::integer, room))
+                        ELSE 0 END;
             END IF;
-            IF g2 IS NOT NULL THEN
-                acc_gates := acc_gates || g2;
-                IF slots_left ? g2 THEN
-                    slots_left := jsonb_set(slots_left, ARRAY[g2], to_jsonb((slots_left ->> g2)::integer - w));
-                END IF;
-                IF starts_left ? g2 THEN
-                    starts_left := jsonb_set(starts_left, ARRAY[g2], to_jsonb((starts_left ->> g2)::integer - 1));
-                END IF;
-            END IF;
-        END LOOP;
+            room := greatest(room, 0);
+            accepted := c_ids[1:room];
+            acc_gates := CASE WHEN g1 IS NULL THEN ARRAY[]::text[]
+                              ELSE array_fill(g1, ARRAY[cardinality(accepted)]) END;
+            SELECT coalesce(max(array_position(key_list, ck)), 0) INTO last_pos
+            FROM unnest(c_keys[1:room]) AS ck;
+        ELSE
+            SELECT coalesce(array_agg(x.id ORDER BY x.ord), ARRAY[]::bigint[]),
+                   coalesce(array_agg(x.g1) FILTER (WHERE x.g1 IS NOT NULL), ARRAY[]::text[])
+                       || coalesce(array_agg(x.g2) FILTER (WHERE x.g2 IS NOT NULL), ARRAY[]::text[]),
+                   coalesce(max(array_position(key_list, x.key)), 0)
+            INTO accepted, acc_gates, last_pos
+            FROM (
+                SELECT y.* FROM (
+                    SELECT c.*,
+                           sum(w) OVER (PARTITION BY c.g1 ORDER BY c.ord) AS used1,
+                           count(*) OVER (PARTITION BY c.g1 ORDER BY c.ord) AS n1,
+                           sum(w) OVER (PARTITION BY c.g2 ORDER BY c.ord) AS used2,
+                           count(*) OVER (PARTITION BY c.g2 ORDER BY c.ord) AS n2
+                    FROM (
+                        SELECT u.ord, u.id, u.key,
+                               CASE WHEN s.concurrency IS NOT NULL OR s.rate IS NOT NULL THEN
+                                   CASE WHEN s.per_key THEN 'key:' || t || ':' || coalesce(u.key, '')
+                                        ELSE 'type:' || t END
+                               END AS g1,
+                               CASE WHEN u.queue = ANY(steered_queues) THEN 'queue:' || u.queue
+                               END AS g2
+                        FROM unnest(c_ids, c_queues, c_keys) WITH ORDINALITY
+                             AS u(id, queue, key, ord)
+                    ) AS c
+                    WHERE (c.g1 IS NULL OR c.g1 = ANY(locked))
+                      AND (c.g2 IS NULL OR c.g2 = ANY(locked))
+                ) AS y
+                WHERE (y.g1 IS NULL OR (coalesce(y.used1 <= (slots_left ->> y.g1)::integer, true)
+                                        AND coalesce(y.n1 <= (starts_left ->> y.g1)::integer, true)))
+                  AND (y.g2 IS NULL OR (coalesce(y.used2 <= (slots_left ->> y.g2)::integer, true)
+                                        AND coalesce(y.n2 <= (starts_left ->> y.g2)::integer, true)))
+                ORDER BY y.ord
+                LIMIT lim - taken
+            ) AS x;
+        END IF;
+        IF NOT coalesce(s.per_key OR s.fair, false) THEN
+            last_pos := 0;
+        END IF;
         CONTINUE WHEN cardinality(accepted) = 0;
+
+        -- The next claim of the type starts after the last key this one served (left as
+        -- it is when another claim holds the cursor: no claim waits for it).
+        IF last_pos > 0 THEN
+            IF have_cursor THEN
+                UPDATE {schema}.steering_cursors AS sc SET after_key = key_list[last_pos]
+                WHERE sc.job_type IN (SELECT x.job_type FROM {schema}.steering_cursors AS x
+                                      WHERE x.job_type = t FOR UPDATE SKIP LOCKED);
+            ELSE
+                INSERT INTO {schema}.steering_cursors (job_type, after_key)
+                VALUES (t, key_list[last_pos]) ON CONFLICT DO NOTHING;
+            END IF;
+        END IF;
 
         RETURN QUERY
         WITH claimed AS (
@@ -241,9 +320,11 @@ BEGIN
             lease_token = token,
             lease_expires_at = now() + lease_ms * interval '1 millisecond',
             started_at = ts, updated_at = now(), slots = w
-        WHERE j.id IN (SELECT l.id FROM {schema}.jobs AS l
-                       WHERE l.id = ANY(accepted) AND l.state = 'queued' AND l.ready
-                       FOR UPDATE SKIP LOCKED)
+        -- (An array, so that each row is found by its primary key: as a subquery the
+        -- planner joined it to a scan of the whole table.)
+        WHERE j.id = ANY(ARRAY(SELECT l.id FROM {schema}.jobs AS l
+                               WHERE l.id = ANY(accepted) AND l.state = 'queued' AND l.ready
+                               FOR UPDATE SKIP LOCKED))
         RETURNING j.id, j.queue, j.job_type, j.payload::text, j.attempts, j.max_attempts,
                   j.created_at, j.snoozes, NULL::timestamptz)
         SELECT * FROM claimed;
@@ -253,6 +334,7 @@ BEGIN
         -- Each start enters its rate gates' windows (a claimed job's gates: it was
         -- accepted whole, and a row lost to SKIP LOCKED is rare enough to count anyway:
         -- a window then holds one start too many, never one too few).
+        CONTINUE WHEN starts_left = jsonb_build_object();
         INSERT INTO {schema}.steering_starts (gate, started_at)
         SELECT ag, ts FROM unnest(acc_gates) AS ag WHERE starts_left ? ag;
         DELETE FROM {schema}.steering_starts AS ss
@@ -268,6 +350,12 @@ BEGIN
                                 WHERE ss.gate = gg.name) AS f
             WHERE gg.rate IS NOT NULL AND f.n >= gg.rate));
     END LOOP;
+    -- A claim that took jobs but fewer than asked may have been held back by the keys'
+    -- shares, not by a lack of jobs: the worker claims again at once (reopens now), and
+    -- stops when a claim takes none.
+    IF taken > 0 AND taken < lim THEN
+        reopen := least(reopen, clock_timestamp());
+    END IF;
     IF reopen IS NOT NULL THEN
         RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::integer,
                             NULL::integer, NULL::timestamptz, NULL::integer, reopen;
