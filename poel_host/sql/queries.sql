@@ -551,7 +551,8 @@ WHERE n.nspname = %(schema)s AND c.relname = 'jobs' AND c.relkind IN ('r', 'p')
 -- history partition's id index).
 SELECT id, queue, job_type, payload, state::text AS state, priority, run_at, attempts,
        max_attempts, last_error, errors, unique_key, lease_owner, lease_expires_at,
-       created_at, started_at, finished_at, result, progress, progress_message, snoozes
+       created_at, started_at, finished_at, result, progress, progress_message, snoozes,
+       key
 FROM {schema}.all_jobs WHERE id = %(id)s
 LIMIT 1
 
