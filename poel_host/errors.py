@@ -130,3 +130,10 @@ class ResultTimeout(PoelError, TimeoutError):
         super().__init__(f"job {job_id} did not finish within {timeout:g}s: it is {state}")
         self.job_id = job_id
         self.state = state
+
+
+class InvalidSteering(PoelError):
+    """A concurrency limit, rate limit or fair share that cannot be set as given (a weight
+    over the concurrency, a rate without a window, per_key for a queue...)."""
+
+    exit_code = 2

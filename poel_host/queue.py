@@ -20,14 +20,15 @@ from poel_host.job_requests import JobRequest, check_request, delay_ms
 from poel_host.job_steering import job_key
 from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Job
 from poel_host.pauses import Pausing
+from poel_host.steering import Steering
 from poel_host.store import Store
 
 if TYPE_CHECKING:
     from poel_host.settings import Settings
 
 
-class Queue(Pausing):
-    """Enqueue jobs into Poel's table; pause and resume a queue or a job type.
+class Queue(Pausing, Steering):
+    """Enqueue jobs into Poel's table; pause, resume and steer a queue or a job type.
 
     :param dsn: the database URL (``DATABASE_URL``).
     :param schema: Poel's schema (``POEL_SCHEMA``).

@@ -1027,3 +1027,50 @@ SELECT {schema}.resume(%(kind)s, %(name)s) AS resumed
 -- list_pauses --
 -- What is paused, oldest first.
 SELECT kind, name, paused_at, paused_by, reason FROM {schema}.pauses ORDER BY paused_at, kind, name
+
+-- steer --
+-- Set a queue's or a job type's steering by hand (see migration 0019): the row is
+-- replaced whole and marked an operator's, which no serve overwrites.
+SELECT {schema}.steer(%(kind)s, %(name)s, %(concurrency)s::integer, %(rate)s::integer,
+                      %(per_ms)s::integer, %(per_key)s::boolean, %(fair)s::boolean,
+                      %(weight)s::integer, %(key_weights)s::jsonb, %(key_field)s::text)
+
+-- unsteer --
+-- Remove a queue's or a job type's steering: true if it was steered, false if not.
+SELECT {schema}.unsteer(%(kind)s, %(name)s) AS unsteered
+
+-- list_steering --
+-- Every steering row with what its gates hold now: the slots its running steered jobs
+-- take (a type's, or a queue's), how many keys have running jobs and the busiest key's
+-- slots (what a per_key limit holds each key to), and, for a rate, the starts in the
+-- current window (a per_key rate: the busiest key's window). Only steered jobs count
+-- (slots set), as the claim counts them; a gate's window is its steering_starts rows.
+SELECT st.kind, st.name, st.concurrency, st.weight, st.rate, st.per_ms, st.per_key,
+       st.fair, st.key_weights, st.key_field, st.source, st.set_at, st.set_by,
+       u.running, u.running_keys, u.busiest_key, w.window_starts
+FROM {schema}.steering AS st
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(r.slots), 0)::integer AS running, count(*)::integer AS running_keys,
+           coalesce(max(r.slots), 0)::integer AS busiest_key
+    FROM (
+        SELECT sum(j.slots) AS slots
+        FROM (SELECT j.key, j.slots FROM {schema}.jobs AS j
+              WHERE st.kind = 'type' AND j.state = 'running' AND j.slots IS NOT NULL
+                AND j.job_type = st.name
+              UNION ALL
+              SELECT NULL, j.slots FROM {schema}.jobs AS j
+              WHERE st.kind = 'queue' AND j.state = 'running' AND j.slots IS NOT NULL
+                AND j.queue = st.name) AS j
+        GROUP BY j.key
+    ) AS r
+) AS u
+CROSS JOIN LATERAL (
+    SELECT coalesce(max(c.n), 0)::integer AS window_starts
+    FROM (SELECT count(*) AS n FROM {schema}.steering_starts AS ss
+          WHERE st.rate IS NOT NULL
+            AND ss.started_at > now() - st.per_ms * interval '1 millisecond'
+            AND CASE WHEN st.per_key THEN starts_with(ss.gate, 'key:' || st.name || ':')
+                     ELSE ss.gate = st.kind || ':' || st.name END
+          GROUP BY ss.gate) AS c
+) AS w
+ORDER BY st.kind, st.name

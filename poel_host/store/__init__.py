@@ -11,10 +11,11 @@ so every service catches one exception and every message has the password masked
 The methods live in one module per caller: :mod:`.jobs` (enqueueing and the worker's job
 path), :mod:`.workers` (the registry of workers), :mod:`.operators` (the CLI, the
 dashboard and the test kit), :mod:`.sessions` (the dashboard's sign-ins), :mod:`.pauses`
-(paused queues and types), :mod:`.migrations`, :mod:`.server` (the server's own settings
-and statistics about the jobs table), :mod:`.history` (archiving finished jobs,
-retention); :mod:`.base` holds the plumbing they share. :class:`Store` is all of them, so
-one store serves a worker or a dashboard.
+(paused queues and types), :mod:`.steering` (steering set by hand),
+:mod:`.migrations`, :mod:`.server` (the server's own settings and statistics about the
+jobs table), :mod:`.history` (archiving finished jobs, retention); :mod:`.base` holds the
+plumbing they share. :class:`Store` is all of them, so one store serves a worker or a
+dashboard.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from poel_host.store.operators import OperatorStore
 from poel_host.store.pauses import PauseStore
 from poel_host.store.server import ServerStore
 from poel_host.store.sessions import SessionStore
+from poel_host.store.steering import SteeringStore
 from poel_host.store.workers import WorkerStore
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "ServerStore",
     "SessionStore",
     "Source",
+    "SteeringStore",
     "Store",
     "StoreBase",
     "WorkerStore",
@@ -56,6 +59,7 @@ class Store(
     WorkerStore,
     OperatorStore,
     PauseStore,
+    SteeringStore,
     SessionStore,
     MigrationStore,
     ServerStore,
