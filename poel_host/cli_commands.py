@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from poel_host import cli_pauses, cli_table
+from poel_host import cli_pauses, cli_steering, cli_table
 from poel_host.errors import PoelError
 from poel_host.logs import get_logger
 from poel_host.settings import Settings
@@ -286,4 +286,7 @@ COMMANDS = {
     "pause": cli_pauses.cmd_pause,
     "resume": cli_pauses.cmd_resume,
     "pauses": cli_pauses.cmd_pauses,
+    "steer": cli_steering.cmd_steer,
+    "unsteer": cli_steering.cmd_unsteer,
+    "steering": cli_steering.cmd_steering,
 }

@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     workers.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     _pause_commands(commands)
+    _steer_commands(commands)
 
     dashboard = commands.add_parser(
         "dashboard",
@@ -171,6 +172,63 @@ def _pause_target(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--queue", metavar="NAME", help="a queue, e.g. default")
     target.add_argument("--type", dest="job_type", metavar="TYPE", help="a job type")
+
+
+def _steer_commands(commands: Any) -> None:
+    what = (
+        "Steering holds on every worker at once, enforced by the database: at most N slots "
+        "of a job type or a queue running, at most N starts per window, for each job key "
+        "apart (--per-key), or in weighted fair turn between keys (--fair). "
+    )
+    steer = commands.add_parser(
+        "steer",
+        help="limit a job type's or a queue's running jobs and starts",
+        description=what + "This sets an operator's limit: it replaces the job type's or "
+        "queue's steering whole (what is left out is unset) and no serve overwrites it "
+        "with its Job's options until poel-host unsteer. A value that cannot be set exits 2.",
+    )
+    _steer_target(steer)
+    steer.add_argument("--concurrency", type=int, metavar="N", help="at most N slots running")
+    steer.add_argument("--rate", type=int, metavar="N", help="at most N starts a window")
+    steer.add_argument(
+        "--per", type=float, metavar="SECONDS", help="the rate's window (default 1 second)"
+    )
+    steer.add_argument(
+        "--per-key", action="store_true", help="a job type's limits hold for each key apart"
+    )
+    steer.add_argument(
+        "--fair", action="store_true", help="claim a job type's keys in weighted turn"
+    )
+    steer.add_argument(
+        "--weight", type=int, default=1, metavar="N", help="slots each job of the type takes"
+    )
+    steer.add_argument(
+        "--key-weight",
+        action="append",
+        metavar="KEY=N",
+        help="a key's weight in fair turns (1 for keys not named); repeat for more keys",
+    )
+    steer.add_argument("--key-field", metavar="F", help="the payload field that is a job's key")
+    unsteer = commands.add_parser(
+        "unsteer",
+        help="remove a job type's or a queue's steering",
+        description="Remove the steering of a job type or a queue, whoever set it: its jobs "
+        "are claimed without limits (a job type whose Job declares options gets them back "
+        "when a serve next starts). Exits 1 if it was not steered, 2 for a bad name.",
+    )
+    _steer_target(unsteer)
+    steering = commands.add_parser(
+        "steering",
+        help="list the steered job types and queues, with what is in use now",
+        description=what + "Lists each steering: its limits, the slots running now, the "
+        "starts in the current rate window, and who set it (code or operator).",
+    )
+    steering.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _steer_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=("type", "queue"), help="a job type or a queue")
+    parser.add_argument("name", help="its name, e.g. process_new_record or default")
 
 
 def _timestamp(text: str) -> dt.datetime:

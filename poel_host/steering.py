@@ -153,6 +153,24 @@ def summary(row: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "no limit"
 
 
+def in_use_text(row: Mapping[str, Any]) -> str:
+    """What a row's concurrency gate holds now: ``4/6`` slots, or for a per_key limit
+    ``2 keys, busiest 2/3``; just the slots running when there is no limit."""
+    limit = f"/{row['concurrency']}" if row.get("concurrency") is not None else ""
+    if row.get("per_key"):
+        keys = row["running_keys"]
+        return f"{keys} key{'' if keys == 1 else 's'}, busiest {row['busiest_key']}{limit}"
+    return f"{row['running']}{limit}"
+
+
+def window_text(row: Mapping[str, Any]) -> str:
+    """How full a row's rate window is: ``3/5 per 1s`` (a per_key rate: the busiest
+    key's), ``-`` without a rate."""
+    if row.get("rate") is None:
+        return "-"
+    return f"{row['window_starts']}/{row['rate']} per {per_text(row['per_ms'])}"
+
+
 def per_text(per_ms: int) -> str:
     """A window in seconds as short as it reads: ``1s``, ``0.5s``, ``60s``."""
     return f"{per_ms / 1000:g}s"
