@@ -13,7 +13,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from poel_host import cli_table
-from poel_host.errors import InvalidSteering, PoelError
+from poel_host.errors import PoelError
 from poel_host.settings import Settings
 
 if TYPE_CHECKING:
@@ -21,9 +21,8 @@ if TYPE_CHECKING:
 
 
 def cmd_steer(settings: Settings, args: argparse.Namespace) -> int:
-    from poel_host.steering import describe, summary
+    from poel_host.steering import describe, parse_key_weights, summary
 
-    weights = _key_weights(args.key_weight)
     with _queue(settings) as queue:
         queue.steer(
             args.kind,
@@ -34,7 +33,7 @@ def cmd_steer(settings: Settings, args: argparse.Namespace) -> int:
             per_key=args.per_key,
             fair=args.fair,
             weight=args.weight,
-            key_weights=weights,
+            key_weights=parse_key_weights(args.key_weight),
             key_field=args.key_field,
         )
         row = next(r for r in queue.steering() if (r["kind"], r["name"]) == (args.kind, args.name))
@@ -95,19 +94,6 @@ def _fair(row: dict[str, Any]) -> str:
         return "-"
     weights = ",".join(f"{k}={w}" for k, w in sorted(row["key_weights"].items()))
     return f"yes ({weights})" if weights else "yes"
-
-
-def _key_weights(pairs: list[str] | None) -> dict[str, int] | None:
-    """``["big=3", "small=1"]`` as ``{"big": 3, "small": 1}``."""
-    if not pairs:
-        return None
-    weights: dict[str, int] = {}
-    for pair in pairs:
-        key, sep, number = pair.rpartition("=")
-        if not sep or not key or not number.strip().isdigit():
-            raise InvalidSteering(f"--key-weight takes KEY=N (N a whole number), got {pair!r}")
-        weights[key] = int(number)
-    return weights
 
 
 def _queue(settings: Settings) -> Queue:

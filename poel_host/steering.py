@@ -10,7 +10,7 @@ table's constraints check them again for the row that comes through SQL.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from poel_host import payloads
@@ -127,6 +127,18 @@ def checked(
         "key_weights": dict(key_weights) if key_weights is not None else None,
         "key_field": key_field,
     }
+
+
+def parse_key_weights(pairs: Iterable[str] | None) -> dict[str, int] | None:
+    """``["big=3", "small=1"]`` (the CLI's ``--key-weight``, the dashboard's list) as
+    ``{"big": 3, "small": 1}``; None for none."""
+    weights: dict[str, int] = {}
+    for pair in pairs or ():
+        key, sep, number = pair.strip().rpartition("=")
+        if not sep or not key or not number.strip().isdigit():
+            raise InvalidSteering(f"a key weight is KEY=N (N a whole number), got {_show(pair)}")
+        weights[key] = int(number)
+    return weights or None
 
 
 def check_target(kind: str, name: str) -> None:

@@ -15,6 +15,8 @@ from poel_host.job_steering import declared_rows
 from poel_host.jobs import Job
 from poel_host.queue import Queue
 
+from .test_explain import big_table, plan, scans_of_jobs  # noqa: F401 - a fixture
+
 
 def _row(conn: Any, kind: str, name: str) -> dict[str, Any] | None:
     return conn.execute(
@@ -214,3 +216,12 @@ def test_the_listing_counts_what_is_in_use_now(poel_queue: Queue, poel_conn: Any
         ("queue", "bulk"): (4, 1, 4, 7),
         ("type", "test.idle"): (0, 0, 0, 0),
     }
+
+
+@pytest.mark.usefixtures("big_table")  # 100,000 finished jobs, a few hundred live
+def test_the_listing_reads_only_the_running_steered_jobs(poel_conn: Any):
+    poel_conn.execute("SELECT poel.steer('type', 'kind.1', 2, per_key => true)")
+    poel_conn.execute("SELECT poel.steer('queue', 'q1', 2, 5, 1000)")
+    poel_conn.execute("ANALYZE poel.steering")
+    scans = scans_of_jobs(plan(poel_conn, "list_steering"))
+    assert scans and all(kind != "Seq Scan" for kind, _ in scans), scans

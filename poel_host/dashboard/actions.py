@@ -1,5 +1,5 @@
 """The dashboard's writable half: acting on jobs (retry, cancel, delete; retry every failed
-job of a type) and pausing or resuming a queue or a job type, for an operator signed in
+job of a type), pausing, resuming and steering a queue or a job type, for an operator signed in
 with ``POEL_DASHBOARD_TOKEN`` (:mod:`.signin`). Each action is checked against cross-site
 requests (Origin, CSRF token) and written to the audit log with the session's name and the
 request's address; without a token every route here answers 403.
@@ -15,7 +15,7 @@ import bottle
 from poel_host.dashboard import auth
 from poel_host.dashboard.base import _fail, _int
 from poel_host.dashboard.signin import SignIn
-from poel_host.errors import InvalidName
+from poel_host.errors import InvalidName, InvalidSteering
 from poel_host.pauses import MAX_REASON_CHARS, check_name, check_note, describe
 
 ACTIONS = ("retry", "cancel", "delete")
@@ -78,6 +78,56 @@ class Actions(SignIn):
         self._audit(session, "resume", **self._pause_fields(kind, name, True))
         self._see_other("/")
 
+    def steer(self) -> str:
+        """Set a job type's or a queue's steering (replaced whole) as the signed-in
+        operator's (``Queue.steer``; the row's set_by is the database user)."""
+        from poel_host.steering import checked, parse_key_weights
+
+        session = self._authorised()
+        form = bottle.request.forms
+        text = {k: (form.getunicode(k) or "").strip() for k in ("concurrency", "weight", "rate")}
+        try:
+            params = checked(
+                form.getunicode("kind") or "",
+                form.getunicode("name") or "",
+                concurrency=_int(text["concurrency"], "concurrency")
+                if text["concurrency"]
+                else None,
+                weight=_int(text["weight"], "weight") if text["weight"] else 1,
+                rate=_int(text["rate"], "rate") if text["rate"] else None,
+                per=_number(form.getunicode("per"), "per"),
+                per_key=bool(form.getunicode("per_key")),
+                fair=bool(form.getunicode("fair")),
+                key_weights=parse_key_weights(
+                    w for w in (form.getunicode("key_weights") or "").split(",") if w.strip()
+                ),
+                key_field=form.getunicode("key_field") or None,
+            )
+        except (InvalidName, InvalidSteering) as exc:
+            _fail(400, str(exc))
+        self.store.steer(params)
+        fields = {k: v for k, v in params.items() if k not in ("kind", "name")}
+        self._audit(
+            session, "steer", **self._pause_fields(params["kind"], params["name"], True, **fields)
+        )
+        self._see_other("/steering")
+
+    def unsteer(self) -> str:
+        from poel_host.steering import check_target
+        from poel_host.steering import describe as steered
+
+        session = self._authorised()
+        kind = bottle.request.forms.getunicode("kind") or ""
+        name = bottle.request.forms.getunicode("name") or ""
+        try:
+            check_target(kind, name)
+        except (InvalidName, InvalidSteering) as exc:
+            _fail(400, str(exc))
+        if not self.store.unsteer(kind, name):
+            _fail(409, f"{steered(kind, name)} was not steered: nothing to remove")
+        self._audit(session, "unsteer", **self._pause_fields(kind, name, True))
+        self._see_other("/steering")
+
     def _pause_target(self) -> tuple[str, str]:
         kind = bottle.request.forms.getunicode("kind") or ""
         name = bottle.request.forms.getunicode("name") or ""
@@ -96,3 +146,13 @@ class Actions(SignIn):
     def _audit(self, session: auth.Session, action: str, **what: Any) -> None:
         self.store.audit(actor=session.actor, address=self._address(), action=action, **what)
         self.log.info("dashboard action", actor=session.actor, action=action, **what)
+
+
+def _number(text: str | None, what: str) -> float:
+    """A form's number of seconds; 1 when left empty."""
+    if not (text or "").strip():
+        return 1.0
+    try:
+        return float(text or "")
+    except ValueError:
+        _fail(400, f"{what} must be a number of seconds, got {text!r}")

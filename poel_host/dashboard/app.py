@@ -72,6 +72,7 @@ class _Dashboard(Pages, Actions):
             ("GET", "/jobs/<job_id>", self.job),
             ("GET", "/running", self.running),
             ("GET", "/schedules", self.schedules),
+            ("GET", "/steering", self.steering),
             ("GET", "/workers", self.workers),
             ("GET", "/audit", self.audit),
             ("GET", "/signin", self.signin_form),
@@ -81,6 +82,8 @@ class _Dashboard(Pages, Actions):
             ("POST", "/retry-failed", self.retry_failed),
             ("POST", "/pause", self.pause),
             ("POST", "/resume", self.resume),
+            ("POST", "/steer", self.steer),
+            ("POST", "/unsteer", self.unsteer),
         ]
         for method, path, view in routes:
             app.route(path, method, self._guarded(view))

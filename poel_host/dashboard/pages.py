@@ -1,5 +1,5 @@
 """The dashboard's pages, all read-only: the overview, the jobs list, one job, running
-jobs, schedules, workers, the audit log. Each reads the database through indexes only.
+jobs, schedules, steering, workers, the audit log. Each reads the database through indexes only.
 """
 
 from __future__ import annotations
@@ -142,6 +142,14 @@ class Pages(DashboardBase):
             if job.schedule
         ]
         return self._page("schedules", title="Schedules", rows=rows)
+
+    def steering(self) -> str:
+        from poel_host.steering import in_use_text, window_text
+
+        rows = self.store.list_steering()
+        return self._page(
+            "steering", title="Steering", rows=rows, in_use=in_use_text, window=window_text
+        )
 
     def workers(self) -> str:
         return self._page("workers", title="Workers", rows=self.store.list_workers())

@@ -27,7 +27,7 @@ pre { background: #f6f6f6; padding: .5rem; overflow-x: auto; white-space: pre-wr
 <header>
 <strong>Poel</strong>
 % if session or not writable:
-% for path, label in (("/", "Overview"), ("/jobs", "Jobs"), ("/running", "Running"), ("/schedules", "Schedules"), ("/workers", "Workers"), ("/audit", "Audit")):
+% for path, label in (("/", "Overview"), ("/jobs", "Jobs"), ("/running", "Running"), ("/schedules", "Schedules"), ("/steering", "Steering"), ("/workers", "Workers"), ("/audit", "Audit")):
 <a href="{{root}}{{path}}" class="{{'here' if title == label else ''}}">{{label}}</a>
 % end
 % end
