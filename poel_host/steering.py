@@ -10,6 +10,7 @@ table's constraints check them again for the row that comes through SQL.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +72,7 @@ def checked(
     _count("concurrency", concurrency)
     _count("rate", rate)
     _count("weight", weight, optional=False)
-    if isinstance(per, bool) or not isinstance(per, int | float) or not per > 0:
+    if isinstance(per, bool) or not isinstance(per, int | float) or not 0 < per < math.inf:
         raise InvalidSteering(f"per must be a positive number of seconds, got {_show(per)}")
     per_ms = round(per * 1000)
     if not 1 <= per_ms <= MAX_INT:
