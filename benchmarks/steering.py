@@ -65,8 +65,7 @@ class RolledBack:
 def _steer(conn: psycopg.Connection[Any], row: dict[str, Any]) -> None:
     names = ["kind", "name", *row]
     conn.execute(
-        f"INSERT INTO poel.steering ({', '.join(names)})"  # noqa: S608 (names are ours)
-        f" VALUES ({', '.join(['%s'] * len(names))})",
+        f"INSERT INTO poel.steering ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))})",
         ["type", "bench.noop", *row.values()],
     )
 
@@ -143,9 +142,7 @@ def fairness_run(fair: bool, big: int, small: int) -> dict[str, float]:
             if fair:
                 _steer(conn, {"fair": True})
             command, env = system.command(url, "noop")
-            worker = subprocess.Popen(
-                command, env={**os.environ, **env}, stdout=subprocess.DEVNULL
-            )
+            worker = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
             try:
                 time.sleep(3)  # started and idle (its start is not what is measured)
                 with conn.transaction():  # both due at once, big first in claim order
