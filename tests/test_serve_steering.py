@@ -129,3 +129,36 @@ def test_a_rate_of_three_a_second_never_lets_a_fourth_start_in_any_second(
     assert min(spans) >= 0.95, spans
     # No poll drove it (the workers poll once a minute): each window was used as it opened.
     assert starts[-1] - starts[0] < 4.5, starts[-1] - starts[0]
+
+
+def test_fair_shares_start_a_small_key_at_once_behind_a_big_backlog(
+    serve: Any, poel_queue: Queue, poel_conn: Any, tmp_path: Path
+) -> None:
+    # steer.fair: fair shares by the payload's "record". 1,000 jobs of one record are
+    # queued just before 10 of another; the worker is already idle, waiting.
+    log = tmp_path / "log"
+    serve(**QUIET)
+    poel_queue.enqueue_many(
+        [
+            JobRequest("steer.fair", {"log": str(log), "record": "big", "hold": 0})
+            for _ in range(1000)
+        ]
+        + [
+            JobRequest("steer.fair", {"log": str(log), "record": "small", "hold": 0})
+            for _ in range(10)
+        ]
+    )
+    wait_until(
+        lambda: (
+            poel_conn.execute(
+                "SELECT count(*) AS n FROM poel.jobs WHERE state = 'succeeded'"
+            ).fetchone()["n"]
+            == 1010
+        ),
+        timeout=60,
+        what="every job to succeed",
+    )
+    starts = [e["key"] for e in _events(log) if e["what"] == "start"]
+    # Without fair shares the small record's jobs would start last, behind all 1,000.
+    last_small = max(i for i, key in enumerate(starts) if key == "small")
+    assert last_small < 40, f"the small record's last job started {last_small + 1}th"

@@ -202,3 +202,12 @@ def test_many_keys_are_served_in_turn_across_claims(poel_conn):
         taken, _ = _steered(poel_conn, ["test.noop"])
         served += _keys(poel_conn, taken)
     assert {f"k{k:03d}" for k in range(200)} <= set(served)
+
+
+@pytest.mark.parametrize("options", [{"fair": True}, {"concurrency": 5, "per_key": True}])
+def test_a_keyed_type_with_nothing_queued_claims_nothing(poel_conn, options):
+    # The idle worker's claim: no key to serve (a division by the number of keys once).
+    _steer(poel_conn, "type", "test.noop", **options)
+    assert _steered(poel_conn, ["test.noop"]) == ([], [])
+    _jobs(poel_conn, 3)  # jobs without a key only
+    assert len(_steered(poel_conn, ["test.noop"])[0]) == 3

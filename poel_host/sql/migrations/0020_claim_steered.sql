@@ -110,8 +110,8 @@ BEGIN
             -- (twice an even share at least, so that keys with fewer jobs than their
             -- share leave the others enough); a claim left short by it is followed by
             -- another at once (see the end).
-            SELECT sum(coalesce((s.key_weights ->> kl)::float8, 1)) INTO total_weight
-            FROM unnest(key_list) AS kl;
+            SELECT coalesce(sum(coalesce((s.key_weights ->> kl)::float8, 1)), 1)
+            INTO total_weight FROM unnest(key_list) AS kl;
             WITH cands AS (
                 SELECT h.id, h.queue, h.key, h.priority, h.run_at,
                        (h.rank - 1) / coalesce((s.key_weights ->> h.key)::float8, 1) AS turn
@@ -126,7 +126,7 @@ BEGIN
                     ORDER BY j.priority DESC, j.run_at, j.id
                     LIMIT least(per_key_limit, greatest(
                         ceil(lim * coalesce((s.key_weights ->> kl.k)::float8, 1) / total_weight),
-                        ceil(2.0 * lim / cardinality(key_list)))::integer)
+                        ceil(2.0 * lim / greatest(cardinality(key_list), 1)))::integer)
                     ) AS h
                 UNION ALL
                 -- Jobs without a key (enqueued without one) are one more key; looked for
