@@ -211,3 +211,18 @@ def test_a_keyed_type_with_nothing_queued_claims_nothing(poel_conn, options):
     assert _steered(poel_conn, ["test.noop"]) == ([], [])
     _jobs(poel_conn, 3)  # jobs without a key only
     assert len(_steered(poel_conn, ["test.noop"])[0]) == 3
+
+
+def test_two_fair_claims_at_once_take_different_jobs(poel_conn, poel_dsn):
+    # No gate serialises a fair type's claims: the second must take the next rows, not
+    # collide with the first's and come back short.
+    for key in ("a", "b"):
+        _jobs(poel_conn, 100, key=key)
+    _steer(poel_conn, "type", "test.noop", fair=True)
+    with connection(poel_dsn) as first:
+        first.autocommit = False
+        one, _ = _steered(first, ["test.noop"], limit=20)
+        two, _ = _steered(poel_conn, ["test.noop"], limit=20)
+        first.commit()
+    assert len(one) == 20 and len(two) == 20
+    assert not {r["id"] for r in one} & {r["id"] for r in two}

@@ -112,12 +112,13 @@ BEGIN
             -- another at once (see the end).
             SELECT coalesce(sum(coalesce((s.key_weights ->> kl)::float8, 1)), 1)
             INTO total_weight FROM unnest(key_list) AS kl;
-            WITH cands AS (
-                SELECT h.id, h.queue, h.key, h.priority, h.run_at,
-                       (h.rank - 1) / coalesce((s.key_weights ->> h.key)::float8, 1) AS turn
+            -- The candidates are locked as they are read (SKIP LOCKED): two claims of a
+            -- fair type that no gate serialises read the same keys in the same order, and
+            -- each takes the next rows instead of colliding on the first.
+            WITH heads AS (
+                SELECT h.id, h.queue, h.key, h.priority, h.run_at
                 FROM unnest(key_list) AS kl(k) CROSS JOIN LATERAL (
-                    SELECT j.id, j.queue, j.key, j.priority, j.run_at,
-                           row_number() OVER (ORDER BY j.priority DESC, j.run_at, j.id) AS rank
+                    SELECT j.id, j.queue, j.key, j.priority, j.run_at
                     FROM {schema}.jobs AS j
                     WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
                       AND j.job_type = t AND j.key = kl.k AND j.run_at <= now()
@@ -127,22 +128,32 @@ BEGIN
                     LIMIT least(per_key_limit, greatest(
                         ceil(lim * coalesce((s.key_weights ->> kl.k)::float8, 1) / total_weight),
                         ceil(2.0 * lim / greatest(cardinality(key_list), 1)))::integer)
+                    FOR UPDATE SKIP LOCKED
                     ) AS h
                 UNION ALL
                 -- Jobs without a key (enqueued without one) are one more key; looked for
                 -- among the type's first `lim` queued jobs only, so that a keyed backlog is
                 -- not read whole for them.
-                SELECT n.id, n.queue, n.key, n.priority, n.run_at,
-                       (row_number() OVER (ORDER BY n.priority DESC, n.run_at, n.id) - 1)::float8
-                FROM (SELECT j.id, j.queue, j.key, j.priority, j.run_at
-                      FROM {schema}.jobs AS j
+                SELECT n.id, n.queue, n.key, n.priority, n.run_at
+                FROM (SELECT j.id FROM {schema}.jobs AS j
                       WHERE j.state = 'queued' AND j.ready AND j.job_type = t
                         AND j.run_at <= now()
-                        AND (queues IS NULL OR j.queue = ANY(queues))
-                        AND j.queue <> ALL(paused_queues)
                       ORDER BY j.priority DESC, j.run_at, j.id
-                      LIMIT lim) AS n
-                WHERE n.key IS NULL
+                      LIMIT lim) AS first_ones
+                CROSS JOIN LATERAL (
+                    SELECT j.id, j.queue, j.key, j.priority, j.run_at
+                    FROM {schema}.jobs AS j
+                    WHERE j.id = first_ones.id AND j.key IS NULL
+                      AND j.state = 'queued' AND j.ready
+                      AND (queues IS NULL OR j.queue = ANY(queues))
+                      AND j.queue <> ALL(paused_queues)
+                    FOR UPDATE SKIP LOCKED) AS n
+            ), cands AS (
+                SELECT heads.*,
+                       (row_number() OVER (PARTITION BY heads.key
+                                           ORDER BY heads.priority DESC, heads.run_at, heads.id)
+                        - 1) / coalesce((s.key_weights ->> heads.key)::float8, 1) AS turn
+                FROM heads
             )
             -- (Aggregated in the order of the subquery: one sort, not one an array.)
             SELECT array_agg(x.id), array_agg(x.queue), array_agg(x.key)
