@@ -318,7 +318,10 @@ BEGIN
                 UPDATE {schema}.steering_cursors AS sc SET after_key = key_list[last_pos]
                 WHERE sc.job_type IN (SELECT x.job_type FROM {schema}.steering_cursors AS x
                                       WHERE x.job_type = t FOR UPDATE SKIP LOCKED);
-            ELSE
+            ELSIF pg_try_advisory_xact_lock(hashtextextended('poel.cursor:{schema}:' || t, 0))
+            THEN
+                -- The first claim of the type makes its cursor; a claim racing it leaves
+                -- it (an insert of the same key would wait for the other's commit).
                 INSERT INTO {schema}.steering_cursors (job_type, after_key)
                 VALUES (t, key_list[last_pos]) ON CONFLICT DO NOTHING;
             END IF;
