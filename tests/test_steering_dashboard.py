@@ -125,3 +125,12 @@ def test_steer_and_unsteer_from_the_dashboard_are_signed_in_and_audited(dashboar
         ("ada", "unsteer", "test.noop"),
     ]
     assert audit[0]["detail"]["concurrency"] == 3 and audit[0]["detail"]["per_ms"] == 500
+
+
+def test_a_jobs_page_shows_its_key_escaped(dashboard, poel_conn):
+    row = poel_conn.execute(
+        "INSERT INTO poel.jobs (job_type, key) VALUES ('test.noop', '<b>tenant</b>') RETURNING id"
+    ).fetchone()
+    page = dashboard().get(f"/jobs/{row['id']}")
+    assert page.status == 200
+    assert '<td id="key">&lt;b&gt;tenant&lt;/b&gt;</td>' in page.text

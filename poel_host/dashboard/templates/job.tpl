@@ -9,6 +9,9 @@
 % end
 <tr><th>priority</th><td>{{job['priority']}}</td></tr>
 <tr><th>unique key</th><td>{{job['unique_key'] or '-'}}</td></tr>
+% if job.get('key') is not None:
+<tr><th>key</th><td id="key">{{job['key']}}</td></tr>
+% end
 <tr><th>created</th><td>{{when(job['created_at'])}}</td></tr>
 <tr><th>run at</th><td>{{when(job['run_at'])}}</td></tr>
 <tr><th>started</th><td>{{when(job['started_at'])}}</td></tr>
