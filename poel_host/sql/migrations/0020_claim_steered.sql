@@ -202,7 +202,6 @@ BEGIN
 
         -- ... then counted, in a statement after the lock: what is running and what
         -- started in the window.
-        ts := clock_timestamp();
         slots_left := jsonb_build_object();
         starts_left := jsonb_build_object();
         IF cardinality(locked) > 0 THEN
@@ -240,11 +239,15 @@ BEGIN
                     SELECT count(*) AS n, min(ss.started_at) AS first
                     FROM {schema}.steering_starts AS ss
                     WHERE gg.rate IS NOT NULL AND ss.gate = gg.name
-                      AND ss.started_at > ts - gg.per * interval '1 millisecond'
+                      AND ss.started_at > clock_timestamp() - gg.per * interval '1 millisecond'
                 ) AS w_started
                 WHERE gg.name = ANY(locked)
             ) AS g;
         END IF;
+        -- The jobs start now, after the count: a job whose end committed just before the
+        -- count (so that its slot was free) ended before this start, on the database's
+        -- clock too, and the window this start enters was counted up to before it.
+        ts := clock_timestamp();
 
         -- Take the candidates in order while their gates have room: a candidate is
         -- taken when, counting it and every candidate before it at the same gate, each of
