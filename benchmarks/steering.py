@@ -28,12 +28,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from adapters.poel import Poel
 from adapters.poel import _env as poel_env
+from claim_shapes import RolledBack
 from common import create_database, drop_database, scratch_name
 from psycopg.rows import dict_row
 
@@ -49,17 +49,6 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "fair": {"fair": True},
     "all": {"concurrency": 1_000_000, "rate": 1_000_000, "per_ms": 1000, "fair": True},
 }
-
-
-class RolledBack:
-    """A store source that runs each statement in a transaction it rolls back."""
-
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
-
-    def run(self, work: Callable[[psycopg.Connection[Any]], Any]) -> Any:
-        with self.conn.transaction(force_rollback=True):
-            return work(self.conn)
 
 
 def _steer(conn: psycopg.Connection[Any], row: dict[str, Any]) -> None:

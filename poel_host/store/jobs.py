@@ -81,14 +81,7 @@ class JobStore(StoreBase):
         """Claim up to ``limit`` due jobs under the lease token ``token`` (new for each
         claim; see ``claim_jobs`` in the SQL), held by the worker's heartbeat, or with a
         lease of ``lease_ms`` of their own when the claimer has no heartbeat."""
-        params = {
-            "job_types": list(job_types),
-            "queues": None if queues is None else list(queues),
-            "limit": limit,
-            "owner": owner,
-            "token": token,
-            "lease_ms": lease_ms,
-        }
+        params = _claim_params(job_types, queues, limit, owner, token, lease_ms)
         if not job_types:
             return []
         query = claim_query(self.schema, len(job_types))
@@ -109,14 +102,7 @@ class JobStore(StoreBase):
         """Claim up to ``limit`` jobs of steered types and queues under their limits (see
         ``claim_steered`` in migration 0020): the rows, and in how many seconds a rate
         window this claim found full opens again (None when none did)."""
-        params = {
-            "job_types": list(job_types),
-            "queues": None if queues is None else list(queues),
-            "limit": limit,
-            "owner": owner,
-            "token": token,
-            "lease_ms": lease_ms,
-        }
+        params = _claim_params(job_types, queues, limit, owner, token, lease_ms)
         rows = self._all("claim_steered", params)
         reopens = [row["reopens_in"] for row in rows if row["id"] is None]
         jobs = [row for row in rows if row["id"] is not None]
@@ -279,3 +265,22 @@ class JobStore(StoreBase):
     def remove_result_waiter(self, job_id: int, conn: Conn) -> None:
         """Say that one waiter for ``job_id`` stopped waiting."""
         self._execute("remove_result_waiter", {"id": job_id}, conn)
+
+
+def _claim_params(
+    job_types: Sequence[str],
+    queues: Sequence[str] | None,
+    limit: int,
+    owner: str,
+    token: str,
+    lease_ms: int | None,
+) -> dict[str, Any]:
+    """The parameters of both claims (plain and steered)."""
+    return {
+        "job_types": list(job_types),
+        "queues": None if queues is None else list(queues),
+        "limit": limit,
+        "owner": owner,
+        "token": token,
+        "lease_ms": lease_ms,
+    }
