@@ -10,11 +10,33 @@ declared here holds across every serve. A row an operator set (``poel-host steer
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from poel_host.jobs import Job
+
+class Job(Protocol):
+    """What of a :class:`poel_host.jobs.Job` this module reads: its name and steering
+    options (a protocol, so that jobs.py, which checks them here, is not imported back)."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def concurrency(self) -> int | None: ...
+    @property
+    def weight(self) -> int: ...
+    @property
+    def rate(self) -> int | None: ...
+    @property
+    def per(self) -> float: ...
+    @property
+    def key(self) -> str | None: ...
+    @property
+    def per_key(self) -> bool: ...
+    @property
+    def fair(self) -> bool: ...
+    @property
+    def key_weights(self) -> Mapping[str, int] | None: ...
+
 
 MAX_KEY_CHARS = 200  # a job's key is in an index (jobs_keyed_idx)
 
@@ -30,7 +52,7 @@ def steering_problems(job: Job) -> list[str]:
         problems.append(f"concurrency must be an integer >= 1 or None, got {job.concurrency!r}")
     if not _count(job.weight):
         problems.append(f"weight must be an integer >= 1, got {job.weight!r}")
-    elif _count(job.concurrency) and job.weight > job.concurrency:  # type: ignore[operator]
+    elif job.concurrency is not None and _count(job.concurrency) and job.weight > job.concurrency:
         problems.append(
             f"weight {job.weight} is more than the concurrency {job.concurrency}: no job "
             "could ever start"
