@@ -62,8 +62,9 @@ class Lane:
     slots: Capacity
     wake: gevent.event.Event = field(default_factory=gevent.event.Event)
     backlog: gevent.event.Event = field(default_factory=gevent.event.Event)  # last claim full
-    # When a rate window the last steered claim found full opens again (time.monotonic()):
-    # the claim loop sleeps no longer than that instead of polling the closed window.
+    # When the last steered claim said to look again (time.monotonic()): a rate window it
+    # found full opens then, or now when it took fewer jobs than asked. The claim loop
+    # sleeps no longer than that, instead of polling a closed window.
     reopens_at: float | None = None
 
     @property
@@ -242,8 +243,9 @@ def reopens_in(seconds: float | None) -> float | None:
 
 
 def poll_wait(poll: float, reopens_at: float | None) -> float:
-    """How long an idle claim loop waits: the poll interval, or less when a rate window
-    opens sooner (a few milliseconds after, so the window is open when the claim comes)."""
+    """How long an idle claim loop waits: the poll interval, or less when the steered
+    claim said to look again sooner (a few milliseconds after, so that a rate window is
+    open when the claim comes)."""
     if reopens_at is None:
         return poll
     return max(0.0, min(poll, reopens_at - time.monotonic() + 0.002))
