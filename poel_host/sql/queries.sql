@@ -1066,7 +1066,7 @@ CROSS JOIN LATERAL (
 ) AS u
 CROSS JOIN LATERAL (
     SELECT coalesce(max(c.n), 0)::integer AS window_starts
-    FROM (SELECT count(*) AS n FROM {schema}.steering_starts AS ss
+    FROM (SELECT sum(ss.n) AS n FROM {schema}.steering_starts AS ss
           WHERE st.rate IS NOT NULL
             AND ss.started_at > now() - st.per_ms * interval '1 millisecond'
             AND CASE WHEN st.per_key THEN starts_with(ss.gate, 'key:' || st.name || ':')

@@ -1,0 +1,560 @@
+-- The steered claim, cheaper (issue 19's claim cost). Three changes to migration 0020's
+-- claim_steered, whose contract (arguments, rows, reopens_at, the locks) is unchanged:
+--
+-- 1. Its statements keep one generic plan a session (plan_cache_mode on the function):
+--    planned again at every call, as the values of the call made PostgreSQL do, the
+--    candidates' and the count's statements cost more to plan than to run. The
+--    statements are written so that their generic plans read the indexes: the plain
+--    candidates in claim order from the type's index, each row then checked alone.
+-- 2. A type with one gate (its limit, its rate) or none, no key and no steered queue, is
+--    claimed as the plain claim claims: its gate locked and counted first (it is known
+--    before any job is read), then the jobs taken in claim order, as many as the gate
+--    has room for, in one statement that also writes their starts.
+-- 3. A fair or per-key claim serves 10 keys at most (was `lim`, 50 for a worker), and
+--    reads for each no more candidates than its share: each key costs two index
+--    descents, and each candidate a row lock.
+-- 4. A claim's starts enter a rate window as one row a gate with their number (n), not a
+--    row a start, written and trimmed in the claim's update statement; when a full
+--    window opens again is worked out from the count, not read again.
+ALTER TABLE {schema}.steering_starts ADD COLUMN n integer NOT NULL DEFAULT 1;
+
+CREATE OR REPLACE FUNCTION {schema}.claim_steered(
+    job_types text[], queues text[], lim integer, owner text, token uuid, lease_ms bigint)
+RETURNS TABLE (id bigint, queue text, job_type text, payload text, attempts integer,
+               max_attempts integer, created_at timestamptz, snoozes integer,
+               reopens_at timestamptz)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $fn$
+DECLARE
+    t text;
+    s {schema}.steering;
+    steered_queues text[];
+    paused_queues text[];
+    taken integer := 0;
+    reopen timestamptz;
+    ts timestamptz;
+    c_ids bigint[]; c_queues text[]; c_keys text[];
+    g_names text[]; g_conc integer[]; g_rate integer[]; g_per integer[];
+    g_kind text[]; g_key text[]; g_queue text[];
+    locked text[];
+    slots_left jsonb; starts_left jsonb; firsts jsonb;
+    running integer; started integer; first_start timestamptz;
+    accepted bigint[]; acc_gates text[];
+    i integer; w integer; g1 text; room integer;
+    per_key_limit integer;
+    cursor_key text; have_cursor boolean; key_list text[]; total_weight float8;
+    last_pos integer;
+    key_cap integer := 10;
+BEGIN
+    steered_queues := ARRAY(SELECT st.name FROM {schema}.steering AS st
+                            WHERE st.kind = 'queue'
+                              AND (queues IS NULL OR st.name = ANY(queues)));
+    paused_queues := ARRAY(SELECT p.name FROM {schema}.pauses AS p WHERE p.kind = 'queue');
+    FOR t IN SELECT u.t FROM unnest(job_types) AS u(t) ORDER BY random() LOOP
+        EXIT WHEN taken >= lim;
+        SELECT * INTO s FROM {schema}.steering AS st WHERE st.kind = 'type' AND st.name = t;
+        CONTINUE WHEN s.name IS NULL AND cardinality(steered_queues) = 0;
+        CONTINUE WHEN EXISTS (SELECT FROM {schema}.pauses AS p
+                              WHERE p.kind = 'type' AND p.name = t);
+        w := coalesce(s.weight, 1);
+        key_list := ARRAY[]::text[];
+
+        -- One gate for all of the type's jobs (its limit, its rate) or none, and no queue
+        -- of theirs steered: the gate is known before any job is read, so it is locked
+        -- and counted first, and the jobs are then claimed as the plain claim claims them,
+        -- as many as the gate has room for, in the statement that writes their starts.
+        IF NOT coalesce(s.per_key OR s.fair, false) AND cardinality(steered_queues) = 0 THEN
+            g1 := CASE WHEN s.concurrency IS NOT NULL OR s.rate IS NOT NULL
+                       THEN 'type:' || t END;
+            room := lim - taken;
+            started := NULL;
+            first_start := NULL;
+            IF g1 IS NOT NULL THEN
+                CONTINUE WHEN NOT pg_try_advisory_xact_lock(
+                    hashtextextended('poel.gate:{schema}:' || g1, 0));
+                -- Counted in a statement after the lock (see the top).
+                SELECT (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                        WHERE s.concurrency IS NOT NULL AND j.state = 'running'
+                          AND j.slots IS NOT NULL AND j.job_type = t),
+                       ws.n, ws.first
+                INTO running, started, first_start
+                FROM (SELECT coalesce(sum(ss.n), 0)::integer AS n, min(ss.started_at) AS first
+                      FROM {schema}.steering_starts AS ss
+                      WHERE s.rate IS NOT NULL AND ss.gate = g1
+                        AND ss.started_at > clock_timestamp() - s.per_ms * interval '1 millisecond'
+                     ) AS ws;
+                IF s.concurrency IS NOT NULL THEN
+                    room := least(room, (s.concurrency - running) / w);
+                END IF;
+                IF s.rate IS NOT NULL THEN
+                    room := least(room, s.rate - started);
+                    IF started >= s.rate THEN
+                        reopen := least(reopen, first_start + s.per_ms * interval '1 millisecond');
+                    END IF;
+                END IF;
+                CONTINUE WHEN room <= 0;
+            END IF;
+            ts := clock_timestamp();  -- after the count (see below)
+            RETURN QUERY
+            WITH claimed AS (
+                UPDATE {schema}.jobs AS j
+                SET state = 'running', attempts = j.attempts + 1, lease_owner = owner,
+                    lease_token = token,
+                    lease_expires_at = now() + lease_ms * interval '1 millisecond',
+                    started_at = ts, updated_at = now(), slots = w
+                -- (An array, so that each row is found by its primary key: joined to the
+                -- generic plan's guess of a LIMIT's rows, a hash of the whole table.)
+                WHERE j.id = ANY(ARRAY(
+                    SELECT locked.id
+                    FROM (SELECT c.id FROM {schema}.jobs AS c
+                          WHERE c.state = 'queued' AND c.ready AND c.job_type = t
+                          ORDER BY c.priority DESC, c.run_at, c.id) AS c
+                    CROSS JOIN LATERAL (
+                        SELECT l.id FROM {schema}.jobs AS l
+                        WHERE l.id = c.id AND l.state::text = 'queued' AND l.ready
+                          AND l.run_at <= now()
+                          AND (queues IS NULL OR l.queue = ANY(queues))
+                          AND l.queue <> ALL(paused_queues)
+                        FOR UPDATE SKIP LOCKED) AS locked
+                    LIMIT room))
+                RETURNING j.id, j.queue, j.job_type, j.payload::text, j.attempts,
+                          j.max_attempts, j.created_at, j.snoozes
+            ), entered AS (
+                -- The claim's starts enter the window as one row (n of them) ...
+                INSERT INTO {schema}.steering_starts (gate, started_at, n)
+                SELECT g1, ts, count(*) FROM claimed
+                WHERE s.rate IS NOT NULL HAVING count(*) > 0
+            ), left_window AS (
+                -- ... and the starts that left it are trimmed.
+                DELETE FROM {schema}.steering_starts AS ss
+                WHERE s.rate IS NOT NULL AND ss.gate = g1
+                  AND ss.started_at <= ts - s.per_ms * interval '1 millisecond'
+            )
+            SELECT claimed.*, NULL::timestamptz FROM claimed;
+            GET DIAGNOSTICS i = ROW_COUNT;
+            taken := taken + i;
+            -- A window this claim filled opens again when its oldest start leaves it.
+            IF s.rate IS NOT NULL AND i > 0 AND started + i >= s.rate THEN
+                reopen := least(reopen, coalesce(first_start, ts)
+                                        + s.per_ms * interval '1 millisecond');
+            END IF;
+            CONTINUE;
+        END IF;
+
+        -- The candidates, in the order they are to be taken.
+        IF s.per_key OR s.fair THEN
+            per_key_limit := lim;
+            IF s.per_key AND s.concurrency IS NOT NULL THEN
+                per_key_limit := least(per_key_limit, s.concurrency / w);
+            END IF;
+            IF s.per_key AND s.rate IS NOT NULL THEN
+                per_key_limit := least(per_key_limit, s.rate);
+            END IF;
+            -- The keys with jobs due, in key order from where the last claim of the type
+            -- stopped (steering_cursors), wrapping round: `key_cap` keys at most (10), so
+            -- that a claim reads a few index entries for each key it serves, however many
+            -- keys wait, and the keys past those get their turn in the next claims (ten
+            -- keys a claim, not one a job: each key costs the claim two index descents).
+            SELECT sc.after_key INTO cursor_key
+            FROM {schema}.steering_cursors AS sc WHERE sc.job_type = t;
+            have_cursor := FOUND;
+            key_list := ARRAY(
+                WITH RECURSIVE keys(k) AS (
+                    (SELECT j.key FROM {schema}.jobs AS j
+                     WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
+                       AND j.job_type = t AND (cursor_key IS NULL OR j.key > cursor_key)
+                     ORDER BY j.key LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT j.key FROM {schema}.jobs AS j
+                            WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
+                              AND j.job_type = t AND j.key > keys.k
+                            ORDER BY j.key LIMIT 1)
+                    FROM keys WHERE keys.k IS NOT NULL
+                )
+                SELECT keys.k FROM keys WHERE keys.k IS NOT NULL LIMIT key_cap);
+            IF cardinality(key_list) < key_cap AND cursor_key IS NOT NULL THEN
+                key_list := key_list || ARRAY(
+                    WITH RECURSIVE keys(k) AS (
+                        (SELECT j.key FROM {schema}.jobs AS j
+                         WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
+                           AND j.job_type = t
+                         ORDER BY j.key LIMIT 1)
+                        UNION ALL
+                        SELECT (SELECT j.key FROM {schema}.jobs AS j
+                                WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
+                                  AND j.job_type = t AND j.key > keys.k
+                                ORDER BY j.key LIMIT 1)
+                        FROM keys WHERE keys.k IS NOT NULL AND keys.k < cursor_key
+                    )
+                    SELECT keys.k FROM keys WHERE keys.k IS NOT NULL AND keys.k <= cursor_key
+                    LIMIT key_cap - cardinality(key_list));
+            END IF;
+          IF cardinality(key_list) >= key_cap THEN
+            -- Many keys: they are walked from the cursor again, each key's candidates
+            -- (its share of a claim of `key_cap` keys, by weight) locked as the walk
+            -- reaches it, until the claim has `lim`: ten keys of five jobs, or fifty of
+            -- one, each walked once (a walk stops with the claim's last candidate).
+            WITH RECURSIVE after_cursor(k) AS (
+                (SELECT j.key FROM {schema}.jobs AS j
+                 WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
+                   AND j.job_type = t AND (cursor_key IS NULL OR j.key > cursor_key)
+                 ORDER BY j.key LIMIT 1)
+                UNION ALL
+                SELECT (SELECT j.key FROM {schema}.jobs AS j
+                        WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
+                          AND j.job_type = t AND j.key > a.k
+                        ORDER BY j.key LIMIT 1)
+                FROM after_cursor AS a WHERE a.k IS NOT NULL
+            ), from_start(k) AS (
+                (SELECT j.key FROM {schema}.jobs AS j
+                 WHERE cursor_key IS NOT NULL AND j.state = 'queued' AND j.ready
+                   AND j.key IS NOT NULL AND j.job_type = t
+                 ORDER BY j.key LIMIT 1)
+                UNION ALL
+                SELECT (SELECT j.key FROM {schema}.jobs AS j
+                        WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
+                          AND j.job_type = t AND j.key > f.k
+                        ORDER BY j.key LIMIT 1)
+                FROM from_start AS f WHERE f.k IS NOT NULL AND f.k < cursor_key
+            ), walk(k) AS (
+                SELECT a.k FROM after_cursor AS a WHERE a.k IS NOT NULL
+                UNION ALL
+                SELECT f.k FROM from_start AS f WHERE f.k IS NOT NULL AND f.k <= cursor_key
+            ), got AS (
+                SELECT x.*, row_number() OVER () AS rn FROM (
+                    -- Jobs without a key first: one more key (see below).
+                    SELECT n.id, n.queue, n.key, n.priority, n.run_at
+                    FROM (SELECT j.id FROM {schema}.jobs AS j
+                          WHERE j.state = 'queued' AND j.ready AND j.job_type = t
+                            AND j.run_at <= now()
+                          ORDER BY j.priority DESC, j.run_at, j.id
+                          LIMIT key_cap) AS first_ones
+                    CROSS JOIN LATERAL (
+                        SELECT j.id, j.queue, j.key, j.priority, j.run_at
+                        FROM {schema}.jobs AS j
+                        WHERE j.id = first_ones.id AND j.key IS NULL
+                          AND j.state = 'queued' AND j.ready
+                          AND (queues IS NULL OR j.queue = ANY(queues))
+                          AND j.queue <> ALL(paused_queues)
+                        FOR UPDATE SKIP LOCKED) AS n
+                    UNION ALL
+                    SELECT h.id, h.queue, h.key, h.priority, h.run_at
+                    FROM walk CROSS JOIN LATERAL (
+                        SELECT j.id, j.queue, j.key, j.priority, j.run_at
+                        FROM {schema}.jobs AS j
+                        WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
+                          AND j.job_type = t AND j.key = walk.k AND j.run_at <= now()
+                          AND (queues IS NULL OR j.queue = ANY(queues))
+                          AND j.queue <> ALL(paused_queues)
+                        ORDER BY j.priority DESC, j.run_at, j.id
+                        LIMIT least(per_key_limit, ceil(
+                            1.0 * lim / key_cap
+                            * coalesce((s.key_weights ->> walk.k)::float8, 1))::integer)
+                        FOR UPDATE SKIP LOCKED) AS h
+                    LIMIT lim) AS x
+            ), ranked AS (
+                SELECT got.*,
+                       (row_number() OVER (PARTITION BY got.key
+                                           ORDER BY got.priority DESC, got.run_at, got.id)
+                        - 1) / coalesce((s.key_weights ->> got.key)::float8, 1) AS turn
+                FROM got
+            )
+            SELECT (SELECT array_agg(r.id ORDER BY r.turn, r.priority DESC, r.run_at, r.id)
+                    FROM ranked AS r),
+                   (SELECT array_agg(r.queue ORDER BY r.turn, r.priority DESC, r.run_at, r.id)
+                    FROM ranked AS r),
+                   (SELECT array_agg(r.key ORDER BY r.turn, r.priority DESC, r.run_at, r.id)
+                    FROM ranked AS r),
+                   (SELECT coalesce(array_agg(g.key ORDER BY g.pos), ARRAY[]::text[])
+                    FROM (SELECT got.key, min(got.rn) AS pos FROM got
+                          WHERE got.key IS NOT NULL GROUP BY got.key) AS g)
+            INTO c_ids, c_queues, c_keys, key_list;
+          ELSE
+            -- Each key's share of the claim, by weight (an even share at least, so that a
+            -- light key's candidates can fill what a heavy key lacks), is what it needs of
+            -- candidates: each is locked, so no more are read. A claim left short by keys
+            -- with fewer jobs than their share is followed by another at once (the end).
+            SELECT coalesce(sum(coalesce((s.key_weights ->> kl)::float8, 1)), 1)
+            INTO total_weight FROM unnest(key_list) AS kl;
+            -- The candidates are locked as they are read (SKIP LOCKED): two claims of a
+            -- fair type that no gate serialises read the same keys in the same order, and
+            -- each takes the next rows instead of colliding on the first.
+            WITH heads AS (
+                SELECT h.id, h.queue, h.key, h.priority, h.run_at
+                FROM unnest(key_list) AS kl(k) CROSS JOIN LATERAL (
+                    SELECT j.id, j.queue, j.key, j.priority, j.run_at
+                    FROM {schema}.jobs AS j
+                    WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
+                      AND j.job_type = t AND j.key = kl.k AND j.run_at <= now()
+                      AND (queues IS NULL OR j.queue = ANY(queues))
+                      AND j.queue <> ALL(paused_queues)
+                    ORDER BY j.priority DESC, j.run_at, j.id
+                    LIMIT least(per_key_limit, greatest(
+                        ceil(lim * coalesce((s.key_weights ->> kl.k)::float8, 1) / total_weight),
+                        ceil(1.0 * lim / greatest(cardinality(key_list), 1)))::integer)
+                    FOR UPDATE SKIP LOCKED
+                    ) AS h
+                UNION ALL
+                -- Jobs without a key (enqueued without one) are one more key; looked for
+                -- among the type's first `key_cap` queued jobs only, so that a keyed
+                -- backlog is not read whole for them.
+                SELECT n.id, n.queue, n.key, n.priority, n.run_at
+                FROM (SELECT j.id FROM {schema}.jobs AS j
+                      WHERE j.state = 'queued' AND j.ready AND j.job_type = t
+                        AND j.run_at <= now()
+                      ORDER BY j.priority DESC, j.run_at, j.id
+                      LIMIT key_cap) AS first_ones
+                CROSS JOIN LATERAL (
+                    SELECT j.id, j.queue, j.key, j.priority, j.run_at
+                    FROM {schema}.jobs AS j
+                    WHERE j.id = first_ones.id AND j.key IS NULL
+                      AND j.state = 'queued' AND j.ready
+                      AND (queues IS NULL OR j.queue = ANY(queues))
+                      AND j.queue <> ALL(paused_queues)
+                    FOR UPDATE SKIP LOCKED) AS n
+            ), cands AS (
+                SELECT heads.*,
+                       (row_number() OVER (PARTITION BY heads.key
+                                           ORDER BY heads.priority DESC, heads.run_at, heads.id)
+                        - 1) / coalesce((s.key_weights ->> heads.key)::float8, 1) AS turn
+                FROM heads
+            )
+            -- (Aggregated in the order of the subquery: one sort, not one an array.)
+            SELECT array_agg(x.id), array_agg(x.queue), array_agg(x.key)
+            INTO c_ids, c_queues, c_keys
+            FROM (SELECT * FROM cands
+                  ORDER BY cands.turn, cands.priority DESC, cands.run_at, cands.id
+                  LIMIT lim * 2) AS x;
+          END IF;
+        ELSE
+            -- In claim order from the type's index, each row then checked alone (one
+            -- statement with every test: its generic plan sorted the type's backlog).
+            SELECT array_agg(x.id), array_agg(x.queue), array_agg(x.key)
+            INTO c_ids, c_queues, c_keys
+            FROM (SELECT f.id, f.queue, f.key
+                  FROM (SELECT j.id FROM {schema}.jobs AS j
+                        WHERE j.state = 'queued' AND j.ready AND j.job_type = t
+                        ORDER BY j.priority DESC, j.run_at, j.id) AS c
+                  CROSS JOIN LATERAL (
+                      SELECT l.id, l.queue, l.key FROM {schema}.jobs AS l
+                      WHERE l.id = c.id AND l.run_at <= now()
+                        AND (queues IS NULL OR l.queue = ANY(queues))
+                        AND l.queue <> ALL(paused_queues)
+                        AND (s.name IS NOT NULL OR l.queue = ANY(steered_queues))) AS f
+                  LIMIT lim * 2) AS x;
+        END IF;
+        CONTINUE WHEN c_ids IS NULL;
+
+        -- The gates they need (the type's or each key's, and each steered queue's), each
+        -- locked as it is listed (a gate another claim holds is left to it) ...
+        SELECT coalesce(array_agg(g.name), ARRAY[]::text[]), array_agg(g.conc),
+               array_agg(g.rate), array_agg(g.per), array_agg(g.kind), array_agg(g.k),
+               array_agg(g.q),
+               coalesce(array_agg(g.name) FILTER (WHERE pg_try_advisory_xact_lock(
+                            hashtextextended('poel.gate:{schema}:' || g.name, 0))),
+                        ARRAY[]::text[])
+        INTO g_names, g_conc, g_rate, g_per, g_kind, g_key, g_queue, locked
+        FROM (
+            SELECT DISTINCT ON (name) name, conc, rate, per, kind, k, q FROM (
+                SELECT CASE WHEN s.per_key THEN 'key:' || t || ':' || coalesce(c.k, '')
+                            ELSE 'type:' || t END AS name,
+                       s.concurrency AS conc, s.rate, s.per_ms AS per,
+                       CASE WHEN s.per_key THEN 'key' ELSE 'type' END AS kind, c.k, NULL AS q
+                FROM unnest(c_keys) AS c(k)
+                WHERE s.concurrency IS NOT NULL OR s.rate IS NOT NULL
+                UNION ALL
+                SELECT 'queue:' || st.name, st.concurrency, st.rate, st.per_ms, 'queue', NULL,
+                       st.name
+                FROM {schema}.steering AS st
+                WHERE st.kind = 'queue' AND st.name = ANY(c_queues)
+            ) AS all_gates
+        ) AS g;
+
+        -- ... then counted, in a statement after the lock: what is running and what
+        -- started in the window.
+        slots_left := jsonb_build_object();
+        starts_left := jsonb_build_object();
+        IF cardinality(locked) > 0 THEN
+            SELECT coalesce(jsonb_object_agg(g.name, g.conc - g.running)
+                                FILTER (WHERE g.conc IS NOT NULL), jsonb_build_object()),
+                   coalesce(jsonb_object_agg(g.name, g.rate - g.started)
+                                FILTER (WHERE g.rate IS NOT NULL), jsonb_build_object()),
+                   coalesce(jsonb_object_agg(g.name, g.first_start)
+                                FILTER (WHERE g.first_start IS NOT NULL), jsonb_build_object()),
+                   min(g.first_start + g.per * interval '1 millisecond')
+                       FILTER (WHERE g.rate IS NOT NULL AND g.started >= g.rate)
+            INTO slots_left, starts_left, firsts, first_start
+            FROM (
+                SELECT gg.name, gg.conc, gg.rate, gg.per,
+                       CASE WHEN gg.conc IS NULL THEN 0
+                            WHEN gg.kind = 'queue' THEN
+                                (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                                 WHERE j.state = 'running' AND j.slots IS NOT NULL
+                                   AND j.queue = gg.q)
+                            WHEN gg.kind = 'key' AND gg.k IS NULL THEN
+                                (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                                 WHERE j.state = 'running' AND j.slots IS NOT NULL
+                                   AND j.job_type = t AND j.key IS NULL)
+                            WHEN gg.kind = 'key' THEN
+                                (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                                 WHERE j.state = 'running' AND j.slots IS NOT NULL
+                                   AND j.job_type = t AND j.key = gg.k)
+                            ELSE
+                                (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                                 WHERE j.state = 'running' AND j.slots IS NOT NULL
+                                   AND j.job_type = t)
+                       END AS running,
+                       w_started.n AS started, w_started.first AS first_start
+                FROM unnest(g_names, g_conc, g_rate, g_per, g_kind, g_key, g_queue)
+                     AS gg(name, conc, rate, per, kind, k, q)
+                CROSS JOIN LATERAL (
+                    SELECT coalesce(sum(ss.n), 0) AS n, min(ss.started_at) AS first
+                    FROM {schema}.steering_starts AS ss
+                    WHERE gg.rate IS NOT NULL AND ss.gate = gg.name
+                      AND ss.started_at > clock_timestamp() - gg.per * interval '1 millisecond'
+                ) AS w_started
+                WHERE gg.name = ANY(locked)
+            ) AS g;
+            reopen := least(reopen, first_start);  -- a full window's opening
+        END IF;
+        -- The jobs start now, after the count: a job whose end committed just before the
+        -- count (so that its slot was free) ended before this start, on the database's
+        -- clock too, and the window this start enters was counted up to before it.
+        ts := clock_timestamp();
+
+        -- Take the candidates in order while their gates have room: a candidate is
+        -- taken when, counting it and every candidate before it at the same gate, each of
+        -- its gates (its type's or key's, its queue's) has the slots and the starts left.
+        -- One statement, set by set; a candidate refused by one gate still counts at the
+        -- other, so a claim may take fewer than would fit (the next claim takes them),
+        -- never more.
+        IF NOT coalesce(s.per_key, false) AND cardinality(steered_queues) = 0 THEN
+            -- One gate for all (the type's) or none: the first candidates, as many as it
+            -- has room for.
+            g1 := CASE WHEN s.concurrency IS NOT NULL OR s.rate IS NOT NULL
+                       THEN 'type:' || t END;
+            room := lim - taken;
+            IF g1 IS NOT NULL THEN
+                room := CASE WHEN g1 = ANY(locked) THEN least(
+                            room,
+                            coalesce((slots_left ->> g1)::integer / w, room),
+                            coalesce((starts_left ->> g1)::integer, room))
+                        ELSE 0 END;
+            END IF;
+            room := greatest(room, 0);
+            accepted := c_ids[1:room];
+            acc_gates := CASE WHEN g1 IS NULL THEN ARRAY[]::text[]
+                              ELSE array_fill(g1, ARRAY[cardinality(accepted)]) END;
+            SELECT coalesce(max(array_position(key_list, ck)), 0) INTO last_pos
+            FROM unnest(c_keys[1:room]) AS ck;
+        ELSE
+            SELECT coalesce(array_agg(x.id ORDER BY x.ord), ARRAY[]::bigint[]),
+                   coalesce(array_agg(x.g1) FILTER (WHERE x.g1 IS NOT NULL), ARRAY[]::text[])
+                       || coalesce(array_agg(x.g2) FILTER (WHERE x.g2 IS NOT NULL), ARRAY[]::text[]),
+                   coalesce(max(array_position(key_list, x.key)), 0)
+            INTO accepted, acc_gates, last_pos
+            FROM (
+                SELECT y.* FROM (
+                    SELECT c.*,
+                           sum(w) OVER (PARTITION BY c.g1 ORDER BY c.ord) AS used1,
+                           count(*) OVER (PARTITION BY c.g1 ORDER BY c.ord) AS n1,
+                           sum(w) OVER (PARTITION BY c.g2 ORDER BY c.ord) AS used2,
+                           count(*) OVER (PARTITION BY c.g2 ORDER BY c.ord) AS n2
+                    FROM (
+                        SELECT u.ord, u.id, u.key,
+                               CASE WHEN s.concurrency IS NOT NULL OR s.rate IS NOT NULL THEN
+                                   CASE WHEN s.per_key THEN 'key:' || t || ':' || coalesce(u.key, '')
+                                        ELSE 'type:' || t END
+                               END AS g1,
+                               CASE WHEN u.queue = ANY(steered_queues) THEN 'queue:' || u.queue
+                               END AS g2
+                        FROM unnest(c_ids, c_queues, c_keys) WITH ORDINALITY
+                             AS u(id, queue, key, ord)
+                    ) AS c
+                    WHERE (c.g1 IS NULL OR c.g1 = ANY(locked))
+                      AND (c.g2 IS NULL OR c.g2 = ANY(locked))
+                ) AS y
+                WHERE (y.g1 IS NULL OR (coalesce(y.used1 <= (slots_left ->> y.g1)::integer, true)
+                                        AND coalesce(y.n1 <= (starts_left ->> y.g1)::integer, true)))
+                  AND (y.g2 IS NULL OR (coalesce(y.used2 <= (slots_left ->> y.g2)::integer, true)
+                                        AND coalesce(y.n2 <= (starts_left ->> y.g2)::integer, true)))
+                ORDER BY y.ord
+                LIMIT lim - taken
+            ) AS x;
+        END IF;
+        IF NOT coalesce(s.per_key OR s.fair, false) THEN
+            last_pos := 0;
+        END IF;
+        CONTINUE WHEN cardinality(accepted) = 0;
+
+        -- The next claim of the type starts after the last key this one served (left as
+        -- it is when another claim holds the cursor: no claim waits for it).
+        IF last_pos > 0 THEN
+            IF have_cursor THEN
+                UPDATE {schema}.steering_cursors AS sc SET after_key = key_list[last_pos]
+                WHERE sc.job_type IN (SELECT x.job_type FROM {schema}.steering_cursors AS x
+                                      WHERE x.job_type = t FOR UPDATE SKIP LOCKED);
+            ELSIF pg_try_advisory_xact_lock(hashtextextended('poel.cursor:{schema}:' || t, 0))
+            THEN
+                -- The first claim of the type makes its cursor; a claim racing it leaves
+                -- it (an insert of the same key would wait for the other's commit).
+                INSERT INTO {schema}.steering_cursors (job_type, after_key)
+                VALUES (t, key_list[last_pos]) ON CONFLICT DO NOTHING;
+            END IF;
+        END IF;
+
+        RETURN QUERY
+        WITH claimed AS (
+            UPDATE {schema}.jobs AS j
+            SET state = 'running', attempts = j.attempts + 1, lease_owner = owner,
+                lease_token = token,
+                lease_expires_at = now() + lease_ms * interval '1 millisecond',
+                started_at = ts, updated_at = now(), slots = w
+            -- (An array, so that each row is found by its primary key: as a subquery the
+            -- planner joined it to a scan of the whole table.)
+            WHERE j.id = ANY(ARRAY(SELECT l.id FROM {schema}.jobs AS l
+                                   WHERE l.id = ANY(accepted) AND l.state = 'queued' AND l.ready
+                                   FOR UPDATE SKIP LOCKED))
+            RETURNING j.id, j.queue, j.job_type, j.payload::text, j.attempts, j.max_attempts,
+                      j.created_at, j.snoozes
+        ), entered AS (
+            -- Each start enters its rate gates' windows, one row a gate (n starts): a
+            -- claimed job's gates, as it was accepted whole; a row lost to SKIP LOCKED is
+            -- rare enough to count anyway (a window then holds one start too many, never
+            -- one too few).
+            INSERT INTO {schema}.steering_starts (gate, started_at, n)
+            SELECT ag, ts, count(*) FROM unnest(acc_gates) AS ag
+            WHERE starts_left ? ag GROUP BY ag
+        ), left_window AS (
+            DELETE FROM {schema}.steering_starts AS ss
+            USING unnest(g_names, g_per) AS gg(name, per)
+            WHERE gg.per IS NOT NULL AND ss.gate = gg.name
+              AND ss.started_at <= ts - gg.per * interval '1 millisecond'
+        )
+        SELECT claimed.*, NULL::timestamptz FROM claimed;
+        GET DIAGNOSTICS i = ROW_COUNT;
+        taken := taken + i;
+
+        -- A window this claim filled opens again when its oldest start leaves it.
+        CONTINUE WHEN starts_left = jsonb_build_object();
+        reopen := least(reopen, (
+            SELECT min(coalesce((firsts ->> a.gate)::timestamptz, ts)
+                       + gg.per * interval '1 millisecond')
+            FROM (SELECT ag AS gate, count(*) AS n FROM unnest(acc_gates) AS ag
+                  GROUP BY ag) AS a
+            JOIN unnest(g_names, g_per) AS gg(name, per) ON gg.name = a.gate
+            WHERE starts_left ? a.gate AND (starts_left ->> a.gate)::integer <= a.n));
+    END LOOP;
+    -- A claim that took jobs but fewer than asked may have been held back by the keys'
+    -- shares, not by a lack of jobs: the worker claims again at once (reopens now), and
+    -- stops when a claim takes none.
+    IF taken > 0 AND taken < lim THEN
+        reopen := least(reopen, clock_timestamp());
+    END IF;
+    IF reopen IS NOT NULL THEN
+        RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::integer,
+                            NULL::integer, NULL::timestamptz, NULL::integer, reopen;
+    END IF;
+END
+$fn$;
