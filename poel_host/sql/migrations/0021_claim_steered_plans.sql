@@ -10,9 +10,10 @@
 --    claimed as the plain claim claims: its gate locked and counted first (it is known
 --    before any job is read), then the jobs taken in claim order, as many as the gate
 --    has room for, in one statement that also writes their starts.
--- 3. A fair or per-key claim serves 10 keys at most (was `lim`, 50 for a worker), and
---    reads for each no more candidates than its share: each key costs two index
---    descents, and each candidate a row lock.
+-- 3. A fair or per-key claim walks the keys lazily, each key's share of a claim of 10
+--    keys at a time, until it has its jobs: it reads and locks no more keys and rows
+--    than it takes (each key costs two index descents, each candidate a row lock).
+--    Only when the walk saw fewer than 10 keys are their exact shares read again.
 -- 4. A claim's starts enter a rate window as one row a gate with their number (n), not a
 --    row a start, written and trimmed in the claim's update statement; when a full
 --    window opens again is worked out from the count, not read again.
@@ -151,50 +152,16 @@ BEGIN
             IF s.per_key AND s.rate IS NOT NULL THEN
                 per_key_limit := least(per_key_limit, s.rate);
             END IF;
-            -- The keys with jobs due, in key order from where the last claim of the type
-            -- stopped (steering_cursors), wrapping round: `key_cap` keys at most (10), so
-            -- that a claim reads a few index entries for each key it serves, however many
-            -- keys wait, and the keys past those get their turn in the next claims (ten
-            -- keys a claim, not one a job: each key costs the claim two index descents).
+            -- The keys with jobs due are walked in key order from where the last claim
+            -- of the type stopped (steering_cursors), wrapping round, each key's
+            -- candidates (its share of a claim of `key_cap` keys, by weight) locked as
+            -- the walk reaches it, until the claim has `lim`: ten keys of five jobs, or
+            -- fifty of one. A claim reads a few index entries for each key it serves,
+            -- however many keys wait (the walk stops with its last candidate), and the
+            -- keys past those get their turn in the next claims.
             SELECT sc.after_key INTO cursor_key
             FROM {schema}.steering_cursors AS sc WHERE sc.job_type = t;
             have_cursor := FOUND;
-            key_list := ARRAY(
-                WITH RECURSIVE keys(k) AS (
-                    (SELECT j.key FROM {schema}.jobs AS j
-                     WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
-                       AND j.job_type = t AND (cursor_key IS NULL OR j.key > cursor_key)
-                     ORDER BY j.key LIMIT 1)
-                    UNION ALL
-                    SELECT (SELECT j.key FROM {schema}.jobs AS j
-                            WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
-                              AND j.job_type = t AND j.key > keys.k
-                            ORDER BY j.key LIMIT 1)
-                    FROM keys WHERE keys.k IS NOT NULL
-                )
-                SELECT keys.k FROM keys WHERE keys.k IS NOT NULL LIMIT key_cap);
-            IF cardinality(key_list) < key_cap AND cursor_key IS NOT NULL THEN
-                key_list := key_list || ARRAY(
-                    WITH RECURSIVE keys(k) AS (
-                        (SELECT j.key FROM {schema}.jobs AS j
-                         WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
-                           AND j.job_type = t
-                         ORDER BY j.key LIMIT 1)
-                        UNION ALL
-                        SELECT (SELECT j.key FROM {schema}.jobs AS j
-                                WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
-                                  AND j.job_type = t AND j.key > keys.k
-                                ORDER BY j.key LIMIT 1)
-                        FROM keys WHERE keys.k IS NOT NULL AND keys.k < cursor_key
-                    )
-                    SELECT keys.k FROM keys WHERE keys.k IS NOT NULL AND keys.k <= cursor_key
-                    LIMIT key_cap - cardinality(key_list));
-            END IF;
-          IF cardinality(key_list) >= key_cap THEN
-            -- Many keys: they are walked from the cursor again, each key's candidates
-            -- (its share of a claim of `key_cap` keys, by weight) locked as the walk
-            -- reaches it, until the claim has `lim`: ten keys of five jobs, or fifty of
-            -- one, each walked once (a walk stops with the claim's last candidate).
             WITH RECURSIVE after_cursor(k) AS (
                 (SELECT j.key FROM {schema}.jobs AS j
                  WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
@@ -260,17 +227,19 @@ BEGIN
                         - 1) / coalesce((s.key_weights ->> got.key)::float8, 1) AS turn
                 FROM got
             )
-            SELECT (SELECT array_agg(r.id ORDER BY r.turn, r.priority DESC, r.run_at, r.id)
-                    FROM ranked AS r),
-                   (SELECT array_agg(r.queue ORDER BY r.turn, r.priority DESC, r.run_at, r.id)
-                    FROM ranked AS r),
-                   (SELECT array_agg(r.key ORDER BY r.turn, r.priority DESC, r.run_at, r.id)
-                    FROM ranked AS r),
+            -- (Aggregated in the order of the subquery: one sort, not one an array.)
+            SELECT array_agg(r.id), array_agg(r.queue), array_agg(r.key),
                    (SELECT coalesce(array_agg(g.key ORDER BY g.pos), ARRAY[]::text[])
                     FROM (SELECT got.key, min(got.rn) AS pos FROM got
                           WHERE got.key IS NOT NULL GROUP BY got.key) AS g)
-            INTO c_ids, c_queues, c_keys, key_list;
-          ELSE
+            INTO c_ids, c_queues, c_keys, key_list
+            FROM (SELECT * FROM ranked
+                  ORDER BY ranked.turn, ranked.priority DESC, ranked.run_at, ranked.id) AS r;
+          -- Fewer keys than that, and fewer jobs than the claim: the walk saw every key
+          -- with jobs due, so their shares of the whole claim are known, and each key's
+          -- candidates are read again up to its share (the rows this claim locked are
+          -- read again, not skipped).
+          IF cardinality(key_list) < key_cap AND coalesce(cardinality(c_ids), 0) < lim THEN
             -- Each key's share of the claim, by weight (an even share at least, so that a
             -- light key's candidates can fill what a heavy key lacks), is what it needs of
             -- candidates: each is locked, so no more are read. A claim left short by keys
@@ -448,6 +417,30 @@ BEGIN
                               ELSE array_fill(g1, ARRAY[cardinality(accepted)]) END;
             SELECT coalesce(max(array_position(key_list, ck)), 0) INTO last_pos
             FROM unnest(c_keys[1:room]) AS ck;
+        ELSIF cardinality(steered_queues) = 0 THEN
+            -- Each key's gate, no queue's: the candidates of each key in order, while the
+            -- key's gate has room (one window, not one a kind of gate).
+            SELECT coalesce(array_agg(x.id ORDER BY x.ord), ARRAY[]::bigint[]),
+                   coalesce(array_agg(x.g1) FILTER (WHERE x.g1 IS NOT NULL), ARRAY[]::text[]),
+                   coalesce(max(array_position(key_list, x.key)), 0)
+            INTO accepted, acc_gates, last_pos
+            FROM (
+                SELECT y.* FROM (
+                    SELECT c.*, count(*) OVER (PARTITION BY c.g1 ORDER BY c.ord) AS n1
+                    FROM (
+                        SELECT u.ord, u.id, u.key,
+                               CASE WHEN s.concurrency IS NOT NULL OR s.rate IS NOT NULL
+                                    THEN 'key:' || t || ':' || coalesce(u.key, '') END AS g1
+                        FROM unnest(c_ids, c_keys) WITH ORDINALITY AS u(id, key, ord)
+                    ) AS c
+                    WHERE c.g1 IS NULL OR c.g1 = ANY(locked)
+                ) AS y
+                WHERE y.g1 IS NULL
+                   OR (coalesce(y.n1 * w <= (slots_left ->> y.g1)::integer, true)
+                       AND coalesce(y.n1 <= (starts_left ->> y.g1)::integer, true))
+                ORDER BY y.ord
+                LIMIT lim - taken
+            ) AS x;
         ELSE
             SELECT coalesce(array_agg(x.id ORDER BY x.ord), ARRAY[]::bigint[]),
                    coalesce(array_agg(x.g1) FILTER (WHERE x.g1 IS NOT NULL), ARRAY[]::text[])
