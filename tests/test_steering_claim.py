@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from poel_host.database import connection
-from poel_host.store import claim_query
+from poel_host.store import Store, claim_query
 
 LIMIT = 50
 
@@ -226,3 +226,64 @@ def test_two_fair_claims_at_once_take_different_jobs(poel_conn, poel_dsn):
         first.commit()
     assert len(one) == 20 and len(two) == 20
     assert not {r["id"] for r in one} & {r["id"] for r in two}
+
+
+class _On:
+    """A store's source that is one connection (the test's)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def run(self, work: Any) -> Any:
+        return work(self.conn)
+
+
+def _end(store: Store, conn: Any, ending: str, attempts: list[tuple[int, str]]) -> None:
+    """End running attempts as a worker does: an outcome, a snooze, a hand-back, a rescue."""
+    if ending == "finish":
+        store.finish(
+            [(i, token, "succeeded", None, 0, None, None, None, None) for i, token in attempts]
+        )
+    elif ending == "snooze":
+        store.finish(
+            [(i, token, "snoozed", None, 0, None, None, None, None) for i, token in attempts]
+        )
+    elif ending == "release":
+        store.release_jobs(attempts, started=False, max_handbacks=3)
+    else:
+        conn.execute(
+            "UPDATE poel.jobs SET lease_expires_at = now() - interval '1 second'"
+            " WHERE id = ANY(%s)",
+            [[i for i, _ in attempts]],
+        )
+        store.recover_expired(base_ms=1000, max_ms=1000, connection=conn)
+
+
+@pytest.mark.parametrize("ending", ["finish", "snooze", "release", "rescue"])
+def test_a_steered_jobs_end_wakes_the_idle_workers_and_no_other_end_does(
+    poel_conn, poel_dsn, ending
+):
+    # The end of a steered attempt frees its slots: the statement that ends it sends the
+    # NOTIFY that wakes the idle workers. The end of a plain one sends none (its cost was
+    # a row trigger's test on every update of a job's state, before migration 0022).
+    _jobs(poel_conn, 1, "test.noop")
+    _jobs(poel_conn, 1, "test.plain")
+    _steer(poel_conn, "type", "test.noop", concurrency=1)
+    steered_token, plain_token = str(uuid.uuid4()), str(uuid.uuid4())
+    [steered] = poel_conn.execute(
+        "SELECT id FROM poel.claim_steered(%s, NULL, 1, 'w', %s, NULL) WHERE id IS NOT NULL",
+        [["test.noop"], steered_token],
+    ).fetchall()
+    [plain] = poel_conn.execute(
+        "UPDATE poel.jobs SET state = 'running', attempts = 1, lease_token = %s, lease_owner = 'w'"
+        " WHERE job_type = 'test.plain' RETURNING id",
+        [plain_token],
+    ).fetchall()
+    store = Store("poel", _On(poel_conn))
+    with connection(poel_dsn, autocommit=True) as listener:
+        listener.execute("LISTEN poel_jobs")
+        _end(store, poel_conn, ending, [(plain["id"], plain_token)])
+        _end(store, poel_conn, ending, [(steered["id"], steered_token)])
+        poel_conn.execute("NOTIFY poel_jobs, 'marker'")  # delivered in commit order
+        heard = [n.payload for n in listener.notifies(timeout=10, stop_after=2)]
+    assert heard == ["poel", "marker"]

@@ -187,7 +187,11 @@ RETURNING j.id
 -- progress writer had not written it yet (NULL: the row's is kept). Returns the ids
 -- written, and tells Queue.result's waiters that outcomes were written: one NOTIFY a
 -- statement (the InitPlan below runs once), not one a job, and only when one of its jobs
--- has a waiter (result_waiters: usually empty, one index probe).
+-- has a waiter (result_waiters: usually empty, one index probe). When one of its jobs was
+-- steered (slots set by claim_steered), its slots are free: the idle workers are told at
+-- once (poel_jobs, as an insert tells them), here and in every statement that ends a
+-- running attempt (snooze, hand-back, rescue), instead of by a row trigger whose test
+-- every update of a job's state paid (migration 0022).
 WITH done AS (
 UPDATE {schema}.jobs AS j
 SET state = o.state::{schema}.job_state,
@@ -214,30 +218,37 @@ FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[], %(errors)
             %(progresses)s::float8[], %(progress_messages)s::text[])
      AS o(id, token, state, error, delay_ms, traceback, result, progress, progress_message)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
-RETURNING j.id
+RETURNING j.id, j.slots
 )
 SELECT id FROM done
 WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)
                              WHERE EXISTS (SELECT FROM {schema}.result_waiters AS w
                                            WHERE w.job_id = ANY(%(ids)s::bigint[])))
        AS told) >= 0
+  AND (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
+                             WHERE EXISTS (SELECT FROM done WHERE done.slots IS NOT NULL))
+       AS freed) >= 0
 
 -- finish_succeeded --
 -- The common case of finish_jobs, cheaper to send: attempts that succeeded returning
--- nothing (no result), with no progress left to write. Notifies as finish_jobs does.
+-- nothing (no result), with no progress left to write. Notifies as finish_jobs does
+-- (both the result waiters and, for steered jobs, the idle workers).
 WITH done AS (
 UPDATE {schema}.jobs AS j
 SET state = 'succeeded', finished_at = now(), lease_owner = NULL, lease_token = NULL,
     lease_expires_at = NULL, updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
-RETURNING j.id
+RETURNING j.id, j.slots
 )
 SELECT id FROM done
 WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)
                              WHERE EXISTS (SELECT FROM {schema}.result_waiters AS w
                                            WHERE w.job_id = ANY(%(ids)s::bigint[])))
        AS told) >= 0
+  AND (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
+                             WHERE EXISTS (SELECT FROM done WHERE done.slots IS NOT NULL))
+       AS freed) >= 0
 
 -- write_progress --
 -- The progress writer's pass: the latest fraction and message each running attempt
@@ -257,6 +268,8 @@ RETURNING j.id
 -- recorded. A future run_at is not ready until the promoter finds it due (as a retry's).
 -- Matched on each attempt's lease token, as every outcome: a snooze from an attempt that
 -- was rescued or handed back meanwhile never touches the next attempt. Returns the ids.
+-- A steered job's slots are free: the idle workers are told (as by finish_jobs).
+WITH done AS (
 UPDATE {schema}.jobs AS j
 SET state = 'queued', attempts = greatest(j.attempts - 1, 0), snoozes = j.snoozes + 1,
     run_at = now() + o.delay_ms * interval '1 millisecond', ready = o.delay_ms <= 0,
@@ -265,7 +278,12 @@ SET state = 'queued', attempts = greatest(j.attempts - 1, 0), snoozes = j.snooze
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(delays_ms)s::bigint[])
      AS o(id, token, delay_ms)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
-RETURNING j.id
+RETURNING j.id, j.slots
+)
+SELECT id FROM done
+WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
+                             WHERE EXISTS (SELECT FROM done WHERE done.slots IS NOT NULL))
+       AS freed) >= 0
 
 -- release_jobs --
 -- Hand attempts back to the queue (a shutdown, a job claimed ahead that no child took): the
@@ -281,7 +299,7 @@ WITH released AS (
       ON j.id = o.id AND j.lease_token = o.token
     WHERE j.id = ANY(%(ids)s::bigint[])
     FOR UPDATE OF j
-)
+), done AS (
 UPDATE {schema}.jobs AS j
 SET state = CASE WHEN r.counted AND j.attempts >= j.max_attempts
                  THEN 'failed'::{schema}.job_state ELSE 'queued'::{schema}.job_state END,
@@ -298,18 +316,29 @@ SET state = CASE WHEN r.counted AND j.attempts >= j.max_attempts
     started_at = CASE WHEN r.counted THEN j.started_at END, updated_at = now()
 FROM released AS r
 WHERE j.id = r.id
-RETURNING j.id, r.counted
+RETURNING j.id, r.counted, j.slots
+)
+SELECT id, counted FROM done
+WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
+                             WHERE EXISTS (SELECT FROM done WHERE done.slots IS NOT NULL))
+       AS freed) >= 0
 
 -- release_claims --
 -- Hand back every attempt of claims whose answer never reached this worker (the
 -- connection broke after the claim committed): their handlers never ran, so their
 -- attempts do not count. Matched by the claims' tokens, which only this worker knew.
+WITH done AS (
 UPDATE {schema}.jobs
 SET state = 'queued', attempts = greatest(attempts - 1, 0), run_at = now(),
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, started_at = NULL,
     updated_at = now()
 WHERE state = 'running' AND lease_token = ANY(%(tokens)s::uuid[])
-RETURNING id
+RETURNING id, slots
+)
+SELECT id FROM done
+WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
+                             WHERE EXISTS (SELECT FROM done WHERE done.slots IS NOT NULL))
+       AS freed) >= 0
 
 -- heartbeat --
 -- The lease keeper's pass, in one statement: this worker's heartbeat in the registry, which
@@ -401,7 +430,7 @@ WITH RECURSIVE owners AS (
     ORDER BY id
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
-)
+), done AS (
 UPDATE {schema}.jobs AS j
 SET state = CASE WHEN j.attempts >= j.max_attempts
                  THEN 'failed'::{schema}.job_state ELSE 'queued'::{schema}.job_state END,
@@ -418,7 +447,12 @@ SET state = CASE WHEN j.attempts >= j.max_attempts
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
 FROM expired
 WHERE j.id = expired.id
-RETURNING j.id, j.state::text AS state
+RETURNING j.id, j.state::text AS state, j.slots
+)
+SELECT id, state FROM done
+WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
+                             WHERE EXISTS (SELECT FROM done WHERE done.slots IS NOT NULL))
+       AS freed) >= 0
 
 -- register_worker --
 -- A serve process enters the registry (at start-up, or again after it was cleaned up while

@@ -177,6 +177,7 @@ class JobStore(StoreBase):
                     "ids": [o[0] for o in snoozed],
                     "tokens": [o[1] for o in snoozed],
                     "delays_ms": [storable_delay_ms(o[4]) for o in snoozed],
+                    "schema": self.schema,
                 }
                 written.update(r["id"] for r in conn.execute(self._q["snooze_jobs"], params))
             return written
@@ -205,12 +206,13 @@ class JobStore(StoreBase):
             "tokens": [a[1] for a in attempts],
             "started": started,
             "max_handbacks": max_handbacks,
+            "schema": self.schema,
         }
         return {int(r["id"]): bool(r["counted"]) for r in self._all("release_jobs", params)}
 
     def release_claims(self, tokens: Sequence[str]) -> list[int]:
         """Hand back the jobs of claims whose answer was lost; the ids released."""
-        return sorted(self._ids("release_claims", {"tokens": list(tokens)}))
+        return sorted(self._ids("release_claims", {"tokens": list(tokens), "schema": self.schema}))
 
     def heartbeat(
         self, owner: str, *, attempts: Sequence[tuple[int, str]], draining: bool
@@ -241,7 +243,7 @@ class JobStore(StoreBase):
     ) -> list[dict[str, Any]]:
         """Requeue after a backoff (or fail) jobs whose worker was lost or whose own lease
         expired: ``[{id, state}]``."""
-        params = {"base_ms": base_ms, "max_ms": max_ms}
+        params = {"base_ms": base_ms, "max_ms": max_ms, "schema": self.schema}
         return self._all("recover_expired", params, connection)
 
     def set_statement_timeout(self, conn: Conn, ms: int, *, local: bool) -> None:
