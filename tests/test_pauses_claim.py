@@ -109,3 +109,42 @@ def test_enqueue_and_the_promoter_go_on_for_a_paused_type(poel_conn, poel_queue)
         (later_id, "queued", True),
     ]
     assert _claim(poel_conn, ["test.noop"]) == []
+
+
+def _skips(conn: Any) -> set[tuple[str, str, str]]:
+    rows = conn.execute("SELECT kind, name, why FROM poel.claim_skips").fetchall()
+    return {(r["kind"], r["name"], r["why"]) for r in rows}
+
+
+def test_the_claims_one_table_of_skips_follows_every_write_of_pauses_and_steering(poel_conn):
+    # The plain claim reads claim_skips alone (one subquery to plan, not four); the
+    # pauses' and the steering's triggers keep it, whatever writes them.
+    poel_conn.execute("SELECT poel.pause('type', 'test.noop')")
+    poel_conn.execute("SELECT poel.pause('queue', 'bulk')")
+    poel_conn.execute(
+        "INSERT INTO poel.steering (kind, name, concurrency) VALUES ('type', 'test.noop', 2)"
+    )
+    poel_conn.execute(
+        "INSERT INTO poel.steering (kind, name, rate, per_ms) VALUES ('queue', 'api', 3, 1000)"
+    )
+    assert _skips(poel_conn) == {
+        ("type", "test.noop", "paused"),
+        ("queue", "bulk", "paused"),
+        ("type", "test.noop", "steered"),
+        ("queue", "api", "steered"),
+    }
+    poel_conn.execute("UPDATE poel.steering SET name = 'web' WHERE name = 'api'")
+    poel_conn.execute("SELECT poel.resume('type', 'test.noop')")
+    assert _skips(poel_conn) == {
+        ("queue", "bulk", "paused"),
+        ("type", "test.noop", "steered"),
+        ("queue", "web", "steered"),
+    }
+    # Paused and steered: both a paused type's jobs and a steered one's stay unclaimed.
+    _backlog(poel_conn, "test.noop", "default", 3)
+    assert _claim(poel_conn, ["test.noop"]) == []
+    poel_conn.execute("TRUNCATE poel.steering")
+    assert _skips(poel_conn) == {("queue", "bulk", "paused")}
+    assert len(_claim(poel_conn, ["test.noop"])) == 3
+    poel_conn.execute("DELETE FROM poel.pauses")
+    assert _skips(poel_conn) == set()

@@ -65,11 +65,14 @@ WHERE job_type = %(job_type)s AND unique_key = %(unique_key)s AND state IN ('que
 -- compared as text, which implies the predicate of no partial index. (On statistics that
 -- say the table is empty, as an autovacuum can leave them once finished jobs are moved
 -- out, the planner found each row through jobs_queued_idx: the whole backlog, a row.)
--- Pauses (the pauses table, migration 0015) are read by the claim itself, so that a pause
--- holds for every worker from its commit, with no cache to go stale. Neither test depends
+-- Pauses (migration 0015) and steering (0017) are read by the claim itself, so that a
+-- pause or a steering row holds for every worker from its commit, with no cache to go
+-- stale: both through claim_skips (migration 0022), which their tables' triggers keep,
+-- one table for the claim to read (each subquery costs a claim's planning). Neither test depends
 -- on the row being read: PostgreSQL looks each up once a claim (an InitPlan on the small
 -- table's primary key). A paused type switches its branch off whole (a One-Time Filter in
--- ready_jobs): its backlog is not read. A paused queue is checked on the row the lateral
+-- ready_jobs): its backlog is not read, and so is a steered type's (claim_steered takes
+-- it). A paused or steered queue is checked on the row the lateral
 -- scan reads anyway to lock it: with none paused that costs nothing, and a paused queue
 -- costs a claim only its due jobs that come first in claim order of a type the claim
 -- takes, passed over one primary-key probe each (about 3 microseconds: 50,000 ahead, a
@@ -82,8 +85,7 @@ WITH due AS (
     CROSS JOIN LATERAL (
         SELECT id FROM {schema}.jobs
         WHERE id = c.id AND state::text = 'queued' AND ready
-          AND queue <> ALL (ARRAY(SELECT name FROM {schema}.pauses WHERE kind = 'queue'))
-          AND queue <> ALL (ARRAY(SELECT name FROM {schema}.steering WHERE kind = 'queue'))
+          AND queue <> ALL (ARRAY(SELECT name FROM {schema}.claim_skips WHERE kind = 'queue'))
         FOR UPDATE SKIP LOCKED
     ) AS locked
     LIMIT %(limit)s
@@ -107,10 +109,8 @@ RETURNING j.id, j.queue, j.job_type, j.payload::text AS payload, j.attempts, j.m
  WHERE state = 'queued' AND ready AND job_type = (%(job_types)s::text[])[{type_number}]
    AND run_at <= now()
    AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-   AND NOT EXISTS (SELECT FROM {schema}.pauses AS p
-                   WHERE p.kind = 'type' AND p.name = (%(job_types)s::text[])[{type_number}])
-   AND NOT EXISTS (SELECT FROM {schema}.steering AS st
-                   WHERE st.kind = 'type' AND st.name = (%(job_types)s::text[])[{type_number}])
+   AND NOT EXISTS (SELECT FROM {schema}.claim_skips AS s
+                   WHERE s.kind = 'type' AND s.name = (%(job_types)s::text[])[{type_number}])
  ORDER BY priority DESC, run_at, id)
 
 -- claim_steered --
