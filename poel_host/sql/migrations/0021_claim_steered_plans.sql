@@ -505,10 +505,13 @@ BEGIN
                 lease_expires_at = now() + lease_ms * interval '1 millisecond',
                 started_at = ts, updated_at = now(), slots = w
             -- (An array, so that each row is found by its primary key: as a subquery the
-            -- planner joined it to a scan of the whole table.)
-            WHERE j.id = ANY(ARRAY(SELECT l.id FROM {schema}.jobs AS l
-                                   WHERE l.id = ANY(accepted) AND l.state = 'queued' AND l.ready
-                                   FOR UPDATE SKIP LOCKED))
+            -- planner joined it to a scan of the whole table.) A fair or per-key type's
+            -- candidates are this claim's already: they were locked as they were read.
+            WHERE j.id = ANY(CASE WHEN s.per_key OR s.fair THEN accepted
+                                  ELSE ARRAY(SELECT l.id FROM {schema}.jobs AS l
+                                             WHERE l.id = ANY(accepted) AND l.state = 'queued'
+                                               AND l.ready
+                                             FOR UPDATE SKIP LOCKED) END)
             RETURNING j.id, j.queue, j.job_type, j.payload::text, j.attempts, j.max_attempts,
                       j.created_at, j.snoozes
         ), entered AS (
