@@ -240,10 +240,10 @@ BEGIN
           -- candidates are read again up to its share (the rows this claim locked are
           -- read again, not skipped).
           IF cardinality(key_list) < key_cap AND coalesce(cardinality(c_ids), 0) < lim THEN
-            -- Each key's share of the claim, by weight (an even share at least, so that a
-            -- light key's candidates can fill what a heavy key lacks), is what it needs of
-            -- candidates: each is locked, so no more are read. A claim left short by keys
-            -- with fewer jobs than their share is followed by another at once (the end).
+            -- Each key's share of the claim, by weight, is what it needs of candidates
+            -- (twice an even share at least, so that keys with fewer jobs than their share
+            -- leave the others enough: fewer than ten keys lock at most about twice the
+            -- claim); a claim left short by it is followed by another at once (the end).
             SELECT coalesce(sum(coalesce((s.key_weights ->> kl)::float8, 1)), 1)
             INTO total_weight FROM unnest(key_list) AS kl;
             -- The candidates are locked as they are read (SKIP LOCKED): two claims of a
@@ -261,7 +261,7 @@ BEGIN
                     ORDER BY j.priority DESC, j.run_at, j.id
                     LIMIT least(per_key_limit, greatest(
                         ceil(lim * coalesce((s.key_weights ->> kl.k)::float8, 1) / total_weight),
-                        ceil(1.0 * lim / greatest(cardinality(key_list), 1)))::integer)
+                        ceil(2.0 * lim / greatest(cardinality(key_list), 1)))::integer)
                     FOR UPDATE SKIP LOCKED
                     ) AS h
                 UNION ALL
