@@ -95,3 +95,19 @@ def test_a_serve_writes_its_jobs_steering_and_never_an_operators(poel_conn):
     store.declare_steering(declared_rows([unlimited, rated, plain]), poel_conn)
     names = [r["name"] for r in poel_conn.execute("SELECT name FROM poel.steering").fetchall()]
     assert names == ["t.b"]
+
+
+def test_the_test_kit_claims_a_type_steered_by_hand_through_the_steered_claim(
+    run_job, poel_queue: Queue, poel_conn
+):
+    # The kit writes no Job's steering (a serve does); a test that wants its type
+    # steered writes the row as an operator would, and run_job then claims through
+    # claim_steered (a steered job's slots are set).
+    plain = run_job("test.noop", {})
+    poel_queue.steer("type", "test.noop", concurrency=1)
+    steered = run_job("test.noop", {})
+    assert (plain.state, steered.state) == ("succeeded", "succeeded")
+    slots = poel_conn.execute(
+        "SELECT id, slots FROM poel.jobs WHERE id = ANY(%s) ORDER BY id", [[plain.id, steered.id]]
+    ).fetchall()
+    assert [r["slots"] for r in slots] == [None, 1]

@@ -265,6 +265,10 @@ class SteeringCache:
         self.queues = False
         self.read_at = -self.TTL
 
+    def forget(self) -> None:
+        """Read again at the next claim (``run_once``: a test may have just steered)."""
+        self.read_at = -self.TTL
+
     def needed(self, job_types: list[str]) -> bool:
         """Whether a claim for ``job_types`` must also run the steered claim."""
         if time.monotonic() - self.read_at >= self.TTL:

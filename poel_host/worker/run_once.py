@@ -21,6 +21,7 @@ def run_once(worker: Worker, limit: int | None = None) -> list[int]:
     returns the ids run."""
     worker.open()
     store, producer = worker.store, worker.producer
+    producer.steering.forget()  # what a test steered or unsteered just before holds now
     while store.promote_due(limit=PROMOTE_BATCH) >= PROMOTE_BATCH:
         pass  # retries whose backoff is over, delayed jobs now due
     ran = []
