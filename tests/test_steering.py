@@ -228,3 +228,10 @@ def test_the_listing_reads_only_the_running_steered_jobs(poel_conn: Any):
     poel_conn.execute("ANALYZE poel.steering")
     scans = scans_of_jobs(plan(poel_conn, "list_steering"))
     assert scans and all(kind != "Seq Scan" for kind, _ in scans), scans
+
+
+def test_sql_refuses_a_type_name_no_job_could_have(poel_conn: Any):
+    # poel.steer() from SQL is checked by the table, as Python checks the name first.
+    with pytest.raises(psycopg.errors.CheckViolation, match="steering_type_name_valid"):
+        poel_conn.execute("SELECT poel.steer('type', 'no spaces', concurrency => 1)")
+    poel_conn.execute("SELECT poel.steer('queue', 'any name a queue may have', concurrency => 1)")

@@ -59,3 +59,9 @@ CREATE TRIGGER steering_claim_skips AFTER INSERT OR DELETE OR UPDATE OF kind, na
     ON {schema}.steering FOR EACH ROW EXECUTE FUNCTION {schema}.keep_claim_skips('steered');
 CREATE TRIGGER steering_claim_skips_truncate AFTER TRUNCATE ON {schema}.steering
     FOR EACH STATEMENT EXECUTE FUNCTION {schema}.keep_claim_skips('steered');
+
+-- A steered type's name is a name a job could have, as a paused type's is (pauses_name_
+-- valid); poel.steer() from SQL took any. NOT VALID: rows written before are not read
+-- again (a name no job has steers nothing), new and changed ones are checked.
+ALTER TABLE {schema}.steering ADD CONSTRAINT steering_type_name_valid
+    CHECK (kind <> 'type' OR name ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]*$') NOT VALID;
