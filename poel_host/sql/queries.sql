@@ -214,13 +214,20 @@ FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[], %(errors)
             %(progresses)s::float8[], %(progress_messages)s::text[])
      AS o(id, token, state, error, delay_ms, traceback, result, progress, progress_message)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
-RETURNING j.id
+RETURNING j.id, j.workflow_id, j.state
+), flows AS (
+    -- Workflow steps the statement ended: steps_ended (migration 0023) releases or cancels
+    -- the steps waiting on them. A batch without a step does not call it at all.
+    SELECT {schema}.steps_ended(array_agg(id)) FROM done
+    WHERE workflow_id IS NOT NULL AND state IN ('succeeded', 'failed', 'cancelled')
+    HAVING count(*) > 0
 )
 SELECT id FROM done
 WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)
                              WHERE EXISTS (SELECT FROM {schema}.result_waiters AS w
                                            WHERE w.job_id = ANY(%(ids)s::bigint[])))
        AS told) >= 0
+  AND (SELECT count(*) FROM flows) >= 0
 
 -- finish_succeeded --
 -- The common case of finish_jobs, cheaper to send: attempts that succeeded returning
@@ -231,13 +238,20 @@ SET state = 'succeeded', finished_at = now(), lease_owner = NULL, lease_token = 
     lease_expires_at = NULL, updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
-RETURNING j.id
+RETURNING j.id, j.workflow_id, j.state
+), flows AS (
+    -- Workflow steps the statement ended: steps_ended (migration 0023) releases or cancels
+    -- the steps waiting on them. A batch without a step does not call it at all.
+    SELECT {schema}.steps_ended(array_agg(id)) FROM done
+    WHERE workflow_id IS NOT NULL AND state IN ('succeeded', 'failed', 'cancelled')
+    HAVING count(*) > 0
 )
 SELECT id FROM done
 WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)
                              WHERE EXISTS (SELECT FROM {schema}.result_waiters AS w
                                            WHERE w.job_id = ANY(%(ids)s::bigint[])))
        AS told) >= 0
+  AND (SELECT count(*) FROM flows) >= 0
 
 -- write_progress --
 -- The progress writer's pass: the latest fraction and message each running attempt
@@ -257,6 +271,9 @@ RETURNING j.id
 -- recorded. A future run_at is not ready until the promoter finds it due (as a retry's).
 -- Matched on each attempt's lease token, as every outcome: a snooze from an attempt that
 -- was rescued or handed back meanwhile never touches the next attempt. Returns the ids.
+-- (A job asked to stop ends cancelled instead: the trigger jobs_cancel_requested; a
+-- workflow step's end then reaches its workflow through `flows`.)
+WITH done AS (
 UPDATE {schema}.jobs AS j
 SET state = 'queued', attempts = greatest(j.attempts - 1, 0), snoozes = j.snoozes + 1,
     run_at = now() + o.delay_ms * interval '1 millisecond', ready = o.delay_ms <= 0,
@@ -265,7 +282,15 @@ SET state = 'queued', attempts = greatest(j.attempts - 1, 0), snoozes = j.snooze
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(delays_ms)s::bigint[])
      AS o(id, token, delay_ms)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
-RETURNING j.id
+RETURNING j.id, j.workflow_id, j.state
+), flows AS (
+    -- Workflow steps the statement ended: steps_ended (migration 0023) releases or cancels
+    -- the steps waiting on them. A batch without a step does not call it at all.
+    SELECT {schema}.steps_ended(array_agg(id)) FROM done
+    WHERE workflow_id IS NOT NULL AND state IN ('succeeded', 'failed', 'cancelled')
+    HAVING count(*) > 0
+)
+SELECT id FROM done WHERE (SELECT count(*) FROM flows) >= 0
 
 -- release_jobs --
 -- Hand attempts back to the queue (a shutdown, a job claimed ahead that no child took): the
@@ -281,7 +306,7 @@ WITH released AS (
       ON j.id = o.id AND j.lease_token = o.token
     WHERE j.id = ANY(%(ids)s::bigint[])
     FOR UPDATE OF j
-)
+), done AS (
 UPDATE {schema}.jobs AS j
 SET state = CASE WHEN r.counted AND j.attempts >= j.max_attempts
                  THEN 'failed'::{schema}.job_state ELSE 'queued'::{schema}.job_state END,
@@ -298,18 +323,36 @@ SET state = CASE WHEN r.counted AND j.attempts >= j.max_attempts
     started_at = CASE WHEN r.counted THEN j.started_at END, updated_at = now()
 FROM released AS r
 WHERE j.id = r.id
-RETURNING j.id, r.counted
+RETURNING j.id, r.counted, j.workflow_id, j.state
+), flows AS (
+    -- Workflow steps the statement ended: steps_ended (migration 0023) releases or cancels
+    -- the steps waiting on them. A batch without a step does not call it at all.
+    SELECT {schema}.steps_ended(array_agg(id)) FROM done
+    WHERE workflow_id IS NOT NULL AND state IN ('succeeded', 'failed', 'cancelled')
+    HAVING count(*) > 0
+)
+SELECT id, counted FROM done WHERE (SELECT count(*) FROM flows) >= 0
 
 -- release_claims --
 -- Hand back every attempt of claims whose answer never reached this worker (the
 -- connection broke after the claim committed): their handlers never ran, so their
--- attempts do not count. Matched by the claims' tokens, which only this worker knew.
+-- attempts do not count. Matched by the claims' tokens, which only this worker knew. (A
+-- job asked to stop meanwhile ends cancelled instead, as in snooze_jobs.)
+WITH done AS (
 UPDATE {schema}.jobs
 SET state = 'queued', attempts = greatest(attempts - 1, 0), run_at = now(),
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, started_at = NULL,
     updated_at = now()
 WHERE state = 'running' AND lease_token = ANY(%(tokens)s::uuid[])
-RETURNING id
+RETURNING id, workflow_id, state
+), flows AS (
+    -- Workflow steps the statement ended: steps_ended (migration 0023) releases or cancels
+    -- the steps waiting on them. A batch without a step does not call it at all.
+    SELECT {schema}.steps_ended(array_agg(id)) FROM done
+    WHERE workflow_id IS NOT NULL AND state IN ('succeeded', 'failed', 'cancelled')
+    HAVING count(*) > 0
+)
+SELECT id FROM done WHERE (SELECT count(*) FROM flows) >= 0
 
 -- heartbeat --
 -- The lease keeper's pass, in one statement: this worker's heartbeat in the registry, which
@@ -401,7 +444,7 @@ WITH RECURSIVE owners AS (
     ORDER BY id
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
-)
+), done AS (
 UPDATE {schema}.jobs AS j
 SET state = CASE WHEN j.attempts >= j.max_attempts
                  THEN 'failed'::{schema}.job_state ELSE 'queued'::{schema}.job_state END,
@@ -418,7 +461,15 @@ SET state = CASE WHEN j.attempts >= j.max_attempts
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
 FROM expired
 WHERE j.id = expired.id
-RETURNING j.id, j.state::text AS state
+RETURNING j.id, j.state, j.workflow_id
+), flows AS (
+    -- Workflow steps the statement ended: steps_ended (migration 0023) releases or cancels
+    -- the steps waiting on them. A batch without a step does not call it at all.
+    SELECT {schema}.steps_ended(array_agg(id)) FROM done
+    WHERE workflow_id IS NOT NULL AND state IN ('succeeded', 'failed', 'cancelled')
+    HAVING count(*) > 0
+)
+SELECT id, state::text AS state FROM done WHERE (SELECT count(*) FROM flows) >= 0
 
 -- register_worker --
 -- A serve process enters the registry (at start-up, or again after it was cleaned up while
@@ -663,11 +714,11 @@ WITH moved AS (
 INSERT INTO {schema}.jobs_history
     (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
      last_error, errors, unique_key, handbacks, created_at, started_at, finished_at,
-     updated_at, result, progress, progress_message, snoozes, key)
+     updated_at, result, progress, progress_message, snoozes, key, workflow_id, step)
 SELECT id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
        last_error, errors, unique_key, handbacks, created_at, started_at,
        coalesce(finished_at, updated_at), updated_at, result, progress, progress_message,
-       snoozes, key
+       snoozes, key, workflow_id, step
 FROM moved
 RETURNING id
 
@@ -734,18 +785,24 @@ RETURNING id
 -- within a second; the heartbeat tells a worker that missed the notification. The trigger
 -- jobs_cancel_requested keeps such a job from being queued again. No row: the job is
 -- unknown or finished.
-WITH queued AS (
+WITH done AS (
     UPDATE {schema}.jobs
     SET state = 'cancelled', finished_at = now(), updated_at = now()
     WHERE id = %(id)s AND state = 'queued'
-    RETURNING id
+    RETURNING id, workflow_id, state
+), flows AS (
+    -- A workflow step cancelled: steps_ended (migration 0023) cancels the steps waiting
+    -- on it and fails its workflow. Not called for a job outside a workflow.
+    SELECT {schema}.steps_ended(array_agg(id)) FROM done
+    WHERE workflow_id IS NOT NULL
+    HAVING count(*) > 0
 ), running AS (
     UPDATE {schema}.jobs
     SET cancel_requested = true, updated_at = now()
     WHERE id = %(id)s AND state = 'running'
     RETURNING id
 )
-SELECT id, 'cancelled' AS outcome FROM queued
+SELECT id, 'cancelled' AS outcome FROM done WHERE (SELECT count(*) FROM flows) >= 0
 UNION ALL
 SELECT r.id, 'requested' FROM running AS r
 CROSS JOIN LATERAL (SELECT pg_notify('poel_cancel', %(schema_name)s || ' ' || r.id)) AS n
@@ -765,10 +822,10 @@ WITH in_place AS (
     INSERT INTO {schema}.jobs
         (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
          last_error, errors, unique_key, handbacks, created_at, updated_at, result,
-         progress, progress_message, key)
+         progress, progress_message, key, workflow_id, step)
     SELECT id, queue, job_type, payload, 'queued', priority, now(), 0, max_attempts,
            last_error, errors, unique_key, handbacks, created_at, now(), result, progress,
-           progress_message, key
+           progress_message, key, workflow_id, step
     FROM {schema}.jobs_history
     WHERE id = %(id)s AND state IN ('failed', 'cancelled')
     RETURNING id
@@ -948,10 +1005,10 @@ WITH in_place AS (
     INSERT INTO {schema}.jobs
         (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
          last_error, errors, unique_key, handbacks, created_at, updated_at, result,
-         progress, progress_message, key)
+         progress, progress_message, key, workflow_id, step)
     SELECT id, queue, job_type, payload, 'queued', priority, now(), 0, max_attempts,
            last_error, errors, unique_key, handbacks, created_at, now(), result, progress,
-           progress_message, key
+           progress_message, key, workflow_id, step
     FROM {schema}.jobs_dead
     WHERE job_type = %(job_type)s
     ON CONFLICT DO NOTHING
@@ -1074,3 +1131,60 @@ CROSS JOIN LATERAL (
           GROUP BY ss.gate) AS c
 ) AS w
 ORDER BY st.kind, st.name
+
+-- enqueue_workflow --
+-- A workflow from Queue.enqueue_workflow: its steps as columns (checked, validated and
+-- completed with their Jobs' defaults by the queue client), made into the JSON array
+-- enqueue_workflow() takes (migration 0023), which stores it whole or not at all. A
+-- step's delay becomes its run_at here, on the server's clock (as enqueue_jobs does).
+SELECT {schema}.enqueue_workflow(%(name)s, (
+    SELECT jsonb_agg(jsonb_build_object(
+               'step', t.step, 'job_type', t.job_type, 'payload', t.payload::jsonb,
+               'after', t.after::jsonb, 'run_anyway', t.run_anyway, 'queue', t.queue,
+               'priority', t.priority, 'max_attempts', t.max_attempts,
+               'unique_key', t.unique_key, 'key', t.key,
+               'run_at', coalesce(t.run_at, CASE WHEN t.delay_ms > 0
+                                                 THEN now() + t.delay_ms * interval '1 millisecond'
+                                            END))
+               ORDER BY t.n)
+    FROM unnest(%(steps)s::text[], %(job_types)s::text[], %(payloads)s::text[],
+                %(afters)s::text[], %(run_anyway)s::boolean[], %(run_ats)s::timestamptz[],
+                %(delays_ms)s::bigint[], %(priorities)s::integer[], %(queues)s::text[],
+                %(max_attempts)s::integer[], %(unique_keys)s::text[], %(keys)s::text[])
+         WITH ORDINALITY
+         AS t(step, job_type, payload, after, run_anyway, run_at, delay_ms, priority, queue,
+              max_attempts, unique_key, key, n)
+)) AS id
+
+-- get_workflow --
+-- One workflow's row (Queue.workflow).
+SELECT id, name, state, steps, steps_left, failed_step, failed_error, created_at,
+       finished_at
+FROM {schema}.workflows WHERE id = %(id)s
+
+-- workflow_steps --
+-- A workflow's steps, live or archived (all_jobs: one probe of each table's partial index
+-- of steps), each with the steps it waits for and, while queued, how many of them have
+-- not ended yet (waiting_on, in the jobs table only: a step is archived once finished).
+WITH steps AS (
+    SELECT id, step, job_type, state::text AS state, attempts, max_attempts, last_error,
+           created_at, started_at, finished_at
+    FROM {schema}.all_jobs WHERE workflow_id = %(id)s
+)
+SELECT s.*,
+       ARRAY(SELECT p.step FROM {schema}.job_dependencies AS d
+             JOIN steps AS p ON p.id = d.depends_on
+             WHERE d.job_id = s.id ORDER BY p.step) AS after,
+       (SELECT j.waiting_on FROM {schema}.jobs AS j
+        WHERE j.id = s.id AND s.state = 'queued') AS waiting_on
+FROM steps AS s
+ORDER BY s.id
+
+-- dependency_results --
+-- What a step's handler reads of the steps it waits for (ctx.dependency_results): each
+-- one's name, state and result, live or archived.
+SELECT p.step, p.state::text AS state, p.result
+FROM {schema}.job_dependencies AS d
+JOIN {schema}.all_jobs AS p ON p.id = d.depends_on
+WHERE d.job_id = %(id)s
+ORDER BY p.step
