@@ -245,7 +245,7 @@ def _jobs(store: Any, args: argparse.Namespace) -> int:
                     (
                         str(r["id"]),
                         r["job_type"],
-                        r["state"],
+                        "waiting" if r.get("waiting") else r["state"],
                         f"{r['attempts']}/{r['max_attempts']}",
                         r["run_at"].isoformat(timespec="seconds"),
                         (r["last_error"] or "")[:60],

@@ -303,3 +303,30 @@ def test_a_job_outside_a_workflow_is_unaffected(queue, store, poel_conn):
     assert store.finish([(job_id, held[None][1], "succeeded", None, 0, None, None, None, None)])
     assert poel_conn.execute("SELECT count(*) AS n FROM poel.workflows").fetchone()["n"] == 0
     assert queue.workflow(12345) is None
+
+
+# How a waiting step reads ---------------------------------------------------------------------
+
+
+def test_a_waiting_step_reads_as_waiting_everywhere(queue, poel_dsn, poel_cli, dashboard):
+    workflow_id = queue.enqueue_workflow(diamond())
+    shown = queue.workflow(workflow_id)
+    assert shown is not None
+    d = shown.step("d").job_id
+    job = queue.get(d)  # its run_at is readable by Python (it is not 'infinity')
+    assert job is not None
+    assert (job["state"], job["waiting"], job["waiting_on"]) == ("queued", True, 2)
+    assert (job["workflow_id"], job["step"]) == (workflow_id, "d")
+    assert queue.get(shown.step("a").job_id)["waiting"] is False
+    listed = poel_cli("jobs", "list", DATABASE_URL=poel_dsn).stdout
+    assert [line.split()[2] for line in listed.splitlines()[1:]] == [
+        "waiting",
+        "waiting",
+        "waiting",
+        "queued",
+    ]
+    assert '"waiting": true' in poel_cli("jobs", "show", str(d), DATABASE_URL=poel_dsn).stdout
+    browser = dashboard()
+    page = browser.get(f"/jobs/{d}").text
+    assert ">waiting</td>" in page and "step d, waiting for 2 of its dependencies" in page
+    assert browser.get("/jobs").text.count(">waiting</td>") == 3

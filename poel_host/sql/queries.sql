@@ -599,19 +599,30 @@ WHERE n.nspname = %(schema)s AND c.relname = 'jobs' AND c.relkind IN ('r', 'p')
 
 -- get_job --
 -- One job by id, live or finished (all_jobs: the jobs table, then one probe of each
--- history partition's id index).
-SELECT id, queue, job_type, payload, state::text AS state, priority, run_at, attempts,
-       max_attempts, last_error, errors, unique_key, lease_owner, lease_expires_at,
-       created_at, started_at, finished_at, result, progress, progress_message, snoozes,
-       key
-FROM {schema}.all_jobs WHERE id = %(id)s
+-- history partition's id index). A workflow step's workflow and name; `waiting` when it
+-- is queued with dependencies not ended yet (waiting_on, read from the jobs table only
+-- for a queued step).
+SELECT a.id, a.queue, a.job_type, a.payload, a.state::text AS state, a.priority, a.run_at,
+       a.attempts, a.max_attempts, a.last_error, a.errors, a.unique_key, a.lease_owner,
+       a.lease_expires_at, a.created_at, a.started_at, a.finished_at, a.result, a.progress,
+       a.progress_message, a.snoozes, a.key, a.workflow_id, a.step, w.waiting_on,
+       coalesce(w.waiting_on > 0, false) AS waiting
+FROM {schema}.all_jobs AS a
+LEFT JOIN LATERAL (SELECT j.waiting_on FROM {schema}.jobs AS j
+                   WHERE j.id = a.id AND a.state = 'queued' AND a.workflow_id IS NOT NULL)
+    AS w ON true
+WHERE a.id = %(id)s
 LIMIT 1
 
 -- list_jobs --
--- Recent jobs, newest first, optionally of one state and/or type, live or finished.
+-- Recent jobs, newest first, optionally of one state and/or type, live or finished;
+-- `waiting`: a queued workflow step with dependencies not ended yet.
 SELECT id, queue, job_type, state::text AS state, priority, run_at, attempts, max_attempts,
-       last_error, created_at, finished_at
-FROM {schema}.all_jobs
+       last_error, created_at, finished_at,
+       (state = 'queued' AND workflow_id IS NOT NULL
+        AND EXISTS (SELECT FROM {schema}.jobs AS j WHERE j.id = a.id AND j.waiting_on > 0))
+           AS waiting
+FROM {schema}.all_jobs AS a
 WHERE (%(state)s::text IS NULL OR state::text = %(state)s)
   AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
 ORDER BY id DESC
@@ -924,7 +935,7 @@ GROUP BY queue, job_type, state, date_trunc('minute', finished_at)
 -- even when nothing matched: its job columns are NULL.
 WITH scanned AS MATERIALIZED (
     SELECT id, queue, job_type, state, priority, run_at, attempts, max_attempts, last_error,
-           created_at, started_at, finished_at
+           created_at, started_at, finished_at, workflow_id
     FROM {schema}.all_jobs
     WHERE id < %(before)s
     ORDER BY id DESC
@@ -940,7 +951,10 @@ WITH scanned AS MATERIALIZED (
 )
 SELECT m.id, m.queue, m.job_type, m.state::text AS state, m.priority, m.run_at, m.attempts,
        m.max_attempts, left(m.last_error, 300) AS last_error, m.created_at, m.started_at,
-       m.finished_at, w.lowest, w.scanned
+       m.finished_at, w.lowest, w.scanned,
+       (m.state = 'queued' AND m.workflow_id IS NOT NULL
+        AND EXISTS (SELECT FROM {schema}.jobs AS j WHERE j.id = m.id AND j.waiting_on > 0))
+           AS waiting
 FROM (SELECT min(id) AS lowest, count(*) AS scanned FROM scanned) AS w
 LEFT JOIN matched AS m ON true
 ORDER BY m.id DESC

@@ -3,8 +3,10 @@
 --
 -- A workflow is a row of `workflows` and its steps are ordinary jobs carrying its id and
 -- their step name. A step that waits on dependencies is queued with ready = false and
--- run_at = infinity: no claim sees it (claims read ready jobs only) and neither does the
--- promoter (it looks for run_at <= now()). `waiting_on` counts its dependencies not yet
+-- run_at = 9999-01-01 UTC ("never"): no claim sees it (claims read ready jobs only) and
+-- neither does the promoter (it looks for run_at <= now()). Not 'infinity': psycopg (and
+-- Python's datetime) cannot read it, so every Python reader of the row (Queue.get, the
+-- CLI, the dashboard, an application's own) would fail on a waiting step. `waiting_on` counts its dependencies not yet
 -- satisfied; when a dependency ends, the statement that ended it calls steps_ended(),
 -- which counts it down and makes the step due (ready, run_at = now()) at zero. Nothing
 -- polls, and a job outside a workflow pays nothing: no trigger on the jobs table, no
@@ -187,7 +189,7 @@ BEGIN
                 (job_type, payload, run_at, ready, priority, queue, max_attempts, unique_key,
                  key, workflow_id, step, waiting_on, run_anyway)
             SELECT i.s ->> 'job_type', i.payload,
-                   CASE WHEN i.waits > 0 THEN 'infinity'::timestamptz
+                   CASE WHEN i.waits > 0 THEN '9999-01-01 00:00:00+00'::timestamptz
                         ELSE coalesce((i.s ->> 'run_at')::timestamptz, now()) END,
                    i.waits = 0 AND coalesce((i.s ->> 'run_at')::timestamptz, now()) <= now(),
                    coalesce((i.s ->> 'priority')::integer, 0),
