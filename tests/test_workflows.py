@@ -9,6 +9,7 @@ Handlers reading their dependencies' results on each executor are in
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -330,3 +331,54 @@ def test_a_waiting_step_reads_as_waiting_everywhere(queue, poel_dsn, poel_cli, d
     page = browser.get(f"/jobs/{d}").text
     assert ">waiting</td>" in page and "step d, waiting for 2 of its dependencies" in page
     assert browser.get("/jobs").text.count(">waiting</td>") == 3
+
+
+def test_no_statement_calls_steps_ended_for_jobs_outside_a_workflow(queue, store, poel_conn):
+    """steps_ended made to raise: every path that ends (or requeues) a job outside a
+    workflow still works, so none of them called it."""
+    poel_conn.execute(
+        "CREATE OR REPLACE FUNCTION poel.steps_ended(ids bigint[]) RETURNS void"
+        " LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'steps_ended called'; END $$"
+    )
+    ids = [queue.enqueue(T, {}, max_attempts=1) for _ in range(7)]
+    token = str(uuid.uuid4())
+    rows = store.claim_jobs(
+        job_types=[T], queues=None, limit=6, owner="test", token=token, lease_ms=60_000
+    )
+    held = [(r["id"], token) for r in sorted(rows, key=lambda r: r["id"])]
+    assert len(held) == 6
+    (ok, t1), (res, t2), (bad, t3), (snoozed, t4), (handed, t5), (lost, t6) = held
+
+    def outcome(job_id, token, state, result=None, delay=0.0):
+        return (
+            job_id,
+            token,
+            state,
+            "e" if state == "failed" else None,
+            delay,
+            None,
+            result,
+            None,
+            None,
+        )
+
+    written = store.finish(
+        [
+            outcome(ok, t1, "succeeded"),
+            outcome(res, t2, "succeeded", result="1"),
+            outcome(bad, t3, "failed"),
+            outcome(snoozed, t4, "snoozed", delay=60_000),
+        ]
+    )
+    assert written == {ok, res, bad, snoozed}
+    assert store.release_jobs([(handed, t5)], started=True, max_handbacks=0) == {handed: True}
+    assert store.release_claims([t6]) == [lost]
+    assert queue.cancel(ids[-1])
+    queue.enqueue(T, {}, max_attempts=1)
+    store.claim_jobs(
+        job_types=[T], queues=None, limit=1, owner="gone", token=str(uuid.uuid4()), lease_ms=1
+    )
+    time.sleep(0.01)
+    assert [r["state"] for r in store.recover_expired(base_ms=1, max_ms=1)] == ["failed"]
+    with pytest.raises(psycopg.errors.RaiseException, match="steps_ended called"):
+        poel_conn.execute("SELECT poel.steps_ended(ARRAY[1]::bigint[])")

@@ -796,10 +796,18 @@ RETURNING id
 -- within a second; the heartbeat tells a worker that missed the notification. The trigger
 -- jobs_cancel_requested keeps such a job from being queued again. No row: the job is
 -- unknown or finished.
-WITH done AS (
+WITH workflow AS (
+    -- A step's workflow is locked before the step is (steps_ended takes them in that
+    -- order: the other way round, a cancel and an outcome of the same workflow could each
+    -- wait for the other). No row for a job outside a workflow.
+    SELECT w.id FROM {schema}.workflows AS w
+    WHERE w.id = (SELECT j.workflow_id FROM {schema}.jobs AS j WHERE j.id = %(id)s)
+    FOR UPDATE
+), done AS (
     UPDATE {schema}.jobs
     SET state = 'cancelled', finished_at = now(), updated_at = now()
     WHERE id = %(id)s AND state = 'queued'
+      AND (SELECT count(*) FROM workflow) >= 0
     RETURNING id, workflow_id, state
 ), flows AS (
     -- A workflow step cancelled: steps_ended (migration 0023) cancels the steps waiting
