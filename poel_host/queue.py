@@ -223,12 +223,9 @@ class Queue(Pausing, Steering):
         """The workflow's state (``running``, ``succeeded``, ``failed`` naming the step
         that failed and why) and each step's state (``waiting`` while its dependencies
         have not ended), attempts, error and duration; None if there is no such workflow."""
-        from poel_host.workflows import WorkflowState
+        from poel_host.workflows import read_workflow
 
-        row = self._store.get_workflow(workflow_id)
-        if row is None:
-            return None
-        return WorkflowState.from_rows(row, self._store.workflow_steps(workflow_id))
+        return read_workflow(self._store, workflow_id)
 
     def get(self, job_id: int) -> dict[str, Any] | None:
         """The job as stored (its state, attempts, errors, timings, payload, ``result``,

@@ -15,13 +15,17 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poel_host import payloads
 from poel_host.errors import InvalidWorkflow
 from poel_host.job_requests import JobRequest
 
+if TYPE_CHECKING:
+    from poel_host.store import Store
+
 MAX_NAME_CHARS = 200  # a workflow's name and a step's, as the tables check them
+WORKFLOW_STATES = ("running", "succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,14 @@ class WorkflowState:
     def from_rows(cls, row: dict[str, Any], steps: list[dict[str, Any]]) -> WorkflowState:
         keep = ("id", "name", "state", "failed_step", "failed_error", "created_at", "finished_at")
         return cls(**{k: row[k] for k in keep}, steps=tuple(StepState.from_row(s) for s in steps))
+
+
+def read_workflow(store: Store, workflow_id: int) -> WorkflowState | None:
+    """The workflow and its steps as the store reads them (Queue.workflow, the CLI)."""
+    row = store.get_workflow(workflow_id)
+    if row is None:
+        return None
+    return WorkflowState.from_rows(row, store.workflow_steps(workflow_id))
 
 
 def results_of(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1210,3 +1210,12 @@ FROM {schema}.job_dependencies AS d
 JOIN {schema}.all_jobs AS p ON p.id = d.depends_on
 WHERE d.job_id = %(id)s
 ORDER BY p.step
+
+-- list_workflows --
+-- The newest workflows first, optionally in one state (poel-host workflows list).
+SELECT id, name, state, steps, steps_left, failed_step, failed_error, created_at,
+       finished_at
+FROM {schema}.workflows
+WHERE (%(state)s::text IS NULL OR state = %(state)s)
+ORDER BY id DESC
+LIMIT %(limit)s

@@ -35,6 +35,10 @@ class WorkflowStore(StoreBase):
         """The workflow's row, or None."""
         return self._one("get_workflow", {"id": workflow_id})
 
+    def list_workflows(self, *, state: str | None, limit: int) -> list[dict[str, Any]]:
+        """The newest workflows first, optionally only those in ``state``."""
+        return self._all("list_workflows", {"state": state, "limit": limit})
+
     def workflow_steps(self, workflow_id: int) -> list[dict[str, Any]]:
         """The workflow's steps, live or archived, in the order they were enqueued."""
         return self._all("workflow_steps", {"id": workflow_id})
