@@ -600,18 +600,13 @@ WHERE n.nspname = %(schema)s AND c.relname = 'jobs' AND c.relkind IN ('r', 'p')
 -- get_job --
 -- One job by id, live or finished (all_jobs: the jobs table, then one probe of each
 -- history partition's id index). A workflow step's workflow and name; `waiting` when it
--- is queued with dependencies not ended yet (waiting_on, read from the jobs table only
--- for a queued step).
-SELECT a.id, a.queue, a.job_type, a.payload, a.state::text AS state, a.priority, a.run_at,
-       a.attempts, a.max_attempts, a.last_error, a.errors, a.unique_key, a.lease_owner,
-       a.lease_expires_at, a.created_at, a.started_at, a.finished_at, a.result, a.progress,
-       a.progress_message, a.snoozes, a.key, a.workflow_id, a.step, w.waiting_on,
-       coalesce(w.waiting_on > 0, false) AS waiting
-FROM {schema}.all_jobs AS a
-LEFT JOIN LATERAL (SELECT j.waiting_on FROM {schema}.jobs AS j
-                   WHERE j.id = a.id AND a.state = 'queued' AND a.workflow_id IS NOT NULL)
-    AS w ON true
-WHERE a.id = %(id)s
+-- is queued with dependencies not ended yet.
+SELECT id, queue, job_type, payload, state::text AS state, priority, run_at, attempts,
+       max_attempts, last_error, errors, unique_key, lease_owner, lease_expires_at,
+       created_at, started_at, finished_at, result, progress, progress_message, snoozes,
+       key, workflow_id, step, waiting_on,
+       coalesce(state = 'queued' AND waiting_on > 0, false) AS waiting
+FROM {schema}.all_jobs WHERE id = %(id)s
 LIMIT 1
 
 -- list_jobs --
@@ -619,10 +614,8 @@ LIMIT 1
 -- `waiting`: a queued workflow step with dependencies not ended yet.
 SELECT id, queue, job_type, state::text AS state, priority, run_at, attempts, max_attempts,
        last_error, created_at, finished_at,
-       (state = 'queued' AND workflow_id IS NOT NULL
-        AND EXISTS (SELECT FROM {schema}.jobs AS j WHERE j.id = a.id AND j.waiting_on > 0))
-           AS waiting
-FROM {schema}.all_jobs AS a
+       coalesce(state = 'queued' AND waiting_on > 0, false) AS waiting
+FROM {schema}.all_jobs
 WHERE (%(state)s::text IS NULL OR state::text = %(state)s)
   AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
 ORDER BY id DESC
@@ -797,11 +790,13 @@ RETURNING id
 -- jobs_cancel_requested keeps such a job from being queued again. No row: the job is
 -- unknown or finished.
 WITH workflow AS (
-    -- A step's workflow is locked before the step is (steps_ended takes them in that
-    -- order: the other way round, a cancel and an outcome of the same workflow could each
-    -- wait for the other). No row for a job outside a workflow.
+    -- A queued step's workflow is locked before the step is, in the order steps_ended
+    -- takes them (the other way round, this cancel and an outcome releasing the step could
+    -- each wait for the other). Not a running step's: the outcome statement ending it
+    -- holds it while it waits for the workflow. No row for a job outside a workflow.
     SELECT w.id FROM {schema}.workflows AS w
-    WHERE w.id = (SELECT j.workflow_id FROM {schema}.jobs AS j WHERE j.id = %(id)s)
+    WHERE w.id = (SELECT j.workflow_id FROM {schema}.jobs AS j
+                  WHERE j.id = %(id)s AND j.state = 'queued')
     FOR UPDATE
 ), done AS (
     UPDATE {schema}.jobs
@@ -943,7 +938,7 @@ GROUP BY queue, job_type, state, date_trunc('minute', finished_at)
 -- even when nothing matched: its job columns are NULL.
 WITH scanned AS MATERIALIZED (
     SELECT id, queue, job_type, state, priority, run_at, attempts, max_attempts, last_error,
-           created_at, started_at, finished_at, workflow_id
+           created_at, started_at, finished_at, waiting_on
     FROM {schema}.all_jobs
     WHERE id < %(before)s
     ORDER BY id DESC
@@ -960,9 +955,7 @@ WITH scanned AS MATERIALIZED (
 SELECT m.id, m.queue, m.job_type, m.state::text AS state, m.priority, m.run_at, m.attempts,
        m.max_attempts, left(m.last_error, 300) AS last_error, m.created_at, m.started_at,
        m.finished_at, w.lowest, w.scanned,
-       (m.state = 'queued' AND m.workflow_id IS NOT NULL
-        AND EXISTS (SELECT FROM {schema}.jobs AS j WHERE j.id = m.id AND j.waiting_on > 0))
-           AS waiting
+       coalesce(m.state = 'queued' AND m.waiting_on > 0, false) AS waiting
 FROM (SELECT min(id) AS lowest, count(*) AS scanned FROM scanned) AS w
 LEFT JOIN matched AS m ON true
 ORDER BY m.id DESC
@@ -1186,19 +1179,17 @@ FROM {schema}.workflows WHERE id = %(id)s
 
 -- workflow_steps --
 -- A workflow's steps, live or archived (all_jobs: one probe of each table's partial index
--- of steps), each with the steps it waits for and, while queued, how many of them have
--- not ended yet (waiting_on, in the jobs table only: a step is archived once finished).
+-- of steps), each with the steps it waits for and how many of them have not ended yet
+-- (waiting_on; NULL once it is archived).
 WITH steps AS (
     SELECT id, step, job_type, state::text AS state, attempts, max_attempts, last_error,
-           created_at, started_at, finished_at
+           created_at, started_at, finished_at, waiting_on
     FROM {schema}.all_jobs WHERE workflow_id = %(id)s
 )
 SELECT s.*,
        ARRAY(SELECT p.step FROM {schema}.job_dependencies AS d
              JOIN steps AS p ON p.id = d.depends_on
-             WHERE d.job_id = s.id ORDER BY p.step) AS after,
-       (SELECT j.waiting_on FROM {schema}.jobs AS j
-        WHERE j.id = s.id AND s.state = 'queued') AS waiting_on
+             WHERE d.job_id = s.id ORDER BY p.step) AS after
 FROM steps AS s
 ORDER BY s.id
 

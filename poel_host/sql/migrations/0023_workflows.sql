@@ -61,18 +61,20 @@ CREATE TABLE {schema}.job_dependencies (
 );
 CREATE INDEX job_dependencies_job_idx ON {schema}.job_dependencies (job_id);
 
--- all_jobs gains the step's workflow and name, last (CREATE OR REPLACE keeps the rest).
+-- all_jobs gains the step's workflow and name, and the dependencies it still waits for
+-- (NULL once finished), last (CREATE OR REPLACE keeps the rest). Readers granted only the
+-- view (Queue.result's role in the README) see whether a step waits through it.
 CREATE OR REPLACE VIEW {schema}.all_jobs AS
 SELECT id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
        last_error, errors, unique_key, lease_owner, lease_expires_at, created_at,
        started_at, finished_at, updated_at, lease_token, handbacks, ready, result, progress,
-       progress_message, snoozes, key, workflow_id, step
+       progress_message, snoozes, key, workflow_id, step, waiting_on
 FROM {schema}.jobs
 UNION ALL
 SELECT id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
        last_error, errors, unique_key, NULL::text, NULL::timestamptz, created_at,
        started_at, finished_at, updated_at, NULL::uuid, handbacks, NULL::boolean, result,
-       progress, progress_message, snoozes, key, workflow_id, step
+       progress, progress_message, snoozes, key, workflow_id, step, NULL::integer
 FROM {schema}.jobs_history;
 
 -- Enqueue a workflow from SQL, inside the caller's transaction: the workflow row, every
