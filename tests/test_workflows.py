@@ -173,6 +173,10 @@ def test_a_workflow_in_a_rolled_back_transaction_leaves_nothing(queue, poel_dsn,
             "in a cycle: a waits for c waits for b waits for a",
         ),
         ('[{"step": "a"}]', 'step #1 must be an object with a "step" name, a "job_type"'),
+        (
+            '[{"step": "a", "job_type": "x"}, {"step": "b", "job_type": "x", "payload": [1]}]',
+            'step #2 must be an object .* "payload" an object',
+        ),
         ("[]", "steps must be a non-empty JSON array"),
         (
             '[{"step": "a", "job_type": "x"}, {"step": "b", "job_type": "x", "after": ["a"],'

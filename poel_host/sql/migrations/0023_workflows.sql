@@ -111,9 +111,10 @@ BEGIN
     WHERE jsonb_typeof(e.s) IS DISTINCT FROM 'object'
        OR jsonb_typeof(e.s -> 'step') IS DISTINCT FROM 'string' OR e.s ->> 'step' = ''
        OR jsonb_typeof(e.s -> 'job_type') IS DISTINCT FROM 'string'
-       OR (e.s ? 'after' AND jsonb_typeof(e.s -> 'after') NOT IN ('array', 'null'));
+       OR (e.s ? 'after' AND jsonb_typeof(e.s -> 'after') NOT IN ('array', 'null'))
+       OR (e.s ? 'payload' AND jsonb_typeof(e.s -> 'payload') NOT IN ('object', 'null'));
     IF bad IS NOT NULL THEN
-        RAISE EXCEPTION 'workflow %: step % must be an object with a "step" name, a "job_type", and "after" a list of step names', name, bad
+        RAISE EXCEPTION 'workflow %: step % must be an object with a "step" name, a "job_type", "after" a list of step names and "payload" an object', name, bad
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT string_agg(format('%I', d.step), ', ') INTO bad FROM (
@@ -179,8 +180,7 @@ BEGIN
     BEGIN
         WITH input AS (
             SELECT e.s, e.s ->> 'step' AS step,
-                   CASE WHEN jsonb_typeof(e.s -> 'payload') IN ('object', 'array', 'string',
-                                                                'number', 'boolean')
+                   CASE WHEN jsonb_typeof(e.s -> 'payload') = 'object'
                         THEN e.s -> 'payload' ELSE jsonb_build_object() END AS payload,
                    (SELECT count(DISTINCT a)::integer
                     FROM jsonb_array_elements_text(coalesce(nullif(e.s -> 'after', 'null'), '[]'))
