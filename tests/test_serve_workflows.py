@@ -61,3 +61,31 @@ def test_a_diamond_runs_in_order_and_its_last_step_reads_both_results(serve, poe
     assert {k: v["value"] for k, v in d_result["seen"].items()} == {"b": "b", "c": "c"}
     # released by NOTIFY, not by a poll of a minute
     assert time.monotonic() - started < 20
+
+
+def test_a_failing_branch_cancels_its_dependents_and_fails_the_workflow(serve, poel_dsn):
+    serve(POEL_LOAD_PLUGINS=PLUGINS, POEL_PROCESSES=1, POEL_THREADS=2)
+    flow = Workflow("failing")
+    a = flow.step("a", "flows.greenlet", {"value": "a"})
+    b = flow.step("b", "flows.thread", {"fail": True}, after=a)
+    c = flow.step("c", "flows.process", {"value": "c"}, after=a)
+    flow.step("d", "flows.greenlet", {}, after=[b, c])
+    flow.step("report", "flows.process", {"value": "r"}, after=[b, c], run_anyway=True)
+    with Queue(poel_dsn, jobs={}, allow_unknown=True) as queue:
+        workflow_id = queue.enqueue_workflow(flow)
+        deadline = time.monotonic() + 30
+        while (state := queue.workflow(workflow_id)) is not None and state.finished_at is None:
+            assert time.monotonic() < deadline, state
+            time.sleep(0.1)
+        assert state is not None
+        assert (state.state, state.failed_step) == ("failed", "b")
+        assert "failed on purpose" in (state.failed_error or "")
+        assert {s.name: s.state for s in state.steps} == {
+            "a": "succeeded",
+            "b": "failed",
+            "c": "succeeded",
+            "d": "cancelled",
+            "report": "succeeded",
+        }
+        seen = queue.get(state.step("report").job_id)["result"]["seen"]
+    assert {k: v["value"] for k, v in seen.items()} == {"c": "c"}
