@@ -181,3 +181,11 @@ def test_a_step_failed_by_the_rescuer_cancels_its_dependents(poel_settings, new_
     assert "worker lost" in (state.failed_error or "")
     assert state.step("b").state == "cancelled"
     queue.close()
+
+
+def test_the_kit_context_gives_a_step_the_results_a_test_sets(poel_context):
+    from poel_testjobs.workflows import StepPayload, run_step
+
+    assert poel_context.dependency_results() == {}  # not a step: nothing read
+    ctx = poel_context.replace(dependencies={"b": {"value": 2}})
+    assert run_step(StepPayload(value=1), ctx)["seen"] == {"b": {"value": 2}}
