@@ -14,7 +14,8 @@
 -- their rows is a step).
 --
 -- The jobs table gains nullable columns without a default: a catalog change only (no
--- rewrite, no scan). Their index is built CONCURRENTLY by 0024, outside a transaction.
+-- rewrite, no scan). The indexes of steps (in the jobs table and in the history) are built
+-- by 0024, outside this transaction, which holds the jobs table's lock until it commits.
 SET LOCAL lock_timeout = '5s';
 
 CREATE TABLE {schema}.workflows (
@@ -44,13 +45,6 @@ ALTER TABLE {schema}.jobs
 ALTER TABLE {schema}.jobs_history
     ADD COLUMN workflow_id bigint,
     ADD COLUMN step text;
-
--- A workflow's steps in the history (Queue.workflow, the results a step reads once its
--- dependencies were archived). Only steps have an entry. The history is off the job path
--- (no claim or outcome touches it); building this on a large history holds the archiver's
--- inserts back for the build.
-CREATE INDEX jobs_history_workflow_idx ON {schema}.jobs_history (workflow_id, step)
-    WHERE workflow_id IS NOT NULL;
 
 -- job_id waits on depends_on. Looked up by dependency (the steps an ended step releases)
 -- and by dependent (the results a step reads).
