@@ -189,3 +189,40 @@ def test_the_kit_context_gives_a_step_the_results_a_test_sets(poel_context):
     assert poel_context.dependency_results() == {}  # not a step: nothing read
     ctx = poel_context.replace(dependencies={"b": {"value": 2}})
     assert run_step(StepPayload(value=1), ctx)["seen"] == {"b": {"value": 2}}
+
+
+def test_a_cancel_racing_the_outcome_that_releases_the_step_ends_one_way(poel_settings, new_store):
+    """An operator cancels a waiting step while the outcome of its dependency is written,
+    30 times: whichever goes first, no deadlock, and the step ends cancelled once, failing
+    its workflow, with every step counted off."""
+    queue = Queue(poel_settings.dsn, jobs={}, allow_unknown=True)
+    finisher, canceller = new_store(), new_store()
+    for n in range(30):
+        flow = Workflow(f"race {n}")
+        parents = flow.fan_out("p", f"wf.race{n}", [{}, {}, {}])
+        flow.step("d", "wf.never", after=parents)
+        workflow_id = queue.enqueue_workflow(flow)
+        token = str(uuid.uuid4())
+        rows = finisher.claim_jobs(
+            job_types=[f"wf.race{n}"],
+            queues=None,
+            limit=3,
+            owner="t",
+            token=token,
+            lease_ms=60_000,
+        )
+        state = queue.workflow(workflow_id)
+        assert state is not None
+        d = state.step("d").job_id
+        outcomes = [(r["id"], token, "succeeded", None, 0.0, None, None, None, None) for r in rows]
+        racing = [gevent.spawn(finisher.finish, outcomes), gevent.spawn(canceller.cancel_job, d)]
+        gevent.joinall(racing, raise_error=True)
+        state = queue.workflow(workflow_id)
+        assert state is not None
+        assert [s.state for s in state.steps] == ["succeeded"] * 3 + ["cancelled"]
+        assert (state.state, state.failed_step, state.finished_at is not None) == (
+            "failed",
+            "d",
+            True,
+        )
+    queue.close()
