@@ -386,3 +386,29 @@ def test_no_statement_calls_steps_ended_for_jobs_outside_a_workflow(queue, store
     assert [r["state"] for r in store.recover_expired(base_ms=1, max_ms=1)] == ["failed"]
     with pytest.raises(psycopg.errors.RaiseException, match="steps_ended called"):
         poel_conn.execute("SELECT poel.steps_ended(ARRAY[1]::bigint[])")
+
+
+def test_a_step_failed_by_a_counted_hand_back_cascades(queue, store):
+    flow = Workflow("handed back")
+    a = flow.step("a", T, max_attempts=1)
+    flow.step("b", T, after=a)
+    workflow_id = queue.enqueue_workflow(flow)
+    held = claim(store)
+    assert store.release_jobs([held["a"]], started=True, max_handbacks=0) == {held["a"][0]: True}
+    state = queue.workflow(workflow_id)
+    assert state is not None
+    assert (state.state, state.failed_step) == ("failed", "a")
+    assert "interrupted by a shutdown" in (state.failed_error or "")
+    assert [s.state for s in state.steps] == ["failed", "cancelled"]
+
+
+def test_a_handed_back_or_retried_step_is_not_an_end(queue, store):
+    workflow_id = queue.enqueue_workflow(diamond())
+    held = claim(store)
+    assert store.release_jobs([held["a"]], started=False, max_handbacks=3)
+    held = claim(store)
+    job_id, token = held["a"]
+    store.finish([(job_id, token, "queued", "try again", 0.0, None, None, None, None)])
+    state = queue.workflow(workflow_id)
+    assert state is not None and state.state == "running"
+    assert [s.state for s in state.steps] == ["queued", "waiting", "waiting", "waiting"]
