@@ -412,3 +412,17 @@ def test_a_handed_back_or_retried_step_is_not_an_end(queue, store):
     state = queue.workflow(workflow_id)
     assert state is not None and state.state == "running"
     assert [s.state for s in state.steps] == ["queued", "waiting", "waiting", "waiting"]
+
+
+def test_a_running_step_cancelled_then_handed_back_ends_cancelled_and_cascades(queue, store):
+    """The hand-back would queue it again; jobs_cancel_requested makes it cancelled, and
+    the hand-back's statement carries that end to the workflow."""
+    workflow_id = queue.enqueue_workflow(diamond())
+    held = claim(store)
+    assert store.cancel_job(held["a"][0]) == "requested"
+    assert store.release_jobs([held["a"]], started=True, max_handbacks=3)
+    state = queue.workflow(workflow_id)
+    assert state is not None
+    assert (state.state, state.failed_step, state.failed_error) == ("failed", "a", "cancelled")
+    assert [s.state for s in state.steps] == ["cancelled"] * 4
+    assert state.finished_at is not None
