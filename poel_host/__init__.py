@@ -36,6 +36,9 @@ _EXPORTS = {
     "ResultTimeout": "poel_host.errors",
     "Snooze": "poel_host.snooze_discard",
     "Discard": "poel_host.snooze_discard",
+    "Workflow": "poel_host.workflows",
+    "WorkflowState": "poel_host.workflows",
+    "InvalidWorkflow": "poel_host.errors",
 }
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "InvalidName",
     "InvalidPayload",
     "InvalidSteering",
+    "InvalidWorkflow",
     "Job",
     "JobCancelled",
     "JobContext",
@@ -59,6 +63,8 @@ __all__ = [
     "Settings",
     "Snooze",
     "UnknownJobType",
+    "Workflow",
+    "WorkflowState",
     "__version__",
     "hookimpl",
     "hookspec",
@@ -71,6 +77,7 @@ if TYPE_CHECKING:
         InvalidName,
         InvalidPayload,
         InvalidSteering,
+        InvalidWorkflow,
         JobFailed,
         JobNotFound,
         PoelError,
@@ -85,6 +92,7 @@ if TYPE_CHECKING:
     from poel_host.settings import Settings, load_settings
     from poel_host.snooze_discard import Discard, Snooze
     from poel_host.sqlfiles import Migration, PackageSql
+    from poel_host.workflows import Workflow, WorkflowState
 
 
 def __getattr__(name: str) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from poel_host import cli_pauses, cli_steering, cli_table
+from poel_host import cli_pauses, cli_steering, cli_table, cli_workflows
 from poel_host.errors import PoelError
 from poel_host.logs import get_logger
 from poel_host.settings import Settings
@@ -245,7 +245,7 @@ def _jobs(store: Any, args: argparse.Namespace) -> int:
                     (
                         str(r["id"]),
                         r["job_type"],
-                        r["state"],
+                        "waiting" if r.get("waiting") else r["state"],
                         f"{r['attempts']}/{r['max_attempts']}",
                         r["run_at"].isoformat(timespec="seconds"),
                         (r["last_error"] or "")[:60],
@@ -289,4 +289,5 @@ COMMANDS = {
     "steer": cli_steering.cmd_steer,
     "unsteer": cli_steering.cmd_unsteer,
     "steering": cli_steering.cmd_steering,
+    "workflows": cli_workflows.cmd_workflows,
 }

@@ -13,6 +13,7 @@ from typing import Any
 
 from poel_host import __version__
 from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, JOB_STATES
+from poel_host.workflows import WORKFLOW_STATES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _pause_commands(commands)
     _steer_commands(commands)
+    _workflow_commands(commands)
 
     dashboard = commands.add_parser(
         "dashboard",
@@ -137,6 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, help="port, 0 for a free one (default POEL_DASHBOARD_PORT)"
     )
     return parser
+
+
+def _workflow_commands(commands: Any) -> None:
+    workflows = commands.add_parser(
+        "workflows",
+        help="list workflows, or show one with its steps",
+        description="Workflows (Queue.enqueue_workflow, poel.enqueue_workflow()): their "
+        "state (running, succeeded, failed naming the step) and their steps' states "
+        "(waiting while a step's dependencies have not all ended), attempts and errors.",
+    )
+    chosen = workflows.add_subparsers(dest="workflows_command", metavar="ACTION", required=True)
+    listing = chosen.add_parser("list", help="the newest workflows first")
+    listing.add_argument("--state", choices=WORKFLOW_STATES)
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    show = chosen.add_parser("show", help="one workflow and each of its steps")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _pause_commands(commands: Any) -> None:

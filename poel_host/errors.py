@@ -95,6 +95,13 @@ class InvalidName(PoelError):
     exit_code = 2
 
 
+class InvalidWorkflow(PoelError):
+    """A workflow that cannot be enqueued: a step name used twice, a dependency on a step
+    it does not have, a cycle, a waiting step given a run_at. Nothing of it is stored."""
+
+    exit_code = 2
+
+
 class JobNotFound(PoelError, LookupError):
     """No job has this id (never enqueued, or deleted past its retention)."""
 

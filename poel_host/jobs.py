@@ -180,7 +180,8 @@ class JobContext:
     queues a follow-up job (pass ``connection=conn`` to make it part of your transaction).
     ``supabase`` is the process's supabase-py client for ``SUPABASE_URL`` and
     ``SUPABASE_SERVICE_ROLE_KEY``, made on first use (see :mod:`poel_host.supabase_client`).
-    ``progress(fraction, message)`` reports how far the job got.
+    ``progress(fraction, message)`` reports how far the job got. ``dependency_results()``
+    reads the results of the workflow steps a step waits for.
     """
 
     job_id: int
@@ -241,6 +242,19 @@ class JobContext:
         value, text = check_progress(fraction, message)
         if self._progress is not None:
             self._progress(value, text)
+
+    def dependency_results(self) -> dict[str, Any]:
+        """The results of the workflow steps this step waits for, by step name: what each
+        one's handler returned (None if nothing), read from the database (live or
+        archived) on each call, in every executor. A dependency that failed or was
+        cancelled (a step that runs anyway) is left out; a job outside a workflow gets {}.
+        """
+        from poel_host.store import Store
+        from poel_host.workflows import results_of
+
+        schema = self.settings.schema_name if self.settings is not None else "poel"
+        with self.connection() as conn:
+            return results_of(Store(schema).dependency_results(self.job_id, conn))
 
     @property
     def cancelled(self) -> bool:

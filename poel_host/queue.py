@@ -15,7 +15,7 @@ import psycopg
 
 from poel_host import payloads
 from poel_host.database import KeptConnection
-from poel_host.errors import DuplicateJob, UnknownJobType
+from poel_host.errors import DuplicateJob, InvalidPayload, UnknownJobType
 from poel_host.job_requests import JobRequest, check_request, delay_ms
 from poel_host.job_steering import job_key
 from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Job
@@ -25,6 +25,7 @@ from poel_host.store import Store
 
 if TYPE_CHECKING:
     from poel_host.settings import Settings
+    from poel_host.workflows import Workflow, WorkflowState
 
 
 class Queue(Pausing, Steering):
@@ -188,6 +189,43 @@ class Queue(Pausing, Steering):
         self, job_type: str, unique_key: str, connection: psycopg.Connection[Any] | None
     ) -> int | None:
         return self._store.find_live_unique(job_type, unique_key, connection)
+
+    def enqueue_workflow(
+        self,
+        workflow: Workflow,
+        *,
+        connection: psycopg.Connection[Any] | None = None,
+        allow_unknown: bool | None = None,
+    ) -> int:
+        """Store a :class:`~poel_host.workflows.Workflow` whole, in one statement (inside
+        your transaction with ``connection=``), and return its id. Each step's payload and
+        options are checked as :meth:`enqueue` checks a job's; nothing is stored if any
+        is refused (InvalidPayload, UnknownJobType, naming the step) or if the database
+        refuses the workflow (InvalidWorkflow: a live job holds a step's unique_key)."""
+        from poel_host.workflows import workflow_columns
+
+        allow = self.allow_unknown if allow_unknown is None else allow_unknown
+        columns: dict[str, list[Any]] = {}
+        for step in workflow.steps:
+            try:
+                one = self._params([step.request], allow)
+            except (InvalidPayload, UnknownJobType) as exc:
+                where = f"workflow {workflow.name!r}, step {step.name!r}: {exc}"
+                if isinstance(exc, InvalidPayload):
+                    raise InvalidPayload(where, job_type=exc.job_type) from exc
+                raise UnknownJobType(where) from exc
+            for name, values in one.items():
+                columns.setdefault(name, []).extend(values)
+        params = workflow_columns(workflow, columns)
+        return self._store.enqueue_workflow(workflow.name, params, connection)
+
+    def workflow(self, workflow_id: int) -> WorkflowState | None:
+        """The workflow's state (``running``, ``succeeded``, ``failed`` naming the step
+        that failed and why) and each step's state (``waiting`` while its dependencies
+        have not ended), attempts, error and duration; None if there is no such workflow."""
+        from poel_host.workflows import read_workflow
+
+        return read_workflow(self._store, workflow_id)
 
     def get(self, job_id: int) -> dict[str, Any] | None:
         """The job as stored (its state, attempts, errors, timings, payload, ``result``,

@@ -28,6 +28,11 @@ def producer_role(poel_dsn: str) -> Iterator[str]:
                 " text, integer, text) TO {}"
             ).format(ident)
         )
+        conn.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION poel.enqueue_workflow(text, jsonb) TO {}").format(
+                ident
+            )
+        )
         conn.execute(sql.SQL("GRANT INSERT ON poel.jobs TO {}").format(ident))
         conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE poel.jobs_id_seq TO {}").format(ident))
         conn.execute(
@@ -68,12 +73,33 @@ def test_producer_enqueues_through_sql_and_python_but_reads_no_payload(
     assert [r["payload"]["key"] for r in rows] == ["sql", "python"]
 
 
+def test_producer_enqueues_a_workflow_through_sql_and_python(
+    producer_role, poel_dsn, poel_plugins, poel_conn
+):
+    from poel_host import Workflow
+
+    dsn = _as(producer_role, poel_dsn)
+    with connection(dsn) as conn:
+        conn.execute('SELECT poel.enqueue_workflow(\'w\', \'[{"step": "a", "job_type": "x"}]\')')
+    flow = Workflow("python")
+    first = flow.step("a", "test.record", {"key": "a"})
+    flow.step("b", "test.record", {"key": "b"}, after=first)
+    with Queue(dsn, jobs=poel_plugins.jobs) as queue:
+        assert queue.enqueue_workflow(flow) > 0
+    count = poel_conn.execute("SELECT count(*) AS n FROM poel.jobs WHERE step IS NOT NULL")
+    assert count.fetchone()["n"] == 3
+
+
 def test_enqueue_function_is_not_executable_by_public(poel_conn):
     row = poel_conn.execute(
         "SELECT has_function_privilege('public', 'poel.enqueue(text, jsonb, timestamptz,"
-        " integer, text, integer, text)', 'EXECUTE') AS public_can"
+        " integer, text, integer, text)', 'EXECUTE') AS public_can,"
+        " has_function_privilege('public', 'poel.enqueue_workflow(text, jsonb)', 'EXECUTE')"
+        " AS public_can_workflow,"
+        " has_function_privilege('public', 'poel.steps_ended(bigint[])', 'EXECUTE')"
+        " AS public_can_end"
     ).fetchone()
-    assert row["public_can"] is False
+    assert row == {"public_can": False, "public_can_workflow": False, "public_can_end": False}
 
 
 def test_a_role_granted_what_the_readme_lists_waits_for_a_result(

@@ -218,7 +218,13 @@ FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(states)s::text[], %(errors)
             %(progresses)s::float8[], %(progress_messages)s::text[])
      AS o(id, token, state, error, delay_ms, traceback, result, progress, progress_message)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
-RETURNING j.id, j.slots
+RETURNING j.id, j.slots, j.workflow_id, j.state
+), flows AS (
+    -- Workflow steps the statement ended: steps_ended (migration 0023) releases or cancels
+    -- the steps waiting on them. A batch without a step does not call it at all.
+    SELECT {schema}.steps_ended(array_agg(id)) FROM done
+    WHERE workflow_id IS NOT NULL AND state IN ('succeeded', 'failed', 'cancelled')
+    HAVING count(*) > 0
 )
 SELECT id FROM done
 WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)
@@ -228,6 +234,7 @@ WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)
   AND (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
                              WHERE EXISTS (SELECT FROM done WHERE done.slots IS NOT NULL))
        AS freed) >= 0
+  AND (SELECT count(*) FROM flows) >= 0
 
 -- finish_succeeded --
 -- The common case of finish_jobs, cheaper to send: attempts that succeeded returning
@@ -239,7 +246,13 @@ SET state = 'succeeded', finished_at = now(), lease_owner = NULL, lease_token = 
     lease_expires_at = NULL, updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS o(id, token)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
-RETURNING j.id, j.slots
+RETURNING j.id, j.slots, j.workflow_id, j.state
+), flows AS (
+    -- Workflow steps the statement ended: steps_ended (migration 0023) releases or cancels
+    -- the steps waiting on them. A batch without a step does not call it at all.
+    SELECT {schema}.steps_ended(array_agg(id)) FROM done
+    WHERE workflow_id IS NOT NULL AND state IN ('succeeded', 'failed', 'cancelled')
+    HAVING count(*) > 0
 )
 SELECT id FROM done
 WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)
@@ -249,6 +262,7 @@ WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_outcomes', %(schema)s)
   AND (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
                              WHERE EXISTS (SELECT FROM done WHERE done.slots IS NOT NULL))
        AS freed) >= 0
+  AND (SELECT count(*) FROM flows) >= 0
 
 -- write_progress --
 -- The progress writer's pass: the latest fraction and message each running attempt
@@ -269,6 +283,8 @@ RETURNING j.id
 -- Matched on each attempt's lease token, as every outcome: a snooze from an attempt that
 -- was rescued or handed back meanwhile never touches the next attempt. Returns the ids.
 -- A steered job's slots are free: the idle workers are told (as by finish_jobs).
+-- (A job asked to stop ends cancelled instead: the trigger jobs_cancel_requested; a
+-- workflow step's end then reaches its workflow through `flows`.)
 WITH done AS (
 UPDATE {schema}.jobs AS j
 SET state = 'queued', attempts = greatest(j.attempts - 1, 0), snoozes = j.snoozes + 1,
@@ -278,12 +294,18 @@ SET state = 'queued', attempts = greatest(j.attempts - 1, 0), snoozes = j.snooze
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(delays_ms)s::bigint[])
      AS o(id, token, delay_ms)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.lease_token = o.token
-RETURNING j.id, j.slots
+RETURNING j.id, j.slots, j.workflow_id, j.state
+), flows AS (
+    -- Workflow steps the statement ended: steps_ended (migration 0023) releases or cancels
+    -- the steps waiting on them. A batch without a step does not call it at all.
+    SELECT {schema}.steps_ended(array_agg(id)) FROM done
+    WHERE workflow_id IS NOT NULL AND state IN ('succeeded', 'failed', 'cancelled')
+    HAVING count(*) > 0
 )
-SELECT id FROM done
-WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
+SELECT id FROM done WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
                              WHERE EXISTS (SELECT FROM done WHERE done.slots IS NOT NULL))
        AS freed) >= 0
+  AND (SELECT count(*) FROM flows) >= 0
 
 -- release_jobs --
 -- Hand attempts back to the queue (a shutdown, a job claimed ahead that no child took): the
@@ -316,29 +338,42 @@ SET state = CASE WHEN r.counted AND j.attempts >= j.max_attempts
     started_at = CASE WHEN r.counted THEN j.started_at END, updated_at = now()
 FROM released AS r
 WHERE j.id = r.id
-RETURNING j.id, r.counted, j.slots
+RETURNING j.id, j.slots, r.counted, j.workflow_id, j.state
+), flows AS (
+    -- Workflow steps the statement ended: steps_ended (migration 0023) releases or cancels
+    -- the steps waiting on them. A batch without a step does not call it at all.
+    SELECT {schema}.steps_ended(array_agg(id)) FROM done
+    WHERE workflow_id IS NOT NULL AND state IN ('succeeded', 'failed', 'cancelled')
+    HAVING count(*) > 0
 )
-SELECT id, counted FROM done
-WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
+SELECT id, counted FROM done WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
                              WHERE EXISTS (SELECT FROM done WHERE done.slots IS NOT NULL))
        AS freed) >= 0
+  AND (SELECT count(*) FROM flows) >= 0
 
 -- release_claims --
 -- Hand back every attempt of claims whose answer never reached this worker (the
 -- connection broke after the claim committed): their handlers never ran, so their
--- attempts do not count. Matched by the claims' tokens, which only this worker knew.
+-- attempts do not count. Matched by the claims' tokens, which only this worker knew. (A
+-- job asked to stop meanwhile ends cancelled instead, as in snooze_jobs.)
 WITH done AS (
 UPDATE {schema}.jobs
 SET state = 'queued', attempts = greatest(attempts - 1, 0), run_at = now(),
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, started_at = NULL,
     updated_at = now()
 WHERE state = 'running' AND lease_token = ANY(%(tokens)s::uuid[])
-RETURNING id, slots
+RETURNING id, slots, workflow_id, state
+), flows AS (
+    -- Workflow steps the statement ended: steps_ended (migration 0023) releases or cancels
+    -- the steps waiting on them. A batch without a step does not call it at all.
+    SELECT {schema}.steps_ended(array_agg(id)) FROM done
+    WHERE workflow_id IS NOT NULL AND state IN ('succeeded', 'failed', 'cancelled')
+    HAVING count(*) > 0
 )
-SELECT id FROM done
-WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
+SELECT id FROM done WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
                              WHERE EXISTS (SELECT FROM done WHERE done.slots IS NOT NULL))
        AS freed) >= 0
+  AND (SELECT count(*) FROM flows) >= 0
 
 -- heartbeat --
 -- The lease keeper's pass, in one statement: this worker's heartbeat in the registry, which
@@ -447,12 +482,18 @@ SET state = CASE WHEN j.attempts >= j.max_attempts
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
 FROM expired
 WHERE j.id = expired.id
-RETURNING j.id, j.state::text AS state, j.slots
+RETURNING j.id, j.slots, j.state, j.workflow_id
+), flows AS (
+    -- Workflow steps the statement ended: steps_ended (migration 0023) releases or cancels
+    -- the steps waiting on them. A batch without a step does not call it at all.
+    SELECT {schema}.steps_ended(array_agg(id)) FROM done
+    WHERE workflow_id IS NOT NULL AND state IN ('succeeded', 'failed', 'cancelled')
+    HAVING count(*) > 0
 )
-SELECT id, state FROM done
-WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
+SELECT id, state::text AS state FROM done WHERE (SELECT count(*) FROM (SELECT pg_notify('poel_jobs', %(schema)s)
                              WHERE EXISTS (SELECT FROM done WHERE done.slots IS NOT NULL))
        AS freed) >= 0
+  AND (SELECT count(*) FROM flows) >= 0
 
 -- register_worker --
 -- A serve process enters the registry (at start-up, or again after it was cleaned up while
@@ -582,18 +623,22 @@ WHERE n.nspname = %(schema)s AND c.relname = 'jobs' AND c.relkind IN ('r', 'p')
 
 -- get_job --
 -- One job by id, live or finished (all_jobs: the jobs table, then one probe of each
--- history partition's id index).
+-- history partition's id index). A workflow step's workflow and name; `waiting` when it
+-- is queued with dependencies not ended yet.
 SELECT id, queue, job_type, payload, state::text AS state, priority, run_at, attempts,
        max_attempts, last_error, errors, unique_key, lease_owner, lease_expires_at,
        created_at, started_at, finished_at, result, progress, progress_message, snoozes,
-       key
+       key, workflow_id, step, waiting_on,
+       coalesce(state = 'queued' AND waiting_on > 0, false) AS waiting
 FROM {schema}.all_jobs WHERE id = %(id)s
 LIMIT 1
 
 -- list_jobs --
--- Recent jobs, newest first, optionally of one state and/or type, live or finished.
+-- Recent jobs, newest first, optionally of one state and/or type, live or finished;
+-- `waiting`: a queued workflow step with dependencies not ended yet.
 SELECT id, queue, job_type, state::text AS state, priority, run_at, attempts, max_attempts,
-       last_error, created_at, finished_at
+       last_error, created_at, finished_at,
+       coalesce(state = 'queued' AND waiting_on > 0, false) AS waiting
 FROM {schema}.all_jobs
 WHERE (%(state)s::text IS NULL OR state::text = %(state)s)
   AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
@@ -697,11 +742,11 @@ WITH moved AS (
 INSERT INTO {schema}.jobs_history
     (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
      last_error, errors, unique_key, handbacks, created_at, started_at, finished_at,
-     updated_at, result, progress, progress_message, snoozes, key)
+     updated_at, result, progress, progress_message, snoozes, key, workflow_id, step)
 SELECT id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
        last_error, errors, unique_key, handbacks, created_at, started_at,
        coalesce(finished_at, updated_at), updated_at, result, progress, progress_message,
-       snoozes, key
+       snoozes, key, workflow_id, step
 FROM moved
 RETURNING id
 
@@ -768,18 +813,34 @@ RETURNING id
 -- within a second; the heartbeat tells a worker that missed the notification. The trigger
 -- jobs_cancel_requested keeps such a job from being queued again. No row: the job is
 -- unknown or finished.
-WITH queued AS (
+WITH workflow AS (
+    -- A queued step's workflow is locked before the step is, in the order steps_ended
+    -- takes them (the other way round, this cancel and an outcome releasing the step could
+    -- each wait for the other). Not a running step's: the outcome statement ending it
+    -- holds it while it waits for the workflow. No row for a job outside a workflow.
+    SELECT w.id FROM {schema}.workflows AS w
+    WHERE w.id = (SELECT j.workflow_id FROM {schema}.jobs AS j
+                  WHERE j.id = %(id)s AND j.state = 'queued')
+    FOR UPDATE
+), done AS (
     UPDATE {schema}.jobs
     SET state = 'cancelled', finished_at = now(), updated_at = now()
     WHERE id = %(id)s AND state = 'queued'
-    RETURNING id
+      AND (SELECT count(*) FROM workflow) >= 0
+    RETURNING id, workflow_id, state
+), flows AS (
+    -- A workflow step cancelled: steps_ended (migration 0023) cancels the steps waiting
+    -- on it and fails its workflow. Not called for a job outside a workflow.
+    SELECT {schema}.steps_ended(array_agg(id)) FROM done
+    WHERE workflow_id IS NOT NULL
+    HAVING count(*) > 0
 ), running AS (
     UPDATE {schema}.jobs
     SET cancel_requested = true, updated_at = now()
     WHERE id = %(id)s AND state = 'running'
     RETURNING id
 )
-SELECT id, 'cancelled' AS outcome FROM queued
+SELECT id, 'cancelled' AS outcome FROM done WHERE (SELECT count(*) FROM flows) >= 0
 UNION ALL
 SELECT r.id, 'requested' FROM running AS r
 CROSS JOIN LATERAL (SELECT pg_notify('poel_cancel', %(schema_name)s || ' ' || r.id)) AS n
@@ -799,10 +860,10 @@ WITH in_place AS (
     INSERT INTO {schema}.jobs
         (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
          last_error, errors, unique_key, handbacks, created_at, updated_at, result,
-         progress, progress_message, key)
+         progress, progress_message, key, workflow_id, step)
     SELECT id, queue, job_type, payload, 'queued', priority, now(), 0, max_attempts,
            last_error, errors, unique_key, handbacks, created_at, now(), result, progress,
-           progress_message, key
+           progress_message, key, workflow_id, step
     FROM {schema}.jobs_history
     WHERE id = %(id)s AND state IN ('failed', 'cancelled')
     RETURNING id
@@ -901,7 +962,7 @@ GROUP BY queue, job_type, state, date_trunc('minute', finished_at)
 -- even when nothing matched: its job columns are NULL.
 WITH scanned AS MATERIALIZED (
     SELECT id, queue, job_type, state, priority, run_at, attempts, max_attempts, last_error,
-           created_at, started_at, finished_at
+           created_at, started_at, finished_at, waiting_on
     FROM {schema}.all_jobs
     WHERE id < %(before)s
     ORDER BY id DESC
@@ -917,7 +978,8 @@ WITH scanned AS MATERIALIZED (
 )
 SELECT m.id, m.queue, m.job_type, m.state::text AS state, m.priority, m.run_at, m.attempts,
        m.max_attempts, left(m.last_error, 300) AS last_error, m.created_at, m.started_at,
-       m.finished_at, w.lowest, w.scanned
+       m.finished_at, w.lowest, w.scanned,
+       coalesce(m.state = 'queued' AND m.waiting_on > 0, false) AS waiting
 FROM (SELECT min(id) AS lowest, count(*) AS scanned FROM scanned) AS w
 LEFT JOIN matched AS m ON true
 ORDER BY m.id DESC
@@ -982,10 +1044,10 @@ WITH in_place AS (
     INSERT INTO {schema}.jobs
         (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
          last_error, errors, unique_key, handbacks, created_at, updated_at, result,
-         progress, progress_message, key)
+         progress, progress_message, key, workflow_id, step)
     SELECT id, queue, job_type, payload, 'queued', priority, now(), 0, max_attempts,
            last_error, errors, unique_key, handbacks, created_at, now(), result, progress,
-           progress_message, key
+           progress_message, key, workflow_id, step
     FROM {schema}.jobs_dead
     WHERE job_type = %(job_type)s
     ON CONFLICT DO NOTHING
@@ -1108,3 +1170,67 @@ CROSS JOIN LATERAL (
           GROUP BY ss.gate) AS c
 ) AS w
 ORDER BY st.kind, st.name
+
+-- enqueue_workflow --
+-- A workflow from Queue.enqueue_workflow: its steps as columns (checked, validated and
+-- completed with their Jobs' defaults by the queue client), made into the JSON array
+-- enqueue_workflow() takes (migration 0023), which stores it whole or not at all. A
+-- step's delay becomes its run_at here, on the server's clock (as enqueue_jobs does).
+SELECT {schema}.enqueue_workflow(%(name)s, (
+    SELECT jsonb_agg(jsonb_build_object(
+               'step', t.step, 'job_type', t.job_type, 'payload', t.payload::jsonb,
+               'after', t.after::jsonb, 'run_anyway', t.run_anyway, 'queue', t.queue,
+               'priority', t.priority, 'max_attempts', t.max_attempts,
+               'unique_key', t.unique_key, 'key', t.key,
+               'run_at', coalesce(t.run_at, CASE WHEN t.delay_ms > 0
+                                                 THEN now() + t.delay_ms * interval '1 millisecond'
+                                            END))
+               ORDER BY t.n)
+    FROM unnest(%(steps)s::text[], %(job_types)s::text[], %(payloads)s::text[],
+                %(afters)s::text[], %(run_anyway)s::boolean[], %(run_ats)s::timestamptz[],
+                %(delays_ms)s::bigint[], %(priorities)s::integer[], %(queues)s::text[],
+                %(max_attempts)s::integer[], %(unique_keys)s::text[], %(keys)s::text[])
+         WITH ORDINALITY
+         AS t(step, job_type, payload, after, run_anyway, run_at, delay_ms, priority, queue,
+              max_attempts, unique_key, key, n)
+)) AS id
+
+-- get_workflow --
+-- One workflow's row (Queue.workflow).
+SELECT id, name, state, steps, steps_left, failed_step, failed_error, created_at,
+       finished_at
+FROM {schema}.workflows WHERE id = %(id)s
+
+-- workflow_steps --
+-- A workflow's steps, live or archived (all_jobs: one probe of each table's partial index
+-- of steps), each with the steps it waits for and how many of them have not ended yet
+-- (waiting_on; NULL once it is archived).
+WITH steps AS (
+    SELECT id, step, job_type, state::text AS state, attempts, max_attempts, last_error,
+           created_at, started_at, finished_at, waiting_on
+    FROM {schema}.all_jobs WHERE workflow_id = %(id)s
+)
+SELECT s.*,
+       ARRAY(SELECT p.step FROM {schema}.job_dependencies AS d
+             JOIN steps AS p ON p.id = d.depends_on
+             WHERE d.job_id = s.id ORDER BY p.step) AS after
+FROM steps AS s
+ORDER BY s.id
+
+-- dependency_results --
+-- What a step's handler reads of the steps it waits for (ctx.dependency_results): each
+-- one's name, state and result, live or archived.
+SELECT p.step, p.state::text AS state, p.result
+FROM {schema}.job_dependencies AS d
+JOIN {schema}.all_jobs AS p ON p.id = d.depends_on
+WHERE d.job_id = %(id)s
+ORDER BY p.step
+
+-- list_workflows --
+-- The newest workflows first, optionally in one state (poel-host workflows list).
+SELECT id, name, state, steps, steps_left, failed_step, failed_error, created_at,
+       finished_at
+FROM {schema}.workflows
+WHERE (%(state)s::text IS NULL OR state = %(state)s)
+ORDER BY id DESC
+LIMIT %(limit)s

@@ -11,7 +11,8 @@ so every service catches one exception and every message has the password masked
 The methods live in one module per caller: :mod:`.jobs` (enqueueing and the worker's job
 path), :mod:`.workers` (the registry of workers), :mod:`.operators` (the CLI, the
 dashboard and the test kit), :mod:`.sessions` (the dashboard's sign-ins), :mod:`.pauses`
-(paused queues and types), :mod:`.steering` (steering set by hand),
+(paused queues and types), :mod:`.steering` (steering set by hand), :mod:`.workflows`
+(workflows and their steps),
 :mod:`.migrations`, :mod:`.server` (the server's own settings and statistics about the
 jobs table), :mod:`.history` (archiving finished jobs, retention); :mod:`.base` holds the
 plumbing they share. :class:`Store` is all of them, so one store serves a worker or a
@@ -30,6 +31,7 @@ from poel_host.store.server import ServerStore
 from poel_host.store.sessions import SessionStore
 from poel_host.store.steering import SteeringStore
 from poel_host.store.workers import WorkerStore
+from poel_host.store.workflows import WorkflowStore
 
 __all__ = [
     "DB_ERRORS",
@@ -48,6 +50,7 @@ __all__ = [
     "Store",
     "StoreBase",
     "WorkerStore",
+    "WorkflowStore",
     "claim_query",
     "queries",
 ]
@@ -60,6 +63,7 @@ class Store(
     OperatorStore,
     PauseStore,
     SteeringStore,
+    WorkflowStore,
     SessionStore,
     MigrationStore,
     ServerStore,

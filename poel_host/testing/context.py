@@ -33,17 +33,24 @@ class CapturedContext(JobContext):
     ``enqueue()`` goes through the test's :class:`~poel_host.Queue` (payloads validated);
     ``cancel()`` asks the handler to stop, as a worker shutting down does;
     ``progress(fraction, message)`` is checked as in the worker and recorded in
-    ``progress_calls``.
+    ``progress_calls``; ``dependency_results()`` returns ``dependencies`` when a test set
+    them (a workflow step's handler tested alone), else reads the database as the worker's.
     """
 
     logs: list[dict[str, Any]] = field(default_factory=list)
     progress_calls: list[tuple[float, str | None]] = field(default_factory=list)
+    dependencies: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self._progress is None:
             self._progress = lambda fraction, message: self.progress_calls.append(
                 (fraction, message)
             )
+
+    def dependency_results(self) -> dict[str, Any]:
+        if self.dependencies is not None:
+            return dict(self.dependencies)
+        return super().dependency_results()
 
     @property
     def events(self) -> list[str]:

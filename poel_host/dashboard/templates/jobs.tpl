@@ -14,7 +14,7 @@
 <tr><th>id</th><th>type</th><th>queue</th><th>state</th><th>attempts</th><th>run at</th><th>finished</th><th>last error</th></tr>
 % for r in rows:
 <tr><td><a href="{{root}}/jobs/{{r['id']}}">{{r['id']}}</a></td><td>{{r['job_type']}}</td><td>{{r['queue']}}</td>
-<td class="state-{{r['state']}}">{{r['state']}}</td><td class="n">{{r['attempts']}}/{{r['max_attempts']}}</td>
+<td class="state-{{r['state']}}">{{'waiting' if r.get('waiting') else r['state']}}</td><td class="n">{{r['attempts']}}/{{r['max_attempts']}}</td>
 <td>{{when(r['run_at'])}}</td><td>{{when(r['finished_at'])}}</td><td>{{r['last_error'] or ''}}</td></tr>
 % end
 % if not rows:

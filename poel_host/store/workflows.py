@@ -1,0 +1,50 @@
+"""The store's statements for workflows (issue 20): enqueueing one whole, reading its state
+and its steps, and the results a step reads of the steps it waits for. What releases a
+waiting step is not here: the statements that end a step do it themselves (see
+``steps_ended`` in migration 0023), so no worker runs anything more for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from poel_host.errors import InvalidWorkflow
+from poel_host.store.base import Conn, StoreBase
+
+
+class WorkflowStore(StoreBase):
+    """Workflows and their steps."""
+
+    def enqueue_workflow(
+        self, name: str, columns: dict[str, list[Any]], connection: Conn | None = None
+    ) -> int:
+        """Store a workflow whose steps are given as columns (``steps``, ``job_types``,
+        ``afters``...: see ``enqueue_workflow`` in the SQL), all or nothing; its id.
+        What the database refuses (a cycle, a step name used twice, a live job holding a
+        step's unique key) is an InvalidWorkflow with the database's message."""
+        try:
+            row = self._one("enqueue_workflow", {"name": name, **columns}, connection)
+        except (psycopg.errors.InvalidParameterValue, psycopg.errors.UniqueViolation) as exc:
+            raise InvalidWorkflow(exc.diag.message_primary or str(exc)) from exc
+        assert row is not None and row["id"] is not None
+        return int(row["id"])
+
+    def get_workflow(self, workflow_id: int) -> dict[str, Any] | None:
+        """The workflow's row, or None."""
+        return self._one("get_workflow", {"id": workflow_id})
+
+    def list_workflows(self, *, state: str | None, limit: int) -> list[dict[str, Any]]:
+        """The newest workflows first, optionally only those in ``state``."""
+        return self._all("list_workflows", {"state": state, "limit": limit})
+
+    def workflow_steps(self, workflow_id: int) -> list[dict[str, Any]]:
+        """The workflow's steps, live or archived, in the order they were enqueued."""
+        return self._all("workflow_steps", {"id": workflow_id})
+
+    def dependency_results(
+        self, job_id: int, connection: Conn | None = None
+    ) -> list[dict[str, Any]]:
+        """``{step, state, result}`` of each step ``job_id`` waits for."""
+        return self._all("dependency_results", {"id": job_id}, connection)
