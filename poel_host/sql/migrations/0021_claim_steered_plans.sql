@@ -47,6 +47,7 @@ DECLARE
     cursor_key text; have_cursor boolean; key_list text[]; total_weight float8;
     last_pos integer;
     key_cap integer := 10;
+    keyed boolean;
 BEGIN
     steered_queues := ARRAY(SELECT st.name FROM {schema}.steering AS st
                             WHERE st.kind = 'queue'
@@ -340,52 +341,108 @@ BEGIN
             ) AS all_gates
         ) AS g;
 
-        -- ... then counted, in a statement after the lock: what is running and what
-        -- started in the window.
-        slots_left := jsonb_build_object();
-        starts_left := jsonb_build_object();
-        IF cardinality(locked) > 0 THEN
-            SELECT coalesce(jsonb_object_agg(g.name, g.conc - g.running)
-                                FILTER (WHERE g.conc IS NOT NULL), jsonb_build_object()),
-                   coalesce(jsonb_object_agg(g.name, g.rate - g.started)
-                                FILTER (WHERE g.rate IS NOT NULL), jsonb_build_object()),
-                   coalesce(jsonb_object_agg(g.name, g.first_start)
-                                FILTER (WHERE g.first_start IS NOT NULL), jsonb_build_object()),
-                   min(g.first_start + g.per * interval '1 millisecond')
-                       FILTER (WHERE g.rate IS NOT NULL AND g.started >= g.rate)
-            INTO slots_left, starts_left, firsts, first_start
-            FROM (
-                SELECT gg.name, gg.conc, gg.rate, gg.per,
-                       CASE WHEN gg.conc IS NULL THEN 0
-                            WHEN gg.kind = 'queue' THEN
-                                (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
-                                 WHERE j.state = 'running' AND j.slots IS NOT NULL
-                                   AND j.queue = gg.q)
-                            WHEN gg.kind = 'key' AND gg.k IS NULL THEN
-                                (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
-                                 WHERE j.state = 'running' AND j.slots IS NOT NULL
-                                   AND j.job_type = t AND j.key IS NULL)
-                            WHEN gg.kind = 'key' THEN
-                                (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
-                                 WHERE j.state = 'running' AND j.slots IS NOT NULL
-                                   AND j.job_type = t AND j.key = gg.k)
-                            ELSE
-                                (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
-                                 WHERE j.state = 'running' AND j.slots IS NOT NULL
-                                   AND j.job_type = t)
-                       END AS running,
-                       w_started.n AS started, w_started.first AS first_start
-                FROM unnest(g_names, g_conc, g_rate, g_per, g_kind, g_key, g_queue)
-                     AS gg(name, conc, rate, per, kind, k, q)
-                CROSS JOIN LATERAL (
-                    SELECT coalesce(sum(ss.n), 0) AS n, min(ss.started_at) AS first
+        -- Each key's gate and no queue's: counted and taken in one statement (after the
+        -- lock's), each key's candidates in order while its gate has the slots and the
+        -- starts left.
+        keyed := coalesce(s.per_key, false) AND cardinality(steered_queues) = 0
+                 AND (s.concurrency IS NOT NULL OR s.rate IS NOT NULL);
+        IF keyed THEN
+            WITH c AS (
+                SELECT u.ord, u.id, u.key, 'key:' || t || ':' || coalesce(u.key, '') AS g
+                FROM unnest(c_ids, c_keys) WITH ORDINALITY AS u(id, key, ord)
+            ), gates AS (
+                SELECT DISTINCT ON (c.g) c.g, c.key FROM c WHERE c.g = ANY(locked)
+            ), counted AS (
+                SELECT gates.g,
+                       s.concurrency - CASE
+                           WHEN s.concurrency IS NULL THEN 0
+                           WHEN gates.key IS NULL THEN
+                               (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                                WHERE j.state = 'running' AND j.slots IS NOT NULL
+                                  AND j.job_type = t AND j.key IS NULL)
+                           ELSE
+                               (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                                WHERE j.state = 'running' AND j.slots IS NOT NULL
+                                  AND j.job_type = t AND j.key = gates.key)
+                       END AS slots_left,
+                       s.rate - ws.n AS starts_left, ws.first
+                FROM gates CROSS JOIN LATERAL (
+                    SELECT coalesce(sum(ss.n), 0)::integer AS n, min(ss.started_at) AS first
                     FROM {schema}.steering_starts AS ss
-                    WHERE gg.rate IS NOT NULL AND ss.gate = gg.name
-                      AND ss.started_at > clock_timestamp() - gg.per * interval '1 millisecond'
-                ) AS w_started
-                WHERE gg.name = ANY(locked)
-            ) AS g;
+                    WHERE s.rate IS NOT NULL AND ss.gate = gates.g
+                      AND ss.started_at > clock_timestamp() - s.per_ms * interval '1 millisecond'
+                ) AS ws
+            ), taken_now AS (
+                SELECT y.* FROM (
+                    SELECT c.*, k.slots_left, k.starts_left,
+                           count(*) OVER (PARTITION BY c.g ORDER BY c.ord) AS n1
+                    FROM c JOIN counted AS k ON k.g = c.g
+                ) AS y
+                WHERE coalesce(y.n1 * w <= y.slots_left, true)
+                  AND coalesce(y.n1 <= y.starts_left, true)
+                ORDER BY y.ord
+                LIMIT lim - taken
+            )
+            SELECT coalesce((SELECT array_agg(a.id ORDER BY a.ord) FROM taken_now AS a),
+                            ARRAY[]::bigint[]),
+                   coalesce((SELECT array_agg(a.g) FROM taken_now AS a), ARRAY[]::text[]),
+                   coalesce((SELECT max(array_position(key_list, a.key)) FROM taken_now AS a), 0),
+                   coalesce((SELECT jsonb_object_agg(k.g, k.starts_left) FROM counted AS k
+                             WHERE s.rate IS NOT NULL), jsonb_build_object()),
+                   coalesce((SELECT jsonb_object_agg(k.g, k.first) FROM counted AS k
+                             WHERE k.first IS NOT NULL), jsonb_build_object()),
+                   (SELECT min(k.first + s.per_ms * interval '1 millisecond') FROM counted AS k
+                    WHERE k.starts_left <= 0)
+            INTO accepted, acc_gates, last_pos, starts_left, firsts, first_start;
             reopen := least(reopen, first_start);  -- a full window's opening
+        ELSE
+            -- ... then counted, in a statement after the lock: what is running and what
+            -- started in the window.
+            slots_left := jsonb_build_object();
+            starts_left := jsonb_build_object();
+            IF cardinality(locked) > 0 THEN
+                SELECT coalesce(jsonb_object_agg(g.name, g.conc - g.running)
+                                    FILTER (WHERE g.conc IS NOT NULL), jsonb_build_object()),
+                       coalesce(jsonb_object_agg(g.name, g.rate - g.started)
+                                    FILTER (WHERE g.rate IS NOT NULL), jsonb_build_object()),
+                       coalesce(jsonb_object_agg(g.name, g.first_start)
+                                    FILTER (WHERE g.first_start IS NOT NULL), jsonb_build_object()),
+                       min(g.first_start + g.per * interval '1 millisecond')
+                           FILTER (WHERE g.rate IS NOT NULL AND g.started >= g.rate)
+                INTO slots_left, starts_left, firsts, first_start
+                FROM (
+                    SELECT gg.name, gg.conc, gg.rate, gg.per,
+                           CASE WHEN gg.conc IS NULL THEN 0
+                                WHEN gg.kind = 'queue' THEN
+                                    (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                                     WHERE j.state = 'running' AND j.slots IS NOT NULL
+                                       AND j.queue = gg.q)
+                                WHEN gg.kind = 'key' AND gg.k IS NULL THEN
+                                    (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                                     WHERE j.state = 'running' AND j.slots IS NOT NULL
+                                       AND j.job_type = t AND j.key IS NULL)
+                                WHEN gg.kind = 'key' THEN
+                                    (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                                     WHERE j.state = 'running' AND j.slots IS NOT NULL
+                                       AND j.job_type = t AND j.key = gg.k)
+                                ELSE
+                                    (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                                     WHERE j.state = 'running' AND j.slots IS NOT NULL
+                                       AND j.job_type = t)
+                           END AS running,
+                           w_started.n AS started, w_started.first AS first_start
+                    FROM unnest(g_names, g_conc, g_rate, g_per, g_kind, g_key, g_queue)
+                         AS gg(name, conc, rate, per, kind, k, q)
+                    CROSS JOIN LATERAL (
+                        SELECT coalesce(sum(ss.n), 0) AS n, min(ss.started_at) AS first
+                        FROM {schema}.steering_starts AS ss
+                        WHERE gg.rate IS NOT NULL AND ss.gate = gg.name
+                          AND ss.started_at > clock_timestamp() - gg.per * interval '1 millisecond'
+                    ) AS w_started
+                    WHERE gg.name = ANY(locked)
+                ) AS g;
+                reopen := least(reopen, first_start);  -- a full window's opening
+            END IF;
         END IF;
         -- The jobs start now, after the count: a job whose end committed just before the
         -- count (so that its slot was free) ended before this start, on the database's
@@ -398,7 +455,9 @@ BEGIN
         -- One statement, set by set; a candidate refused by one gate still counts at the
         -- other, so a claim may take fewer than would fit (the next claim takes them),
         -- never more.
-        IF NOT coalesce(s.per_key, false) AND cardinality(steered_queues) = 0 THEN
+        IF keyed THEN
+            NULL;  -- taken with the count, above
+        ELSIF NOT coalesce(s.per_key, false) AND cardinality(steered_queues) = 0 THEN
             -- One gate for all (the type's) or none: the first candidates, as many as it
             -- has room for.
             g1 := CASE WHEN s.concurrency IS NOT NULL OR s.rate IS NOT NULL
@@ -417,30 +476,6 @@ BEGIN
                               ELSE array_fill(g1, ARRAY[cardinality(accepted)]) END;
             SELECT coalesce(max(array_position(key_list, ck)), 0) INTO last_pos
             FROM unnest(c_keys[1:room]) AS ck;
-        ELSIF cardinality(steered_queues) = 0 THEN
-            -- Each key's gate, no queue's: the candidates of each key in order, while the
-            -- key's gate has room (one window, not one a kind of gate).
-            SELECT coalesce(array_agg(x.id ORDER BY x.ord), ARRAY[]::bigint[]),
-                   coalesce(array_agg(x.g1) FILTER (WHERE x.g1 IS NOT NULL), ARRAY[]::text[]),
-                   coalesce(max(array_position(key_list, x.key)), 0)
-            INTO accepted, acc_gates, last_pos
-            FROM (
-                SELECT y.* FROM (
-                    SELECT c.*, count(*) OVER (PARTITION BY c.g1 ORDER BY c.ord) AS n1
-                    FROM (
-                        SELECT u.ord, u.id, u.key,
-                               CASE WHEN s.concurrency IS NOT NULL OR s.rate IS NOT NULL
-                                    THEN 'key:' || t || ':' || coalesce(u.key, '') END AS g1
-                        FROM unnest(c_ids, c_keys) WITH ORDINALITY AS u(id, key, ord)
-                    ) AS c
-                    WHERE c.g1 IS NULL OR c.g1 = ANY(locked)
-                ) AS y
-                WHERE y.g1 IS NULL
-                   OR (coalesce(y.n1 * w <= (slots_left ->> y.g1)::integer, true)
-                       AND coalesce(y.n1 <= (starts_left ->> y.g1)::integer, true))
-                ORDER BY y.ord
-                LIMIT lim - taken
-            ) AS x;
         ELSE
             SELECT coalesce(array_agg(x.id ORDER BY x.ord), ARRAY[]::bigint[]),
                    coalesce(array_agg(x.g1) FILTER (WHERE x.g1 IS NOT NULL), ARRAY[]::text[])
