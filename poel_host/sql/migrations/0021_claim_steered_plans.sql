@@ -61,6 +61,7 @@ BEGIN
                               WHERE p.kind = 'type' AND p.name = t);
         w := coalesce(s.weight, 1);
         key_list := ARRAY[]::text[];
+        keyed := false;
 
         -- One gate for all of the type's jobs (its limit, its rate) or none, and no queue
         -- of theirs steered: the gate is known before any job is read, so it is locked
@@ -163,6 +164,9 @@ BEGIN
             SELECT sc.after_key INTO cursor_key
             FROM {schema}.steering_cursors AS sc WHERE sc.job_type = t;
             have_cursor := FOUND;
+            -- Each key's gate, no queue's (see the count below): the walk locks them.
+            keyed := s.per_key AND cardinality(steered_queues) = 0
+                     AND (s.concurrency IS NOT NULL OR s.rate IS NOT NULL);
             WITH RECURSIVE after_cursor(k) AS (
                 (SELECT j.key FROM {schema}.jobs AS j
                  WHERE j.state = 'queued' AND j.ready AND j.key IS NOT NULL
@@ -232,8 +236,14 @@ BEGIN
             SELECT array_agg(r.id), array_agg(r.queue), array_agg(r.key),
                    (SELECT coalesce(array_agg(g.key ORDER BY g.pos), ARRAY[]::text[])
                     FROM (SELECT got.key, min(got.rn) AS pos FROM got
-                          WHERE got.key IS NOT NULL GROUP BY got.key) AS g)
-            INTO c_ids, c_queues, c_keys, key_list
+                          WHERE got.key IS NOT NULL GROUP BY got.key) AS g),
+                   -- The keys' gates, locked here (a statement before their count).
+                   (SELECT coalesce(array_agg(gl.g) FILTER (WHERE pg_try_advisory_xact_lock(
+                               hashtextextended('poel.gate:{schema}:' || gl.g, 0))),
+                                    ARRAY[]::text[])
+                    FROM (SELECT DISTINCT 'key:' || t || ':' || coalesce(got.key, '') AS g
+                          FROM got WHERE keyed) AS gl)
+            INTO c_ids, c_queues, c_keys, key_list, locked
             FROM (SELECT * FROM ranked
                   ORDER BY ranked.turn, ranked.priority DESC, ranked.run_at, ranked.id) AS r;
           -- Fewer keys than that, and fewer jobs than the claim: the walk saw every key
@@ -317,35 +327,40 @@ BEGIN
         CONTINUE WHEN c_ids IS NULL;
 
         -- The gates they need (the type's or each key's, and each steered queue's), each
-        -- locked as it is listed (a gate another claim holds is left to it) ...
-        SELECT coalesce(array_agg(g.name), ARRAY[]::text[]), array_agg(g.conc),
-               array_agg(g.rate), array_agg(g.per), array_agg(g.kind), array_agg(g.k),
-               array_agg(g.q),
-               coalesce(array_agg(g.name) FILTER (WHERE pg_try_advisory_xact_lock(
-                            hashtextextended('poel.gate:{schema}:' || g.name, 0))),
-                        ARRAY[]::text[])
-        INTO g_names, g_conc, g_rate, g_per, g_kind, g_key, g_queue, locked
-        FROM (
-            SELECT DISTINCT ON (name) name, conc, rate, per, kind, k, q FROM (
-                SELECT CASE WHEN s.per_key THEN 'key:' || t || ':' || coalesce(c.k, '')
-                            ELSE 'type:' || t END AS name,
-                       s.concurrency AS conc, s.rate, s.per_ms AS per,
-                       CASE WHEN s.per_key THEN 'key' ELSE 'type' END AS kind, c.k, NULL AS q
-                FROM unnest(c_keys) AS c(k)
-                WHERE s.concurrency IS NOT NULL OR s.rate IS NOT NULL
-                UNION ALL
-                SELECT 'queue:' || st.name, st.concurrency, st.rate, st.per_ms, 'queue', NULL,
-                       st.name
-                FROM {schema}.steering AS st
-                WHERE st.kind = 'queue' AND st.name = ANY(c_queues)
-            ) AS all_gates
-        ) AS g;
+        -- locked as it is listed (a gate another claim holds is left to it) ... (a keyed
+        -- claim's were locked by its walk: the keys of a walk that left fewer than ten
+        -- are the keys of every candidate the shares read again).
+        IF keyed THEN
+            g_names := locked;
+            g_per := array_fill(s.per_ms, ARRAY[cardinality(locked)]);
+        ELSE
+            SELECT coalesce(array_agg(g.name), ARRAY[]::text[]), array_agg(g.conc),
+                   array_agg(g.rate), array_agg(g.per), array_agg(g.kind), array_agg(g.k),
+                   array_agg(g.q),
+                   coalesce(array_agg(g.name) FILTER (WHERE pg_try_advisory_xact_lock(
+                                hashtextextended('poel.gate:{schema}:' || g.name, 0))),
+                            ARRAY[]::text[])
+            INTO g_names, g_conc, g_rate, g_per, g_kind, g_key, g_queue, locked
+            FROM (
+                SELECT DISTINCT ON (name) name, conc, rate, per, kind, k, q FROM (
+                    SELECT CASE WHEN s.per_key THEN 'key:' || t || ':' || coalesce(c.k, '')
+                                ELSE 'type:' || t END AS name,
+                           s.concurrency AS conc, s.rate, s.per_ms AS per,
+                           CASE WHEN s.per_key THEN 'key' ELSE 'type' END AS kind, c.k, NULL AS q
+                    FROM unnest(c_keys) AS c(k)
+                    WHERE s.concurrency IS NOT NULL OR s.rate IS NOT NULL
+                    UNION ALL
+                    SELECT 'queue:' || st.name, st.concurrency, st.rate, st.per_ms, 'queue', NULL,
+                           st.name
+                    FROM {schema}.steering AS st
+                    WHERE st.kind = 'queue' AND st.name = ANY(c_queues)
+                ) AS all_gates
+            ) AS g;
+        END IF;
 
         -- Each key's gate and no queue's: counted and taken in one statement (after the
         -- lock's), each key's candidates in order while its gate has the slots and the
         -- starts left.
-        keyed := coalesce(s.per_key, false) AND cardinality(steered_queues) = 0
-                 AND (s.concurrency IS NOT NULL OR s.rate IS NOT NULL);
         IF keyed THEN
             WITH c AS (
                 SELECT u.ord, u.id, u.key, 'key:' || t || ':' || coalesce(u.key, '') AS g
