@@ -63,41 +63,44 @@ BEGIN
         key_list := ARRAY[]::text[];
         keyed := false;
 
-        -- One gate for all of the type's jobs (its limit, its rate) or none, and no queue
-        -- of theirs steered: the gate is known before any job is read, so it is locked
-        -- and counted first, and the jobs are then claimed as the plain claim claims them,
-        -- as many as the gate has room for, in the statement that writes their starts.
-        IF NOT coalesce(s.per_key OR s.fair, false) AND cardinality(steered_queues) = 0 THEN
-            g1 := CASE WHEN s.concurrency IS NOT NULL OR s.rate IS NOT NULL
-                       THEN 'type:' || t END;
-            room := lim - taken;
-            started := NULL;
-            first_start := NULL;
-            IF g1 IS NOT NULL THEN
-                CONTINUE WHEN NOT pg_try_advisory_xact_lock(
-                    hashtextextended('poel.gate:{schema}:' || g1, 0));
-                -- Counted in a statement after the lock (see the top).
-                SELECT (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
-                        WHERE s.concurrency IS NOT NULL AND j.state = 'running'
-                          AND j.slots IS NOT NULL AND j.job_type = t),
-                       ws.n, ws.first
-                INTO running, started, first_start
-                FROM (SELECT coalesce(sum(ss.n), 0)::integer AS n, min(ss.started_at) AS first
-                      FROM {schema}.steering_starts AS ss
-                      WHERE s.rate IS NOT NULL AND ss.gate = g1
-                        AND ss.started_at > clock_timestamp() - s.per_ms * interval '1 millisecond'
-                     ) AS ws;
-                IF s.concurrency IS NOT NULL THEN
-                    room := least(room, (s.concurrency - running) / w);
-                END IF;
-                IF s.rate IS NOT NULL THEN
-                    room := least(room, s.rate - started);
-                    IF started >= s.rate THEN
-                        reopen := least(reopen, first_start + s.per_ms * interval '1 millisecond');
-                    END IF;
-                END IF;
-                CONTINUE WHEN room <= 0;
+        -- One gate for all of the type's jobs (its limit, its rate), and no queue of
+        -- theirs steered: the gate is known before any job is read, so it is locked and
+        -- counted first; then the jobs are taken, as many as it has room for. A type
+        -- with no key is claimed as the plain claim claims, in the statement that writes
+        -- the starts; a fair type's keys are walked for as many (below).
+        g1 := NULL;
+        room := lim - taken;
+        started := NULL;
+        first_start := NULL;
+        running := 0;
+        IF NOT coalesce(s.per_key, false) AND cardinality(steered_queues) = 0
+           AND (s.concurrency IS NOT NULL OR s.rate IS NOT NULL) THEN
+            g1 := 'type:' || t;
+            CONTINUE WHEN NOT pg_try_advisory_xact_lock(
+                hashtextextended('poel.gate:{schema}:' || g1, 0));
+            -- Counted in a statement after the lock (see the top).
+            SELECT (SELECT coalesce(sum(j.slots), 0) FROM {schema}.jobs AS j
+                    WHERE s.concurrency IS NOT NULL AND j.state = 'running'
+                      AND j.slots IS NOT NULL AND j.job_type = t),
+                   ws.n, ws.first
+            INTO running, started, first_start
+            FROM (SELECT coalesce(sum(ss.n), 0)::integer AS n, min(ss.started_at) AS first
+                  FROM {schema}.steering_starts AS ss
+                  WHERE s.rate IS NOT NULL AND ss.gate = g1
+                    AND ss.started_at > clock_timestamp() - s.per_ms * interval '1 millisecond'
+                 ) AS ws;
+            IF s.concurrency IS NOT NULL THEN
+                room := least(room, (s.concurrency - running) / w);
             END IF;
+            IF s.rate IS NOT NULL THEN
+                room := least(room, s.rate - started);
+                IF started >= s.rate THEN
+                    reopen := least(reopen, first_start + s.per_ms * interval '1 millisecond');
+                END IF;
+            END IF;
+            CONTINUE WHEN room <= 0;
+        END IF;
+        IF NOT coalesce(s.per_key OR s.fair, false) AND cardinality(steered_queues) = 0 THEN
             ts := clock_timestamp();  -- after the count (see below)
             RETURN QUERY
             WITH claimed AS (
@@ -224,7 +227,7 @@ BEGIN
                             1.0 * lim / key_cap
                             * coalesce((s.key_weights ->> walk.k)::float8, 1))::integer)
                         FOR UPDATE SKIP LOCKED) AS h
-                    LIMIT lim) AS x
+                    LIMIT room) AS x
             ), ranked AS (
                 SELECT got.*,
                        (row_number() OVER (PARTITION BY got.key
@@ -250,7 +253,7 @@ BEGIN
           -- with jobs due, so their shares of the whole claim are known, and each key's
           -- candidates are read again up to its share (the rows this claim locked are
           -- read again, not skipped).
-          IF cardinality(key_list) < key_cap AND coalesce(cardinality(c_ids), 0) < lim THEN
+          IF cardinality(key_list) < key_cap AND coalesce(cardinality(c_ids), 0) < room THEN
             -- Each key's share of the claim, by weight, is what it needs of candidates
             -- (twice an even share at least, so that keys with fewer jobs than their share
             -- leave the others enough: fewer than ten keys lock at most about twice the
@@ -333,6 +336,10 @@ BEGIN
         IF keyed THEN
             g_names := locked;
             g_per := array_fill(s.per_ms, ARRAY[cardinality(locked)]);
+        ELSIF g1 IS NOT NULL THEN
+            g_names := ARRAY[g1];
+            g_per := ARRAY[s.per_ms];
+            locked := ARRAY[g1];
         ELSE
             SELECT coalesce(array_agg(g.name), ARRAY[]::text[]), array_agg(g.conc),
                    array_agg(g.rate), array_agg(g.per), array_agg(g.kind), array_agg(g.k),
@@ -410,6 +417,14 @@ BEGIN
                     WHERE k.starts_left <= 0)
             INTO accepted, acc_gates, last_pos, starts_left, firsts, first_start;
             reopen := least(reopen, first_start);  -- a full window's opening
+        ELSIF g1 IS NOT NULL THEN
+            -- The type's gate, counted before its keys were walked.
+            slots_left := CASE WHEN s.concurrency IS NULL THEN jsonb_build_object()
+                               ELSE jsonb_build_object(g1, s.concurrency - running) END;
+            starts_left := CASE WHEN s.rate IS NULL THEN jsonb_build_object()
+                                ELSE jsonb_build_object(g1, s.rate - started) END;
+            firsts := CASE WHEN first_start IS NULL THEN jsonb_build_object()
+                           ELSE jsonb_build_object(g1, first_start) END;
         ELSE
             -- ... then counted, in a statement after the lock: what is running and what
             -- started in the window.
