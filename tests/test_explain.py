@@ -110,8 +110,14 @@ TOKENED = {  # the statements that match attempts by (id, lease token)
         "progresses": [0.5, 1.0],
         "messages": ["half", None],
     },
-    "release_jobs": {"ids": [1, 2], "tokens": [TOKEN] * 2, "started": True, "max_handbacks": 3},
-    "release_claims": {"tokens": [TOKEN]},
+    "release_jobs": {
+        "ids": [1, 2],
+        "tokens": [TOKEN] * 2,
+        "started": True,
+        "max_handbacks": 3,
+        "schema": "poel",
+    },
+    "release_claims": {"tokens": [TOKEN], "schema": "poel"},
 }
 
 
