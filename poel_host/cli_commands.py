@@ -10,16 +10,15 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from poel_host import cli_pauses, cli_steering, cli_table, cli_workflows
+from poel_host.cli_store import with_store
 from poel_host.errors import PoelError
 from poel_host.logs import get_logger
 from poel_host.settings import Settings
-
-T = TypeVar("T")
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -152,11 +151,11 @@ def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    return _with_store(settings, lambda store: _jobs(store, args))
+    return with_store(settings, lambda store: _jobs(store, args))
 
 
 def cmd_workers(settings: Settings, args: argparse.Namespace) -> int:
-    rows = _with_store(settings, lambda store: store.list_workers())
+    rows = with_store(settings, lambda store: store.list_workers())
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -201,20 +200,6 @@ def _capacity(worker: dict[str, Any]) -> str:
     if worker["processes"] is not None:
         parts.append(f"{worker['processes']} processes")
     return ", ".join(parts)
-
-
-def _with_store(settings: Settings, work: Callable[[Any], T]) -> T:
-    """``work(store)`` on one connection of the CLI's own, closed afterwards."""
-    from poel_host.database import KeptConnection
-    from poel_host.store import Store
-
-    conn = KeptConnection(
-        settings.dsn, name="cli", pooler=settings.pooler, connect_timeout=settings.connect_timeout_s
-    )
-    try:
-        return work(Store(settings.schema_name, conn))
-    finally:
-        conn.close()
 
 
 def _jobs(store: Any, args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from poel_host import cli_table
+from poel_host.cli_store import with_store
 from poel_host.errors import PoelError
 from poel_host.settings import Settings
 
@@ -20,9 +21,7 @@ if TYPE_CHECKING:
 
 
 def cmd_workflows(settings: Settings, args: argparse.Namespace) -> int:
-    from poel_host.cli_commands import _with_store
-
-    return _with_store(settings, lambda store: _run(store, args))
+    return with_store(settings, lambda store: _run(store, args))
 
 
 def _run(store: Store, args: argparse.Namespace) -> int:

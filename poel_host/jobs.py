@@ -250,11 +250,10 @@ class JobContext:
         cancelled (a step that runs anyway) is left out; a job outside a workflow gets {}.
         """
         from poel_host.store import Store
-        from poel_host.workflows import results_of
 
         schema = self.settings.schema_name if self.settings is not None else "poel"
         with self.connection() as conn:
-            return results_of(Store(schema).dependency_results(self.job_id, conn))
+            return Store(schema).dependency_results(self.job_id, conn)
 
     @property
     def cancelled(self) -> bool:

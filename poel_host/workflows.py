@@ -241,8 +241,3 @@ def read_workflow(store: Store, workflow_id: int) -> WorkflowState | None:
     if row is None:
         return None
     return WorkflowState.from_rows(row, store.workflow_steps(workflow_id))
-
-
-def results_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Step name to result, of the dependencies that succeeded (``dependency_results``)."""
-    return {row["step"]: row["result"] for row in rows if row["state"] == "succeeded"}

@@ -43,8 +43,8 @@ class WorkflowStore(StoreBase):
         """The workflow's steps, live or archived, in the order they were enqueued."""
         return self._all("workflow_steps", {"id": workflow_id})
 
-    def dependency_results(
-        self, job_id: int, connection: Conn | None = None
-    ) -> list[dict[str, Any]]:
-        """``{step, state, result}`` of each step ``job_id`` waits for."""
-        return self._all("dependency_results", {"id": job_id}, connection)
+    def dependency_results(self, job_id: int, connection: Conn | None = None) -> dict[str, Any]:
+        """Step name to result of the steps ``job_id`` waits for that succeeded (what
+        ``ctx.dependency_results()`` returns)."""
+        rows = self._all("dependency_results", {"id": job_id}, connection)
+        return {row["step"]: row["result"] for row in rows if row["state"] == "succeeded"}
