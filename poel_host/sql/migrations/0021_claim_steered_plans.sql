@@ -1,19 +1,21 @@
--- The steered claim, cheaper (issue 19's claim cost). Three changes to migration 0020's
--- claim_steered, whose contract (arguments, rows, reopens_at, the locks) is unchanged:
+-- The steered claim, cheaper (issue 19's claim cost). What changes from migration
+-- 0020's claim_steered, whose contract (arguments, rows, reopens_at, the locks) is not:
 --
 -- 1. Its statements keep one generic plan a session (plan_cache_mode on the function):
 --    planned again at every call, as the values of the call made PostgreSQL do, the
 --    candidates' and the count's statements cost more to plan than to run. The
 --    statements are written so that their generic plans read the indexes: the plain
 --    candidates in claim order from the type's index, each row then checked alone.
--- 2. A type with one gate (its limit, its rate) or none, no key and no steered queue, is
---    claimed as the plain claim claims: its gate locked and counted first (it is known
---    before any job is read), then the jobs taken in claim order, as many as the gate
---    has room for, in one statement that also writes their starts.
+-- 2. A type with one gate (its limit, its rate) and no steered queue has the gate locked
+--    and counted before any job is read (it is known before). Without keys, its jobs are
+--    then taken in claim order, as many as the gate has room for, in one statement that
+--    also writes their starts; a fair type's keys are walked for that many.
 -- 3. A fair or per-key claim walks the keys lazily, each key's share of a claim of 10
 --    keys at a time, until it has its jobs: it reads and locks no more keys and rows
 --    than it takes (each key costs two index descents, each candidate a row lock).
---    Only when the walk saw fewer than 10 keys are their exact shares read again.
+--    Only when the walk saw fewer than 10 keys are their exact shares read again. A
+--    per-key claim locks its keys' gates in that walk, then counts them and takes its
+--    candidates in one statement.
 -- 4. A claim's starts enter a rate window as one row a gate with their number (n), not a
 --    row a start, written and trimmed in the claim's update statement; when a full
 --    window opens again is worked out from the count, not read again.
