@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_dashboard import SCRIPT, TOKEN, failed_job
+from tests.test_dashboard_workflows import ended_diamond
 
 pytestmark = [pytest.mark.process, pytest.mark.browser]
 
@@ -211,3 +212,60 @@ def test_with_a_token_a_stranger_sees_only_sign_in_and_ended_sessions_are_refuse
     sign_in(driver, token="another-long-token-9876543210")
     assert driver.current_url == f"{renewed.base}/workers"
     shot(driver, "new-token")
+
+
+def test_a_diamond_workflow_is_drawn_with_its_states_arrows_and_links(
+    chromium, dashboard, poel_dsn
+):
+    """The picture of a diamond (a -> b, c -> d; a succeeded, b failed, c running, d
+    cancelled): a box a step, coloured and labelled by state, laid out in layers, an arrow
+    a dependency, each box a link to its job, whose page links back."""
+    from selenium.webdriver.common.by import By
+
+    from poel_host import Queue
+
+    with Queue(poel_dsn, jobs={}, allow_unknown=True) as queue:
+        workflow_id, jobs = ended_diamond(queue, error=f"ValueError: {SCRIPT}")
+    driver = chromium
+    base = dashboard().base
+    driver.get(f"{base}/workflows")
+    driver.find_element(By.CSS_SELECTOR, f"#workflows a[href='/workflows/{workflow_id}']").click()
+    wait(driver, lambda d: d.find_elements(By.ID, "graph"), "the workflow's page")
+    assert driver.title == f"Workflow {workflow_id} · Poel"  # the error's script did not run
+    assert text_of(driver, "state") == "failed" and text_of(driver, "failed-step") == "b"
+
+    nodes = {
+        n.get_dom_attribute("data-step"): n
+        for n in driver.find_elements(By.CSS_SELECTOR, "svg#graph a.node")
+    }
+    assert sorted(nodes) == ["a", "b", "c", "d"]
+    states = {name: n.get_dom_attribute("data-state") for name, n in nodes.items()}
+    assert states == {"a": "succeeded", "b": "failed", "c": "running", "d": "cancelled"}
+    for name, n in nodes.items():
+        assert n.get_dom_attribute("href") == f"/jobs/{jobs[name]}"
+        assert name in n.text and states[name] in n.text, n.text  # labelled, not just coloured
+        assert n.is_displayed()
+    assert "ValueError: <script>" in nodes["b"].text  # the error, as text, in b's box
+    fills = {
+        name: n.find_element(By.TAG_NAME, "rect").get_dom_attribute("fill")
+        for name, n in nodes.items()
+    }
+    assert len(set(fills.values())) == 4  # a colour a state
+    x = {name: n.rect["x"] for name, n in nodes.items()}
+    y = {name: n.rect["y"] for name, n in nodes.items()}
+    assert x["a"] < x["b"] == x["c"] < x["d"]  # layers, left to right
+    assert y["b"] < y["c"] and y["a"] == y["d"]
+    edges = {
+        (e.get_dom_attribute("data-from-step"), e.get_dom_attribute("data-to-step"))
+        for e in driver.find_elements(By.CSS_SELECTOR, "svg#graph path.edge")
+    }
+    assert edges == {("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")}
+    rows = driver.find_elements(By.CSS_SELECTOR, "#steps tr")
+    assert [r.text.split()[0] for r in rows[1:]] == ["a", "b", "c", "d"]
+    shot(driver, "workflow")
+
+    nodes["b"].click()  # the box is a link to the step's job
+    wait(driver, lambda d: d.current_url == f"{base}/jobs/{jobs['b']}", "b's job page")
+    assert text_of(driver, "state") == "failed"
+    driver.find_element(By.CSS_SELECTOR, "#workflow a").click()
+    wait(driver, lambda d: d.current_url == f"{base}/workflows/{workflow_id}", "the way back")

@@ -165,3 +165,22 @@ def test_dashboard_queries_never_scan_the_jobs_table(big_table):
         if any(kind == "Seq Scan" for kind, _ in scans):
             seq_scans[f"{i}: {name}"] = scans
     assert seq_scans == {}
+
+
+def test_the_workflows_page_walks_the_workflows_primary_key(poel_conn):
+    """The dashboard's workflows page looks at a window of the newest workflows through
+    the primary key, whatever the state filter: never the whole table."""
+    poel_conn.execute(
+        "INSERT INTO poel.workflows (name, state, steps, steps_left)"
+        " SELECT 'w' || n, CASE WHEN n % 100 = 0 THEN 'failed' ELSE 'succeeded' END, 1, 0"
+        " FROM generate_series(1, 20000) AS n"
+    )
+    poel_conn.execute("ANALYZE poel.workflows")
+    for state in (None, "failed"):
+        params = {"before": 2**63 - 1, "limit": 50, "window": 10_000, "state": state}
+        scans = [
+            (n["Node Type"], n.get("Index Name"))
+            for n in nodes(plan(poel_conn, "dashboard_workflows", params))
+            if n.get("Relation Name") == "workflows"
+        ]
+        assert scans and all(kind != "Seq Scan" for kind, _ in scans), (state, scans)

@@ -1,4 +1,5 @@
-"""The web dashboard: queues, jobs and their errors, running jobs, schedules, workers.
+"""The web dashboard: queues, jobs and their errors, workflows drawn as graphs, running
+jobs, schedules, workers.
 
 ``make_app(settings)`` returns a WSGI application (a bottle app): ``poel-host dashboard``
 serves it on its own port, and a team can mount it inside its own web application::

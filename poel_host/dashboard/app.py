@@ -6,9 +6,9 @@ key, counts use the partial indexes of queued, running, finished and failed jobs
 (an unknown id, a bad filter, a missing or wrong token) gets a 4xx page saying what was
 wrong; an unexpected error a 500 page without a traceback (logged instead).
 
-The pages are :mod:`.pages`, the actions :mod:`.actions`, signing in and the gate that
-keeps strangers out :mod:`.signin`, what they share :mod:`.base`; this module builds the
-application and maps the routes.
+The pages are :mod:`.pages` (the workflows' :mod:`.workflow_pages`), the actions
+:mod:`.actions`, signing in and the gate that keeps strangers out :mod:`.signin`, what they
+share :mod:`.base`; this module builds the application and maps the routes.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import bottle
 
 from poel_host.dashboard.actions import Actions
 from poel_host.dashboard.pages import Pages
+from poel_host.dashboard.workflow_pages import WorkflowPages
 from poel_host.settings import Settings, load_settings
 from poel_host.store import Store
 
@@ -56,7 +57,7 @@ def make_app(
     return _Dashboard(s, store, plugins, log).app
 
 
-class _Dashboard(Pages, Actions):
+class _Dashboard(Pages, WorkflowPages, Actions):
     """The dashboard: its pages and actions under one bottle application."""
 
     def __init__(self, settings: Settings, store: Store, plugins: Any, log: Any) -> None:
@@ -70,6 +71,8 @@ class _Dashboard(Pages, Actions):
             ("GET", "/", self.overview),
             ("GET", "/jobs", self.jobs),
             ("GET", "/jobs/<job_id>", self.job),
+            ("GET", "/workflows", self.workflows),
+            ("GET", "/workflows/<workflow_id>", self.workflow),
             ("GET", "/running", self.running),
             ("GET", "/schedules", self.schedules),
             ("GET", "/steering", self.steering),

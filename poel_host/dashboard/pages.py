@@ -110,10 +110,14 @@ class Pages(DashboardBase):
             }
             for error in reversed(row["errors"] or [])
         ]
+        workflow = None
+        if row.get("workflow_id") is not None:
+            workflow = self.store.get_workflow(row["workflow_id"])
         return self._page(
             "job",
             title=f"Job {number}",
             job=row,
+            workflow=workflow,
             payload=payload,
             result=result,
             errors=errors,

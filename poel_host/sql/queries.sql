@@ -1201,6 +1201,32 @@ SELECT id, name, state, steps, steps_left, failed_step, failed_error, created_at
        finished_at
 FROM {schema}.workflows WHERE id = %(id)s
 
+-- dashboard_workflows --
+-- The dashboard's workflows page: newest first below id `before`, optionally in one state.
+-- Bounded as the jobs page (dashboard_jobs): it looks at the `window` newest workflows below
+-- `before` (the primary key walked backwards) and keeps the first `limit` in the state;
+-- `lowest` and `scanned` say where the window ended, so the next page goes on from there.
+-- One row even when nothing matched: its workflow columns are NULL.
+WITH scanned AS MATERIALIZED (
+    SELECT id, name, state, steps, steps_left, failed_step, failed_error, created_at,
+           finished_at
+    FROM {schema}.workflows
+    WHERE id < %(before)s
+    ORDER BY id DESC
+    LIMIT %(window)s
+), matched AS (
+    SELECT * FROM scanned
+    WHERE (%(state)s::text IS NULL OR state = %(state)s)
+    ORDER BY id DESC
+    LIMIT %(limit)s
+)
+SELECT m.id, m.name, m.state, m.steps, m.steps_left, m.failed_step,
+       left(m.failed_error, 300) AS failed_error, m.created_at, m.finished_at, w.lowest,
+       w.scanned
+FROM (SELECT min(id) AS lowest, count(*) AS scanned FROM scanned) AS w
+LEFT JOIN matched AS m ON true
+ORDER BY m.id DESC
+
 -- workflow_steps --
 -- A workflow's steps, live or archived (all_jobs: one probe of each table's partial index
 -- of steps), each with the steps it waits for and how many of them have not ended yet

@@ -39,6 +39,20 @@ class WorkflowStore(StoreBase):
         """The newest workflows first, optionally only those in ``state``."""
         return self._all("list_workflows", {"state": state, "limit": limit})
 
+    def browse_workflows(
+        self, *, state: str | None, before: int, limit: int, window: int
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """The dashboard's workflows page: up to ``limit`` workflows newest first below id
+        ``before``, optionally in ``state``, and where the next page starts (None: no
+        older one). A page looks at ``window`` workflows at most (see the SQL)."""
+        params = {"state": state, "before": before, "limit": limit, "window": window}
+        found = self._all("dashboard_workflows", params)
+        scanned, lowest = found[0]["scanned"], found[0]["lowest"]
+        rows = [row for row in found if row["id"] is not None]
+        if len(rows) == limit:
+            return rows, rows[-1]["id"]
+        return rows, (lowest if scanned == window else None)
+
     def workflow_steps(self, workflow_id: int) -> list[dict[str, Any]]:
         """The workflow's steps, live or archived, in the order they were enqueued."""
         return self._all("workflow_steps", {"id": workflow_id})

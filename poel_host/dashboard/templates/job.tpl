@@ -4,7 +4,7 @@
 <tr><th>queue</th><td>{{job['queue']}}</td></tr>
 <tr><th>state</th><td class="state-{{job['state']}}" id="state">{{'waiting' if job.get('waiting') else job['state']}}</td></tr>
 % if job.get('workflow_id') is not None:
-<tr><th>workflow</th><td id="workflow">{{job['workflow_id']}}, step {{job['step']}}{{(', waiting for %d of its dependencies' % job['waiting_on']) if job.get('waiting') else ''}}</td></tr>
+<tr><th>workflow</th><td id="workflow"><a href="{{root}}/workflows/{{job['workflow_id']}}">{{workflow['name'] if workflow else 'workflow'}} ({{job['workflow_id']}})</a>, step {{job['step']}}{{(', waiting for %d of its dependencies' % job['waiting_on']) if job.get('waiting') else ''}}</td></tr>
 % end
 <tr><th>attempts</th><td>{{job['attempts']}} of {{job['max_attempts']}}</td></tr>
 % if job.get('snoozes'):

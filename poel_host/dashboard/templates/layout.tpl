@@ -20,6 +20,7 @@ pre { background: #f6f6f6; padding: .5rem; overflow-x: auto; white-space: pre-wr
 .state-failed { color: #b00; } .state-succeeded { color: #070; } .state-running { color: #05a; }
 .note { color: #666; } form.inline { display: inline; }
 .banner { background: #fff4d6; border-bottom: 1px solid #e0c060; margin: 0; padding: .4rem 1rem; }
+.graph { overflow: auto; max-width: 100%; max-height: 80vh; border: 1px solid #eee; }
 .chart rect.ok { fill: #5a5; } .chart rect.bad { fill: #c44; }
 </style>
 </head>
@@ -27,7 +28,7 @@ pre { background: #f6f6f6; padding: .5rem; overflow-x: auto; white-space: pre-wr
 <header>
 <strong>Poel</strong>
 % if session or not writable:
-% for path, label in (("/", "Overview"), ("/jobs", "Jobs"), ("/running", "Running"), ("/schedules", "Schedules"), ("/steering", "Steering"), ("/workers", "Workers"), ("/audit", "Audit")):
+% for path, label in (("/", "Overview"), ("/jobs", "Jobs"), ("/workflows", "Workflows"), ("/running", "Running"), ("/schedules", "Schedules"), ("/steering", "Steering"), ("/workers", "Workers"), ("/audit", "Audit")):
 <a href="{{root}}{{path}}" class="{{'here' if title == label else ''}}">{{label}}</a>
 % end
 % end
