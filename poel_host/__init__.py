@@ -39,6 +39,10 @@ _EXPORTS = {
     "Workflow": "poel_host.workflows",
     "WorkflowState": "poel_host.workflows",
     "InvalidWorkflow": "poel_host.errors",
+    "WorkflowNotFound": "poel_host.errors",
+    "WorkflowRefused": "poel_host.errors",
+    "WorkflowCancel": "poel_host.workflow_control",
+    "WorkflowRetry": "poel_host.workflow_control",
 }
 
 __all__ = [
@@ -64,6 +68,10 @@ __all__ = [
     "Snooze",
     "UnknownJobType",
     "Workflow",
+    "WorkflowCancel",
+    "WorkflowNotFound",
+    "WorkflowRefused",
+    "WorkflowRetry",
     "WorkflowState",
     "__version__",
     "hookimpl",
@@ -83,6 +91,8 @@ if TYPE_CHECKING:
         PoelError,
         ResultTimeout,
         UnknownJobType,
+        WorkflowNotFound,
+        WorkflowRefused,
     )
     from poel_host.hookspecs import hookimpl, hookspec
     from poel_host.job_requests import JobRequest
@@ -92,6 +102,7 @@ if TYPE_CHECKING:
     from poel_host.settings import Settings, load_settings
     from poel_host.snooze_discard import Discard, Snooze
     from poel_host.sqlfiles import Migration, PackageSql
+    from poel_host.workflow_control import WorkflowCancel, WorkflowRetry
     from poel_host.workflows import Workflow, WorkflowState
 
 

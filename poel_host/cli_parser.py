@@ -144,10 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _workflow_commands(commands: Any) -> None:
     workflows = commands.add_parser(
         "workflows",
-        help="list workflows, or show one with its steps",
+        help="list workflows, show one with its steps, cancel or retry one",
         description="Workflows (Queue.enqueue_workflow, poel.enqueue_workflow()): their "
-        "state (running, succeeded, failed naming the step) and their steps' states "
-        "(waiting while a step's dependencies have not all ended), attempts and errors.",
+        "state (running, succeeded, failed naming the step, cancelled) and their steps' "
+        "states (waiting while a step's dependencies have not all ended), attempts and "
+        "errors; cancelling or retrying one whole.",
     )
     chosen = workflows.add_subparsers(dest="workflows_command", metavar="ACTION", required=True)
     listing = chosen.add_parser("list", help="the newest workflows first")
@@ -157,6 +158,26 @@ def _workflow_commands(commands: Any) -> None:
     show = chosen.add_parser("show", help="one workflow and each of its steps")
     show.add_argument("id", type=int)
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    cancel = chosen.add_parser(
+        "cancel",
+        help="cancel a workflow's steps that have not ended, and the workflow",
+        description="Waiting and queued steps are cancelled at once; running ones are asked "
+        "to stop (each ends cancelled within about a second, on any executor; one that "
+        "returned first succeeded). The workflow is cancelled; its succeeded steps keep "
+        "their results. Cancelling it again, or a workflow that ended, changes nothing and "
+        "says so (exit 0). An unknown id exits 1.",
+    )
+    cancel.add_argument("id", type=int)
+    retry = chosen.add_parser(
+        "retry",
+        help="run a failed or cancelled workflow's failed and cancelled steps again",
+        description="Its failed and cancelled steps are queued again with fresh attempts "
+        "(error history kept), each waiting for the steps it depends on that run again; "
+        "succeeded steps keep their results and are not run again. The workflow runs "
+        "again. Refused (exit 1) while it or any of its steps is running; a workflow that "
+        "succeeded has nothing to retry (exit 0).",
+    )
+    retry.add_argument("id", type=int)
 
 
 def _pause_commands(commands: Any) -> None:

@@ -1,7 +1,9 @@
-"""The ``poel-host workflows list|show`` commands (see :mod:`poel_host.workflows`): the
-newest workflows with their state, and one workflow's steps, each with the steps it waits
-for, its state (``waiting`` while its dependencies have not all ended), attempts,
-duration and error. Read-only."""
+"""The ``poel-host workflows list|show|cancel|retry`` commands (see
+:mod:`poel_host.workflows`): the newest workflows with their state, one workflow's steps,
+each with the steps it waits for, its state (``waiting`` while its dependencies have not
+all ended), attempts, duration and error; and cancelling or retrying one whole (see
+:mod:`poel_host.workflow_control`), with the sentence saying what changed. Cancelling
+twice is no error (exit 0, "nothing changed"), as pausing twice is not."""
 
 from __future__ import annotations
 
@@ -25,8 +27,15 @@ def cmd_workflows(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run(store: Store, args: argparse.Namespace) -> int:
+    from poel_host.workflow_control import WorkflowCancel, WorkflowRetry
     from poel_host.workflows import read_workflow
 
+    if args.workflows_command == "cancel":
+        print(WorkflowCancel.from_outcome(store.cancel_workflow(args.id)).message)
+        return 0
+    if args.workflows_command == "retry":
+        print(WorkflowRetry.from_outcome(store.retry_workflow(args.id)).message)
+        return 0
     if args.workflows_command == "show":
         state = read_workflow(store, args.id)
         if state is None:
@@ -61,6 +70,9 @@ def _shown(state: WorkflowState) -> str:
     head = f"workflow {state.id} {state.name!r}: {state.state}"
     if state.failed_step is not None:
         head += f" (step {state.failed_step} failed: {_line(state.failed_error)})"
+    if state.cancelled_at is not None and state.finished_at is None:
+        running = sum(1 for s in state.steps if s.state == "running")
+        head += f", {running} running step{'' if running == 1 else 's'} being stopped"
     rows: list[tuple[str, ...]] = [
         ("STEP", "JOB", "TYPE", "STATE", "AFTER", "ATTEMPTS", "SECONDS", "ERROR")
     ]

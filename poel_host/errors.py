@@ -112,6 +112,19 @@ class JobNotFound(PoelError, LookupError):
         self.job_id = job_id
 
 
+class WorkflowNotFound(PoelError, LookupError):
+    """No workflow has this id."""
+
+    def __init__(self, workflow_id: int) -> None:
+        super().__init__(f"workflow {workflow_id} does not exist")
+        self.workflow_id = workflow_id
+
+
+class WorkflowRefused(PoelError):
+    """A workflow cannot be retried as it is: it is running (or some of its steps still
+    run), or some of its steps were deleted past their retention. The message says which."""
+
+
 class JobFailed(PoelError):
     """The job ended without a result: ``failed`` (its attempts used up, or a final error)
     or ``cancelled``. ``errors`` is its error history, one entry an attempt."""

@@ -22,14 +22,16 @@ from poel_host.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Job
 from poel_host.pauses import Pausing
 from poel_host.steering import Steering
 from poel_host.store import Store
+from poel_host.workflow_control import WorkflowControl
 
 if TYPE_CHECKING:
     from poel_host.settings import Settings
     from poel_host.workflows import Workflow, WorkflowState
 
 
-class Queue(Pausing, Steering):
-    """Enqueue jobs into Poel's table; pause, resume and steer a queue or a job type.
+class Queue(Pausing, Steering, WorkflowControl):
+    """Enqueue jobs into Poel's table; pause, resume and steer a queue or a job type;
+    cancel or retry a workflow whole.
 
     :param dsn: the database URL (``DATABASE_URL``).
     :param schema: Poel's schema (``POEL_SCHEMA``).
@@ -221,8 +223,9 @@ class Queue(Pausing, Steering):
 
     def workflow(self, workflow_id: int) -> WorkflowState | None:
         """The workflow's state (``running``, ``succeeded``, ``failed`` naming the step
-        that failed and why) and each step's state (``waiting`` while its dependencies
-        have not ended), attempts, error and duration; None if there is no such workflow."""
+        that failed and why, ``cancelled``) and each step's state (``waiting`` while its
+        dependencies have not ended), attempts, error and duration; None if there is no
+        such workflow."""
         from poel_host.workflows import read_workflow
 
         return read_workflow(self._store, workflow_id)
@@ -261,7 +264,9 @@ class Queue(Pausing, Steering):
 
     def retry(self, job_id: int) -> bool:
         """Queue a failed or cancelled job again with fresh attempts, in the jobs table or
-        moved back from the history; False if it is not failed or cancelled."""
+        moved back from the history; False if it is not failed or cancelled. A workflow's
+        step runs now (whatever its dependencies did) and its workflow waits for it again;
+        the steps its failure cancelled stay cancelled (:meth:`retry_workflow` runs them)."""
         return self._store.retry_job(job_id)
 
     def close(self) -> None:

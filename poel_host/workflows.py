@@ -211,7 +211,9 @@ class WorkflowState:
     """A workflow as :meth:`Queue.workflow` reads it: ``state`` is ``running``,
     ``succeeded`` (every step did), ``failed`` (``failed_step`` failed or was cancelled,
     for the reason ``failed_error``; set at that failure, while the steps that run anyway
-    may still run) or ``cancelled``. ``finished_at`` is set once every step ended."""
+    may still run) or ``cancelled`` (by :meth:`Queue.cancel_workflow` at ``cancelled_at``;
+    a failure before it is kept). ``finished_at`` is set once every step ended: a
+    cancelled workflow without it still has running steps being stopped."""
 
     id: int
     name: str
@@ -221,6 +223,7 @@ class WorkflowState:
     created_at: dt.datetime
     finished_at: dt.datetime | None
     steps: tuple[StepState, ...]
+    cancelled_at: dt.datetime | None = None
 
     def step(self, name: str) -> StepState:
         """The step named ``name`` (KeyError if the workflow has none)."""
@@ -232,7 +235,11 @@ class WorkflowState:
     @classmethod
     def from_rows(cls, row: dict[str, Any], steps: list[dict[str, Any]]) -> WorkflowState:
         keep = ("id", "name", "state", "failed_step", "failed_error", "created_at", "finished_at")
-        return cls(**{k: row[k] for k in keep}, steps=tuple(StepState.from_row(s) for s in steps))
+        return cls(
+            **{k: row[k] for k in keep},
+            steps=tuple(StepState.from_row(s) for s in steps),
+            cancelled_at=row.get("cancelled_at"),
+        )
 
 
 def read_workflow(store: Store, workflow_id: int) -> WorkflowState | None:

@@ -70,3 +70,52 @@ def test_workflows_list_and_show(queue, poel_dsn, poel_cli):
     ]
     missing = poel_cli("workflows", "show", "999", DATABASE_URL=poel_dsn)
     assert missing.returncode == 1 and "no workflow with id 999" in missing.stderr
+
+
+def test_workflows_cancel_and_retry(queue, poel_dsn, poel_cli):
+    """What an operator reads: what changed, what is still stopping, why a retry is
+    refused; an unknown id exits 1, a second cancel exits 0 saying nothing changed."""
+    flow = Workflow("ingest")
+    first = flow.step("record", T)
+    flow.step("merge", T, after=first)
+    workflow_id = queue.enqueue_workflow(flow)
+    token = str(uuid.uuid4())
+    queue._store.claim_jobs(
+        job_types=[T], queues=None, limit=1, owner="t", token=token, lease_ms=60_000
+    )
+    record_id = queue.workflow(workflow_id).step("record").job_id
+
+    refused = poel_cli("workflows", "retry", str(workflow_id), DATABASE_URL=poel_dsn)
+    assert refused.returncode == 1
+    assert f"workflow {workflow_id} is running (2 of its 2 steps not ended)" in refused.stderr
+
+    cancelled = poel_cli("workflows", "cancel", str(workflow_id), DATABASE_URL=poel_dsn)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.strip() == (
+        f"workflow {workflow_id} 'ingest' cancelled: 1 step cancelled; 1 running step asked "
+        f"to stop (each ends cancelled within about a second; see poel-host workflows show "
+        f"{workflow_id})"
+    )
+    shown = poel_cli("workflows", "show", str(workflow_id), DATABASE_URL=poel_dsn).stdout
+    assert shown.splitlines()[0] == (
+        f"workflow {workflow_id} 'ingest': cancelled, 1 running step being stopped"
+    )
+    stopping = poel_cli("workflows", "retry", str(workflow_id), DATABASE_URL=poel_dsn)
+    assert stopping.returncode == 1
+    assert "1 of its steps have not ended yet" in stopping.stderr
+
+    queue._store.finish([(record_id, token, "cancelled", "stopped", 0, None, None, None, None)])
+    again = poel_cli("workflows", "cancel", str(workflow_id), DATABASE_URL=poel_dsn)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == (
+        f"workflow {workflow_id} 'ingest' was cancelled already: nothing changed"
+    )
+    retried = poel_cli("workflows", "retry", str(workflow_id), DATABASE_URL=poel_dsn)
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout.strip() == (
+        f"workflow {workflow_id} 'ingest' running again: 2 steps queued again (record, merge); "
+        "1 due now, 1 waiting for the steps they depend on"
+    )
+    for action in ("cancel", "retry"):
+        missing = poel_cli("workflows", action, "999", DATABASE_URL=poel_dsn)
+        assert missing.returncode == 1 and "workflow 999 does not exist" in missing.stderr

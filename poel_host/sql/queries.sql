@@ -723,7 +723,8 @@ WHERE s.slot < now() - interval '7 days'
 -- Move up to `batch` jobs finished more than `after_s` seconds ago from the jobs table
 -- into jobs_history (succeeded and cancelled into the partition of their finish time,
 -- failed into jobs_dead), in one statement: a job is in one table or the other,
--- never both, never neither. Rows another archiver is moving are skipped, and succeeded
+-- never both, never neither. A step keeps whether it runs anyway (its workflow's retry
+-- may queue it again). Rows another archiver is moving are skipped, and succeeded
 -- or cancelled ones past their retention are left to prune_finished (moving them would be
 -- deleting them twice). Returns the ids.
 WITH moved AS (
@@ -742,11 +743,12 @@ WITH moved AS (
 INSERT INTO {schema}.jobs_history
     (id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
      last_error, errors, unique_key, handbacks, created_at, started_at, finished_at,
-     updated_at, result, progress, progress_message, snoozes, key, workflow_id, step)
+     updated_at, result, progress, progress_message, snoozes, key, workflow_id, step,
+     run_anyway)
 SELECT id, queue, job_type, payload, state, priority, run_at, attempts, max_attempts,
        last_error, errors, unique_key, handbacks, created_at, started_at,
        coalesce(finished_at, updated_at), updated_at, result, progress, progress_message,
-       snoozes, key, workflow_id, step
+       snoozes, key, workflow_id, step, run_anyway
 FROM moved
 RETURNING id
 
@@ -849,12 +851,20 @@ CROSS JOIN LATERAL (SELECT pg_notify('poel_cancel', %(schema_name)s || ' ' || r.
 -- Put a failed (dead-lettered) or cancelled job back in the queue with fresh attempts; its
 -- error history is kept. In the jobs table it is queued again in place; in the history it
 -- is moved back, in one statement (a live job holding its unique key makes the statement
--- fail, and the job stays where it is).
-WITH in_place AS (
+-- fail, and the job stays where it is). A workflow's step is queued again by
+-- requeue_steps (migration 0025), which locks its workflow first and recounts the
+-- workflow's steps left (the step's end is then counted off once); it runs now, whatever
+-- its dependencies did.
+WITH step AS (
+    SELECT unnest({schema}.requeue_steps(ARRAY[%(id)s::bigint], false)) AS id
+    WHERE EXISTS (SELECT FROM {schema}.all_jobs
+                  WHERE id = %(id)s AND workflow_id IS NOT NULL
+                    AND state IN ('failed', 'cancelled'))
+), in_place AS (
     UPDATE {schema}.jobs
     SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL,
         cancel_requested = false, updated_at = now()
-    WHERE id = %(id)s AND state IN ('failed', 'cancelled')
+    WHERE id = %(id)s AND state IN ('failed', 'cancelled') AND workflow_id IS NULL
     RETURNING id
 ), back AS (
     INSERT INTO {schema}.jobs
@@ -865,12 +875,12 @@ WITH in_place AS (
            last_error, errors, unique_key, handbacks, created_at, now(), result, progress,
            progress_message, key, workflow_id, step
     FROM {schema}.jobs_history
-    WHERE id = %(id)s AND state IN ('failed', 'cancelled')
+    WHERE id = %(id)s AND state IN ('failed', 'cancelled') AND workflow_id IS NULL
     RETURNING id
 ), gone AS (
     DELETE FROM {schema}.jobs_history WHERE id IN (SELECT id FROM back)
 )
-SELECT id FROM in_place UNION ALL SELECT id FROM back
+SELECT id FROM in_place UNION ALL SELECT id FROM back UNION ALL SELECT id FROM step
 
 
 -- close_schema --
@@ -1032,13 +1042,19 @@ SELECT * FROM live UNION ALL SELECT * FROM kept
 
 -- dashboard_retry_failed_type --
 -- An operator queues every failed job of one type again with fresh attempts (error
--- histories kept), in the jobs table or moved back from the dead letter (as retry_job).
+-- histories kept), in the jobs table or moved back from the dead letter (as retry_job;
+-- workflow steps by requeue_steps, which recounts their workflows' steps left).
 -- Returns the ids.
-WITH in_place AS (
+WITH steps AS (
+    SELECT unnest({schema}.requeue_steps(ARRAY(
+               SELECT id FROM {schema}.all_jobs
+               WHERE state = 'failed' AND job_type = %(job_type)s
+                 AND workflow_id IS NOT NULL), false)) AS id
+), in_place AS (
     UPDATE {schema}.jobs
     SET state = 'queued', run_at = now(), attempts = 0, finished_at = NULL,
         cancel_requested = false, updated_at = now()
-    WHERE state = 'failed' AND job_type = %(job_type)s
+    WHERE state = 'failed' AND job_type = %(job_type)s AND workflow_id IS NULL
     RETURNING id
 ), back AS (
     INSERT INTO {schema}.jobs
@@ -1049,13 +1065,13 @@ WITH in_place AS (
            last_error, errors, unique_key, handbacks, created_at, now(), result, progress,
            progress_message, key, workflow_id, step
     FROM {schema}.jobs_dead
-    WHERE job_type = %(job_type)s
+    WHERE job_type = %(job_type)s AND workflow_id IS NULL
     ON CONFLICT DO NOTHING
     RETURNING id
 ), gone AS (
     DELETE FROM {schema}.jobs_history WHERE id IN (SELECT id FROM back)
 )
-SELECT id FROM in_place UNION ALL SELECT id FROM back
+SELECT id FROM in_place UNION ALL SELECT id FROM back UNION ALL SELECT id FROM steps
 
 -- dashboard_audit --
 -- Record one operator action.
@@ -1198,7 +1214,7 @@ SELECT {schema}.enqueue_workflow(%(name)s, (
 -- get_workflow --
 -- One workflow's row (Queue.workflow).
 SELECT id, name, state, steps, steps_left, failed_step, failed_error, created_at,
-       finished_at
+       finished_at, cancelled_at
 FROM {schema}.workflows WHERE id = %(id)s
 
 -- dashboard_workflows --
@@ -1255,8 +1271,20 @@ ORDER BY p.step
 -- list_workflows --
 -- The newest workflows first, optionally in one state (poel-host workflows list).
 SELECT id, name, state, steps, steps_left, failed_step, failed_error, created_at,
-       finished_at
+       finished_at, cancelled_at
 FROM {schema}.workflows
 WHERE (%(state)s::text IS NULL OR state = %(state)s)
 ORDER BY id DESC
 LIMIT %(limit)s
+
+-- cancel_workflow --
+-- Cancel a workflow's steps that have not ended (queued ones at once, running ones asked
+-- to stop) and the workflow (cancel_workflow in migration 0025); a JSON object says what
+-- changed. An unknown id raises no_data_found.
+SELECT {schema}.cancel_workflow(%(id)s) AS outcome
+
+-- retry_workflow --
+-- Queue a failed or cancelled workflow's failed and cancelled steps again, and the
+-- workflow running (retry_workflow in migration 0025); a JSON object says which steps.
+-- Refused (object_not_in_prerequisite_state) while any of its steps runs.
+SELECT {schema}.retry_workflow(%(id)s) AS outcome

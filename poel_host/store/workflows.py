@@ -1,7 +1,8 @@
 """The store's statements for workflows (issue 20): enqueueing one whole, reading its state
-and its steps, and the results a step reads of the steps it waits for. What releases a
-waiting step is not here: the statements that end a step do it themselves (see
-``steps_ended`` in migration 0023), so no worker runs anything more for it.
+and its steps, the results a step reads of the steps it waits for, and cancelling or
+retrying one whole (migration 0025). What releases a waiting step is not here: the
+statements that end a step do it themselves (see ``steps_ended`` in migration 0023), so no
+worker runs anything more for it.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
-from poel_host.errors import InvalidWorkflow
+from poel_host.errors import InvalidWorkflow, PoelError, WorkflowNotFound, WorkflowRefused
 from poel_host.store.base import Conn, StoreBase
 
 
@@ -62,3 +64,44 @@ class WorkflowStore(StoreBase):
         ``ctx.dependency_results()`` returns)."""
         rows = self._all("dependency_results", {"id": job_id}, connection)
         return {row["step"]: row["result"] for row in rows if row["state"] == "succeeded"}
+
+    def cancel_workflow(self, workflow_id: int) -> dict[str, Any]:
+        """Cancel the workflow (``poel.cancel_workflow``): what changed, as the SQL function
+        says it (``state``, ``cancelled``, ``stopping``, ``finished``, ``changed``).
+        WorkflowNotFound for an unknown id."""
+        return self._control("cancel_workflow", workflow_id)
+
+    def retry_workflow(self, workflow_id: int) -> dict[str, Any]:
+        """Retry the workflow (``poel.retry_workflow``): the names of the steps queued
+        again (``retried``), how many are due now (``due``), ``changed``. WorkflowNotFound
+        for an unknown id; WorkflowRefused while it runs or lost steps to retention."""
+        return self._control("retry_workflow", workflow_id)
+
+    def _control(self, name: str, workflow_id: int) -> dict[str, Any]:
+        query = self._q[name]
+
+        # The refusals are caught on the connection, before _run takes their class (the
+        # server's class 55, psycopg's OperationalError) for an outage.
+        def work(conn: Conn) -> dict[str, Any]:
+            try:
+                cur = conn.cursor(row_factory=dict_row).execute(query, {"id": workflow_id})
+                found = cur.fetchone()
+            except psycopg.errors.NoDataFound:
+                raise WorkflowNotFound(workflow_id) from None
+            except (
+                psycopg.errors.ObjectNotInPrerequisiteState,
+                psycopg.errors.UniqueViolation,
+            ) as exc:
+                raise WorkflowRefused(_said(exc)) from None
+            except psycopg.errors.LockNotAvailable as exc:
+                raise PoelError(_said(exc)) from None
+            assert found is not None
+            return dict(found["outcome"])
+
+        return self._run(work)
+
+
+def _said(exc: psycopg.Error) -> str:
+    """The database's message, with its hint when it gives one."""
+    text = exc.diag.message_primary or str(exc)
+    return f"{text} ({exc.diag.message_hint})" if exc.diag.message_hint else text

@@ -1,7 +1,8 @@
 """Job types for workflow steps (issue 20), one per executor: the plugin
 ``poel-testworkflows``, an entry point of its own so that other tests' workers keep their
 lanes. Each step returns its value and what it read of its dependencies' results, so a
-test sees both what flowed in and what flows on; ``fail`` makes it raise instead."""
+test sees both what flowed in and what flows on; ``fail`` makes it raise instead, and
+``fail_unless`` until a file the test makes exists (a step that a workflow's retry fixes)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from poel_host import Job, JobContext, hookimpl
 class StepPayload(BaseModel):
     value: Any = None  # returned as "value" in the result
     fail: bool = False  # raise (with max_attempts 1: the step fails for good)
+    fail_unless: str | None = None  # raise while this file does not exist (then a retry runs)
     log: str | None = None  # append "<job id> start|end <time>" lines to this file
     sleep: float = 0.0  # seconds between start and end
 
@@ -26,7 +28,7 @@ def run_step(payload: StepPayload, ctx: JobContext) -> dict[str, Any]:
         _note(payload.log, ctx.job_id, "start")
     if payload.sleep:
         time.sleep(payload.sleep)
-    if payload.fail:
+    if payload.fail or (payload.fail_unless and not os.path.exists(payload.fail_unless)):
         raise RuntimeError(f"step of job {ctx.job_id} failed on purpose")
     seen = ctx.dependency_results()
     if payload.log:
