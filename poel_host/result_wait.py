@@ -6,9 +6,10 @@ and only when a job of the batch has a waiter in ``result_waiters``: a fleet nob
 on pays nothing for it. A waiter opens a connection of its own, LISTENs, registers in
 ``result_waiters`` (removing itself when it stops waiting), then reads the job (after LISTEN, so an
 outcome written in between is seen either by the read or by a notification), and reads it
-again after each notification and at its deadline. A busy fleet notifies a waiter once a
-batch: each wake is one primary-key read (of ``all_jobs``), and the notifications that
-queued meanwhile are drained before the next read.
+again after each notification, at its deadline, and every ``RECHECK_S`` (an outcome
+statement that began before the waiter registered sends no notification). A busy fleet
+notifies a waiter once a batch: each wake is one primary-key read (of ``all_jobs``), and
+the notifications that queued meanwhile are drained before the next read.
 
 The job may be anywhere: still queued or running (wait), retried (queued again: wait),
 finished in the jobs table or archived in ``jobs_history`` (all_jobs reads both),
@@ -32,6 +33,11 @@ from poel_host.store import Store
 CHANNEL = "poel_outcomes"  # as in sql/queries.sql (finish_jobs, listen_outcomes)
 POLL_S = 1.0  # behind a transaction pooler only
 KEEPALIVE_S = 30.0  # a wait with no deadline still reads the job this often
+# A listening wait reads the job at least this often too: an outcome statement whose
+# snapshot was taken before this waiter registered sends no notification, and the read
+# after LISTEN may come just before that statement commits (a window of a statement's
+# length, seen once in CI as a 30 s wait for a result written at once).
+RECHECK_S = 2.0
 
 
 def wait_for_result(
@@ -86,7 +92,7 @@ def _wait(
         if left <= 0:
             assert timeout is not None
             raise ResultTimeout(job_id, state, timeout)
-        wait = min(left, KEEPALIVE_S)
+        wait = min(left, KEEPALIVE_S, RECHECK_S)
         if not listening:
             time.sleep(min(wait, POLL_S))
             continue
