@@ -7,14 +7,22 @@ child process) are built and installed with pip (into a directory of their own, 
 against that installation with the kit poel-host ships, and ``poel-host serve`` discovers
 them through their entry points, migrates their tables and runs their jobs. The
 ``packaging`` tox environment does the same from wheels in a clean virtualenv.
+
+``tests/example-plugin/poel-example-pipeline`` is the README's workflow example, installed
+and tested the same way (with poel-records, whose job is its first step, loaded beside it):
+an application inserts a record and enqueues its pipeline in one transaction, and serve
+fingerprints the record's audio and separates it into bands in two child processes side
+by side, then merges both into the record, once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,17 +31,43 @@ import pytest
 
 EXAMPLES = Path(__file__).parent / "example-plugin"
 GUIDE = Path(__file__).parents[1] / "docs" / "plugin-authors.md"
+README = Path(__file__).parents[1] / "README.md"
 THUMBNAILS = "poel-example-thumbnails"
 TONES = "poel-example-tones"
+PIPELINE = "poel-example-pipeline"
 # Each example (a folder of EXAMPLES) and how many tests it has.
-EXAMPLE_TESTS = {THUMBNAILS: 6, TONES: 9}
+EXAMPLE_TESTS = {THUMBNAILS: 6, TONES: 9, PIPELINE: 10}
+# The plugins an example's tests load, where not only itself.
+LOADED = {PIPELINE: f"poel-records,{PIPELINE}"}  # its first step is poel-records' job
 PIP_TIMEOUT_S = 300
+PIPELINE_TIMEOUT_S = 120
+
+# The pipeline's application: writes the record's audio (the demo's tones for its id),
+# inserts the record and enqueues its pipeline in one transaction, and prints the
+# workflow's id and the tones it put in the audio.
+APPLICATION = """
+import json, sys
+
+import psycopg
+
+from poel_example_pipeline import audio
+from poel_example_pipeline.flow import enqueue_pipeline
+from poel_host import Queue
+
+dsn, record_id, song = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+audio.write_wav(song, audio.demo_audio(seed=record_id))
+with Queue(dsn) as queue, psycopg.connect(dsn) as conn:
+    conn.execute("INSERT INTO records (id) VALUES (%s)", [record_id])
+    workflow_id = enqueue_pipeline(queue, record_id, song, connection=conn)
+print(json.dumps({"workflow_id": workflow_id, "tones": audio.demo_tones(record_id)}))
+"""
 
 
 @pytest.fixture(scope="module")
 def installed_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example plugins built and installed by pip into a fresh directory (their
-    dependencies, poel-host and pydantic, are those of the environment running the tests)."""
+    dependencies, poel-host, poel-records and pydantic, are those of the environment
+    running the tests)."""
     target = tmp_path_factory.mktemp("example-site")
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
     command += ["--disable-pip-version-check", "--target", str(target)]
@@ -68,21 +102,28 @@ def outcome_counts(summary: str) -> dict[str, int]:
     return {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", summary.splitlines()[-1])}
 
 
-def test_the_guides_code_of_the_tones_example_is_the_examples_code() -> None:
-    """Each ``python`` block of the guide whose first line names a file of the example
+@pytest.mark.parametrize(
+    ("doc", "example", "at_least"),
+    [(GUIDE, TONES, 6), (README, PIPELINE, 2)],
+    ids=["guide", "readme"],
+)
+def test_the_docs_code_of_an_example_is_the_examples_code(
+    doc: Path, example: str, at_least: int
+) -> None:
+    """Each ``python`` block of the doc whose first line names a file of the example
     (``# poel_example_tones/plugin.py``) shows lines of that file, in the file's order, so
-    the guide cannot drift from the example that is tested (a block may leave lines out)."""
+    the doc cannot drift from the example that is tested (a block may leave lines out)."""
     blocks = re.findall(
         r"^```python\n# (\S+\.py)\n(.*?)^```$",
-        GUIDE.read_text(encoding="utf-8"),
+        doc.read_text(encoding="utf-8"),
         re.MULTILINE | re.DOTALL,
     )
-    assert len(blocks) >= 6, blocks
+    assert len(blocks) >= at_least, blocks
     for path, code in blocks:
-        source = iter((EXAMPLES / TONES / path).read_text(encoding="utf-8").splitlines())
+        source = iter((EXAMPLES / example / path).read_text(encoding="utf-8").splitlines())
         for line in filter(str.strip, code.splitlines()):
             assert any(line == theirs for theirs in source), (
-                f"the guide's block of {path} shows a line that is not in the file, or not"
+                f"{doc.name}'s block of {path} shows a line that is not in the file, or not"
                 f" in this order: {line!r}"
             )
 
@@ -100,7 +141,7 @@ def test_the_example_plugins_own_tests_pass_against_the_installed_plugin(
     done = subprocess.run(
         [*command, str(example / "tests")],
         cwd=tmp_path,
-        env=example_env(installed_example, name),
+        env=example_env(installed_example, LOADED.get(name, name)),
         capture_output=True,
         text=True,
         timeout=300,
@@ -213,5 +254,90 @@ def test_serve_fingerprints_in_child_processes_warmed_once_each(
         ).fetchall()
     ]
     assert host.find_log("tone fingerprinted", tone_id=1, jobId=job_id) is not None
+
+    assert host.stop() == 0
+
+
+@pytest.mark.process
+def test_serve_runs_the_pipeline_for_a_record(
+    installed_example: Path,
+    serve: Callable[..., Any],
+    poel_conn: Any,
+    poel_dsn: str,
+    poel_queue: Any,
+    wait_for: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    host = serve(
+        POEL_LOAD_PLUGINS=LOADED[PIPELINE], PYTHONPATH=str(installed_example), POEL_PROCESSES=2
+    )
+    # Both children ready, so that one claim can take both released steps.
+    wait_for(
+        lambda: re.search(r"^poel_processes_idle 2\b", host.http("/metrics").text, re.MULTILINE),
+        timeout=60,
+        what="two idle worker processes",
+    )
+    [plugin] = [p for p in host.http("/plugins").body["plugins"] if p["name"] == PIPELINE]
+    assert {job["type"]: job["executor"] for job in plugin["jobs"]} == {
+        "pipeline.fingerprint": "process",
+        "pipeline.separate_bands": "process",
+        "pipeline.merge": "greenlet",
+    }
+
+    # The application, with only the installed distributions on its path.
+    song = tmp_path / "record-7.wav"
+    application = subprocess.run(
+        [sys.executable, "-c", APPLICATION, poel_dsn, "7", str(song)],
+        cwd=tmp_path,
+        env=example_env(installed_example, LOADED[PIPELINE]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert application.returncode == 0, application.stderr
+    enqueued = json.loads(application.stdout)
+
+    deadline = time.monotonic() + PIPELINE_TIMEOUT_S
+    while (state := poel_queue.workflow(enqueued["workflow_id"])).finished_at is None:
+        assert time.monotonic() < deadline, f"the pipeline did not end in time: {state}"
+        time.sleep(0.1)
+    assert state.state == "succeeded", state
+    record, fingerprint, bands, merge = (
+        state.step(name) for name in ("record", "fingerprint", "bands", "merge")
+    )
+
+    # fingerprint and bands ran side by side, each in a child process of its own...
+    assert min(fingerprint.started_at, bands.started_at) >= record.finished_at
+    assert fingerprint.started_at < bands.finished_at
+    assert bands.started_at < fingerprint.finished_at
+    printed = host.wait_log("audio fingerprinted", record_id=7, jobId=fingerprint.job_id)
+    separated = host.wait_log("audio separated", record_id=7, jobId=bands.job_id)
+    assert len({printed["child_pid"], separated["child_pid"], host.pid}) == 3
+    # ...and the merge ran once, after both.
+    assert merge.started_at >= max(fingerprint.finished_at, bands.finished_at)
+    assert [s.attempts for s in state.steps] == [1, 1, 1, 1]
+    host.wait_log("record merged", jobId=merge.job_id)
+    merged = [e for e in host.logs if e.get("msg") == "record merged"]
+    assert [e["jobId"] for e in merged] == [merge.job_id]
+
+    # The record got its audio (its own step), the fingerprint and the bands' files.
+    row = poel_conn.execute("SELECT * FROM records WHERE id = 7").fetchone()
+    assert row["record_type"] == "audio" and row["processed_at"] is not None
+    assert row["metadata"]["audio"] == str(song)
+    assert row["metadata"]["fingerprint"] == poel_queue.get(fingerprint.job_id)["result"]
+    assert len(row["metadata"]["fingerprint"]["digest"]) == 32
+    stored_bands = row["metadata"]["bands"]
+    assert [(b["low_hz"], b["high_hz"]) for b in stored_bands] == [
+        (0, 250),
+        (250, 500),
+        (500, 1000),
+        (1000, 2000),
+        (2000, 4000),
+    ]
+    for band, tone in zip(stored_bands, enqueued["tones"], strict=True):
+        assert Path(band["path"]).parent == song.with_suffix(".bands")
+        assert Path(band["path"]).stat().st_size > 44  # a WAV header and samples
+        assert abs(band["peak_hz"] - tone) < 1
 
     assert host.stop() == 0
