@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from poel_host import JobCancelled
+from poel_host import JobCancelled, Workflow
 
 
 def test_run_job_retry_runs_the_next_attempt_without_waiting(run_job: Any) -> None:
@@ -102,3 +102,43 @@ def test_assert_enqueued_says_what_was_enqueued(poel_queue: Any, assert_enqueued
     assert "{'key': 'a'}" in message and "{'key': 'b'}" in message
     with pytest.raises(AssertionError, match="expected exactly 1"):
         assert_enqueued("test.record", count=1)
+
+
+def test_run_job_workflow_runs_each_step_once_its_dependencies_allow(
+    run_job: Any, tmp_path
+) -> None:
+    flow = Workflow("diamond")
+    a = flow.step("a", "flows.greenlet", {"value": 1})
+    b = flow.step("b", "flows.thread", {"value": 2}, after=a)
+    c = flow.step("c", "flows.greenlet", {"value": 3}, after=a)
+    flow.step("d", "flows.greenlet", {"value": 4}, after=[b, c])
+    run = run_job.workflow(flow)
+    assert run.state == "succeeded"
+    assert {name: step.row["attempts"] for name, step in run.steps.items()} == dict.fromkeys(
+        "abcd", 1
+    )
+    assert run.steps["d"].result["seen"] == {
+        "b": run.steps["b"].result,
+        "c": run.steps["c"].result,
+    }
+    assert run.steps["b"].logs, "each step's own log events"
+
+
+def test_run_job_workflow_runs_a_retry_at_once_and_cancels_after_a_failure(run_job: Any) -> None:
+    flow = Workflow("branches")
+    a = flow.step("a", "test.flaky", {"key": "k", "fail_times": 1}, max_attempts=2)
+    bad = flow.step("bad", "flows.greenlet", {"fail": True}, after=a)
+    flow.step("after_bad", "flows.greenlet", after=bad)
+    run = run_job.workflow(flow)
+    assert run.steps["a"].row["attempts"] == 2 and run.steps["a"].state == "succeeded"
+    assert (run.state, run.workflow.failed_step) == ("failed", "bad")
+    assert run.steps["after_bad"].state == "cancelled" and run.steps["after_bad"].logs == []
+    # Without retries the run stops with the step queued for its retry.
+    flow = Workflow("no retries")
+    flow.step("a", "test.flaky", {"key": "k2", "fail_times": 1}, max_attempts=2)
+    run = run_job.workflow(flow, retries=False)
+    assert (run.state, run.steps["a"].state, run.steps["a"].outcome) == (
+        "running",
+        "queued",
+        "retry",
+    )

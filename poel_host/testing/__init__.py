@@ -11,7 +11,8 @@ Fixtures: ``poel_dsn`` (a fresh migrated database), ``poel_settings`` (with
 ``poel_settings_overrides``, a fixture to override: ``SUPABASE_URL`` of a test server for
 ``ctx.supabase``...), ``poel_queue``,
 ``poel_conn`` (autocommit, dict rows), ``run_job`` (enqueue and run through the worker;
-``run_job.retry(job_id)`` runs a retry's next attempt at once), ``poel_context`` (a
+``run_job.retry(job_id)`` runs a retry's next attempt at once, ``run_job.workflow(flow)``
+a whole workflow, step after step), ``poel_context`` (a
 :class:`CapturedContext` to call a handler directly, its logs captured), ``enqueued``
 and ``assert_enqueued`` (what is in the jobs table), ``poel_plugins``.
 

@@ -125,7 +125,9 @@ def run_job(
     """``run_job(type, payload, **enqueue_options)``: enqueue one job and run it once
     through the real claim, validate, run and complete path of the worker; returns a
     :class:`JobResult` (the job's row and its logs). ``run_job.retry(job_id)`` runs the
-    next attempt of a job queued for a retry, without waiting for its backoff. Needs the
+    next attempt of a job queued for a retry, without waiting for its backoff;
+    ``run_job.workflow(flow)`` enqueues a workflow and runs its steps until none is due
+    (a :class:`WorkflowRun`: the workflow's state and each step's result). Needs the
     session's opt-in to gevent (``poel_gevent = true``)."""
     from poel_host.logs import get_logger
     from poel_host.testing.runner import JobRunner

@@ -9,12 +9,19 @@ runs in the test process, which is why ``run_job`` needs the session's gevent op
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from poel_host.queue import Queue
 from poel_host.settings import Settings
+
+if TYPE_CHECKING:
+    from poel_host.workflows import Workflow, WorkflowState
+
+# Rounds of run_once a workflow may take in run_job.workflow: more than any test's depth
+# of steps (with their retries), few enough that a step that is never due ends the run.
+WORKFLOW_ROUNDS = 1000
 
 # The worker's log event for each outcome but success (logged at debug, which the
 # captured logs may not hold): see Executor._report.
@@ -65,6 +72,20 @@ class JobResult:
         return self.state
 
 
+@dataclass
+class WorkflowRun:
+    """What :meth:`JobRunner.workflow` saw: the workflow as :meth:`Queue.workflow` reads it
+    at the end, and each step's :class:`JobResult` by step name (a step cancelled before
+    it ran has its row and no logs)."""
+
+    workflow: WorkflowState
+    steps: dict[str, JobResult]
+
+    @property
+    def state(self) -> str:
+        return self.workflow.state
+
+
 class JobRunner:
     """What the ``run_job`` fixture returns: runs jobs through the real worker, once each.
 
@@ -90,6 +111,40 @@ class JobRunner:
         made_due = self.worker.store.make_due(job_id)
         assert made_due, f"job {job_id} is not queued, so it has no next attempt"
         return self._run(job_id)
+
+    def workflow(self, workflow: Workflow, *, retries: bool = True) -> WorkflowRun:
+        """Enqueue ``workflow`` and run its steps through the worker, round after round,
+        each step once its dependencies allow, until none is due. A step's retry runs at
+        once, its backoff skipped (``retries=False``: the run stops with the step queued
+        for it, as ``run_job`` leaves a job)."""
+        workflow_id = self.queue.enqueue_workflow(workflow)
+        calls: list[tuple[int, float, str | None]] = []
+        board = self.worker.progress
+        board.watch = lambda job, fraction, message: calls.append((job, fraction, message))
+        try:
+            with structlog.testing.capture_logs() as logs:
+                for _ in range(WORKFLOW_ROUNDS):
+                    if self.worker.run_once():
+                        continue
+                    state = self.queue.workflow(workflow_id)
+                    assert state is not None
+                    retrying = [s.job_id for s in state.steps if s.state == "queued"]
+                    if not (retries and retrying):
+                        break
+                    for job_id in retrying:
+                        self.worker.store.make_due(job_id)
+        finally:
+            board.watch = None
+        state = self.queue.workflow(workflow_id)
+        assert state is not None
+        steps = {}
+        for step in state.steps:
+            row = self.worker.store.get_job(step.job_id)
+            assert row is not None
+            own = [dict(entry) for entry in logs if entry.get("jobId") == step.job_id]
+            progress = [(f, m) for job, f, m in calls if job == step.job_id]
+            steps[step.name] = JobResult(step.job_id, row, own, progress)
+        return WorkflowRun(state, steps)
 
     def _run(self, job_id: int) -> JobResult:
         calls: list[tuple[int, float, str | None]] = []
