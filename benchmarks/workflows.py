@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ from typing import Any
 
 import psycopg
 from adapters.poel import Poel
+from adapters.poel import _env as poel_env
 from common import (
     CpuShare,
     ServerCost,
@@ -114,12 +116,12 @@ def live(conn: psycopg.Connection[Any]) -> bool:
 
 def settle(conn: psycopg.Connection[Any]) -> None:
     """Wait (up to a minute) until the archiver has moved every finished job."""
-    wait_for(
-        lambda: not conn.execute("SELECT EXISTS (SELECT FROM poel.jobs)").fetchone()[0],  # type: ignore[index]
-        60,
-        "the finished jobs archived",
-        interval=0.1,
-    )
+
+    def empty() -> bool:
+        row = conn.execute("SELECT NOT EXISTS (SELECT FROM poel.jobs)").fetchone()
+        return bool(row and row[0])
+
+    wait_for(empty, 60, "the finished jobs archived", interval=0.1)
 
 
 FANIN_SQL = """
@@ -243,11 +245,8 @@ def summary(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> 
     keys = ["seconds", "jobs_per_s", "enqueue_s", "wal_bytes_per_job", "server_cpu_us_per_job"]
     keys += ["others_cores"]
     medians = {mode: {k: med(mode, k) for k in keys} for mode in MODES}
-    medians["workflows"] |= {
-        k: med("workflows", k)
-        for k in runs["workflows"][0]
-        if k.startswith("fanin") or k == "release_max_ms"
-    } if runs["workflows"] else {}
+    latency = [k for k in (runs["workflows"] or [{}])[0] if k.startswith(("fanin", "release"))]
+    medians["workflows"] |= {k: med("workflows", k) for k in latency}
     ratios = {}
     for k in keys[:-1]:
         a, b = medians["workflows"][k], medians["independent"][k]
@@ -282,7 +281,9 @@ def main() -> int:
     url = create_database(template)
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     try:
-        Poel().install(url)
+        # migrate's progress to stderr: stdout is JSON only
+        env = {**os.environ, **poel_env(url)}
+        subprocess.run([Poel.host, "migrate"], env=env, check=True, stdout=sys.stderr)
         for run in range(1, args.runs + 1):
             for mode in MODES:  # interleaved: drift on a shared machine spreads evenly
                 note(f"[workflows] run {run}/{args.runs}: {mode}")
