@@ -2,6 +2,7 @@
 
     python benchmarks/workflows.py [--workflows 10000] [--fan-out 10] [--runs 3]
                                    [--concurrency 100] [--serves 1] [--rate 0]
+                                   [--quiet CORES --quiet-wait SECONDS] [--poel-before VENV]
 
 ``--workflows`` workflows of ``--fan-out`` parallel ``bench.noop`` steps and one fan-in
 step after all of them (11 jobs a workflow by default: 110,000 jobs), against as many
@@ -28,8 +29,12 @@ at the same rate of jobs): the fan-in latency then shows what releasing a step c
 worker with free slots, not the wait behind a backlog (a released step is due from its
 release, behind every job due before it).
 
+With ``--poel-before VENV``, the workflows run a third time in each round with that
+virtualenv's ``poel-host`` (e.g. the code before a change, with ``poel-bench``), on a
+template its own ``migrate`` made: ``workflows-before``.
+
 Prints one JSON line per run, then one JSON document: medians, and the ratios
-workflows ÷ independent of the medians.
+workflows ÷ independent of the medians (and workflows ÷ workflows-before).
 """
 
 from __future__ import annotations
@@ -58,10 +63,10 @@ from common import (
     start_process,
     stop_process,
     wait_for,
+    wait_quiet,
 )
 
 LOGS = Path("/tmp/poel-bench-logs")
-MODES = ("independent", "workflows")
 
 
 def steps_json(fan_out: int) -> str:
@@ -134,10 +139,11 @@ WITH steps AS (
 ), lat AS (
     SELECT 1000 * extract(epoch FROM j.started_at - p.last) AS ms,
            1000 * extract(epoch FROM j.started_at - j.run_at) AS queued_ms,
-           1000 * extract(epoch FROM j.run_at - p.last) AS release_ms
+           1000 * extract(epoch FROM j.run_at - p.last) AS release_ms, j.started_at AS started
     FROM parents AS p JOIN steps AS j ON j.workflow_id = p.workflow_id AND j.step = 'join'
 )
 SELECT count(*),
+       count(*) FILTER (WHERE started < (SELECT max(started_at) FROM steps WHERE step <> 'join')),
        percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
        percentile_cont(0.99) WITHIN GROUP (ORDER BY ms),
        max(ms),
@@ -151,9 +157,12 @@ FROM lat
 def fan_in(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     row = conn.execute(FANIN_SQL).fetchone()
     assert row is not None
-    n, p50, p99, top, q50, q99, release = row
+    n, early, p50, p99, top, q50, q99, release = row
     return {
         "fanins": n,
+        # fan-in steps that started before the last parallel step did: in a burst, a
+        # released step is due behind every job due before it (FIFO by run_at)
+        "fanins_before_last_parent_start": early,
         "fanin_p50_ms": round(float(p50), 1),
         "fanin_p99_ms": round(float(p99), 1),
         "fanin_max_ms": round(float(top), 1),
@@ -163,10 +172,14 @@ def fan_in(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     }
 
 
-def one_run(mode: str, template: str, args: argparse.Namespace) -> dict[str, Any]:
+def one_run(mode: str, host: str, template: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One drain: ``independent`` jobs or ``workflows`` (``workflows-before``: the same,
+    by another install's ``host``)."""
     name = scratch_name("wf")
     url = create_database(name, template)
     system = Poel(concurrency=args.concurrency, log="warning")
+    system.host = host
+    kind = "independent" if mode == "independent" else "workflows"
     jobs = args.workflows * (args.fan_out + 1)
     LOGS.mkdir(exist_ok=True)
     try:
@@ -175,7 +188,7 @@ def one_run(mode: str, template: str, args: argparse.Namespace) -> dict[str, Any
             enqueue_s = None
             if not args.rate:
                 began = time.perf_counter()
-                enqueue(conn, mode, args.workflows, args.fan_out, args.enqueue_batch)
+                enqueue(conn, kind, args.workflows, args.fan_out, args.enqueue_batch)
                 enqueue_s = round(time.perf_counter() - began, 2)
                 conn.execute("ANALYZE poel.jobs")  # as a running server's autovacuum would
             argv, env = system.command(url, "noop")
@@ -190,7 +203,7 @@ def one_run(mode: str, template: str, args: argparse.Namespace) -> dict[str, Any
             started = time.monotonic()
             try:
                 if args.rate:
-                    paced(conn, mode, args)
+                    paced(conn, kind, args)
                 wait_for(lambda: not live(conn), 1800, f"{jobs} jobs done", serves[0], 0.25)
                 cpu = share.stop()
                 wall = time.monotonic() - started
@@ -217,7 +230,7 @@ def one_run(mode: str, template: str, args: argparse.Namespace) -> dict[str, Any
                 **cpu,
                 **server,
             }
-            if mode == "workflows":
+            if kind == "workflows":
                 done = conn.execute(
                     "SELECT count(*) FROM poel.workflows WHERE state = 'succeeded'"
                 ).fetchone()
@@ -244,13 +257,22 @@ def summary(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> 
 
     keys = ["seconds", "jobs_per_s", "enqueue_s", "wal_bytes_per_job", "server_cpu_us_per_job"]
     keys += ["others_cores"]
-    medians = {mode: {k: med(mode, k) for k in keys} for mode in MODES}
-    latency = [k for k in (runs["workflows"] or [{}])[0] if k.startswith(("fanin", "release"))]
-    medians["workflows"] |= {k: med("workflows", k) for k in latency}
-    ratios = {}
-    for k in keys[:-1]:
-        a, b = medians["workflows"][k], medians["independent"][k]
-        ratios[k] = round(a / b, 2) if a is not None and b else None
+    medians = {mode: {k: med(mode, k) for k in keys} for mode in runs}
+    for mode in runs:
+        latency = [k for k in (runs[mode] or [{}])[0] if k.startswith(("fanin", "release"))]
+        medians[mode] |= {k: med(mode, k) for k in latency}
+
+    def ratio(a: str, b: str) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for k in [*keys[:-1], "fanin_p50_ms", "fanin_p99_ms"]:
+            x, y = medians[a].get(k), medians[b].get(k)
+            out[k] = round(x / y, 2) if x is not None and y else None
+        return out
+
+    ratios = {f"{mode}_to_independent": ratio(mode, "independent") for mode in runs}
+    del ratios["independent_to_independent"]
+    if "workflows-before" in runs:
+        ratios["workflows_to_workflows-before"] = ratio("workflows", "workflows-before")
     return {
         "bench": "workflows",
         "workflows": args.workflows,
@@ -262,7 +284,7 @@ def summary(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> 
         "runs": args.runs,
         "server": os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432"),
         "median": medians,
-        "ratio_workflows_to_independent": ratios,
+        "ratios": ratios,
     }
 
 
@@ -275,23 +297,39 @@ def main() -> int:
     parser.add_argument("--serves", type=int, default=1)
     parser.add_argument("--enqueue-batch", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=0, help="workflows a second (0: burst)")
+    parser.add_argument("--quiet", type=float, default=0, help="wait for under CORES busy")
+    parser.add_argument("--quiet-wait", type=float, default=600, help="at most SECONDS")
+    parser.add_argument(
+        "--poel-before",
+        metavar="VENV",
+        help="also run the workflows with that virtualenv's poel-host (workflows-before)",
+    )
     args = parser.parse_args()
 
-    template = scratch_name("wftemplate")
-    url = create_database(template)
-    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    hosts = {"independent": Poel.host, "workflows": Poel.host}
+    if args.poel_before:
+        hosts["workflows-before"] = str(Path(args.poel_before) / "bin" / "poel-host")
+    templates: dict[str, str] = {}  # poel-host -> a database it migrated
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in hosts}
     try:
-        # migrate's progress to stderr: stdout is JSON only
-        env = {**os.environ, **poel_env(url)}
-        subprocess.run([Poel.host, "migrate"], env=env, check=True, stdout=sys.stderr)
+        for host in dict.fromkeys(hosts.values()):
+            templates[host] = scratch_name("wftemplate")
+            url = create_database(templates[host])
+            # migrate's progress to stderr: stdout is JSON only
+            env = {**os.environ, **poel_env(url)}
+            subprocess.run([host, "migrate"], env=env, check=True, stdout=sys.stderr)
         for run in range(1, args.runs + 1):
-            for mode in MODES:  # interleaved: drift on a shared machine spreads evenly
+            for mode, host in hosts.items():  # interleaved: drift spreads evenly
                 note(f"[workflows] run {run}/{args.runs}: {mode}")
-                figures = one_run(mode, template, args)
+                busy = wait_quiet(args.quiet, args.quiet_wait) if args.quiet else None
+                figures = one_run(mode, host, templates[host], args)
+                if busy is not None:
+                    figures["busy_before_cores"] = round(busy, 2)
                 runs[mode].append(figures)
                 emit({"bench": "workflows", "mode": mode, "run": run, **figures})
     finally:
-        drop_database(template)
+        for template in templates.values():
+            drop_database(template)
     print(json.dumps(summary(runs, args), indent=2))
     return 0
 
