@@ -1,17 +1,21 @@
 -- steps_ended (0023) in time linear in the steps a statement ends (issue 20's benchmark).
 --
--- 0023's version found the steps waiting on the ended ones with `depends_on = ANY(ended)`
--- and joined two materialised CTEs (the waiting steps and the edges) to count them. Both
--- are quadratic in the batch: the join compared every waiting step with every edge (its
--- CTEs' estimates made it a nested loop), and PL/pgSQL's generic plan, used after five
--- calls, walked the finished jobs by jobs_finished_idx and checked each against the whole
--- array. An outcome statement ending 750 steps (a completer's batch while 10,000
--- workflows drain) spent 171 ms there, so the next batch was larger still, and a busy
--- machine turned a 25 s drain into two minutes. Here the edges are read from the ended
--- ids (unnest, one probe of job_dependencies' primary key each), counted by waiting step
--- first, and that count joined to the step's row by its primary key as it is locked: no
--- step of the batch meets another. Same results, same locks in the same order (the
--- workflows first, then the waiting steps in id order).
+-- 0023's version read the ended steps with `id = ANY(ended)` and `state IN (finished
+-- states)`, found the steps waiting on them with `depends_on = ANY(ended)`, and joined two
+-- materialised CTEs (the waiting steps and the edges) to count them. PL/pgSQL plans its
+-- statements generically after five calls, and with statistics taken before the jobs
+-- finished (a queue's are always stale), the generic plans read every finished job still
+-- in the table through jobs_finished_idx (whose predicate the state test implies) and
+-- tested each against the whole array; and the join compared every waiting step with
+-- every edge. So an outcome statement ending 750 steps spent 171 ms there while 10,000
+-- workflows drained, the completer's next batch grew, and a busy machine made the drain
+-- 4.8 times the independent jobs'; with 30,000 finished jobs not yet archived, one call
+-- for 100 steps took 1.3 s. Here every statement is driven from the ids: each job and
+-- each dependency is read by its primary key in a LATERAL subquery (OFFSET 0 keeps it one,
+-- so no plan, custom or generic, turns it into a scan of the table or of a partial
+-- index), and the edges are counted by waiting step before each waiting step is locked.
+-- Same results, same locks in the same order (the workflows first, then the waiting
+-- steps in id order).
 SET LOCAL lock_timeout = '5s';
 
 CREATE OR REPLACE FUNCTION {schema}.steps_ended(ids bigint[]) RETURNS void
@@ -22,8 +26,11 @@ DECLARE
     count_released integer;
 BEGIN
     PERFORM FROM {schema}.workflows AS w
-    WHERE w.id IN (SELECT j.workflow_id FROM {schema}.jobs AS j
-                   WHERE j.id = ANY(ids) AND j.workflow_id IS NOT NULL)
+    WHERE w.id IN (SELECT j.workflow_id
+                   FROM (SELECT DISTINCT unnest(ids)) AS e(id)
+                   CROSS JOIN LATERAL (SELECT workflow_id FROM {schema}.jobs
+                                       WHERE id = e.id OFFSET 0) AS j
+                   WHERE j.workflow_id IS NOT NULL)
     ORDER BY w.id
     FOR UPDATE OF w;
 
@@ -45,33 +52,40 @@ BEGIN
                           FILTER (WHERE j.state <> 'succeeded'))[1] AS failed_step,
                      (array_agg(coalesce(j.last_error, j.state::text) ORDER BY j.finished_at, j.id)
                           FILTER (WHERE j.state <> 'succeeded'))[1] AS failed_error
-              FROM {schema}.jobs AS j
-              WHERE j.id = ANY(ended) AND j.workflow_id IS NOT NULL
+              FROM (SELECT DISTINCT unnest(ended)) AS e(id)
+              CROSS JOIN LATERAL (SELECT id, workflow_id, step, state, finished_at, last_error
+                                  FROM {schema}.jobs WHERE id = e.id OFFSET 0) AS j
+              WHERE j.workflow_id IS NOT NULL
                 AND j.state IN ('succeeded', 'failed', 'cancelled')
               GROUP BY j.workflow_id) AS e
         WHERE w.id = e.workflow_id;
 
         -- The steps waiting on them, locked in id order, then counted down or cancelled.
-        -- Read from the ended ids (each a probe of job_dependencies' primary key), and
-        -- counted before they are locked, so that no step of the batch meets another.
+        -- Read from the ended ids, each row by its primary key (a LATERAL subquery that
+        -- OFFSET 0 keeps from being flattened into a join the planner may turn into a
+        -- scan), counted by waiting step, then each waiting step locked by its primary
+        -- key in id order (as the claim locks its rows).
         WITH edges AS (
             SELECT d.job_id, count(*)::integer AS satisfied,
                    bool_or(p.state <> 'succeeded') AS unsatisfied,
                    min(p.step) FILTER (WHERE p.state <> 'succeeded') AS failed_step
-            FROM (SELECT DISTINCT e.id FROM unnest(ended) AS e(id)) AS e
-            JOIN {schema}.job_dependencies AS d ON d.depends_on = e.id
-            JOIN {schema}.jobs AS p ON p.id = d.depends_on
+            FROM (SELECT DISTINCT unnest(ended)) AS e(id)
+            CROSS JOIN LATERAL (SELECT state, step FROM {schema}.jobs
+                                WHERE id = e.id OFFSET 0) AS p
+            CROSS JOIN LATERAL (SELECT job_id FROM {schema}.job_dependencies
+                                WHERE depends_on = e.id OFFSET 0) AS d
             WHERE p.state IN ('succeeded', 'failed', 'cancelled')
             GROUP BY d.job_id
         ), counted AS (
             SELECT j.id, e.satisfied,
                    e.unsatisfied AND NOT coalesce(j.run_anyway, false) AS cancel,
                    e.failed_step
-            FROM edges AS e
-            JOIN {schema}.jobs AS j ON j.id = e.job_id
-            WHERE j.state = 'queued' AND j.workflow_id IS NOT NULL
-            ORDER BY j.id
-            FOR UPDATE OF j
+            FROM (SELECT * FROM edges ORDER BY job_id) AS e
+            CROSS JOIN LATERAL (
+                SELECT id, run_anyway FROM {schema}.jobs
+                WHERE id = e.job_id AND state = 'queued' AND workflow_id IS NOT NULL
+                FOR UPDATE
+            ) AS j
         ), changed AS (
             UPDATE {schema}.jobs AS j
             SET waiting_on = CASE WHEN c.cancel THEN j.waiting_on
