@@ -123,3 +123,96 @@ def test_any_dag_lays_out_with_arrows_pointing_right(afters):
     assert len(spots) == len(set(spots))  # no two boxes on one spot
     assert all(b.x >= 0 and b.x + BOX_W <= picture.width for b in picture.boxes)
     assert picture.drawn + picture.hidden_steps + sum(b.more for b in picture.boxes) == len(steps)
+
+
+def _rects(drawing: str) -> list[tuple[float, float, float, float]]:
+    """Every box of the drawing: (left, top, right, bottom)."""
+    found = re.findall(r'<rect x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)"', drawing)
+    return [(float(x), float(y), float(x) + float(w), float(y) + float(h)) for x, y, w, h in found]
+
+
+def _points(d: str, samples: int = 40) -> list[tuple[float, float]]:
+    """Points along an edge's path (M, then C and L segments, absolute), sampled."""
+    tokens = re.findall(r"[MCL]|-?\d+(?:\.\d+)?", d)
+    points: list[tuple[float, float]] = []
+    at = (0.0, 0.0)
+    i = 0
+    while i < len(tokens):
+        op = tokens[i]
+        take = {"M": 2, "L": 2, "C": 6}[op]
+        v = [float(t) for t in tokens[i + 1 : i + 1 + take]]
+        i += 1 + take
+        if op == "M":
+            at = (v[0], v[1])
+            points.append(at)
+            continue
+        ends = [at, (v[0], v[1])] if op == "L" else [at, *zip(v[::2], v[1::2], strict=True)]
+        for s in range(1, samples + 1):
+            t = s / samples
+            if op == "L":
+                p = (at[0] + (ends[1][0] - at[0]) * t, at[1] + (ends[1][1] - at[1]) * t)
+            else:
+                (x0, y0), (x1, y1), (x2, y2), (x3, y3) = ends
+                u = 1 - t
+                p = (
+                    u**3 * x0 + 3 * u * u * t * x1 + 3 * u * t * t * x2 + t**3 * x3,
+                    u**3 * y0 + 3 * u * u * t * y1 + 3 * u * t * t * y2 + t**3 * y3,
+                )
+            points.append(p)
+        at = ends[-1]
+    return points
+
+
+def crossings(drawing: str) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """Each (edge, box) where a point of the edge's path lies inside the box."""
+    rects = _rects(drawing)
+    found = []
+    for edge in re.findall(r'<path class="edge" [^>]*d="([^"]*)"', drawing):
+        for left, top, right, bottom in rects:
+            if any(left < x < right and top < y < bottom for x, y in _points(edge)):
+                found.append((edge, (left, top, right, bottom)))
+    return found
+
+
+def test_an_arrow_that_skips_layers_goes_around_the_boxes_between():
+    # a -> c skips b's layer, where b sits level with a (the straight line's height) and
+    # two more steps fill the layer above and below it
+    steps = [node("a"), node("x", "a"), node("b", "a"), node("y", "a"), node("c", "b", "a")]
+    picture = lay_out(steps)
+    boxes = {b.node.name: b for b in picture.boxes}
+    assert boxes["a"].y == boxes["b"].y == boxes["c"].y  # a straight arrow would cross b
+    long = next(
+        a for a in picture.arrows if a.source.node.name == "a" and a.target.node.name == "c"
+    )
+    assert len(long.via) == 1
+    left, right, lane = long.via[0]
+    assert (left, right) == (boxes["b"].x, boxes["b"].x + BOX_W)
+    # through a gap of b's layer: between b and the box above or below it
+    assert lane in {boxes["b"].y - 7, boxes["b"].y + 58 + 7}
+    drawing = svg(picture, root="", title="skip")
+    assert crossings(drawing) == []
+    assert all(not a.via for a in picture.arrows if a is not long)  # the short ones as before
+    xml.dom.minidom.parseString(drawing)
+    assert "<script" not in drawing
+    assert svg(lay_out(steps), root="", title="skip") == drawing  # deterministic
+
+
+def test_a_long_arrow_over_a_crowded_layer_passes_beside_it():
+    # 12 steps in the middle layer (10 drawn and a "+ 2 more" box), and one arrow over them
+    steps = [node("a")] + [node(f"m{i}", "a") for i in range(12)]
+    steps += [node("z", "a", *(f"m{i}" for i in range(12)))]
+    drawing = svg(lay_out(steps), root="", title="crowded")
+    assert crossings(drawing) == []
+
+
+@given(st.lists(st.lists(st.integers(0, 30), max_size=4), min_size=1, max_size=30))
+def test_no_arrow_crosses_a_box(afters):
+    steps = [
+        node(f"s{i}", *(f"s{j}" for j in after if j < i), state="queued")
+        for i, after in enumerate(afters)
+    ]
+    picture = lay_out(steps, per_layer=3, max_layers=6)
+    drawing = svg(picture, root="", title="any")
+    assert crossings(drawing) == []
+    for arrow in picture.arrows:
+        assert all(0 <= lane <= picture.height for _, _, lane in arrow.via)

@@ -12,6 +12,12 @@ running ones first: what an operator looks for) and the rest become one "+ N mor
 which arrows reach in their stead; at most ``max_layers`` layers are drawn, and the
 picture says how many steps it left out. The table under the picture lists every step.
 
+An arrow that skips layers (a step waiting on one two layers back) would cross the boxes of
+the layers between if drawn straight. It goes through them in a lane instead: in each layer
+it crosses, at the height nearest its straight line that no box of that layer covers (a gap
+between two boxes, or above or below them), bending only in the empty space between
+layers; so no arrow crosses a box.
+
 Pure functions of the steps: no database, no markup (:mod:`.graph_svg` draws the result).
 """
 
@@ -65,6 +71,8 @@ class Arrow:
     y1: int
     x2: int
     y2: int
+    # the layers it crosses between source and target: (left x, right x, lane's height)
+    via: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,11 +163,12 @@ def lay_out(
             box = Box(k, x, y, more=len(rest), states=states)
             boxes.append(box)
             where[k, len(kept)] = box
-    arrows = _arrows(nodes, slot, where)
+    height = PAD * 2 + max(0, tallest * (BOX_H + GAP_Y) - GAP_Y)
+    arrows = _arrows(nodes, slot, where, _free_heights(boxes, drawn_layers, height))
     hidden = sum(len(by_layer[k]) for k in range(drawn_layers, count))
     return Picture(
         width=PAD * 2 + max(0, drawn_layers * (BOX_W + GAP_X) - GAP_X),
-        height=PAD * 2 + max(0, tallest * (BOX_H + GAP_Y) - GAP_Y),
+        height=height,
         boxes=boxes,
         arrows=arrows,
         steps=len(nodes),
@@ -175,10 +184,46 @@ def _barycentre(node: Node, centre: dict[str, float]) -> float:
     return sum(heights) / len(heights) if heights else 0.0
 
 
+def _free_heights(boxes: list[Box], layers: int, height: int) -> list[list[tuple[int, int]]]:
+    """Each layer's free heights, as (top, bottom) intervals: where no box is, with half a
+    gap kept clear of every box (so a lane between two boxes runs down the gap's middle)."""
+    clear = GAP_Y // 2
+    free: list[list[tuple[int, int]]] = []
+    for k in range(layers):
+        spans, top = [], 0
+        for box in sorted((b for b in boxes if b.layer == k), key=lambda b: b.y):
+            if box.y - clear >= top:
+                spans.append((top, box.y - clear))
+            top = box.y + BOX_H + clear
+        if height >= top:
+            spans.append((top, height))
+        free.append(spans)
+    return free
+
+
+def _lane(free: list[tuple[int, int]], ideal: float) -> int:
+    """The free height nearest ``ideal`` (the higher one of two as near)."""
+    heights = [min(max(round(ideal), top), bottom) for top, bottom in free]
+    return min(heights, key=lambda y: (abs(y - ideal), y))
+
+
+def _route(source: Box, target: Box, free: list[list[tuple[int, int]]]) -> Arrow:
+    """The arrow from ``source`` to ``target``, through a lane in each layer between."""
+    x1, y1 = source.x + BOX_W, source.y + BOX_H // 2
+    x2, y2 = target.x, target.y + BOX_H // 2
+    via = []
+    for k in range(source.layer + 1, target.layer):
+        left = PAD + k * (BOX_W + GAP_X)
+        ideal = y1 + (y2 - y1) * (left + BOX_W / 2 - x1) / (x2 - x1)
+        via.append((left, left + BOX_W, _lane(free[k], ideal)))
+    return Arrow(source, target, x1, y1, x2, y2, tuple(via))
+
+
 def _arrows(
     nodes: Sequence[Node],
     slot: dict[str, tuple[int, int]],
     where: dict[tuple[int, int], Box],
+    free: list[list[tuple[int, int]]],
 ) -> list[Arrow]:
     """One arrow for each pair of drawn boxes a dependency joins: a step left out is
     reached through its layer's "+ N more" box, so 1,000 dependencies make a few arrows."""
@@ -192,15 +237,5 @@ def _arrows(
             if dep not in slot or slot[dep] == to or (slot[dep], to) in seen:
                 continue
             seen.add((slot[dep], to))
-            source, target = where[slot[dep]], where[to]
-            arrows.append(
-                Arrow(
-                    source,
-                    target,
-                    source.x + BOX_W,
-                    source.y + BOX_H // 2,
-                    target.x,
-                    target.y + BOX_H // 2,
-                )
-            )
+            arrows.append(_route(where[slot[dep]], where[to], free))
     return arrows

@@ -81,13 +81,22 @@ def _ends(box: Box) -> str:
 
 
 def _arrow(arrow: Arrow) -> str:
-    middle = (arrow.x1 + arrow.x2) // 2
+    """A curve from the source's right side to the target's left side; an arrow that
+    skips layers runs straight through its lane in each layer between and bends only in
+    the empty space between layers (each curve's control points lie in that space)."""
     source = _ends(arrow.source).replace("data-", "data-from-", 1)
     target = _ends(arrow.target).replace("data-", "data-to-", 1)
+    x, y = arrow.x1, arrow.y1
+    d = [f"M{x},{y}"]
+    for left, right, lane in arrow.via:
+        middle = (x + left) // 2
+        d.append(f"C{middle},{y} {middle},{lane} {left},{lane} L{right},{lane}")
+        x, y = right, lane
+    middle = (x + arrow.x2) // 2
+    d.append(f"C{middle},{y} {middle},{arrow.y2} {arrow.x2 - 1},{arrow.y2}")
     return (
         f'<path class="edge" {source} {target} fill="none" stroke="#667" stroke-width="1.3" '
-        f'marker-end="url(#arrow)" d="M{arrow.x1},{arrow.y1} C{middle},{arrow.y1} '
-        f'{middle},{arrow.y2} {arrow.x2 - 1},{arrow.y2}"/>'
+        f'marker-end="url(#arrow)" d="{" ".join(d)}"/>'
     )
 
 
