@@ -36,8 +36,13 @@ def test_a_diamond_runs_in_order_and_its_last_step_reads_both_results(serve, poe
     log = tmp_path / "steps.log"
     flow = Workflow("diamond")
     a = flow.step("a", "flows.greenlet", {"value": "a", "log": str(log)})
-    b = flow.step("b", "flows.thread", {"value": "b", "log": str(log), "sleep": 1.0}, after=a)
-    c = flow.step("c", "flows.process", {"value": "c", "log": str(log), "sleep": 1.0}, after=a)
+    # b and c each wait for the other to have started: they can end only side by side
+    # (timed sleeps once asserted it, and a loaded machine started c after b's end).
+    meet_b, meet_c = str(tmp_path / "b.started"), str(tmp_path / "c.started")
+    b_payload = {"value": "b", "log": str(log), "touch": meet_b, "wait_for": meet_c}
+    c_payload = {"value": "c", "log": str(log), "touch": meet_c, "wait_for": meet_b}
+    b = flow.step("b", "flows.thread", b_payload, after=a)
+    c = flow.step("c", "flows.process", c_payload, after=a)
     flow.step("d", "flows.greenlet", {"value": "d", "log": str(log)}, after=[b, c])
     with Queue(poel_dsn, jobs={}, allow_unknown=True) as queue:
         started = time.monotonic()
