@@ -16,7 +16,7 @@ import pytest
 
 from poel_host import Workflow, WorkflowNotFound
 from tests import workflow_kit
-from tests.workflow_kit import T, claim, end, outcome, workflow_row
+from tests.workflow_kit import T, claim, end, enqueue_chain, outcome, workflow_row
 
 queue, new_store, store = workflow_kit.queue, workflow_kit.new_store, workflow_kit.store
 
@@ -57,9 +57,7 @@ def test_waiting_and_queued_steps_are_cancelled_at_once_and_twice_changes_nothin
 def test_an_unknown_workflow_is_an_error_and_an_ended_one_is_left_as_it_is(queue, store):
     with pytest.raises(WorkflowNotFound, match="workflow 424242 does not exist"):
         queue.cancel_workflow(424242)
-    flow = Workflow("done")
-    flow.step("only", T)
-    workflow_id = queue.enqueue_workflow(flow)
+    workflow_id = enqueue_chain(queue, "done", "only")
     token, rows = claim(store)
     end(store, rows[0]["id"], token, "succeeded")
 
@@ -83,10 +81,7 @@ def test_a_running_step_is_asked_to_stop_and_the_workflow_ends_with_it(
 ):
     """The worker holding the step records its end: cancelled (it was stopped), succeeded
     (it returned first) or queued again for a retry, which the trigger makes cancelled."""
-    flow = Workflow("running")
-    a = flow.step("a", T)
-    flow.step("b", T, after=a)
-    workflow_id = queue.enqueue_workflow(flow)
+    workflow_id = enqueue_chain(queue, "running", "a", "b")
     token, rows = claim(store)
     a_id = rows[0]["id"]
     with psycopg.connect(poel_dsn, autocommit=True) as listener:
@@ -143,9 +138,7 @@ def test_a_failure_before_the_cancel_is_kept_and_run_anyway_steps_are_cancelled_
 
 
 def test_the_sql_function_says_what_it_did(queue, poel_conn):
-    flow = Workflow("from sql")
-    flow.step("a", T)
-    workflow_id = queue.enqueue_workflow(flow)
+    workflow_id = enqueue_chain(queue, "from sql", "a")
     said = poel_conn.execute("SELECT poel.cancel_workflow(%s) AS o", [workflow_id]).fetchone()
     assert said["o"] == {
         "workflow_id": workflow_id,
@@ -216,10 +209,7 @@ def test_a_cancel_gives_way_to_an_outcome_holding_its_step_and_waiting_for_the_w
     steps_ended), played by hand: the cancel, holding the workflow's row, finds the step's
     row held and gives the workflow's back instead of waiting; the outcome gets it, ends,
     and the cancel then asks the step to stop. Waiting would have been a deadlock."""
-    flow = Workflow("held")
-    a = flow.step("a", T)
-    flow.step("b", T, after=a)
-    workflow_id = queue.enqueue_workflow(flow)
+    workflow_id = enqueue_chain(queue, "held", "a", "b")
     _, rows = claim(store)
     a_id = rows[0]["id"]
     with psycopg.connect(poel_dsn) as outcome:

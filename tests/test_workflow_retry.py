@@ -11,7 +11,7 @@ import pytest
 
 from poel_host import Workflow, WorkflowNotFound, WorkflowRefused
 from tests import workflow_kit
-from tests.workflow_kit import T, claim, end, run_until_done, workflow_row
+from tests.workflow_kit import T, claim, end, enqueue_chain, run_until_done, workflow_row
 
 worker, queue, store = workflow_kit.worker, workflow_kit.queue, workflow_kit.store
 
@@ -95,9 +95,7 @@ def test_a_running_workflow_is_not_retried_nor_one_whose_steps_still_run(queue, 
 
 
 def test_a_succeeded_workflow_has_nothing_to_retry(queue, store):
-    flow = Workflow("fine")
-    flow.step("a", T)
-    workflow_id = queue.enqueue_workflow(flow)
+    workflow_id = enqueue_chain(queue, "fine", "a")
     token, rows = claim(store)
     end(store, rows[0]["id"], token, "succeeded")
     retried = queue.retry_workflow(workflow_id)
@@ -106,10 +104,7 @@ def test_a_succeeded_workflow_has_nothing_to_retry(queue, store):
 
 
 def test_a_cancelled_workflow_runs_again_from_its_cancelled_steps(queue, store):
-    flow = Workflow("cancelled")
-    a = flow.step("a", T)
-    flow.step("b", T, after=a)
-    workflow_id = queue.enqueue_workflow(flow)
+    workflow_id = enqueue_chain(queue, "cancelled", "a", "b")
     token, rows = claim(store)
     end(store, rows[0]["id"], token, "succeeded")
     queue.cancel_workflow(workflow_id)

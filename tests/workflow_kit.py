@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from poel_host import Queue
+from poel_host import Queue, Workflow
 from poel_host.database import KeptConnection
 from poel_host.logs import get_logger
 from poel_host.plugins import load_plugins
@@ -75,6 +75,13 @@ def store(poel_settings: Settings) -> Iterator[Store]:
     """A Store on a connection of its own (as ``new_store()`` makes one)."""
     with _stores(poel_settings) as make:
         yield make()
+
+
+def enqueue_chain(queue: Queue, name: str, *steps: str) -> int:
+    """Enqueue a workflow of ``T`` steps with these names, each after the one before; its id."""
+    flow = Workflow(name)
+    flow.chain(*((step, T) for step in steps))
+    return queue.enqueue_workflow(flow)
 
 
 def run_until_done(
