@@ -13,10 +13,10 @@ import random
 import gevent
 import psycopg
 import pytest
+import workflow_kit
+from workflow_kit import T, claim, end, enqueue_chain, outcome, workflow_row
 
 from poel_host import Workflow, WorkflowNotFound
-from tests import workflow_kit
-from tests.workflow_kit import T, claim, end, enqueue_chain, outcome, workflow_row
 
 queue, new_store, store = workflow_kit.queue, workflow_kit.new_store, workflow_kit.store
 

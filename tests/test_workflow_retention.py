@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import workflow_kit
+from workflow_kit import T, claim, end, enqueue_chain, outcome
 
 from poel_host import Workflow, WorkflowNotFound, migrations
 from poel_host.worker.pruner import Pruner
-from tests import workflow_kit
-from tests.workflow_kit import T, claim, end, enqueue_chain, outcome
 
 queue, store = workflow_kit.queue, workflow_kit.store
 

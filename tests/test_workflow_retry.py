@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+import workflow_kit
+from workflow_kit import T, claim, end, enqueue_chain, run_until_done, workflow_row
 
 from poel_host import Workflow, WorkflowNotFound, WorkflowRefused
-from tests import workflow_kit
-from tests.workflow_kit import T, claim, end, enqueue_chain, run_until_done, workflow_row
 
 worker, queue, store = workflow_kit.worker, workflow_kit.queue, workflow_kit.store
 

@@ -10,10 +10,10 @@ import random
 
 import gevent
 import pytest
+import workflow_kit
+from workflow_kit import claim, outcome, run_until_done, workflow_row
 
 from poel_host import Workflow
-from tests import workflow_kit
-from tests.workflow_kit import claim, outcome, run_until_done, workflow_row
 
 worker, queue, new_store = workflow_kit.worker, workflow_kit.queue, workflow_kit.new_store
 
