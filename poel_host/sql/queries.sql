@@ -844,11 +844,8 @@ WITH ended AS (
 ), dependencies AS (
     DELETE FROM {schema}.job_dependencies AS d
     WHERE d.workflow_id IN (SELECT id FROM gone)
-    RETURNING 1
 )
-SELECT count(*) AS workflows, coalesce(sum(steps), 0)::bigint AS steps,
-       (SELECT count(*) FROM dependencies) AS dependencies
-FROM gone
+SELECT count(*) AS workflows, coalesce(sum(steps), 0)::bigint AS steps FROM gone
 
 -- make_due --
 -- Make a queued job (a retry waiting out its backoff, or a job scheduled for later) due

@@ -172,7 +172,7 @@ def test_a_fan_in_of_1000_steps_runs_its_last_step_once_while_workers_are_killed
         ), r
 
     for worker in workers:
-        worker.wait_log("worker started")
+        worker.wait_log("worker started", timeout=30)
         assert worker.stop() == 0
     figures.update(
         parts=PARTS,
