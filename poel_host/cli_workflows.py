@@ -39,7 +39,9 @@ def _run(store: Store, args: argparse.Namespace) -> int:
     if args.workflows_command == "show":
         state = read_workflow(store, args.id)
         if state is None:
-            raise PoelError(f"no workflow with id {args.id}")
+            raise PoelError(
+                f"no workflow with id {args.id} (never enqueued, or deleted past its retention)"
+            )
         print(
             json.dumps(dataclasses.asdict(state), indent=2, default=str)
             if args.json

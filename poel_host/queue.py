@@ -225,7 +225,7 @@ class Queue(Pausing, Steering, WorkflowControl):
         """The workflow's state (``running``, ``succeeded``, ``failed`` naming the step
         that failed and why, ``cancelled``) and each step's state (``waiting`` while its
         dependencies have not ended), attempts, error and duration; None if there is no
-        such workflow."""
+        such workflow (never enqueued, or deleted past its retention)."""
         from poel_host.workflows import read_workflow
 
         return read_workflow(self._store, workflow_id)

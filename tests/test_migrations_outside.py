@@ -91,9 +91,10 @@ def test_the_marker_line_makes_a_migration_run_outside_a_transaction(tmp_path, m
     assert Migration(1, "a", "SELECT 1", transaction=False).transaction is False
     assert Migration(1, "a", "-- poel: no-transaction\nSELECT 1").transaction is False
     assert Migration(1, "a", "SELECT 1 -- poel: no-transaction").transaction is True
-    # the host's own: 0012, 0018 and 0024 build indexes on the jobs table CONCURRENTLY
+    # the host's own: 0012, 0018 and 0024 build indexes on the jobs table CONCURRENTLY,
+    # 0027 on the workflows' tables
     outside = [m.version for m in migrations.host_migrations() if not m.transaction]
-    assert outside == [12, 18, 24]
+    assert outside == [12, 18, 24, 27]
     # a plugin's files are read through the same dataclass
     folder = tmp_path / "marked_plugin" / "sql" / "migrations"
     folder.mkdir(parents=True)

@@ -9,59 +9,16 @@ store, as a worker does, so that each test chooses who goes first."""
 from __future__ import annotations
 
 import random
-import uuid
-from typing import Any
 
 import gevent
 import psycopg
 import pytest
+import workflow_kit
+from workflow_kit import T, claim, end, enqueue_chain, outcome, workflow_row
 
-from poel_host import Queue, Workflow, WorkflowNotFound
-from poel_host.database import KeptConnection
-from poel_host.store import Store
+from poel_host import Workflow, WorkflowNotFound
 
-T = "wfc.step"
-
-
-@pytest.fixture
-def queue(poel_dsn):
-    made = Queue(poel_dsn, jobs={}, allow_unknown=True)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def new_store(poel_settings):
-    """``new_store()``: a Store on a connection of its own, closed at the end."""
-    kept: list[KeptConnection] = []
-
-    def make() -> Store:
-        kept.append(KeptConnection(poel_settings.dsn))
-        return Store(poel_settings.schema_name, kept[-1])
-
-    yield make
-    for conn in kept:
-        conn.close()
-
-
-def claim(store: Store, job_type: str = T, limit: int = 10) -> tuple[str, list[dict[str, Any]]]:
-    token = str(uuid.uuid4())
-    rows = store.claim_jobs(
-        job_types=[job_type], queues=None, limit=limit, owner="t", token=token, lease_ms=60_000
-    )
-    return token, rows
-
-
-def outcome(job_id: int, token: str, state: str, delay_ms: float = 0.0) -> tuple[Any, ...]:
-    error = None if state == "succeeded" else f"{state} on purpose"
-    return (job_id, token, state, error, delay_ms, None, None, None, None)
-
-
-def workflow_row(conn: Any, workflow_id: int) -> dict[str, Any]:
-    found: dict[str, Any] = conn.execute(
-        "SELECT * FROM poel.workflows WHERE id = %s", [workflow_id]
-    ).fetchone()
-    return found
+queue, new_store, store = workflow_kit.queue, workflow_kit.new_store, workflow_kit.store
 
 
 def test_waiting_and_queued_steps_are_cancelled_at_once_and_twice_changes_nothing(queue, poel_conn):
@@ -97,15 +54,12 @@ def test_waiting_and_queued_steps_are_cancelled_at_once_and_twice_changes_nothin
     assert queue.workflow(workflow_id) == state
 
 
-def test_an_unknown_workflow_is_an_error_and_an_ended_one_is_left_as_it_is(queue, new_store):
+def test_an_unknown_workflow_is_an_error_and_an_ended_one_is_left_as_it_is(queue, store):
     with pytest.raises(WorkflowNotFound, match="workflow 424242 does not exist"):
         queue.cancel_workflow(424242)
-    flow = Workflow("done")
-    flow.step("only", T)
-    workflow_id = queue.enqueue_workflow(flow)
-    store = new_store()
+    workflow_id = enqueue_chain(queue, "done", "only")
     token, rows = claim(store)
-    store.finish([outcome(rows[0]["id"], token, "succeeded")])
+    end(store, rows[0]["id"], token, "succeeded")
 
     done = queue.cancel_workflow(workflow_id)
     assert (done.state, done.changed, done.finished) == ("succeeded", False, True)
@@ -123,15 +77,11 @@ def test_an_unknown_workflow_is_an_error_and_an_ended_one_is_left_as_it_is(queue
 
 @pytest.mark.parametrize("ends", ["cancelled", "succeeded", "queued"])
 def test_a_running_step_is_asked_to_stop_and_the_workflow_ends_with_it(
-    queue, new_store, poel_conn, poel_dsn, ends
+    queue, store, poel_conn, poel_dsn, ends
 ):
     """The worker holding the step records its end: cancelled (it was stopped), succeeded
     (it returned first) or queued again for a retry, which the trigger makes cancelled."""
-    flow = Workflow("running")
-    a = flow.step("a", T)
-    flow.step("b", T, after=a)
-    workflow_id = queue.enqueue_workflow(flow)
-    store = new_store()
+    workflow_id = enqueue_chain(queue, "running", "a", "b")
     token, rows = claim(store)
     a_id = rows[0]["id"]
     with psycopg.connect(poel_dsn, autocommit=True) as listener:
@@ -168,17 +118,14 @@ def test_a_running_step_is_asked_to_stop_and_the_workflow_ends_with_it(
     assert workflow_row(poel_conn, workflow_id)["steps_left"] == 0
 
 
-def test_a_failure_before_the_cancel_is_kept_and_run_anyway_steps_are_cancelled_too(
-    queue, new_store
-):
+def test_a_failure_before_the_cancel_is_kept_and_run_anyway_steps_are_cancelled_too(queue, store):
     flow = Workflow("failing")
     a = flow.step("a", T, max_attempts=1)
     flow.step("after_a", T, after=a)
     flow.step("report", T, after=a, run_anyway=True)
     workflow_id = queue.enqueue_workflow(flow)
-    store = new_store()
     token, rows = claim(store)
-    store.finish([outcome(rows[0]["id"], token, "failed")])  # report is now due
+    end(store, rows[0]["id"], token, "failed")  # report is now due
     state = queue.workflow(workflow_id)
     assert state is not None and (state.state, state.finished_at) == ("failed", None)
 
@@ -191,9 +138,7 @@ def test_a_failure_before_the_cancel_is_kept_and_run_anyway_steps_are_cancelled_
 
 
 def test_the_sql_function_says_what_it_did(queue, poel_conn):
-    flow = Workflow("from sql")
-    flow.step("a", T)
-    workflow_id = queue.enqueue_workflow(flow)
+    workflow_id = enqueue_chain(queue, "from sql", "a")
     said = poel_conn.execute("SELECT poel.cancel_workflow(%s) AS o", [workflow_id]).fetchone()
     assert said["o"] == {
         "workflow_id": workflow_id,
@@ -222,10 +167,10 @@ def test_a_cancel_racing_the_outcomes_of_its_steps_ends_one_way(
     shuffle = random.Random(20)
     for n in range(20):
         flow = Workflow(f"race {n}")
-        parents = flow.fan_out("p", f"wfc.race{n}", [{}] * 6)
-        flow.step("d", "wfc.never", after=parents)
+        parents = flow.fan_out("p", f"wf.race{n}", [{}] * 6)
+        flow.step("d", "wf.never", after=parents)
         workflow_id = queue.enqueue_workflow(flow)
-        token, rows = claim(finishers[0], f"wfc.race{n}")
+        token, rows = claim(finishers[0], f"wf.race{n}")
         assert len(rows) == 6
         states = ["succeeded"] * 6
         if outcomes == "mixed":
@@ -258,17 +203,14 @@ def test_a_cancel_racing_the_outcomes_of_its_steps_ends_one_way(
 
 
 def test_a_cancel_gives_way_to_an_outcome_holding_its_step_and_waiting_for_the_workflow(
-    queue, new_store, poel_dsn
+    queue, store, poel_dsn
 ):
     """The order an outcome takes its locks in (the step's row, then its workflow's, in
     steps_ended), played by hand: the cancel, holding the workflow's row, finds the step's
     row held and gives the workflow's back instead of waiting; the outcome gets it, ends,
     and the cancel then asks the step to stop. Waiting would have been a deadlock."""
-    flow = Workflow("held")
-    a = flow.step("a", T)
-    flow.step("b", T, after=a)
-    workflow_id = queue.enqueue_workflow(flow)
-    _, rows = claim(new_store())
+    workflow_id = enqueue_chain(queue, "held", "a", "b")
+    _, rows = claim(store)
     a_id = rows[0]["id"]
     with psycopg.connect(poel_dsn) as outcome:
         outcome.execute("UPDATE poel.jobs SET progress = 0.5 WHERE id = %s", [a_id])

@@ -6,63 +6,14 @@ left used to go below zero); steps archived in the history come back, with run_a
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
-
 import psycopg
 import pytest
+import workflow_kit
+from workflow_kit import T, claim, end, enqueue_chain, run_until_done, workflow_row
 
-from poel_host import Queue, Workflow, WorkflowNotFound, WorkflowRefused
-from poel_host.logs import get_logger
-from poel_host.plugins import load_plugins
-from poel_host.worker import Worker
+from poel_host import Workflow, WorkflowNotFound, WorkflowRefused
 
-PLUGINS = ["poel-testworkflows"]
-T = "wfr.step"
-
-
-@pytest.fixture
-def worker(poel_settings):
-    plugins = load_plugins(PLUGINS)
-    assert plugins.failed == []
-    made = Worker(poel_settings, plugins, log=get_logger())
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def queue(poel_settings):
-    made = Queue(poel_settings.dsn, jobs=load_plugins(PLUGINS).jobs, allow_unknown=True)
-    yield made
-    made.close()
-
-
-def run_until_done(worker: Worker, queue: Queue, workflow_id: int, rounds: int = 20):
-    for _ in range(rounds):
-        worker.run_once()
-        state = queue.workflow(workflow_id)
-        assert state is not None
-        if state.finished_at is not None:
-            return state
-    raise AssertionError(f"workflow {workflow_id} did not finish: {queue.workflow(workflow_id)}")
-
-
-def claim(queue: Queue, job_type: str = T) -> tuple[str, list[dict[str, Any]]]:
-    token = str(uuid.uuid4())
-    rows = queue._store.claim_jobs(
-        job_types=[job_type], queues=None, limit=10, owner="t", token=token, lease_ms=60_000
-    )
-    return token, rows
-
-
-def end(queue: Queue, job_id: int, token: str, state: str) -> None:
-    error = None if state == "succeeded" else "failed on purpose"
-    assert queue._store.finish([(job_id, token, state, error, 0.0, None, None, None, None)])
-
-
-def steps_left(conn: Any, workflow_id: int) -> int:
-    row = conn.execute("SELECT steps_left FROM poel.workflows WHERE id = %s", [workflow_id])
-    return int(row.fetchone()["steps_left"])
+worker, queue, store = workflow_kit.worker, workflow_kit.queue, workflow_kit.store
 
 
 def test_a_retry_runs_only_the_failed_and_cancelled_steps_and_the_merge_reads_all_results(
@@ -102,11 +53,11 @@ def test_a_retry_runs_only_the_failed_and_cancelled_steps_and_the_merge_reads_al
     )
     assert [s.state for s in again.steps] == ["succeeded", "queued", "succeeded", "waiting"]
     assert again.step("b").attempts == 0
-    assert steps_left(poel_conn, workflow_id) == 2
+    assert workflow_row(poel_conn, workflow_id)["steps_left"] == 2
 
     done = run_until_done(worker, queue, workflow_id)
     assert done.state == "succeeded" and done.failed_step is None
-    assert steps_left(poel_conn, workflow_id) == 0
+    assert workflow_row(poel_conn, workflow_id)["steps_left"] == 0
     for name, before in kept.items():  # not run again
         now = queue.get(done.step(name).job_id)
         assert (now["started_at"], now["finished_at"], now["attempts"], now["result"]) == (
@@ -122,45 +73,40 @@ def test_a_retry_runs_only_the_failed_and_cancelled_steps_and_the_merge_reads_al
     assert seen["c"] == kept["c"]["result"]
 
 
-def test_a_running_workflow_is_not_retried_nor_one_whose_steps_still_run(queue, poel_conn):
+def test_a_running_workflow_is_not_retried_nor_one_whose_steps_still_run(queue, store, poel_conn):
     flow = Workflow("busy")
     a = flow.step("a", T, max_attempts=1)
     flow.step("report", T, after=a, run_anyway=True)
     workflow_id = queue.enqueue_workflow(flow)
     with pytest.raises(WorkflowRefused, match=f"workflow {workflow_id} is running"):
         queue.retry_workflow(workflow_id)
-    token, rows = claim(queue)
-    end(queue, rows[0]["id"], token, "failed")  # report is due: the workflow failed
-    token, rows = claim(queue)  # report runs
+    token, rows = claim(store)
+    end(store, rows[0]["id"], token, "failed")  # report is due: the workflow failed
+    token, rows = claim(store)  # report runs
     with pytest.raises(WorkflowRefused, match="1 of its steps have not ended yet"):
         queue.retry_workflow(workflow_id)
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
         poel_conn.execute("SELECT poel.retry_workflow(%s)", [workflow_id])
-    end(queue, rows[0]["id"], token, "succeeded")
+    end(store, rows[0]["id"], token, "succeeded")
     retried = queue.retry_workflow(workflow_id)
     assert retried.retried == ("a",)  # report succeeded: it is not run again
     with pytest.raises(WorkflowNotFound):
         queue.retry_workflow(123456)
 
 
-def test_a_succeeded_workflow_has_nothing_to_retry(queue):
-    flow = Workflow("fine")
-    flow.step("a", T)
-    workflow_id = queue.enqueue_workflow(flow)
-    token, rows = claim(queue)
-    end(queue, rows[0]["id"], token, "succeeded")
+def test_a_succeeded_workflow_has_nothing_to_retry(queue, store):
+    workflow_id = enqueue_chain(queue, "fine", "a")
+    token, rows = claim(store)
+    end(store, rows[0]["id"], token, "succeeded")
     retried = queue.retry_workflow(workflow_id)
     assert (retried.changed, retried.retried, retried.state) == (False, (), "succeeded")
     assert retried.message == f"workflow {workflow_id} 'fine' succeeded: nothing to retry"
 
 
-def test_a_cancelled_workflow_runs_again_from_its_cancelled_steps(queue):
-    flow = Workflow("cancelled")
-    a = flow.step("a", T)
-    flow.step("b", T, after=a)
-    workflow_id = queue.enqueue_workflow(flow)
-    token, rows = claim(queue)
-    end(queue, rows[0]["id"], token, "succeeded")
+def test_a_cancelled_workflow_runs_again_from_its_cancelled_steps(queue, store):
+    workflow_id = enqueue_chain(queue, "cancelled", "a", "b")
+    token, rows = claim(store)
+    end(store, rows[0]["id"], token, "succeeded")
     queue.cancel_workflow(workflow_id)
     retried = queue.retry_workflow(workflow_id)
     assert (retried.retried, retried.due) == (("b",), 1)
@@ -169,42 +115,41 @@ def test_a_cancelled_workflow_runs_again_from_its_cancelled_steps(queue):
     assert (state.state, state.cancelled_at, state.step("b").state) == ("running", None, "queued")
 
 
-def test_an_operator_retry_of_one_step_counts_it_off_once(queue, poel_conn):
+def test_an_operator_retry_of_one_step_counts_it_off_once(queue, store, poel_conn):
     """A step retried by hand (Queue.retry, jobs retry) runs now; its workflow is not
     finished until it ended, then finished again with no step left (it was -1)."""
     flow = Workflow("by hand")
     a = flow.step("a", T, max_attempts=1)
     flow.step("b", T, after=a)
     workflow_id = queue.enqueue_workflow(flow)
-    token, rows = claim(queue)
+    token, rows = claim(store)
     a_id = rows[0]["id"]
-    end(queue, a_id, token, "failed")
-    assert steps_left(poel_conn, workflow_id) == 0
+    end(store, a_id, token, "failed")
+    assert workflow_row(poel_conn, workflow_id)["steps_left"] == 0
     assert queue.retry(a_id) is True
     state = queue.workflow(workflow_id)
     assert state is not None
     assert (state.state, state.finished_at, state.step("a").state) == ("failed", None, "queued")
-    assert steps_left(poel_conn, workflow_id) == 1
-    token, rows = claim(queue)
-    end(queue, a_id, token, "succeeded")
+    assert workflow_row(poel_conn, workflow_id)["steps_left"] == 1
+    token, rows = claim(store)
+    end(store, a_id, token, "succeeded")
     state = queue.workflow(workflow_id)
     assert state is not None
     assert state.finished_at is not None and state.state == "failed"
     assert state.step("b").state == "cancelled"  # its failure's cancels stand
-    assert steps_left(poel_conn, workflow_id) == 0
+    assert workflow_row(poel_conn, workflow_id)["steps_left"] == 0
 
 
-def test_archived_steps_come_back_waiting_again_and_keep_run_anyway(queue, poel_conn):
+def test_archived_steps_come_back_waiting_again_and_keep_run_anyway(queue, store, poel_conn):
     flow = Workflow("archived")
     a = flow.step("a", T, max_attempts=1)
     b = flow.step("b", T, after=a)
     flow.step("report", T, {"r": 1}, after=[a, b], run_anyway=True, max_attempts=1)
     workflow_id = queue.enqueue_workflow(flow)
-    token, rows = claim(queue)
-    end(queue, rows[0]["id"], token, "failed")  # b cancelled, report due
-    token, rows = claim(queue)
-    end(queue, rows[0]["id"], token, "failed")  # report failed too
-    store = queue._store
+    token, rows = claim(store)
+    end(store, rows[0]["id"], token, "failed")  # b cancelled, report due
+    token, rows = claim(store)
+    end(store, rows[0]["id"], token, "failed")  # report failed too
     store.make_done_partitions(back_s=3600, width_s=3600, ahead=2)
     assert store.archive_finished(after_s=0, succeeded_hours=24, batch=100) == 3
     assert (
@@ -226,40 +171,42 @@ def test_archived_steps_come_back_waiting_again_and_keep_run_anyway(queue, poel_
         ("b", "queued", False, 1, False, True),
         ("report", "queued", False, 2, True, True),
     ]
-    assert steps_left(poel_conn, workflow_id) == 3
-    token, rows = claim(queue)
+    assert workflow_row(poel_conn, workflow_id)["steps_left"] == 3
+    token, rows = claim(store)
     assert [r["id"] for r in rows] == [queue.workflow(workflow_id).step("a").job_id]
-    end(queue, rows[0]["id"], token, "succeeded")  # b released
+    end(store, rows[0]["id"], token, "succeeded")  # b released
     assert queue.workflow(workflow_id).step("b").state == "queued"
 
 
-def test_the_dashboards_retry_of_a_type_reopens_the_steps_in_their_workflows(queue, poel_conn):
+def test_the_dashboards_retry_of_a_type_reopens_the_steps_in_their_workflows(
+    queue, store, poel_conn
+):
     ids = []
     for n in range(2):
         flow = Workflow(f"bulk {n}")
         bad = flow.step("bad", "wfr.bad", max_attempts=1)
         flow.step("after", T, after=bad)
         ids.append(queue.enqueue_workflow(flow))
-    token, rows = claim(queue, "wfr.bad")
+    token, rows = claim(store, "wfr.bad")
     for row in rows:
-        end(queue, row["id"], token, "failed")
-    assert [steps_left(poel_conn, i) for i in ids] == [0, 0]
-    assert sorted(queue._store.retry_failed_of_type("wfr.bad")) == sorted(r["id"] for r in rows)
+        end(store, row["id"], token, "failed")
+    assert [workflow_row(poel_conn, i)["steps_left"] for i in ids] == [0, 0]
+    assert sorted(store.retry_failed_of_type("wfr.bad")) == sorted(r["id"] for r in rows)
     for workflow_id in ids:
         state = queue.workflow(workflow_id)
         assert state is not None
         assert (state.finished_at, state.step("bad").state) == (None, "queued")
-        assert steps_left(poel_conn, workflow_id) == 1
+        assert workflow_row(poel_conn, workflow_id)["steps_left"] == 1
 
 
-def test_a_retry_whose_step_key_is_held_by_a_live_job_is_refused_whole(queue, poel_conn):
+def test_a_retry_whose_step_key_is_held_by_a_live_job_is_refused_whole(queue, store, poel_conn):
     flow = Workflow("keyed")
     flow.step("a", T, unique_key="k", max_attempts=1)
     flow.step("b", T)
     workflow_id = queue.enqueue_workflow(flow)
-    token, rows = claim(queue)
+    token, rows = claim(store)
     for row in rows:
-        end(queue, row["id"], token, "failed")
+        end(store, row["id"], token, "failed")
     queue.enqueue(T, {}, unique_key="k")
     with pytest.raises(WorkflowRefused, match="unique_key"):
         queue.retry_workflow(workflow_id)

@@ -7,59 +7,15 @@ failure, an operator's cancel) cascade as an outcome does."""
 from __future__ import annotations
 
 import random
-import uuid
 
 import gevent
 import pytest
+import workflow_kit
+from workflow_kit import claim, outcome, run_until_done, workflow_row
 
-from poel_host import Queue, Workflow
-from poel_host.database import KeptConnection
-from poel_host.logs import get_logger
-from poel_host.plugins import load_plugins
-from poel_host.store import Store
-from poel_host.worker import Worker
+from poel_host import Workflow
 
-PLUGINS = ["poel-testworkflows"]
-
-
-@pytest.fixture
-def worker(poel_settings):
-    plugins = load_plugins(PLUGINS)
-    assert plugins.failed == []
-    made = Worker(poel_settings, plugins, log=get_logger())
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def queue(poel_settings):
-    made = Queue(poel_settings.dsn, jobs=load_plugins(PLUGINS).jobs)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def new_store(poel_settings):
-    """``new_store()``: a Store on a connection of its own, closed at the end."""
-    kept: list[KeptConnection] = []
-
-    def make() -> Store:
-        kept.append(KeptConnection(poel_settings.dsn))
-        return Store(poel_settings.schema_name, kept[-1])
-
-    yield make
-    for conn in kept:
-        conn.close()
-
-
-def run_until_done(worker: Worker, queue: Queue, workflow_id: int, rounds: int = 20):
-    for _ in range(rounds):
-        worker.run_once()
-        state = queue.workflow(workflow_id)
-        assert state is not None
-        if state.finished_at is not None:
-            return state
-    raise AssertionError(f"workflow {workflow_id} did not finish: {queue.workflow(workflow_id)}")
+worker, queue, new_store = workflow_kit.worker, workflow_kit.queue, workflow_kit.new_store
 
 
 @pytest.mark.parametrize("executor", ["greenlet", "thread", "process"])
@@ -110,13 +66,10 @@ def test_a_failed_step_fails_the_workflow_and_its_run_anyway_step_runs(worker, q
     assert list(seen) == ["a"]  # what failed or was cancelled has no result to read
 
 
-def test_a_fan_in_ended_by_concurrent_batches_releases_its_step_once(
-    poel_settings, poel_conn, new_store
-):
+def test_a_fan_in_ended_by_concurrent_batches_releases_its_step_once(queue, poel_conn, new_store):
     """Two workflows of 500 parents each: their parents finished in 8 concurrent batches
     (each mixing both workflows, in shuffled order, on a connection of its own). Each
     batch locks both workflows; taken in id order, no two wait on each other in a cycle."""
-    queue = Queue(poel_settings.dsn, jobs={}, allow_unknown=True)
     children = []
     for n in range(2):
         flow = Workflow(f"fan-in {n}")
@@ -124,12 +77,9 @@ def test_a_fan_in_ended_by_concurrent_batches_releases_its_step_once(
         flow.step("merge", "wf.merge", after=parts)
         children.append(queue.enqueue_workflow(flow))
     stores = [new_store() for _ in range(8)]
-    token = str(uuid.uuid4())
-    rows = stores[0].claim_jobs(
-        job_types=["wf.fan"], queues=None, limit=2000, owner="t", token=token, lease_ms=60_000
-    )
+    token, rows = claim(stores[0], "wf.fan", limit=2000)
     assert len(rows) == 1000
-    outcomes = [(r["id"], token, "succeeded", None, 0.0, None, None, None, None) for r in rows]
+    outcomes = [outcome(r["id"], token, "succeeded") for r in rows]
     random.Random(7).shuffle(outcomes)
     batches = [outcomes[i::8] for i in range(8)]
     done = [gevent.spawn(store.finish, batch) for store, batch in zip(stores, batches, strict=True)]
@@ -142,37 +92,21 @@ def test_a_fan_in_ended_by_concurrent_batches_releases_its_step_once(
     assert [(m["state"], m["ready"], m["waiting_on"], m["due"]) for m in merged] == [
         ("queued", True, 0, True)
     ] * 2
-    claimed = stores[0].claim_jobs(
-        job_types=["wf.merge"], queues=None, limit=10, owner="t", token=token, lease_ms=60_000
-    )
+    _, claimed = claim(stores[0], "wf.merge")
     assert len(claimed) == 2
     for workflow_id in children:
         state = queue.workflow(workflow_id)
         assert state is not None and state.state == "running"
-        assert (
-            poel_conn.execute(
-                "SELECT steps_left FROM poel.workflows WHERE id = %s", [workflow_id]
-            ).fetchone()["steps_left"]
-            == 1
-        )
-    queue.close()
+        assert workflow_row(poel_conn, workflow_id)["steps_left"] == 1
 
 
-def test_a_step_failed_by_the_rescuer_cancels_its_dependents(poel_settings, new_store):
-    queue = Queue(poel_settings.dsn, jobs={}, allow_unknown=True)
+def test_a_step_failed_by_the_rescuer_cancels_its_dependents(queue, new_store):
     flow = Workflow("rescued")
     a = flow.step("a", "wf.lost", max_attempts=1)
     flow.step("b", "wf.lost", after=a)
     workflow_id = queue.enqueue_workflow(flow)
     store = new_store()
-    store.claim_jobs(
-        job_types=["wf.lost"],
-        queues=None,
-        limit=10,
-        owner="gone",
-        token=str(uuid.uuid4()),
-        lease_ms=1,
-    )
+    claim(store, "wf.lost", owner="gone", lease_ms=1)
     gevent.sleep(0.05)
     assert [r["state"] for r in store.recover_expired(base_ms=10, max_ms=10)] == ["failed"]
     state = queue.workflow(workflow_id)
@@ -180,7 +114,6 @@ def test_a_step_failed_by_the_rescuer_cancels_its_dependents(poel_settings, new_
     assert (state.state, state.failed_step) == ("failed", "a")
     assert "worker lost" in (state.failed_error or "")
     assert state.step("b").state == "cancelled"
-    queue.close()
 
 
 def test_the_kit_context_gives_a_step_the_results_a_test_sets(poel_context):
@@ -191,30 +124,21 @@ def test_the_kit_context_gives_a_step_the_results_a_test_sets(poel_context):
     assert run_step(StepPayload(value=1), ctx)["seen"] == {"b": {"value": 2}}
 
 
-def test_a_cancel_racing_the_outcome_that_releases_the_step_ends_one_way(poel_settings, new_store):
+def test_a_cancel_racing_the_outcome_that_releases_the_step_ends_one_way(queue, new_store):
     """An operator cancels a waiting step while the outcome of its dependency is written,
     30 times: whichever goes first, no deadlock, and the step ends cancelled once, failing
     its workflow, with every step counted off."""
-    queue = Queue(poel_settings.dsn, jobs={}, allow_unknown=True)
     finisher, canceller = new_store(), new_store()
     for n in range(30):
         flow = Workflow(f"race {n}")
         parents = flow.fan_out("p", f"wf.race{n}", [{}, {}, {}])
         flow.step("d", "wf.never", after=parents)
         workflow_id = queue.enqueue_workflow(flow)
-        token = str(uuid.uuid4())
-        rows = finisher.claim_jobs(
-            job_types=[f"wf.race{n}"],
-            queues=None,
-            limit=3,
-            owner="t",
-            token=token,
-            lease_ms=60_000,
-        )
+        token, rows = claim(finisher, f"wf.race{n}", limit=3)
         state = queue.workflow(workflow_id)
         assert state is not None
         d = state.step("d").job_id
-        outcomes = [(r["id"], token, "succeeded", None, 0.0, None, None, None, None) for r in rows]
+        outcomes = [outcome(r["id"], token, "succeeded") for r in rows]
         racing = [gevent.spawn(finisher.finish, outcomes), gevent.spawn(canceller.cancel_job, d)]
         gevent.joinall(racing, raise_error=True)
         state = queue.workflow(workflow_id)
@@ -225,4 +149,3 @@ def test_a_cancel_racing_the_outcome_that_releases_the_step_ends_one_way(poel_se
             "d",
             True,
         )
-    queue.close()

@@ -801,6 +801,52 @@ WHERE id IN (
 )
 RETURNING id
 
+-- prune_workflows --
+-- Delete finished workflows past their retention, with their dependencies (migration
+-- 0027). A workflow that ended without a failure goes succeeded_hours after it finished,
+-- as its steps did; one with a failure (failed, or cancelled after one) is kept as the
+-- dead letter is, and never less than its succeeded steps: the longer of failed_hours and
+-- succeeded_hours (failed_hours NULL keeps it). A workflow without a finish time (running,
+-- being cancelled, a step of it retried) is never deleted, however old its steps. Its
+-- steps are not touched: each goes by its own retention, which has passed (a workflow
+-- finishes with its last step). Bounded by steps, which its dependencies follow: up to
+-- `batch` workflows are taken, oldest finish first, and deleted while the steps before
+-- each come to less than `batch` (the first always is). Rows another pruner, or a retry
+-- of one of its steps, holds are skipped. Returns how many workflows, and how many steps
+-- they had (as many as `batch` or more: there may be more to prune).
+WITH ended AS (
+    SELECT id, steps, finished_at FROM {schema}.workflows
+    WHERE finished_at IS NOT NULL AND failed_step IS NULL AND state <> 'running'
+      AND finished_at < now() - %(succeeded_hours)s * interval '1 hour'
+    ORDER BY finished_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), failed AS (
+    SELECT id, steps, finished_at FROM {schema}.workflows
+    WHERE finished_at IS NOT NULL AND failed_step IS NOT NULL AND state <> 'running'
+      AND %(failed_hours)s::float8 IS NOT NULL
+      AND finished_at < now() - greatest(%(failed_hours)s::float8, %(succeeded_hours)s)
+                                * interval '1 hour'
+    ORDER BY finished_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), chosen AS (
+    SELECT id FROM (
+        SELECT id, sum(steps) OVER (ORDER BY finished_at, id) - steps AS steps_before
+        FROM (SELECT * FROM ended UNION ALL SELECT * FROM failed
+              ORDER BY finished_at, id LIMIT %(batch)s) AS c
+    ) AS w
+    WHERE steps_before < %(batch)s
+), gone AS (
+    DELETE FROM {schema}.workflows AS w
+    WHERE w.id IN (SELECT id FROM chosen)
+    RETURNING w.id, w.steps
+), dependencies AS (
+    DELETE FROM {schema}.job_dependencies AS d
+    WHERE d.workflow_id IN (SELECT id FROM gone)
+)
+SELECT count(*) AS workflows, coalesce(sum(steps), 0)::bigint AS steps FROM gone
+
 -- make_due --
 -- Make a queued job (a retry waiting out its backoff, or a job scheduled for later) due
 -- now: the test kit's run_job.retry(), and an operator's "run now".

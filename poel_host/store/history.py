@@ -1,6 +1,7 @@
 """The store's statements for finished jobs: moving them out of the jobs table into the
-partitioned history, and retention (see migration 0013). Run by each worker's archiver
-and pruner on connections of their own, never on the job path.
+partitioned history, and retention (see migration 0013), also of finished workflows
+(migration 0027). Run by each worker's archiver and pruner on connections of their own,
+never on the job path.
 """
 
 from __future__ import annotations
@@ -72,3 +73,18 @@ class HistoryStore(StoreBase):
         (those not archived); how many."""
         params = {"succeeded_hours": succeeded_hours, "failed_hours": failed_hours, "batch": batch}
         return len(self._all("prune_finished", params, connection))
+
+    def prune_workflows(
+        self,
+        *,
+        succeeded_hours: float,
+        failed_hours: float | None,
+        batch: int,
+        connection: Conn | None = None,
+    ) -> tuple[int, int]:
+        """Delete finished workflows past their retention, with their dependencies, up to
+        about ``batch`` steps' worth (see the SQL): how many workflows, and how many steps
+        they had (``batch`` or more when there may be more to prune)."""
+        params = {"succeeded_hours": succeeded_hours, "failed_hours": failed_hours, "batch": batch}
+        row = self._one("prune_workflows", params, connection)
+        return (int(row["workflows"]), int(row["steps"])) if row else (0, 0)

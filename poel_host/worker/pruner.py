@@ -1,9 +1,13 @@
-"""Deleting finished jobs past their retention (``POEL_RETAIN_*_HOURS``).
+"""Deleting finished jobs past their retention (``POEL_RETAIN_*_HOURS``), and finished
+workflows past theirs.
 
 Most finished jobs are in the history by then (:mod:`poel_host.worker.archiver`): its
 partitions past the retention are dropped whole. Row by row go only the dead letter
 (``jobs_dead``, when ``POEL_RETAIN_FAILED_HOURS`` is set), the history's default
-partition, and finished jobs still in the jobs table (finished before an upgrade).
+partition, and finished jobs still in the jobs table (finished before an upgrade). A
+finished workflow goes with its dependencies once its steps' retention has passed
+(``prune_workflows`` in queries.sql says how long); a workflow counts as many rows as it
+has steps.
 
 On its own greenlet and its own pooled connection, so that a prune never delays a lease
 renewal or a claim. Each pass is bounded (``PASS_ROWS``, in statements of ``BATCH`` rows):
@@ -55,7 +59,8 @@ class Pruner(Periodic):
     def prune(self) -> int:
         """One pass: drop the history's partitions past the retention, then delete up to
         PASS_ROWS finished jobs past their retention, row by row, where they are not in a
-        partition (returns how many rows)."""
+        partition, and finished workflows past theirs with what is left of the PASS_ROWS
+        (returns how many rows)."""
         s = self.settings
         dropped = self.store.drop_done_partitions(succeeded_hours=s.retain_succeeded_hours)
         if dropped:
@@ -74,7 +79,28 @@ class Pruner(Periodic):
             )
         if deleted:
             self.log.info("finished jobs pruned", jobs=deleted)
-        return deleted
+        return deleted + self.prune_workflows(limit=PASS_ROWS - deleted)
+
+    def prune_workflows(self, *, limit: int) -> int:
+        """Delete finished workflows past their retention, up to ``limit`` steps' worth
+        (returns how many steps they had)."""
+        s = self.settings
+        workflows = 0
+
+        def batch(n: int) -> int:
+            nonlocal workflows
+            count, steps = self.store.prune_workflows(
+                succeeded_hours=s.retain_succeeded_hours,
+                failed_hours=s.retain_failed_hours,
+                batch=n,
+            )
+            workflows += count
+            return steps
+
+        steps = in_batches(batch, batch=BATCH, limit=limit)
+        if workflows:
+            self.log.info("finished workflows pruned", workflows=workflows, steps=steps)
+        return steps
 
 
 def _batch_of(
