@@ -8,6 +8,8 @@ runs in the test process, which is why ``run_job`` needs the session's gevent op
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -118,44 +120,44 @@ class JobRunner:
         once, its backoff skipped (``retries=False``: the run stops with the step queued
         for it, as ``run_job`` leaves a job)."""
         workflow_id = self.queue.enqueue_workflow(workflow)
-        calls: list[tuple[int, float, str | None]] = []
-        board = self.worker.progress
-        board.watch = lambda job, fraction, message: calls.append((job, fraction, message))
-        try:
-            with structlog.testing.capture_logs() as logs:
-                for _ in range(WORKFLOW_ROUNDS):
-                    if self.worker.run_once():
-                        continue
-                    state = self.queue.workflow(workflow_id)
-                    assert state is not None
-                    retrying = [s.job_id for s in state.steps if s.state == "queued"]
-                    if not (retries and retrying):
-                        break
-                    for job_id in retrying:
-                        self.worker.store.make_due(job_id)
-        finally:
-            board.watch = None
+        with self._watching() as seen:
+            for _ in range(WORKFLOW_ROUNDS):
+                if self.worker.run_once():
+                    continue
+                state = self.queue.workflow(workflow_id)
+                assert state is not None
+                retrying = [s.job_id for s in state.steps if s.state == "queued"]
+                if not (retries and retrying):
+                    break
+                for job_id in retrying:
+                    self.worker.store.make_due(job_id)
         state = self.queue.workflow(workflow_id)
         assert state is not None
-        steps = {}
-        for step in state.steps:
-            row = self.worker.store.get_job(step.job_id)
-            assert row is not None
-            own = [dict(entry) for entry in logs if entry.get("jobId") == step.job_id]
-            progress = [(f, m) for job, f, m in calls if job == step.job_id]
-            steps[step.name] = JobResult(step.job_id, row, own, progress)
+        steps = {step.name: self._result(step.job_id, *seen) for step in state.steps}
         return WorkflowRun(state, steps)
 
     def _run(self, job_id: int) -> JobResult:
+        with self._watching() as seen:
+            ran = self.worker.run_once()
+        assert job_id in ran, f"job {job_id} was not claimed (is it due? is its plugin loaded?)"
+        return self._result(job_id, *seen)
+
+    @contextlib.contextmanager
+    def _watching(self) -> Iterator[tuple[list[Any], list[tuple[int, float, str | None]]]]:
+        """The log events and every ``ctx.progress`` call (job, fraction, message) of
+        what runs inside."""
         calls: list[tuple[int, float, str | None]] = []
         board = self.worker.progress
         board.watch = lambda job, fraction, message: calls.append((job, fraction, message))
         try:
             with structlog.testing.capture_logs() as logs:
-                ran = self.worker.run_once()
+                yield logs, calls
         finally:
             board.watch = None
-        assert job_id in ran, f"job {job_id} was not claimed (is it due? is its plugin loaded?)"
+
+    def _result(
+        self, job_id: int, logs: list[Any], calls: list[tuple[int, float, str | None]]
+    ) -> JobResult:
         row = self.worker.store.get_job(job_id)  # through the worker's own queue pool
         assert row is not None
         own = [dict(entry) for entry in logs if entry.get("jobId") == job_id]
