@@ -50,7 +50,7 @@ def running_handlers(conn, pid: int) -> int:
 
 
 def test_three_workers_drain_5000_jobs_while_one_is_killed_twice(
-    serve, poel_queue, poel_conn, wait_for, figures
+    serve, poel_queue, poel_conn, wait_for, kill_mid_job, figures
 ):
     env = {"POEL_LEASE_MS": LEASE_MS, "WORKER_CONCURRENCY": 10}
     workers = [serve(**env) for _ in range(3)]
@@ -70,9 +70,7 @@ def test_three_workers_drain_5000_jobs_while_one_is_killed_twice(
             what=f"{fraction:.0%} of the jobs done",
         )
         victim = workers[0]
-        wait_for(lambda v=victim: running_handlers(poel_conn, v.pid), timeout=10, what="mid-job")
-        victim.proc.send_signal(signal.SIGKILL)
-        victim.proc.wait(timeout=10)
+        kill_mid_job(victim, lambda v=victim: running_handlers(poel_conn, v.pid))
         held = owned_by(poel_conn, victim.pid)
         assert held, "the killed worker held no job"
         held_at_kill.update({r["id"]: r["lease_expires_at"] for r in held})

@@ -12,7 +12,6 @@ A kill is driven by what is done (so many parts succeeded), never by a sleep.
 
 from __future__ import annotations
 
-import signal
 import time
 from typing import Any
 
@@ -71,7 +70,7 @@ def held_by(conn: Any, pid: int) -> list[int]:
 
 
 def test_a_fan_in_of_1000_steps_runs_its_last_step_once_while_workers_are_killed(
-    serve, poel_queue, poel_conn, wait_for, figures
+    serve, poel_queue, poel_conn, wait_for, kill_mid_job, figures
 ):
     env = {"POEL_LEASE_MS": LEASE_MS, "WORKER_CONCURRENCY": CONCURRENCY}
     workers = [serve(**env) for _ in range(SERVES)]
@@ -100,8 +99,7 @@ def test_a_fan_in_of_1000_steps_runs_its_last_step_once_while_workers_are_killed
         )
         # The worker running the most handlers right now: the kill cuts them short.
         victim = wait_for(lambda: busiest(poel_conn, workers), timeout=10, what="a step mid-run")
-        victim.proc.send_signal(signal.SIGKILL)
-        victim.proc.wait(timeout=10)
+        kill_mid_job(victim, lambda v=victim: mid_handler(poel_conn, v.pid))
         cut_short.update(mid_handler(poel_conn, victim.pid))
         held_at_kill.update(held_by(poel_conn, victim.pid))
         killed.append(victim.pid)
