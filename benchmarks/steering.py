@@ -5,11 +5,13 @@
 
 ``claim``: on a fresh ``poel_bench_*`` database migrated by the installed ``poel-host``,
 ``--jobs`` due ``bench.noop`` jobs spread over ``--keys`` keys wait. For each
-configuration it times the worker's claim of 50 jobs (``Store.claim_jobs`` when nothing
-is steered, ``Store.claim_steered`` otherwise, as the producer runs them), ``--n`` times,
-each in a transaction rolled back so the backlog stays, and prints JSON: the median round
-trip in µs (the median of ``--runs`` interleaved runs, each the median of ``--n``
-claims) and its ratio to the plain claim measured in the same run. The limits are set
+configuration (each in its own database) it times the worker's claim of 50 jobs
+(``Store.claim_jobs`` when nothing is steered, ``Store.claim_steered`` otherwise, as the
+producer runs them), ``--n`` times, each in a transaction rolled back so the backlog
+stays. The configurations take turns claim by claim. It prints JSON: the median round
+trip in µs (the median of ``--runs`` runs, each the median of ``--n`` claims), its ratio
+to the plain claim's, and the paired ratio (the median, over a run's rounds, of each
+claim's time over the plain claim's of the same round; the median of the runs'). The limits are set
 high enough never to bind: what is measured is what enforcing them costs.
 
 ``fairness``: a real ``poel-host serve`` (c=50) drains ``--big`` jobs of one key enqueued
@@ -21,6 +23,7 @@ the enqueueing commit, by the database's clock), the big key's p50, and the whol
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -59,7 +63,8 @@ def _steer(conn: psycopg.Connection[Any], row: dict[str, Any]) -> None:
     )
 
 
-def claim_median_us(store: Store, steered: bool, n: int) -> float:
+def _claimer(store: Store, steered: bool) -> Callable[[], float]:
+    """One claim of ``LIMIT`` jobs as the worker's producer runs it; returns its seconds."""
     params: dict[str, Any] = {
         "job_types": ["bench.noop"],
         "queues": None,
@@ -67,20 +72,24 @@ def claim_median_us(store: Store, steered: bool, n: int) -> float:
         "owner": "steering-bench",
         "lease_ms": None,
     }
-    took = []
-    for _ in range(n):
+
+    def claim() -> float:
         params["token"] = str(uuid.uuid4())
         start = time.perf_counter()
         if steered:
             rows, _ = store.claim_steered(**params)
         else:
             rows = store.claim_jobs(**params)
-        took.append(time.perf_counter() - start)
+        took = time.perf_counter() - start
         assert len(rows) == LIMIT, len(rows)
-    return 1e6 * statistics.median(took)
+        return took
+
+    return claim
 
 
-def claim_run(config: str, jobs: int, keys: int, n: int) -> float:
+@contextlib.contextmanager
+def claim_database(config: str, jobs: int, keys: int) -> Iterator[Callable[[], float]]:
+    """A scratch database holding the backlog, steered as ``config`` says."""
     name = scratch_name("steer")
     url = create_database(name)
     try:
@@ -96,28 +105,49 @@ def claim_run(config: str, jobs: int, keys: int, n: int) -> float:
             if row is not None:
                 _steer(conn, row)
             conn.execute("VACUUM ANALYZE poel.jobs")
-            store = Store("poel", RolledBack(conn))
-            claim_median_us(store, row is not None, 10)  # warm: plans, caches
-            return claim_median_us(store, row is not None, n)
+            yield _claimer(Store("poel", RolledBack(conn)), row is not None)
     finally:
         drop_database(name)
 
 
+def claim_run(jobs: int, keys: int, n: int) -> dict[str, list[float]]:
+    """Every configuration's claims, taken in turn claim by claim, so that a shared
+    machine's drift (which moves a claim's time by 2x within seconds) falls on all of
+    them alike; the order turns each round so no configuration always goes first."""
+    took: dict[str, list[float]] = {config: [] for config in CONFIGS}
+    with contextlib.ExitStack() as stack:
+        claims = {c: stack.enter_context(claim_database(c, jobs, keys)) for c in CONFIGS}
+        order = list(CONFIGS)
+        for _ in range(10):  # warm: plans, caches
+            for claim in claims.values():
+                claim()
+        for i in range(n):
+            for config in order[i % len(order) :] + order[: i % len(order)]:
+                took[config].append(claims[config]())
+    return took
+
+
 def bench_claim(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, list[float]] = {config: [] for config in CONFIGS}
+    medians: dict[str, list[float]] = {config: [] for config in CONFIGS}
+    paired: dict[str, list[float]] = {config: [] for config in CONFIGS}
     for _ in range(args.runs):
-        for config in CONFIGS:  # interleaved: drift on a shared machine spreads evenly
-            results[config].append(claim_run(config, args.jobs, args.keys, args.n))
-    medians = {c: statistics.median(v) for c, v in results.items()}
+        took = claim_run(args.jobs, args.keys, args.n)
+        for config, times in took.items():
+            medians[config].append(1e6 * statistics.median(times))
+            paired[config].append(
+                statistics.median(t / p for t, p in zip(times, took["plain"], strict=True))
+            )
+    median = {c: statistics.median(v) for c, v in medians.items()}
     return {
         "jobs": args.jobs,
         "keys": args.keys,
         "claim_limit": LIMIT,
         "claims_per_run": args.n,
         "runs": args.runs,
-        "median_us": {c: round(v) for c, v in medians.items()},
-        "ratio_to_plain": {c: round(v / medians["plain"], 2) for c, v in medians.items()},
-        "runs_us": {c: [round(v) for v in values] for c, values in results.items()},
+        "median_us": {c: round(v) for c, v in median.items()},
+        "ratio_to_plain": {c: round(v / median["plain"], 2) for c, v in median.items()},
+        "paired_ratio_to_plain": {c: round(statistics.median(v), 2) for c, v in paired.items()},
+        "runs_us": {c: [round(v) for v in values] for c, values in medians.items()},
     }
 
 
