@@ -206,6 +206,18 @@ def test_waiting_steps_are_neither_claimed_nor_promoted(queue, store, poel_conn)
     assert shown.step("d").state == "waiting" and shown.step("d").after == ("b", "c")
 
 
+def test_a_step_lists_what_it_waits_for_in_the_order_the_workflow_added_it(queue):
+    """By name, part[10] would come before part[2]."""
+    flow = Workflow("ordered")
+    start = flow.step("start", T)
+    parts = flow.fan_out("part", T, [{"i": i} for i in range(12)], after=start)
+    flow.step("z", T)
+    flow.step("merge", T, after=[*parts, "z"])
+    shown = queue.workflow(queue.enqueue_workflow(flow))
+    assert shown is not None
+    assert shown.step("merge").after == (*(f"part[{i}]" for i in range(12)), "z")
+
+
 # Release on success --------------------------------------------------------------------------
 
 

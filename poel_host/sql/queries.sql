@@ -1291,8 +1291,9 @@ ORDER BY m.id DESC
 
 -- workflow_steps --
 -- A workflow's steps, live or archived (all_jobs: one probe of each table's partial index
--- of steps), each with the steps it waits for and how many of them have not ended yet
--- (waiting_on; NULL once it is archived).
+-- of steps), each with the steps it waits for (in the order the workflow added them, so
+-- part[2] comes before part[10]) and how many of them have not ended yet (waiting_on;
+-- NULL once it is archived).
 WITH steps AS (
     SELECT id, step, job_type, state::text AS state, attempts, max_attempts, last_error,
            created_at, started_at, finished_at, waiting_on
@@ -1301,7 +1302,7 @@ WITH steps AS (
 SELECT s.*,
        ARRAY(SELECT p.step FROM {schema}.job_dependencies AS d
              JOIN steps AS p ON p.id = d.depends_on
-             WHERE d.job_id = s.id ORDER BY p.step) AS after
+             WHERE d.job_id = s.id ORDER BY p.id) AS after
 FROM steps AS s
 ORDER BY s.id
 
@@ -1312,7 +1313,7 @@ SELECT p.step, p.state::text AS state, p.result
 FROM {schema}.job_dependencies AS d
 JOIN {schema}.all_jobs AS p ON p.id = d.depends_on
 WHERE d.job_id = %(id)s
-ORDER BY p.step
+ORDER BY p.id
 
 -- list_workflows --
 -- The newest workflows first, optionally in one state (poel-host workflows list).
