@@ -20,9 +20,11 @@ Run by ``tox -e packaging`` (or ``python tests/packaging/check_wheels.py [WORKDI
    with the CLI succeeds; SIGTERM to one leaves the other working; after the last exits no
    ``postgres`` is left; ``poel-host migrate`` starts the server and stops it; a new
    ``serve`` finds the jobs kept;
-4. build the example third-party plugins of the tests (poel-example-thumbnails and
-   poel-example-tones), install them from their wheels, check they are listed, and run each
-   one's own tests in the clean virtualenv with the kit poel-host ships.
+4. build the example third-party plugins of the tests (poel-example-thumbnails,
+   poel-example-tones and poel-example-pipeline), install them from their wheels (the
+   pipeline brings poel-records back from the wheelhouse: it depends on it), check they
+   are listed, and run each one's own tests in the clean virtualenv with the kit
+   poel-host ships.
 
 Every step prints what it does; the first failed check stops the script with a message.
 """
@@ -63,7 +65,10 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = [
     ROOT / "tests" / "example-plugin" / "poel-example-thumbnails",
     ROOT / "tests" / "example-plugin" / "poel-example-tones",
+    ROOT / "tests" / "example-plugin" / "poel-example-pipeline",
 ]
+# The plugins an example's own tests load: the pipeline's first step is poel-records' job.
+LOADED = {"poel-example-pipeline": "poel-records,poel-example-pipeline"}
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -576,7 +581,7 @@ def run_record_job(env: CleanEnv, variables: dict[str, str], url: str, *, record
 
 def check_example_plugins(env: CleanEnv, wheelhouse: Path, scratch: Path) -> None:
     """Build the example plugins, install their wheels, and run each one's tests with the
-    kit, only that plugin loaded."""
+    kit, only that plugin loaded (and those its workflow's steps come from)."""
     example_wheels = scratch / "example-wheels"
     names = [example.name for example in EXAMPLES]  # each folder is named like its distribution
     for example in EXAMPLES:
@@ -590,7 +595,7 @@ def check_example_plugins(env: CleanEnv, wheelhouse: Path, scratch: Path) -> Non
         wheelhouse,
         *names,
     )
-    check_listing(env, set(names), {"poel-records"})
+    check_listing(env, {*names, "poel-records"}, set())
     env.pip("install", "--quiet", "pytest>=8")
     for example, name in zip(EXAMPLES, names, strict=True):
         tests = scratch / "example-tests" / name
@@ -599,7 +604,9 @@ def check_example_plugins(env: CleanEnv, wheelhouse: Path, scratch: Path) -> Non
         done = run(
             [env.bin / "pytest", "-q", "-p", "no:cacheprovider", "tests"],
             cwd=tests,
-            env=env.env(POEL_LOAD_PLUGINS=name, **_pass("POEL_TEST_DATABASE_URL")),
+            env=env.env(
+                POEL_LOAD_PLUGINS=LOADED.get(name, name), **_pass("POEL_TEST_DATABASE_URL")
+            ),
         )
         print(f"ok  {name}'s own tests: {done.stdout.strip().splitlines()[-1]}")
 
