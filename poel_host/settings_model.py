@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from poel_host.dsn import looks_like_transaction_pooler, redact_dsn
 from poel_host.settings_dashboard import DashboardSettings, comma_list
+from poel_host.settings_retention import RetentionSettings
 from poel_host.storable import INT4_MAX
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -34,11 +35,10 @@ _SECRET_FIELDS = {
 _HOUR_MS = 3_600_000
 _DAY_MS = 24 * _HOUR_MS
 _YEAR_MS = 366 * _DAY_MS
-_CENTURY_H = 100 * 366 * 24
 _JSONB_MAX_BYTES = 255 * 1024 * 1024  # jsonb's own limit
 
 
-class Settings(BaseSettings, DashboardSettings):
+class Settings(BaseSettings, DashboardSettings, RetentionSettings):
     """Everything the host can be told. Field aliases are the environment variable names."""
 
     model_config = SettingsConfigDict(
@@ -117,34 +117,6 @@ class Settings(BaseSettings, DashboardSettings):
     data_dir: Path | None = Field(default=None, validation_alias="POEL_DATA_DIR")
     blocking_warn_ms: int = Field(
         default=1_000, ge=0, le=_HOUR_MS, validation_alias="POEL_BLOCKING_WARN_MS"
-    )
-    archive_after_s: float = Field(
-        default=60,
-        ge=0,
-        le=_DAY_MS / 1000,
-        allow_inf_nan=False,
-        validation_alias="POEL_ARCHIVE_AFTER_S",
-    )
-    retain_succeeded_hours: float = Field(
-        default=24,
-        ge=0,
-        le=_CENTURY_H,
-        allow_inf_nan=False,
-        validation_alias="POEL_RETAIN_SUCCEEDED_HOURS",
-    )
-    retain_failed_hours: float | None = Field(
-        default=None,
-        ge=0,
-        le=_CENTURY_H,
-        allow_inf_nan=False,
-        validation_alias="POEL_RETAIN_FAILED_HOURS",
-    )
-    gone_workers_keep_s: float = Field(
-        default=3_600,
-        ge=0,
-        le=_YEAR_MS / 1000,
-        allow_inf_nan=False,
-        validation_alias="POEL_GONE_WORKERS_KEEP_S",
     )
     queue_metrics_interval_s: float = Field(
         default=5,
